@@ -1,0 +1,40 @@
+"""The ``nanoclaw`` admin CLI. Each command group lives in its own module and is added here."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from nanoclaw_common.cli.context import CliContext
+from nanoclaw_common.cli.setup import init
+from nanoclaw_common.cli.status import status
+from nanoclaw_common.errors import NanoclawError
+from nanoclaw_common.settings import load_from_process
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="NANOCLAW_HOME", help="Data folder (default ./data).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+def cli(click_ctx: click.Context, home: str | None, as_json: bool) -> None:
+    """NanoClaw: a self-hosted assistant; chats reach Claude agents in Podman containers."""
+    try:
+        settings = load_from_process(home=home)
+    except NanoclawError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx = CliContext(settings=settings, as_json=as_json)
+    click_ctx.obj = ctx
+    click_ctx.call_on_close(ctx.close)
+
+
+cli.add_command(init)
+cli.add_command(status)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except NanoclawError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,249 @@
+"""Settings: one frozen struct, built in each program's ``main()`` and passed down.
+
+Sources, highest first: the environment, a ``.env`` file, a TOML file, the defaults.
+- The ``.env`` file is ``NANOCLAW_ENV_FILE`` if set, else ``./.env``.
+- The TOML file is ``NANOCLAW_CONFIG`` if set, else ``<home>/nanoclaw.toml``. Its keys are the
+  field names below (``max_containers = 3``).
+- A field's environment name is in ``ENV_NAMES`` for the fixed, documented ones; any other field
+  ``foo_bar`` is ``NANOCLAW_FOO_BAR``.
+
+Nothing below ``main()`` reads ``os.environ``: ``Settings.load`` takes the environment as an
+argument, and tests build settings with ``Settings(...)`` or ``replace``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from nanoclaw_common.errors import ConfigError
+
+# Names other tools and tests rely on. Do not rename.
+ENV_NAMES: Final[dict[str, str]] = {
+    "home": "NANOCLAW_HOME",
+    "anthropic_api_key": "ANTHROPIC_API_KEY",
+    "anthropic_base_url": "ANTHROPIC_BASE_URL",
+    "model": "NANOCLAW_MODEL",
+    "telegram_bot_token": "TELEGRAM_BOT_TOKEN",
+    "telegram_api_base_url": "TELEGRAM_API_BASE_URL",
+    "slack_bot_token": "SLACK_BOT_TOKEN",
+    "slack_app_token": "SLACK_APP_TOKEN",
+    "slack_signing_secret": "SLACK_SIGNING_SECRET",
+    "slack_api_base_url": "SLACK_API_BASE_URL",
+    "tz": "NANOCLAW_TZ",
+}
+
+# Fields whose values must never be logged, shown, or sent (the leak guard scans for them).
+SECRET_FIELDS: Final = frozenset(
+    {
+        "anthropic_api_key",
+        "telegram_bot_token",
+        "slack_bot_token",
+        "slack_app_token",
+        "slack_signing_secret",
+    }
+)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # -- where things are
+    home: str = "./data"
+    install_id: str = ""  # container name/label prefix; derived from the home path when empty
+    log_level: str = "INFO"
+    tz: str = "UTC"
+
+    # -- the model (only the proxy holds the key)
+    anthropic_api_key: str = ""
+    anthropic_base_url: str = "https://api.anthropic.com"
+    model: str = "claude-sonnet-4-5"
+    token_budget_daily: int = 0  # default per-group daily budget; 0 = unlimited
+
+    # -- channels
+    telegram_bot_token: str = ""
+    telegram_api_base_url: str = "https://api.telegram.org"
+    slack_bot_token: str = ""
+    slack_app_token: str = ""
+    slack_signing_secret: str = ""
+    slack_api_base_url: str = "https://slack.com/api/"
+    slack_events_port: int = 0  # 0: no Events API server (Socket Mode only)
+    webhook_port: int = 0  # 0: no webhook server
+    webhook_host: str = "127.0.0.1"
+    webhook_secrets: dict[str, str] = {}  # source name -> HMAC secret
+
+    # -- containers
+    image: str = "localhost/nanoclaw-agent:latest"
+    podman_url: str = ""  # unix://...; default <home>/run/podman.sock
+    container_memory_mb: int = 1024
+    container_cpus: float = 1.0
+    container_pids: int = 256
+    max_containers: int = 5
+    mount_allowlist: str = "~/.config/nanoclaw/mount-allowlist.json"
+
+    # -- liveness (sweeper)
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 60.0
+    spawn_grace_s: float = 30.0
+    idle_timeout_s: float = 1800.0
+    max_tries: int = 5
+    max_turns_per_batch: int = 50
+
+    # -- runner
+    max_messages_per_prompt: int = 10
+
+    # -- delivery
+    delivery_max_attempts: int = 6
+    delivery_backoff_base_s: float = 2.0
+    delivery_backoff_max_s: float = 300.0
+    owner_notice_interval_s: float = 3600.0
+
+    def __repr__(self) -> str:
+        shown = {
+            name: ("***" if name in SECRET_FIELDS and getattr(self, name) else getattr(self, name))
+            for name in self.__struct_fields__
+        }
+        shown["webhook_secrets"] = {k: "***" for k in self.webhook_secrets}
+        return f"Settings({shown})"
+
+    __str__ = __repr__
+
+    # -- derived --------------------------------------------------------------------------
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def install(self) -> str:
+        """Short id of this installation: two data folders on one host never touch each
+        other's containers."""
+        if self.install_id:
+            return self.install_id
+        return hashlib.sha1(str(self.home_path).encode()).hexdigest()[:8]
+
+    @property
+    def podman_socket_url(self) -> str:
+        return self.podman_url or f"unix://{self.home_path / 'run' / 'podman.sock'}"
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value (for the leak guard and log redaction)."""
+        values = [getattr(self, name) for name in SECRET_FIELDS]
+        values += list(self.webhook_secrets.values())
+        return [v for v in values if v and len(v) >= 8]
+
+    def validate(self) -> Settings:
+        """Fail fast, with a message that names the setting."""
+        problems: list[str] = []
+        try:
+            ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(f"{env_name('tz')}={self.tz!r} is not an IANA time zone")
+        for name in ("anthropic_base_url", "telegram_api_base_url", "slack_api_base_url"):
+            if not getattr(self, name).startswith(("http://", "https://")):
+                problems.append(f"{env_name(name)} must start with http:// or https://")
+        for name in (
+            "container_memory_mb",
+            "container_pids",
+            "max_containers",
+            "max_tries",
+            "delivery_max_attempts",
+            "max_messages_per_prompt",
+            "max_turns_per_batch",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{env_name(name)} must be at least 1")
+        for name in (
+            "container_cpus",
+            "heartbeat_interval_s",
+            "heartbeat_timeout_s",
+            "delivery_backoff_base_s",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"{env_name(name)} must be positive")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s * 2:
+            problems.append("heartbeat_timeout_s must exceed twice heartbeat_interval_s")
+        if self.log_level.upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"):
+            problems.append(f"{env_name('log_level')}={self.log_level!r} is not a log level")
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+        return self
+
+    # -- loading --------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str], *, cwd: Path | None = None, **overrides: Any
+    ) -> Settings:
+        """Build and validate settings from ``environ`` (``os.environ`` in ``main()``), the
+        ``.env`` file and the TOML file. ``overrides`` (e.g. a ``--home`` flag) win over all."""
+        base = Path.cwd() if cwd is None else cwd
+        env_file = Path(environ.get("NANOCLAW_ENV_FILE", base / ".env"))
+        merged_env = {**read_env_file(env_file), **environ}
+
+        raw: dict[str, Any] = {}
+        home = overrides.get("home") or merged_env.get("NANOCLAW_HOME") or cls.home
+        toml_path = Path(merged_env.get("NANOCLAW_CONFIG", Path(home) / "nanoclaw.toml"))
+        if toml_path.is_file():
+            try:
+                raw.update(tomllib.loads(toml_path.read_text()))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{toml_path}: {exc}") from None
+        for field in cls.__struct_fields__:
+            value = merged_env.get(env_name(field))
+            if value is not None:
+                raw[field] = _parse_env_value(field, value)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            settings = msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid settings: {exc}") from None
+        return settings.validate()
+
+
+def env_name(field: str) -> str:
+    return ENV_NAMES.get(field, f"NANOCLAW_{field.upper()}")
+
+
+def _parse_env_value(field: str, value: str) -> Any:
+    if field == "webhook_secrets":
+        # NANOCLAW_WEBHOOK_SECRETS="github=abc,ci=def"
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ConfigError(
+                "NANOCLAW_WEBHOOK_SECRETS must look like 'source=secret,other=secret'"
+            )
+        return {name.strip(): secret.strip() for name, secret in pairs}
+    return value
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines; ``#`` comments, optional ``export`` and quotes. Missing file: {}."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        stripped = stripped.removeprefix("export ").strip()
+        key, sep, value = stripped.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"{path}:{number}: expected KEY=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_from_process(**overrides: Any) -> Settings:
+    """For ``main()`` functions only: the real environment and working directory."""
+    return Settings.load(os.environ, **overrides)

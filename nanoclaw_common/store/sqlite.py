@@ -1,0 +1,131 @@
+"""The connection policy, applied to every SQLite connection we open, and the one way to
+write: ``with db.write():`` (``BEGIN IMMEDIATE``, commit on success, roll back on anything).
+
+apsw never opens a transaction implicitly, and its ``with conn:`` starts a *deferred*
+savepoint. A deferred transaction that reads and then writes can fail to upgrade its lock
+(SQLITE_BUSY without waiting), so every write here takes the write lock up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+BUSY_TIMEOUT_MS = (
+    5000  # three processes share central.db; apsw's helper default (100 ms) is too short
+)
+
+SqlParams = Sequence[Any] | dict[str, Any]
+
+
+class Mode(Enum):
+    CENTRAL = "central"  # WAL, synchronous=NORMAL (safe in WAL)
+    SESSION = "session"  # journal_mode=DELETE: read across a bind mount, maybe read-only
+    SESSION_READONLY = "session-readonly"
+
+
+class Database:
+    """One apsw connection with our policy. Used only by the store modules, which hold the SQL."""
+
+    def __init__(self, path: Path | str, mode: Mode, *, create: bool = True) -> None:
+        self.path = Path(path)
+        self.mode = mode
+        if mode is Mode.SESSION_READONLY:
+            flags = apsw.SQLITE_OPEN_READONLY
+        else:
+            flags = apsw.SQLITE_OPEN_READWRITE
+            if create:
+                flags |= apsw.SQLITE_OPEN_CREATE
+        self.conn = apsw.Connection(str(self.path), flags=flags)
+        self.conn.setbusytimeout(BUSY_TIMEOUT_MS)
+        # Double-quoted strings are identifiers, never literals: a typo must fail loudly.
+        self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+        self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+        if mode is Mode.CENTRAL:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+        elif mode is Mode.SESSION:
+            self.conn.execute("PRAGMA journal_mode=DELETE")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction. Nested calls join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            # COMMIT can fail (busy past the timeout, disk full); never leave the tx open.
+            if not self.conn.getautocommit():
+                self.conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """A consistent snapshot across several SELECTs (a deferred transaction)."""
+        if self._depth:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            self.conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: SqlParams = ()) -> None:
+        self.conn.execute(sql, params)
+
+    def executescript(self, sql: str) -> None:
+        self.conn.execute(sql)
+
+    def all(self, sql: str, params: SqlParams = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: SqlParams = ()) -> tuple[Any, ...] | None:
+        for row in self.conn.execute(sql, params):
+            return tuple(row)
+        return None
+
+    def scalar(self, sql: str, params: SqlParams = ()) -> Any:
+        row = self.one(sql, params)
+        return None if row is None else row[0]
+
+    def changes(self) -> int:
+        return self.conn.changes()
+
+    def data_version(self) -> int:
+        """Changes whenever *another* connection commits to this file: a cheap change probe."""
+        return int(self.scalar("PRAGMA data_version"))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def columns(struct_type: type[Any]) -> str:
+    """The SELECT list for a row struct: its fields, in order, so ``Struct(*row)`` works."""
+    return ", ".join(struct_type.__struct_fields__)

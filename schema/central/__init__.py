@@ -1,0 +1,1 @@
+"""Central DB migrations, applied in file-name order."""
