@@ -276,3 +276,11 @@ class ContainerState(Row, frozen=True):
     tool_started_at_ms: int | None
     turns: int
     updated_at_ms: int
+
+
+class ProxyToken(Row, frozen=True):
+    token_hash: str
+    session_id: str
+    agent_group_id: str
+    run_id: str
+    created_at_ms: int

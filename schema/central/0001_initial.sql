@@ -210,3 +210,12 @@ CREATE TABLE notices (                         -- rate limit for notices to the 
   last_sent_ms    INTEGER NOT NULL,
   suppressed      INTEGER NOT NULL DEFAULT 0
 );
+
+CREATE TABLE proxy_tokens (                    -- which session a proxy request comes from
+  token_hash      TEXT PRIMARY KEY,             -- sha256 hex of the token given to the container
+  session_id      TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  agent_group_id  TEXT NOT NULL REFERENCES agent_groups(id) ON DELETE CASCADE,
+  run_id          TEXT NOT NULL,
+  created_at_ms   INTEGER NOT NULL
+);
+CREATE INDEX idx_proxy_tokens_session ON proxy_tokens (session_id);

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up and run the tests on a fresh Debian/Ubuntu machine: system packages (Podman),
+# a virtualenv with the dev tools, then lint, type check and the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_system_packages
+ensure_venv "[dev]"
+
+log "ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+log "mypy"
+.venv/bin/mypy
+log "pytest"
+.venv/bin/pytest "$@"

@@ -1,0 +1,54 @@
+"""Shared fixtures: real SQLite files under tmp_path, settings built per test, factories with
+test defaults. Nothing here sleeps or patches time; tests pass ``now``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.settings import Settings
+from nanoclaw_common.store import CentralStore
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_settings(home: Path) -> SettingsFactory:
+    """``make_settings(max_containers=1)``: test settings in this test's data folder."""
+
+    def factory(**overrides: Any) -> Settings:
+        base = Settings(home=str(home), install_id="test")
+        return msgspec.structs.replace(base, **overrides).validate()
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def layout(settings: Settings) -> Layout:
+    layout = Layout(settings.home_path)
+    layout.ensure()
+    return layout
+
+
+@pytest.fixture
+def central(layout: Layout) -> Iterator[CentralStore]:
+    store = CentralStore.open(layout.central_db)
+    yield store
+    store.close()
