@@ -52,9 +52,12 @@ SECRET_FIELDS: Final = frozenset(
 )
 
 
+DEFAULT_HOME: Final = "./data"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # -- where things are
-    home: str = "./data"
+    home: str = DEFAULT_HOME
     install_id: str = ""  # container name/label prefix; derived from the home path when empty
     log_level: str = "INFO"
     tz: str = "UTC"
@@ -102,6 +105,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     delivery_backoff_base_s: float = 2.0
     delivery_backoff_max_s: float = 300.0
     owner_notice_interval_s: float = 3600.0
+    delivery_recent_s: float = 900.0  # a stopped session's outbound.db is watched this long
+    approval_timeout_s: float = 86400.0  # an undecided approval is denied after this
+    a2a_max_per_minute: int = 20  # per (source group, target group) pair; more is refused
 
     def __repr__(self) -> str:
         shown = {
@@ -187,7 +193,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         merged_env = {**read_env_file(env_file), **environ}
 
         raw: dict[str, Any] = {}
-        home = overrides.get("home") or merged_env.get("NANOCLAW_HOME") or cls.home
+        home = overrides.get("home") or merged_env.get("NANOCLAW_HOME") or DEFAULT_HOME
         toml_path = Path(merged_env.get("NANOCLAW_CONFIG", Path(home) / "nanoclaw.toml"))
         if toml_path.is_file():
             try:

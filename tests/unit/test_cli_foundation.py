@@ -1,0 +1,61 @@
+"""`nanoclaw init` and `nanoclaw status`, through click's runner with a real data folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from nanoclaw_common.cli import cli
+from nanoclaw_common.store import CentralStore
+
+
+def run(home: Path, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_init_is_idempotent_and_wires_the_terminal(tmp_path: Path) -> None:
+    home = tmp_path / "data"
+    first = json.loads(run(home, "init", "--json"))
+    assert len(first["created"]) == 5
+    second = json.loads(run(home, "--json", "init"))
+    assert second["created"] == [] and second["agent_group"] == first["agent_group"]
+    assert "already initialised" in run(home, "init")
+
+    store = CentralStore.open(home / "central.db")
+    chat = store.find_messaging_group("cli", "local")
+    assert chat is not None and chat.unknown_sender_policy == "public"
+    (wiring,) = store.list_wirings(chat.id)
+    assert (wiring.engage_mode, wiring.engage_pattern) == ("pattern", ".")
+    assert store.is_owner("cli:local")
+    assert [d.local_name for d in store.list_destinations(wiring.agent_group_id)] == ["terminal"]
+    store.close()
+    assert (home / "groups" / "main" / "AGENT.md").exists()
+
+
+def test_status_reports_db_version_and_counts(tmp_path: Path) -> None:
+    home = tmp_path / "data"
+    run(home, "init")
+    report = json.loads(run(home, "status", "--json"))
+    assert report["database"] == str((home / "central.db").resolve())
+    assert report["schema_version"] >= 1
+    assert (report["agent_groups"], report["messaging_groups"], report["sessions"]) == (1, 1, 0)
+    human = run(home, "status")
+    assert "schema_version" in human and "agent_groups" in human
+
+
+def test_status_before_init_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "none"), "status"])
+    assert result.exit_code == 1
+    assert "run `nanoclaw init` first" in result.output
+
+
+def test_bad_settings_are_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--home", str(tmp_path), "status"], env={"NANOCLAW_TZ": "Nowhere/Never"}
+    )
+    assert result.exit_code == 1
+    assert "NANOCLAW_TZ='Nowhere/Never' is not an IANA time zone" in result.output
