@@ -33,6 +33,8 @@ from nanoclaw_common.store.sqlite import Database, Mode, columns
 
 R = TypeVar("R", bound=rows.Row)
 
+ApprovalClick = Literal["approved", "rejected", "unauthorized", "expired", "gone"]
+
 _NAME_RUN = re.compile(r"[^a-z0-9]+")
 
 
@@ -637,6 +639,16 @@ class CentralStore:
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
         return self._rows(rows.Session, where + "ORDER BY created_at_ms", params)
 
+    def live_sessions(self, since_ms: int) -> list[rows.Session]:
+        """Active sessions whose container is not stopped or was active since ``since_ms``:
+        the ones whose ``outbound.db`` delivery watches."""
+        return self._rows(
+            rows.Session,
+            "WHERE status = 'active' AND (container_status <> 'stopped' OR last_active_ms >= ?)"
+            " ORDER BY created_at_ms",
+            (since_ms,),
+        )
+
     def touch_session(self, session_id: str, *, now: int | None = None) -> None:
         with self.db.write():
             self.db.execute(
@@ -836,6 +848,39 @@ class CentralStore:
                 (status, approval_id, expect),
             )
             return self.db.changes() == 1
+
+    def decide_approval(
+        self, approval_id: str, user_id: str, value: str, *, now: int | None = None
+    ) -> ApprovalClick:
+        """A click on an approval card. It counts only when the clicker has admin privilege
+        over the approval's agent group (the designated approver, any other approver, or the
+        owner); ``value == 'approve'`` approves, anything else rejects. The check and the
+        status change share one transaction, so two clicks (or a click and the expiry) cannot
+        both win. Returns what happened: ``approved``, ``rejected``, ``unauthorized`` (nothing
+        changed), ``expired`` (past its deadline; delivery records the expiry) or ``gone``
+        (unknown or already decided)."""
+        stamp = now or now_ms()
+        with self.db.write():
+            approval = self.get_pending_approval(approval_id)
+            if approval is None or approval.status != "pending":
+                return "gone"
+            if approval.expires_at_ms is not None and stamp >= approval.expires_at_ms:
+                return "expired"
+            if not self.has_admin_privilege(user_id, approval.agent_group_id):
+                return "unauthorized"
+            status: ApprovalClick = "approved" if value == "approve" else "rejected"
+            self.db.execute(
+                "UPDATE pending_approvals SET status = ?, decided_by = ?, decided_at_ms = ?"
+                " WHERE approval_id = ? AND status = 'pending'",
+                (status, user_id, stamp, approval_id),
+            )
+            return status
+
+    def approval_decided_by(self, approval_id: str) -> str | None:
+        value = self.db.scalar(
+            "SELECT decided_by FROM pending_approvals WHERE approval_id = ?", (approval_id,)
+        )
+        return None if value is None else str(value)
 
     def set_approval_platform_message(self, approval_id: str, platform_message_id: str) -> None:
         with self.db.write():

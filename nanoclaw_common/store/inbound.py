@@ -217,6 +217,17 @@ class InboundReader:
             )
         ]
 
+    def open_deliveries(self, *, limit: int = 1000) -> list[rows.Delivery]:
+        """Deliveries not settled yet (pending, sending, retry), due or not, in seq order."""
+        return [
+            rows.Delivery(*r)
+            for r in self.db.all(
+                f"SELECT {columns(rows.Delivery)} FROM deliveries"
+                " WHERE status IN ('pending', 'sending', 'retry') ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+        ]
+
     def delivery_watermark(self) -> int:
         """The highest outbound seq the host has recorded (0 when none)."""
         return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM deliveries"))
@@ -422,3 +433,115 @@ class InboundStore(InboundReader):
                 (stamp, limit),
             )
         ]
+
+    def record_outbounds(self, items: Iterable[tuple[str, int]], *, now: int | None = None) -> int:
+        """``record_outbound`` for several (id, seq) pairs in one transaction (one fsync);
+        returns how many were new."""
+        stamp = now_ms() if now is None else now
+        added = 0
+        with self.db.write():
+            for message_out_id, seq in items:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO deliveries (message_out_id, seq, status, attempts,"
+                    " created_at_ms, updated_at_ms) VALUES (?, ?, 'pending', 0, ?, ?)",
+                    (message_out_id, seq, stamp, stamp),
+                )
+                added += self.db.changes()
+        return added
+
+    def reopen_delivery(self, message_out_id: str, *, now: int | None = None) -> None:
+        """An operator's retry: a failed or denied row goes back to ``retry`` with its attempt
+        count reset, due now."""
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "UPDATE deliveries SET status = 'retry', attempts = 0, next_attempt_at_ms = ?,"
+                " updated_at_ms = ? WHERE message_out_id = ? AND status IN ('failed', 'denied')",
+                (stamp, stamp, message_out_id),
+            )
+            if not self.db.changes():
+                raise NotFound(f"delivery {message_out_id} is not failed or denied")
+
+    def purge_deliveries(self, statuses: Collection[str], *, before_ms: int) -> int:
+        """Forget settled records in ``statuses`` last updated before ``before_ms``. The
+        newest record is always kept: its seq is the watermark that stops the outbound row
+        from being tracked (and sent) again."""
+        for status in statuses:
+            if DeliveryStatus(status) in _OPEN_DELIVERY:
+                raise ValueError(f"cannot purge open deliveries ({status})")
+        marks = ", ".join("?" for _ in statuses)
+        with self.db.write():
+            self.db.execute(
+                f"DELETE FROM deliveries WHERE status IN ({marks}) AND updated_at_ms < ?"
+                " AND seq < (SELECT max(seq) FROM deliveries)",
+                (*statuses, before_ms),
+            )
+            return self.db.changes()
+
+    # -- scheduled tasks (series-wide: a recurring task's occurrences share series_id) -----
+
+    def _task_series_update(self, task_id: str, assignments: str, from_statuses: str) -> int:
+        with self.db.write():
+            self.db.execute(
+                f"UPDATE messages_in SET {assignments} WHERE (id = ?1 OR series_id = ?1)"
+                f" AND kind = 'task' AND status IN ({from_statuses})",
+                (task_id,),
+            )
+            return self.db.changes()
+
+    def cancel_task(self, task_id: str) -> int:
+        """Live occurrences become completed without recurrence (never run, never recur)."""
+        return self._task_series_update(
+            task_id, "status = 'completed', recurrence = NULL", "'pending', 'paused'"
+        )
+
+    def pause_task(self, task_id: str) -> int:
+        return self._task_series_update(task_id, "status = 'paused'", "'pending'")
+
+    def resume_task(self, task_id: str) -> int:
+        return self._task_series_update(task_id, "status = 'pending'", "'paused'")
+
+    def update_task(
+        self,
+        task_id: str,
+        *,
+        prompt: str | msgspec.UnsetType = msgspec.UNSET,
+        script: str | msgspec.UnsetType | None = msgspec.UNSET,
+        process_after_ms: int | msgspec.UnsetType = msgspec.UNSET,
+        recurrence: str | msgspec.UnsetType | None = msgspec.UNSET,
+    ) -> int:
+        """Change every live (pending or paused) occurrence of the series; unset fields are
+        kept. Returns the number of rows changed (0: no live task with that id)."""
+        changed = 0
+        with self.db.write():
+            found = self.db.all(
+                "SELECT id, content FROM messages_in WHERE (id = ?1 OR series_id = ?1)"
+                " AND kind = 'task' AND status IN ('pending', 'paused')",
+                (task_id,),
+            )
+            for row_id, content_json in found:
+                content = messages.decode_inbound_content(content_json)
+                if not isinstance(content, messages.TaskContent):
+                    continue
+                if not isinstance(prompt, msgspec.UnsetType):
+                    content = msgspec.structs.replace(content, prompt=prompt)
+                if not isinstance(script, msgspec.UnsetType):
+                    content = msgspec.structs.replace(content, script=script)
+                self.db.execute(
+                    "UPDATE messages_in SET content = ? WHERE id = ?",
+                    (messages.encode_text(content), row_id),
+                )
+                if not isinstance(process_after_ms, msgspec.UnsetType):
+                    self.db.execute(
+                        "UPDATE messages_in SET process_after_ms = ? WHERE id = ?",
+                        (process_after_ms, row_id),
+                    )
+                if not isinstance(recurrence, msgspec.UnsetType):
+                    self.db.execute(
+                        "UPDATE messages_in SET recurrence = ? WHERE id = ?", (recurrence, row_id)
+                    )
+                changed += 1
+        return changed
+
+
+_OPEN_DELIVERY = frozenset({DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.RETRY})
