@@ -12,8 +12,7 @@ import pytest
 from nanoclaw_common import messages as m
 from nanoclaw_common.errors import NotFound
 from nanoclaw_common.states import Role
-from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
-from nanoclaw_common.store import rows
+from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, rows
 
 NOW = 1_700_000_000_000
 
