@@ -1,0 +1,172 @@
+"""The sweeper's pure rules, driven by `now`: liveness verdicts, capacity, backoff, recurrence."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nanoclaw_common.errors import Refused
+from nanoclaw_sweeper.liveness import (
+    KILLS,
+    Observation,
+    Policy,
+    Verdict,
+    backoff_ms,
+    judge,
+    plan_capacity,
+)
+from nanoclaw_sweeper.recurrence import next_occurrence, validate_cron
+
+POLICY = Policy(
+    spawn_grace_ms=30_000, heartbeat_timeout_ms=60_000, idle_timeout_ms=1_800_000, max_turns=50
+)
+T0 = 1_800_000_000_000
+
+
+def running(**changes: object) -> Observation:
+    base = Observation(
+        running=True,
+        run_started_at_ms=T0,
+        heartbeat_ms=T0 + 1_000,
+        claims=1,
+        due=0,
+        pending=1,
+        turns=1,
+        last_activity_ms=T0,
+    )
+    return msgspec.structs.replace(base, **changes)
+
+
+def stopped(**changes: object) -> Observation:
+    return msgspec.structs.replace(
+        running(running=False, heartbeat_ms=None, claims=0, pending=0), **changes
+    )
+
+
+def test_spawn_grace_then_kill_without_heartbeat() -> None:
+    fresh = running(heartbeat_ms=None)
+    assert judge(fresh, POLICY, T0 + 29_999) is Verdict.GRACE
+    assert judge(fresh, POLICY, T0 + 30_000) is Verdict.KILL_NO_HEARTBEAT
+
+
+def test_a_previous_runs_heartbeat_does_not_count() -> None:
+    """A stale mtime left by the last container must not get the new one killed (#1941)."""
+    leftover = running(heartbeat_ms=T0 - 3_600_000)
+    assert judge(leftover, POLICY, T0 + 1_000) is Verdict.GRACE
+
+
+def test_fresh_heartbeat_keeps_a_long_tool_alive() -> None:
+    """The timer thread beats during a 20-minute tool call: no kill (#3455, #3251)."""
+    obs = running(heartbeat_ms=T0 + 1_200_000)
+    assert judge(obs, POLICY, T0 + 1_200_000 + 59_000) is Verdict.OK
+
+
+def test_stale_heartbeat_kills() -> None:
+    obs = running(heartbeat_ms=T0 + 5_000)
+    assert judge(obs, POLICY, T0 + 5_000 + 60_000) is Verdict.OK
+    assert judge(obs, POLICY, T0 + 5_000 + 60_001) is Verdict.KILL_STALE
+
+
+def test_turn_ceiling() -> None:
+    assert judge(running(turns=50), POLICY, T0 + 2_000) is Verdict.OK
+    assert judge(running(turns=51), POLICY, T0 + 2_000) is Verdict.KILL_TURNS
+
+
+def test_idle_stop_only_without_pending_work() -> None:
+    later = T0 + 1_800_000
+    quiet = running(claims=0, pending=0, heartbeat_ms=later - 1_000)
+    assert judge(quiet, POLICY, later - 1) is Verdict.OK
+    assert judge(quiet, POLICY, later) is Verdict.STOP_IDLE
+    assert judge(running(claims=0, pending=1, heartbeat_ms=later), POLICY, later) is Verdict.OK
+    busy_recently = running(claims=0, pending=0, heartbeat_ms=later, last_activity_ms=later - 10)
+    assert judge(busy_recently, POLICY, later) is Verdict.OK
+
+
+def test_stopped_sessions() -> None:
+    assert judge(stopped(), POLICY, T0) is Verdict.OK
+    assert judge(stopped(due=2, pending=2), POLICY, T0) is Verdict.WAKE
+    # Leftover claims are settled before anything is woken again.
+    assert judge(stopped(claims=1, due=1), POLICY, T0) is Verdict.SETTLE
+
+
+@given(
+    heartbeat_age=st.integers(0, 10**7),
+    run_age=st.integers(0, 10**7),
+    claims=st.integers(0, 5),
+    pending=st.integers(0, 5),
+)
+def test_fresh_beating_runs_are_never_killed(
+    heartbeat_age: int, run_age: int, claims: int, pending: int
+) -> None:
+    """No kill loop: a run whose heartbeat is within the timeout is never killed, whatever
+    its claims or age, unless it exceeds the turn ceiling."""
+    now = T0 + 10**8
+    obs = running(
+        run_started_at_ms=now - run_age,
+        heartbeat_ms=now - min(heartbeat_age, run_age),
+        claims=claims,
+        pending=pending,
+        turns=3,
+    )
+    verdict = judge(obs, POLICY, now)
+    if min(heartbeat_age, run_age) <= POLICY.heartbeat_timeout_ms:
+        assert verdict not in KILLS
+
+
+def test_backoff() -> None:
+    assert [backoff_ms(n) for n in (1, 2, 3, 4, 5)] == [5_000, 10_000, 20_000, 40_000, 80_000]
+    assert backoff_ms(30) == 300_000
+
+
+def test_plan_capacity() -> None:
+    assert plan_capacity(["a", "b"], 0, [], 5) == (["a", "b"], [])
+    assert plan_capacity(["a", "b"], 4, [], 5) == (["a"], [])
+    assert plan_capacity(["a", "b"], 5, ["idle1", "idle2", "idle3"], 5) == (
+        ["a", "b"],
+        ["idle1", "idle2"],
+    )
+    assert plan_capacity(["a", "b", "c"], 5, ["idle1"], 5) == (["a"], ["idle1"])
+    assert plan_capacity([], 5, ["idle1"], 5) == ([], [])
+
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def paris(*parts: int) -> int:
+    return int(datetime(*parts, tzinfo=PARIS).timestamp() * 1000)  # type: ignore[misc]
+
+
+def test_next_occurrence_from_scheduled_time_no_drift() -> None:
+    # The 09:00 run completed at 09:07; the next one is 09:00 tomorrow, not 09:07.
+    assert next_occurrence(
+        "0 9 * * *", paris(2026, 5, 4, 9), "Europe/Paris", paris(2026, 5, 4, 9, 7)
+    ) == paris(2026, 5, 5, 9)
+
+
+def test_next_occurrence_across_dst() -> None:
+    # Clocks go forward on 2026-03-29: 09:00 stays 09:00 local time.
+    nxt = next_occurrence(
+        "0 9 * * *", paris(2026, 3, 28, 9), "Europe/Paris", paris(2026, 3, 28, 9, 1)
+    )
+    assert nxt == paris(2026, 3, 29, 9)
+    assert nxt - paris(2026, 3, 28, 9) == 23 * 3_600_000
+
+
+def test_missed_occurrences_collapse_into_one() -> None:
+    down_until = paris(2026, 5, 10, 12)
+    first = next_occurrence("0 9 * * *", paris(2026, 5, 1, 9), "Europe/Paris", down_until)
+    assert first == paris(2026, 5, 10, 9)  # the latest missed slot: runs once, now
+    second = next_occurrence("0 9 * * *", first, "Europe/Paris", down_until + 60_000)
+    assert second == paris(2026, 5, 11, 9)  # then back on schedule
+
+
+def test_invalid_cron_is_refused() -> None:
+    with pytest.raises(Refused, match="invalid cron"):
+        validate_cron("every day at nine")
+    with pytest.raises(Refused):
+        next_occurrence("61 * * * *", T0, "UTC", T0)
