@@ -1,0 +1,97 @@
+"""Helpers every adapter uses to turn platform data into our events and buttons.
+
+Platform libraries hand us dicts parsed by ``json.loads``, which happily produces lone UTF-16
+surrogates (``"\\ud800"``) and any size of string. Our stores encode with msgspec, which
+refuses surrogates, and our structs carry size limits that plain construction does not check.
+So events are built through ``make_event`` / ``make_action``: text is cleaned and the result
+is validated by ``msgspec.convert``; a violation is a ``DecodeError`` (a recorded drop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Final
+
+import msgspec
+
+from nanoclaw_common.errors import DecodeError
+from nanoclaw_common.messages import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
+    ActionEvent,
+    InboundEvent,
+    convert_as,
+)
+
+# Telegram caps callback_data at 64 bytes; Slack's button value at 2,000 characters.
+MAX_BUTTON_DATA: Final = 64
+_TOKEN_PREFIX: Final = "#"
+_BUTTON = re.compile(r"^(?P<token>[^|]{1,200})\|(?P<index>\d{1,2})$")
+
+
+def clean_text(value: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """Valid UTF-8 (lone surrogates become ``?``), without NUL, at most ``limit`` characters."""
+    cleaned = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    return cleaned[:limit]
+
+
+def clean_name(value: str | None) -> str:
+    return clean_text(value or "", MAX_NAME_CHARS).strip()
+
+
+def make_event(**fields: Any) -> InboundEvent:
+    """An ``InboundEvent`` from raw fields, cleaned and validated (``DecodeError`` if not)."""
+    if isinstance(fields.get("text"), str):
+        text: str = fields["text"]
+        if len(text) > MAX_TEXT_CHARS:
+            # Refuse rather than truncate: a silently cut message misleads the agent.
+            raise DecodeError(f"message text is {len(text)} characters, over {MAX_TEXT_CHARS}")
+        fields["text"] = clean_text(text)
+    for key in ("sender_name", "chat_name"):
+        if isinstance(fields.get(key), str):
+            fields[key] = clean_name(fields[key])
+    return convert_as(fields, InboundEvent, "channel event")
+
+
+def make_action(**fields: Any) -> ActionEvent:
+    return convert_as(fields, ActionEvent, "button click")
+
+
+def question_token(question_id: str) -> str:
+    """The short form of a question id used in button data. Ids that fit are used as they
+    are; longer ones become ``#`` + a hash, which the router resolves against the pending
+    questions and approvals (``matches_token``)."""
+    if len(question_id.encode()) + 3 <= MAX_BUTTON_DATA and not question_id.startswith("#"):
+        return question_id
+    digest = hashlib.sha256(question_id.encode()).hexdigest()[:24]
+    return f"{_TOKEN_PREFIX}{digest}"
+
+
+def matches_token(question_id: str, token: str) -> bool:
+    return question_token(question_id) == token
+
+
+def button_data(question_id: str, index: int) -> str:
+    """``<token>|<option index>``. The index, not the option's value, travels: the router
+    maps it back through the pending row, so a forged click cannot pick an unlisted value."""
+    return f"{question_token(question_id)}|{index}"
+
+
+def parse_button_data(data: str) -> tuple[str, int]:
+    """(token, option index) from button data, or ``DecodeError``."""
+    match = _BUTTON.match(data)
+    if match is None:
+        raise DecodeError(f"button data {data[:80]!r} is not '<question>|<index>'")
+    return match["token"], int(match["index"])
+
+
+def safe_platform_id(value: object) -> str:
+    """A platform id for a drop record, whatever the payload held."""
+    text = clean_text(str(value), MAX_ID_CHARS) if value not in (None, "") else "unknown"
+    return text or "unknown"
+
+
+def to_builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)

@@ -1,0 +1,569 @@
+"""Slack: slack-sdk against ``SLACK_API_BASE_URL``; Socket Mode and/or the Events API.
+
+Inbound, either or both:
+- Socket Mode (``SLACK_APP_TOKEN``): each envelope is acknowledged on the websocket only after
+  its rows are committed; an unacknowledged envelope is re-sent by Slack.
+- Events API over HTTP (``slack_events_port``): ``POST /slack/events`` for event callbacks and
+  interactivity payloads. The signing secret and a five-minute timestamp window are checked
+  before anything is parsed; the 200 goes out after the commit, so a crash makes Slack retry.
+
+Ids: chat = the channel id (``C…``, ``G…``, ``D…`` for DMs); users ``slack:<user id>``;
+message = ``<channel>_<ts>`` (outbound methods accept a bare ts too); thread = ``thread_ts``
+(a top-level message has no thread; replies to it are in thread ``<its ts>``).
+Slack has no typing indicator for bots outside assistant threads: ``set_typing`` does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from loguru import logger
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.web.async_client import AsyncWebClient
+
+from nanoclaw_common.channels import slack_payloads as sp
+from nanoclaw_common.channels.base import (
+    ChannelAdapter,
+    InboundSink,
+    OutgoingFile,
+    card_fallback_text,
+)
+from nanoclaw_common.channels.common import (
+    button_data,
+    make_action,
+    make_event,
+    parse_button_data,
+    safe_platform_id,
+)
+from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
+from nanoclaw_common.messages import MAX_ATTACHMENT_BYTES, AskQuestion, InboundEvent, SendCard
+
+log = logger.bind(component="slack")
+T = TypeVar("T")
+
+CHANNEL: Final = "slack"
+EVENTS_PATH: Final = "/slack/events"
+# Errors that will not go away by retrying the same request.
+PERMANENT_ERRORS: Final = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "msg_too_long",
+        "no_text",
+        "invalid_blocks",
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+        "invalid_name",
+        "already_reacted",
+        "user_not_found",
+        "cannot_dm_bot",
+        "restricted_action",
+    }
+)
+# Common emoji by character, for reactions.add (which takes names).
+EMOJI_NAMES: Final = {
+    "👍": "thumbsup",
+    "👎": "thumbsdown",
+    "❤️": "heart",
+    "❤": "heart",
+    "✅": "white_check_mark",
+    "❌": "x",
+    "👀": "eyes",
+    "🎉": "tada",
+    "😂": "joy",
+    "🙏": "pray",
+    "🔥": "fire",
+    "🤔": "thinking_face",
+    "👋": "wave",
+    "⏳": "hourglass_flowing_sand",
+}
+
+
+def split_message_id(message_id: str) -> tuple[str | None, str]:
+    """``C1_1700.0001`` → (``C1``, ``1700.0001``); a bare ts → (None, ts)."""
+    channel, sep, ts = message_id.rpartition("_")
+    return (channel or None, ts) if sep else (None, message_id)
+
+
+def emoji_name(emoji: str) -> str:
+    stripped = emoji.strip()
+    if stripped.startswith(":") and stripped.endswith(":") and len(stripped) > 2:
+        return stripped[1:-1]
+    return EMOJI_NAMES.get(stripped, stripped)
+
+
+class SlackAdapter(ChannelAdapter):
+    channel_type = CHANNEL
+    text_limit = 4000  # Slack truncates past 40k; 4k keeps messages readable
+    supports_threads = True
+    supports_cards = True
+
+    def __init__(
+        self,
+        bot_token: str,
+        base_url: str,
+        *,
+        app_token: str = "",
+        signing_secret: str = "",
+        events_host: str = "127.0.0.1",
+        events_port: int = 0,
+    ) -> None:
+        self.bot_token = bot_token
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.app_token = app_token
+        self.signing_secret = signing_secret
+        self.events_host = events_host
+        self.events_port = events_port
+        self._session: aiohttp.ClientSession | None = None
+        self._web: AsyncWebClient | None = None
+        self._socket: SocketModeClient | None = None
+        self._runner: web.AppRunner | None = None
+        self._bot_user_id = ""
+        self._names: dict[str, str] = {}
+        self._chat_names: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.bound_port = 0  # the Events API port actually bound (tests bind port 0)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._web = AsyncWebClient(
+            token=self.bot_token, base_url=self.base_url, session=self._session, timeout=20
+        )
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()  # type: ignore[no-untyped-call]
+            await self._socket.aiohttp_client_session.close()
+            self._socket = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._web = None
+
+    def is_connected(self) -> bool:
+        return self._web is not None
+
+    @property
+    def api(self) -> AsyncWebClient:
+        if self._web is None:
+            raise RetryLater("slack adapter not started")
+        return self._web
+
+    # -- inbound --------------------------------------------------------------------------
+
+    async def run_inbound(self, sink: InboundSink) -> None:
+        await self._identify()
+        if not self.app_token and not self.events_port:
+            log.warning("neither SLACK_APP_TOKEN nor slack_events_port set: no Slack inbound")
+        if self.events_port:
+            await self._serve_events(sink)
+        if self.app_token:
+            await self._connect_socket_mode(sink)
+        await asyncio.Event().wait()  # the SDK and aiohttp run their own tasks
+
+    async def _identify(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                response = await self.api.auth_test()
+                self._bot_user_id = str(response.get("user_id") or "")
+                log.info("connected as {}", self._bot_user_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = min(30.0, 2.0**attempt)
+                attempt += 1
+                log.warning("auth.test failed ({}); retrying in {}s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _connect_socket_mode(self, sink: InboundSink) -> None:
+        client = SocketModeClient(app_token=self.app_token, web_client=self.api)
+
+        async def on_frame(client: Any, _message: dict[str, Any], raw: str | None) -> None:
+            await self.handle_frame(client, raw or "", sink)
+
+        client.message_listeners.append(on_frame)
+        self._socket = client
+        await client.connect()  # type: ignore[no-untyped-call]
+
+    async def handle_frame(self, client: Any, raw: str, sink: InboundSink) -> None:
+        """One Socket Mode frame. The envelope is acknowledged after the commit; a decode
+        problem is recorded and acknowledged (poison is never re-sent); a sink failure is
+        not acknowledged, so Slack re-sends."""
+        try:
+            envelope = sp.decode_envelope(raw)
+        except DecodeError as exc:
+            await sink.on_invalid(CHANNEL, "unknown", str(exc))
+            return
+        if envelope.type in ("hello", "disconnect") or envelope.envelope_id is None:
+            return
+        try:
+            if envelope.type == "events_api":
+                await self.handle_callback(sp.decode_callback(envelope.payload), sink)
+            elif envelope.type == "interactive":
+                await self.handle_interaction(envelope.payload, sink)
+            else:
+                await sink.on_invalid(CHANNEL, "unknown", f"unsupported envelope {envelope.type!r}")
+        except DecodeError as exc:
+            await sink.on_invalid(CHANNEL, _channel_of(envelope.payload), str(exc))
+        await client.send_socket_mode_response({"envelope_id": envelope.envelope_id})
+
+    async def handle_callback(self, callback: sp.EventCallback, sink: InboundSink) -> None:
+        if callback.type != "event_callback":
+            await sink.on_invalid(CHANNEL, "unknown", f"unsupported callback {callback.type!r}")
+            return
+        kind = callback.event.get("type") if isinstance(callback.event, dict) else None
+        if kind not in ("message", "app_mention"):
+            await sink.on_invalid(
+                CHANNEL, _channel_of(callback.event), f"unsupported event {kind!r}"
+            )
+            return
+        message = sp.decode_message_event(callback.event)
+        lock = self._locks.setdefault(message.channel, asyncio.Lock())
+        async with lock:  # one channel's messages reach the router in order
+            event = await self.to_event(message)
+            if event is not None:
+                await sink.on_event(event)
+
+    async def handle_interaction(self, raw: Any, sink: InboundSink) -> None:
+        payload = sp.decode_block_actions(raw)
+        if payload.type != "block_actions" or not payload.actions:
+            await sink.on_invalid(CHANNEL, "unknown", f"unsupported interaction {payload.type!r}")
+            return
+        token, index = parse_button_data(payload.actions[0].value)
+        channel = (payload.channel.id if payload.channel else None) or (
+            payload.container.channel_id if payload.container else None
+        )
+        if not channel:
+            raise DecodeError("interaction without a channel")
+        ts = (payload.message.ts if payload.message else None) or (
+            payload.container.message_ts if payload.container else None
+        )
+        await sink.on_action(
+            make_action(
+                channel_type=CHANNEL,
+                platform_id=channel,
+                user_id=f"slack:{payload.user.id}",
+                question_id=token,
+                value=str(index),
+                platform_message_id=f"{channel}_{ts}" if ts else None,
+            )
+        )
+
+    async def to_event(self, message: sp.MessageEvent) -> InboundEvent | None:
+        """None for what is not a person talking (our own or bots' messages, joins, edits)."""
+        if message.subtype not in sp.USER_SUBTYPES or message.bot_id or not message.user:
+            return None
+        if message.user == self._bot_user_id:
+            return None
+        attachments, notes = await self._download(message.files)
+        text = message.text
+        if notes:
+            text = "\n".join([text, *notes]) if text else "\n".join(notes)
+        direct = message.channel_type == "im"
+        mention = (
+            direct
+            or message.type == "app_mention"
+            or (bool(self._bot_user_id) and f"<@{self._bot_user_id}>" in message.text)
+        )
+        return make_event(
+            channel_type=CHANNEL,
+            platform_id=message.channel,
+            message_id=f"{message.channel}_{message.ts}",
+            sender_id=f"slack:{message.user}",
+            sender_name=await self._user_name(message.user),
+            text=text,
+            timestamp_ms=_ts_ms(message.ts),
+            thread_id=message.thread_ts,
+            is_mention=mention,
+            is_group=not direct,
+            attachments=attachments,
+            chat_name=await self._chat_name(message.channel) if mention and not direct else None,
+        )
+
+    async def _download(self, files: list[sp.SlackFile]) -> tuple[list[dict[str, Any]], list[str]]:
+        found: list[dict[str, Any]] = []
+        notes: list[str] = []
+        for item in files:
+            name = item.name or item.id
+            url = item.url_private_download or item.url_private
+            if item.size is not None and item.size > MAX_ATTACHMENT_BYTES:
+                notes.append(
+                    f"[attachment {name} not downloaded: {item.size} bytes is over the limit]"
+                )
+                continue
+            if not url or self._session is None:
+                notes.append(f"[attachment {name} not downloaded: no download link]")
+                continue
+            headers = {"Authorization": f"Bearer {self.bot_token}"}
+            try:
+                async with self._session.get(url, headers=headers) as response:
+                    if response.status != 200:
+                        notes.append(f"[attachment {name} not downloaded: HTTP {response.status}]")
+                        continue
+                    data = await response.content.read(MAX_ATTACHMENT_BYTES + 1)
+            except aiohttp.ClientError as exc:
+                raise RetryLater(f"slack file download failed: {exc}") from None
+            if len(data) > MAX_ATTACHMENT_BYTES:
+                notes.append(f"[attachment {name} not downloaded: over the size limit]")
+                continue
+            kind = "image" if item.mimetype.startswith("image/") else "file"
+            found.append(
+                {"name": name, "data": data, "kind": kind, "mime_type": item.mimetype or None}
+            )
+        return found, notes
+
+    async def _user_name(self, user: str) -> str:
+        """users.info, cached; the id when Slack does not answer."""
+        if user not in self._names:
+            try:
+                info = await self.api.users_info(user=user)
+                profile = (info.get("user") or {}).get("profile") or {}
+                self._names[user] = str(
+                    profile.get("display_name") or profile.get("real_name") or user
+                )
+            except Exception as exc:
+                log.debug("users.info {} failed: {}", user, exc)
+                return user
+        return self._names[user]
+
+    async def _chat_name(self, channel: str) -> str | None:
+        if channel not in self._chat_names:
+            try:
+                info = await self.api.conversations_info(channel=channel)
+                self._chat_names[channel] = str((info.get("channel") or {}).get("name") or "")
+            except Exception as exc:
+                log.debug("conversations.info {} failed: {}", channel, exc)
+                return None
+        return self._chat_names[channel] or None
+
+    # -- Events API over HTTP -------------------------------------------------------------
+
+    async def _serve_events(self, sink: InboundSink) -> None:
+        app = web.Application(client_max_size=sp.MAX_REQUEST_BYTES)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.handle_http(request, sink)
+
+        app.router.add_post(EVENTS_PATH, handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.events_host, self.events_port)
+        await site.start()
+        self._runner = runner
+        addresses = runner.addresses
+        self.bound_port = int(addresses[0][1]) if addresses else self.events_port
+        log.info("Events API on http://{}:{}{}", self.events_host, self.bound_port, EVENTS_PATH)
+
+    async def handle_http(
+        self, request: web.Request, sink: InboundSink, *, now_s: float | None = None
+    ) -> web.StreamResponse:
+        body = await request.read()
+        ok = bool(self.signing_secret) and sp.signature_ok(
+            self.signing_secret,
+            body,
+            request.headers.get("X-Slack-Request-Timestamp"),
+            request.headers.get("X-Slack-Signature"),
+            time.time() if now_s is None else now_s,
+        )
+        if not ok:
+            # Unauthenticated: refuse without touching the database (no write amplification
+            # for whoever finds the URL).
+            log.warning("refused Events API request: bad signature or stale timestamp")
+            return web.Response(status=401, text="invalid signature")
+        try:
+            if request.content_type == "application/x-www-form-urlencoded":
+                form = parse_qs(body.decode("utf-8", "replace"))
+                payload = form.get("payload", [""])[0]
+                await self._interaction_text(payload, sink)
+                return web.Response(status=200)
+            callback = sp.decode_callback_body(body)
+            if callback.type == "url_verification":
+                return web.json_response({"challenge": callback.challenge or ""})
+            await self.handle_callback(callback, sink)
+        except DecodeError as exc:
+            await sink.on_invalid(CHANNEL, "unknown", str(exc))
+            return web.Response(status=400, text=str(exc))
+        except Exception as exc:
+            log.warning("event not committed ({}); Slack will retry", exc)
+            return web.Response(status=500, text="not committed")
+        return web.Response(status=200)
+
+    async def _interaction_text(self, payload: str, sink: InboundSink) -> None:
+        try:
+            raw = msgspec.json.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"invalid slack interaction payload: {exc}") from None
+        await self.handle_interaction(raw, sink)
+
+    # -- outbound -------------------------------------------------------------------------
+
+    async def send_text(
+        self,
+        platform_id: str,
+        thread_id: str | None,
+        text: str,
+        files: list[OutgoingFile] | None = None,
+    ) -> str | None:
+        if not text.strip() and not files:
+            raise PermanentFailure("slack cannot send an empty message")
+        first: str | None = None
+        if text.strip():
+            response = await _call(
+                lambda: self.api.chat_postMessage(
+                    channel=platform_id, text=text, thread_ts=thread_id
+                )
+            )
+            first = f"{platform_id}_{response['ts']}"
+        for item in files or []:
+            data = item.path.read_bytes()
+            upload = functools.partial(
+                self.api.files_upload_v2,
+                channel=platform_id,
+                file=data,
+                filename=item.name,
+                thread_ts=thread_id,
+            )
+            await _call(upload)
+        return first
+
+    async def edit_text(
+        self, platform_id: str, thread_id: str | None, message_id: str, text: str
+    ) -> None:
+        channel, ts = split_message_id(message_id)
+        await _call(lambda: self.api.chat_update(channel=channel or platform_id, ts=ts, text=text))
+
+    async def add_reaction(
+        self, platform_id: str, thread_id: str | None, message_id: str, emoji: str
+    ) -> None:
+        channel, ts = split_message_id(message_id)
+        await _call(
+            lambda: self.api.reactions_add(
+                channel=channel or platform_id, timestamp=ts, name=emoji_name(emoji)
+            )
+        )
+
+    async def send_question(
+        self, platform_id: str, thread_id: str | None, question: AskQuestion
+    ) -> str | None:
+        text = f"{question.title}\n{question.question}" if question.title else question.question
+        blocks: list[dict[str, Any]] = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}},
+            {
+                "type": "actions",
+                "block_id": "nanoclaw_question",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": f"option_{i}",
+                        "text": {"type": "plain_text", "text": option.label[:75]},
+                        "value": button_data(question.question_id, i),
+                    }
+                    for i, option in enumerate(question.options[:25])
+                ],
+            },
+        ]
+        response = await _call(
+            lambda: self.api.chat_postMessage(
+                channel=platform_id, text=text[:3000], blocks=blocks, thread_ts=thread_id
+            )
+        )
+        return f"{platform_id}_{response['ts']}"
+
+    async def send_card(
+        self, platform_id: str, thread_id: str | None, card: SendCard
+    ) -> str | None:
+        body = card.card
+        blocks: list[dict[str, Any]] = []
+        if body.title:
+            blocks.append(
+                {"type": "header", "text": {"type": "plain_text", "text": body.title[:150]}}
+            )
+        for part in [body.description, *body.children]:
+            if part:
+                blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": part[:3000]}})
+        if body.actions:
+            elements: list[dict[str, Any]] = []
+            for action in body.actions:
+                button: dict[str, Any] = {
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": action.label[:75]},
+                    "url": action.url,
+                }
+                if action.style != "default":
+                    button["style"] = action.style
+                elements.append(button)
+            blocks.append({"type": "actions", "elements": elements})
+        fallback = card_fallback_text(card)[:3000]
+        response = await _call(
+            lambda: self.api.chat_postMessage(
+                channel=platform_id, text=fallback, blocks=blocks, thread_ts=thread_id
+            )
+        )
+        return f"{platform_id}_{response['ts']}"
+
+    async def set_typing(self, platform_id: str, thread_id: str | None) -> None:
+        return None  # no bot typing indicator in the Web API
+
+    async def open_dm(self, user_handle: str) -> str:
+        response = await _call(lambda: self.api.conversations_open(users=user_handle))
+        channel = response.get("channel") or {}
+        channel_id = channel.get("id") if isinstance(channel, dict) else None
+        if not channel_id:
+            raise RetryLater("conversations.open returned no channel")
+        return str(channel_id)
+
+
+def _ts_ms(ts: str) -> int:
+    try:
+        return int(float(ts) * 1000)
+    except ValueError:
+        raise DecodeError(f"invalid slack ts {ts!r}") from None
+
+
+def _channel_of(raw: Any) -> str:
+    if isinstance(raw, dict):
+        channel = raw.get("channel")
+        if isinstance(channel, dict):
+            channel = channel.get("id")
+        if channel is None and isinstance(raw.get("event"), dict):
+            channel = raw["event"].get("channel")
+        return safe_platform_id(channel)
+    return "unknown"
+
+
+async def _call(make: Callable[[], Awaitable[T]]) -> T:
+    """One Web API call, errors mapped to RetryLater / PermanentFailure."""
+    try:
+        return await make()
+    except SlackApiError as exc:
+        status = exc.response.status_code
+        error = str(exc.response.get("error") or "")
+        if status == 429 or error == "ratelimited":
+            retry_after = exc.response.headers.get("Retry-After") or exc.response.headers.get(
+                "retry-after"
+            )
+            delay = float(retry_after) if retry_after and str(retry_after).isdigit() else None
+            raise RetryLater("slack rate limit", delay_s=delay) from None
+        if error in PERMANENT_ERRORS:
+            raise PermanentFailure(f"slack refused: {error}") from None
+        raise RetryLater(f"slack error {status}: {error or 'unknown'}") from None
+    except (TimeoutError, SlackRequestError, aiohttp.ClientError) as exc:
+        raise RetryLater(f"slack request failed: {exc}") from None
