@@ -1,0 +1,254 @@
+"""Agents talking to agents: ``create_agent`` and agent-to-agent messages.
+
+**What "admin only" means for create_agent, decided on the host.** Agents hold no roles;
+people do. A ``create_agent`` row is applied only when the row's ``in_reply_to`` names a
+``chat`` row in the *same* session's ``inbound.db`` whose sender has admin privilege over the
+session's agent group (the owner, a global admin, or an admin of that group). In words: an
+admin asked for it, in this conversation. A request answering a member's message, a
+scheduled task, a system note or another agent's message is refused (upstream trusted the
+container: nanocoai/nanoclaw#2807). The container chooses ``in_reply_to``, so a compromised
+container could cite an older admin message of the same session; it can never borrow the
+authority of an admin who never spoke in this session, and rows it cites must exist in the
+host-owned ``inbound.db``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from nanoclaw_common import messages as m
+from nanoclaw_common.channels.base import OutgoingFile, card_fallback_text
+from nanoclaw_common.errors import DecodeError, Refused
+from nanoclaw_common.paths import Layout, SessionPaths
+from nanoclaw_common.sessions import ensure_session_files, refresh_projections
+from nanoclaw_common.states import DestinationType, SessionMode, SessionStatus
+from nanoclaw_common.store import InboundStore, NewInbound
+from nanoclaw_common.store.central import normalize_name
+from nanoclaw_common.store.rows import AgentGroup, Session
+from nanoclaw_delivery.acl import AGENT_CHANNEL, check_agent
+from nanoclaw_delivery.files import stage_files
+from nanoclaw_delivery.job import Job
+from nanoclaw_delivery.notify import note_agent, wake
+from nanoclaw_delivery.outcome import Denied, Sent
+
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def stable_id(prefix: str, seed: str, stamp_ms: int) -> str:
+    """An id in the ``ids.new_id`` shape whose random part is derived from ``seed``: a re-run
+    of the same row (after a crash) finds what the first run created instead of duplicating."""
+    number = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big")
+    tail = ""
+    for _ in range(8):
+        number, digit = divmod(number, 36)
+        tail += _BASE36[digit]
+    return f"{prefix}-{stamp_ms}-{tail}"
+
+
+# -- create_agent ---------------------------------------------------------------------------
+
+
+def requesting_admin(job: Job) -> str:
+    """The admin whose message this request answers (raises ``Denied``)."""
+    reference = job.row.in_reply_to
+    group = job.session.agent_group_id
+    if not reference:
+        raise Denied("create_agent is admin-only: the request answers no message")
+    answered = job.inbound.get_message(reference)
+    if answered is None or answered.kind != "chat" or answered.channel_type == AGENT_CHANNEL:
+        raise Denied("create_agent is admin-only: the request does not answer a person")
+    try:
+        content = m.decode_inbound_content(answered.content)
+    except DecodeError:
+        raise Denied("create_agent is admin-only: the answered message is unreadable") from None
+    if not isinstance(content, m.ChatContent):
+        raise Denied("create_agent is admin-only: the request does not answer a person")
+    if not job.deps.central.has_admin_privilege(content.sender_id, group):
+        raise Denied(
+            f"create_agent is admin-only: {content.sender_id} is not an owner or admin of"
+            f" agent group {group}"
+        )
+    return content.sender_id
+
+
+def safe_group_dir(layout: Layout, folder: str) -> Path:
+    """``groups/<folder>``, refusing anything that resolves elsewhere (defence in depth: the
+    folder is already normalized)."""
+    try:
+        path = layout.group_dir(folder)
+    except Refused as exc:
+        raise Denied(f"create_agent: invalid folder path ({exc})") from None
+    groups = Path(os.path.realpath(layout.groups_dir))
+    if Path(os.path.realpath(path)) != groups / folder:
+        raise Denied(f"create_agent: folder {folder!r} resolves outside {groups}")
+    return path
+
+
+def _check_name(name: str) -> str:
+    stripped = name.strip()
+    if not stripped:
+        raise Denied("create_agent: the name is empty", notify_owner=False)
+    if any(bad in stripped for bad in ("/", "\\", "\x00")) or ".." in stripped:
+        raise Denied(f"create_agent: name {name!r} looks like a path (path traversal refused)")
+    return stripped
+
+
+async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
+    deps, session = job.deps, job.session
+    central, layout = deps.central, deps.layout
+    source = central.get_agent_group(session.agent_group_id)
+    if source is None:
+        raise Denied("create_agent: the source agent group no longer exists", notify_owner=False)
+    admin = requesting_admin(job)
+    name = _check_name(action.name)
+    job.guard_texts(name, action.instructions or "")
+    local_name = normalize_name(name)
+    now = deps.clock()
+    child_id = stable_id("ag", f"{session.id}:{job.row.id}", job.row.timestamp_ms)
+    child = central.get_agent_group(child_id)
+    if child is None:
+        if central.find_destination(source.id, local_name) is not None:
+            raise Denied(
+                f'create_agent: you already have a destination named "{local_name}"',
+                notify_owner=False,
+            )
+        folder = central.unique_folder(name)
+        safe_group_dir(layout, folder)
+        child = central.create_agent_group(name, folder, id=child_id, now=now)
+    _init_group_folder(safe_group_dir(layout, child.folder), child, action.instructions)
+    name_at_source = _grant(job, source, child, local_name)
+    _grant(job, child, source, "parent")
+    for each in central.list_sessions(agent_group_id=source.id, status=SessionStatus.ACTIVE):
+        refresh_projections(central, layout, each, job.inbound if each.id == session.id else None)
+    await note_agent(
+        deps,
+        session,
+        job.inbound,
+        f"create-agent-{job.row.seq}",
+        f'Agent "{name_at_source}" created (asked by {admin}). You can now message it with'
+        f' <message to="{name_at_source}">...</message>.',
+    )
+    return Sent(child.id)
+
+
+def _grant(job: Job, owner: AgentGroup, target: AgentGroup, wanted: str) -> str:
+    """A destination from ``owner`` to ``target`` (idempotent); returns its local name."""
+    central = job.deps.central
+    for entry in central.list_destinations(owner.id):
+        if entry.target_type == DestinationType.AGENT and entry.target_id == target.id:
+            return entry.local_name
+    name = central.unique_local_name(owner.id, wanted)
+    central.add_destination(owner.id, name, DestinationType.AGENT, target.id, now=job.deps.clock())
+    return name
+
+
+def _init_group_folder(path: Path, group: AgentGroup, instructions: str | None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    memory = path / "AGENT.md"
+    if not memory.exists():
+        body = instructions.strip() if instructions else "Keep notes here that should last."
+        memory.write_text(f"# {group.name}\n\n{body}\n")
+
+
+# -- agent-to-agent -------------------------------------------------------------------------
+
+
+def target_session(job: Job, target: AgentGroup) -> Session:
+    """Where a message to ``target`` lands, so replies return to the conversation that asked:
+    the session behind the message being answered, else the session of the newest message
+    from ``target``, else the target group's newest active session (or a new one)."""
+    central = job.deps.central
+    candidate: str | None = None
+    if job.row.in_reply_to:
+        answered = job.inbound.get_message(job.row.in_reply_to)
+        if answered is not None:
+            candidate = answered.source_session_id
+    if candidate is None:
+        latest = job.inbound.latest_from(AGENT_CHANNEL, target.id)
+        if latest is not None:
+            candidate = latest.source_session_id
+    if candidate is not None:
+        found = central.get_session(candidate)
+        if (
+            found is not None
+            and found.agent_group_id == target.id
+            and found.status == SessionStatus.ACTIVE
+        ):
+            return found
+    session, _ = central.resolve_session(
+        target.id, None, None, SessionMode.AGENT_SHARED, now=job.deps.clock()
+    )
+    return session
+
+
+def _forward(files: list[OutgoingFile], paths: SessionPaths, a2a_id: str) -> list[m.Attachment]:
+    """Copy verified (staged) files into the target session's ``inbox/<a2a id>/``."""
+    if not files:
+        return []
+    folder = paths.inbox_for(a2a_id)
+    if folder.is_symlink():
+        raise Denied(f"target inbox folder {a2a_id} is a symlink")
+    folder.mkdir(parents=True, exist_ok=True)
+    attachments = []
+    for staged in files:
+        shutil.copyfile(staged.path, folder / staged.name, follow_symlinks=False)
+        attachments.append(
+            m.Attachment(
+                name=staged.name,
+                kind="file",
+                size=staged.path.stat().st_size,
+                local_path=f"inbox/{a2a_id}/{staged.name}",
+            )
+        )
+    return attachments
+
+
+async def send_to_agent(job: Job, content: m.ChatOperation) -> Sent:
+    deps, session, row = job.deps, job.session, job.row
+    if not isinstance(content, m.SendText | m.SendCard):
+        raise Denied("only text, files and cards can be sent to an agent", notify_owner=False)
+    target = check_agent(deps.central, session, row.platform_id)
+    text = content.text if isinstance(content, m.SendText) else card_fallback_text(content)
+    job.guard_texts(text)
+    names = list(content.files) if isinstance(content, m.SendText) else []
+    files = stage_files(job.paths, row.id, names, job.staging)
+    job.guard_files([f.path for f in files])
+    limiter = deps.a2a_limiter
+    assert limiter is not None
+    if not limiter.allow(session.agent_group_id, target.id, deps.clock()):
+        raise Denied(
+            f"rate limit: more than {limiter.limit} messages to agent group {target.id}"
+            " within a minute (a loop?)"
+        )
+    source = deps.central.get_agent_group(session.agent_group_id)
+    landing = target_session(job, target)
+    paths = ensure_session_files(deps.layout, landing)
+    a2a_id = f"a2a-{session.id}-{row.seq}"
+    attachments = _forward(files, paths, a2a_id)
+    now = deps.clock()
+    inbound = InboundStore(paths.inbound_db)
+    try:
+        inbound.insert_message(
+            NewInbound(
+                id=a2a_id,
+                content=m.ChatContent(
+                    text=text,
+                    sender_id=f"agent:{session.agent_group_id}",
+                    sender_name=source.name if source else session.agent_group_id,
+                    attachments=attachments,
+                ),
+                timestamp_ms=now,
+                channel_type=AGENT_CHANNEL,
+                platform_id=session.agent_group_id,  # the return path: reply to the sender
+                source_session_id=session.id,
+            ),
+            now=now,
+        )
+        refresh_projections(deps.central, deps.layout, landing, inbound)
+    finally:
+        inbound.close()
+    await wake(deps, landing)
+    return Sent(a2a_id)

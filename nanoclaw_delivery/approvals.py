@@ -1,0 +1,365 @@
+"""Self-modification behind an approval: ``install_packages`` and ``add_mcp_server``.
+
+Request (an outbound system row, handled like any other delivery):
+1. validate strictly (names, counts, no secrets); invalid → ``denied`` with the reason;
+2. approvers = scoped admins → global admins → owners (``CentralStore.pick_approvers``);
+   none → ``denied``;
+3. the first approver with a reachable DM, preferring the channel type of the session's chat
+   (``notify.reach_first``); nobody reachable right now → retry; nobody reachable at all →
+   ``denied``;
+4. a ``pending_approvals`` row (id derived from the outbound row, so a re-run finds it) and a
+   question card in the approver's DM; the row is ``delivered`` with the card's id.
+
+Decision (``ApprovalWatcher``, a loop in delivery): the router records a click with
+``CentralStore.decide_approval``, which counts it only from an approver. Delivery then applies
+``approved`` rows (merge the config, rebuild the image for packages, restart the group's
+containers, an ``on_wake`` note to the agent), tells the agent about ``rejected`` ones, turns
+undecided rows past ``expires_at_ms`` into ``expired`` (a timeout is a deny), and deletes the
+row. A crash before the delete applies it again: merging is idempotent and note ids are
+derived from the approval id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Final
+
+import msgspec
+from loguru import logger
+
+from nanoclaw_common import messages as m
+from nanoclaw_common.errors import DecodeError
+from nanoclaw_common.sessions import ensure_session_files
+from nanoclaw_common.states import ApprovalStatus
+from nanoclaw_common.store import InboundStore
+from nanoclaw_common.store.rows import PendingApproval, Session
+from nanoclaw_delivery.acl import origin_chat
+from nanoclaw_delivery.agents import stable_id
+from nanoclaw_delivery.context import Deps
+from nanoclaw_delivery.job import Job
+from nanoclaw_delivery.notify import note_agent, reach_first, wake
+from nanoclaw_delivery.outcome import Denied, Sent
+
+log = logger.bind(component="delivery")
+
+APT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,127}$")
+PIP_NAME: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")
+MCP_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_PACKAGES: Final = 20
+
+APPROVE: Final = "approve"
+REJECT: Final = "reject"
+OPTIONS: Final = [
+    m.QuestionOption(label="Approve", value=APPROVE, selected_label="✅ Approved"),
+    m.QuestionOption(label="Reject", value=REJECT, selected_label="❌ Rejected"),
+]
+
+SelfMod = m.InstallPackages | m.AddMcpServer
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def validate_packages(action: m.InstallPackages) -> None:
+    names = [*action.apt, *action.pip]
+    if not names:
+        raise Denied("install_packages: name at least one package", notify_owner=False)
+    if len(names) > MAX_PACKAGES:
+        raise Denied(
+            f"install_packages: {len(names)} packages, at most {MAX_PACKAGES} per request",
+            notify_owner=False,
+        )
+    for name in action.apt:
+        if not APT_NAME.match(name):
+            raise Denied(f"install_packages: invalid apt package name {name!r}")
+    for name in action.pip:
+        if not PIP_NAME.match(name):
+            raise Denied(f"install_packages: invalid pip package name {name!r}")
+
+
+def validate_mcp(action: m.AddMcpServer) -> None:
+    if not MCP_NAME.match(action.name):
+        raise Denied(f"add_mcp_server: invalid server name {action.name!r}", notify_owner=False)
+    parts = [action.command, *action.args, *action.env.values()]
+    if not action.command.strip() or any("\x00" in p for p in parts):
+        raise Denied("add_mcp_server: empty command or a NUL byte in command, args or env")
+    for key in action.env:
+        if not ENV_NAME.match(key):
+            raise Denied(f"add_mcp_server: invalid environment variable name {key!r}")
+
+
+def describe(action: SelfMod) -> tuple[str, str, str]:
+    """(action name, card title, one-line summary)."""
+    if isinstance(action, m.InstallPackages):
+        listed = ", ".join(
+            part
+            for part in (
+                f"apt: {' '.join(action.apt)}" if action.apt else "",
+                f"pip: {' '.join(action.pip)}" if action.pip else "",
+            )
+            if part
+        )
+        return "install_packages", "Install Packages Request", listed
+    args = " ".join(action.args)
+    return "add_mcp_server", "Add MCP Request", f"{action.name} ({action.command} {args})".strip()
+
+
+# -- request --------------------------------------------------------------------------------
+
+
+async def request(job: Job, action: SelfMod) -> Sent:
+    if isinstance(action, m.InstallPackages):
+        validate_packages(action)
+        job.guard_texts(action.reason)
+    else:
+        validate_mcp(action)
+        job.guard_texts(action.command, *action.args, *action.env.values())
+    deps, session = job.deps, job.session
+    central = deps.central
+    name, title, summary = describe(action)
+    approval_id = stable_id("appr", f"{session.id}:{job.row.id}", job.row.timestamp_ms)
+    existing = central.get_pending_approval(approval_id)
+    if existing is not None and existing.platform_message_id:
+        return Sent(existing.platform_message_id)  # the card went out before a crash
+    approvers = central.pick_approvers(session.agent_group_id)
+    if not approvers:
+        raise Denied(f"{name}: no owner or admin is configured to approve it")
+    origin = origin_chat(central, session)
+    reach = await reach_first(deps, approvers, origin.channel_type if origin else None)
+    if reach is None:
+        raise Denied(f"{name}: no DM channel found for any eligible approver")
+    group = central.get_agent_group(session.agent_group_id)
+    agent_name = group.name if group else session.agent_group_id
+    question = f'Agent "{agent_name}" asks to {_verb(action)}:\n{summary}'
+    if isinstance(action, m.InstallPackages) and action.reason:
+        question += f"\nReason: {action.reason}"
+    now = deps.clock()
+    if existing is None:
+        central.create_pending_approval(
+            PendingApproval(
+                approval_id=approval_id,
+                session_id=session.id,
+                agent_group_id=session.agent_group_id,
+                request_id=job.row.id,
+                action=name,
+                payload=m.encode_text(action),
+                approver_user_id=reach.user_id,
+                channel_type=reach.chat.channel_type,
+                platform_id=reach.chat.platform_id,
+                platform_message_id=None,
+                status=ApprovalStatus.PENDING,
+                title=title,
+                options_json=m.encode_text(OPTIONS),
+                created_at_ms=now,
+                expires_at_ms=now + int(deps.settings.approval_timeout_s * 1000),
+            )
+        )
+    card = m.AskQuestion(
+        question_id=approval_id, title=title, question=question[:4000], options=OPTIONS
+    )
+    sent = await reach.adapter.send_question(reach.chat.platform_id, None, card)
+    if sent is not None:
+        central.set_approval_platform_message(approval_id, sent)
+    log.info(
+        "approval {} for {} sent to {}",
+        approval_id,
+        name,
+        reach.user_id,
+        session=session.id,
+        message=job.row.id,
+    )
+    return Sent(sent or approval_id)
+
+
+def _verb(action: SelfMod) -> str:
+    if isinstance(action, m.InstallPackages):
+        return "install packages and rebuild its container"
+    return "add a new MCP server"
+
+
+# -- decisions ------------------------------------------------------------------------------
+
+
+class ApprovalWatcher:
+    """Applies decided approvals and expires undecided ones. ``tick(now)`` does one pass."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def tick(self, now: int) -> int:
+        central = self.deps.central
+        handled = 0
+        for approval in central.list_pending_approvals(ApprovalStatus.PENDING):
+            overdue = approval.expires_at_ms is not None and now >= approval.expires_at_ms
+            # Guarded transition: a click that won the race keeps its decision.
+            if overdue and central.set_approval_status(
+                approval.approval_id, ApprovalStatus.EXPIRED
+            ):
+                log.info("approval {} expired (a timeout is a deny)", approval.approval_id)
+        for status in (ApprovalStatus.APPROVED, ApprovalStatus.REJECTED, ApprovalStatus.EXPIRED):
+            for approval in central.list_pending_approvals(status):
+                await self.settle(approval)
+                handled += 1
+        for question in central.list_pending_questions():
+            if question.expires_at_ms is not None and now >= question.expires_at_ms:
+                central.delete_pending_question(question.question_id)
+                log.info("question {} expired unanswered", question.question_id)
+        return handled
+
+    async def settle(self, approval: PendingApproval) -> None:
+        central = self.deps.central
+        session = central.get_session(approval.session_id) if approval.session_id else None
+        if session is None:
+            log.warning("approval {} has no session any more; dropped", approval.approval_id)
+            central.delete_pending_approval(approval.approval_id)
+            return
+        paths = ensure_session_files(self.deps.layout, session)
+        inbound = InboundStore(paths.inbound_db)
+        try:
+            await self._settle(approval, session, inbound)
+        finally:
+            inbound.close()
+        central.delete_pending_approval(approval.approval_id)
+
+    async def _settle(
+        self, approval: PendingApproval, session: Session, inbound: InboundStore
+    ) -> None:
+        deps = self.deps
+        note_id = f"approval-{approval.approval_id}"
+        who = deps.central.approval_decided_by(approval.approval_id) or "an approver"
+        if approval.status == ApprovalStatus.REJECTED:
+            log.info("approval {} rejected by {}", approval.approval_id, who)
+            await note_agent(
+                deps,
+                session,
+                inbound,
+                note_id,
+                f"Your {approval.action} request was rejected by {who}.",
+            )
+            return
+        if approval.status == ApprovalStatus.EXPIRED:
+            await self._mark_card(approval, "⌛ Expired: no decision (treated as a rejection)")
+            hours = deps.settings.approval_timeout_s / 3600
+            await note_agent(
+                deps,
+                session,
+                inbound,
+                note_id,
+                f"Your {approval.action} request expired: no approver answered within"
+                f" {hours:g} h, which counts as a rejection.",
+            )
+            return
+        log.info("approval {} approved by {}; applying", approval.approval_id, who)
+        try:
+            action = m.decode_outbound_content(approval.payload)
+        except DecodeError as exc:
+            await note_agent(deps, session, inbound, note_id, f"Approved, but unreadable: {exc}")
+            return
+        if isinstance(action, m.InstallPackages):
+            await self._install(approval, session, inbound, action, note_id)
+        elif isinstance(action, m.AddMcpServer):
+            await self._add_mcp(approval, session, inbound, action, note_id)
+
+    async def _install(
+        self,
+        approval: PendingApproval,
+        session: Session,
+        inbound: InboundStore,
+        action: m.InstallPackages,
+        note_id: str,
+    ) -> None:
+        deps, group_id = self.deps, approval.agent_group_id or session.agent_group_id
+        config = deps.central.get_container_config(group_id)
+        apt = _merged(config.packages_apt if config else "[]", action.apt)
+        pip = _merged(config.packages_pip if config else "[]", action.pip)
+        deps.central.update_container_config(
+            group_id, packages_apt=json.dumps(apt), packages_pip=json.dumps(pip)
+        )
+        listed = describe(action)[2]
+        try:
+            tag = await deps.offload.slow(deps.groups.build_group_image, group_id)
+        except Exception as exc:
+            log.error("image rebuild for group {} failed: {!r}", group_id, exc)
+            await note_agent(
+                deps,
+                session,
+                inbound,
+                note_id,
+                f"Packages added to the config ({listed}) but the image rebuild failed: {exc}."
+                " Tell the user; an admin can retry with `nanoclaw image build`.",
+            )
+            return
+        log.info("group {} image rebuilt as {}", group_id, tag)
+        await self._restart_with_note(
+            session,
+            inbound,
+            note_id,
+            f"Packages installed ({listed}) and the container rebuilt. Check that they are"
+            " available and tell the user the result.",
+        )
+
+    async def _add_mcp(
+        self,
+        approval: PendingApproval,
+        session: Session,
+        inbound: InboundStore,
+        action: m.AddMcpServer,
+        note_id: str,
+    ) -> None:
+        deps, group_id = self.deps, approval.agent_group_id or session.agent_group_id
+        config = deps.central.get_container_config(group_id)
+        servers = json.loads(config.mcp_servers) if config else {}
+        servers[action.name] = {
+            "command": action.command,
+            "args": list(action.args),
+            "env": dict(action.env),
+        }
+        deps.central.update_container_config(group_id, mcp_servers=json.dumps(servers))
+        await self._restart_with_note(
+            session,
+            inbound,
+            note_id,
+            f'MCP server "{action.name}" added. Check that it is available and tell the user'
+            " the result.",
+        )
+
+    async def _restart_with_note(
+        self, session: Session, inbound: InboundStore, note_id: str, text: str
+    ) -> None:
+        deps = self.deps
+        # on_wake: only the fresh run started below reads it (the old run must not).
+        await note_agent(deps, session, inbound, note_id, text, on_wake=True)
+        try:
+            restarted = await deps.offload.quick(deps.groups.restart_group, session.agent_group_id)
+        except Exception as exc:
+            log.error("restart of group {} failed: {!r}", session.agent_group_id, exc)
+            restarted = 0
+        log.info("restarted {} container(s) of group {}", restarted, session.agent_group_id)
+        await wake(deps, session)
+
+    async def _mark_card(self, approval: PendingApproval, text: str) -> None:
+        """Best effort: show the outcome on the card (the decision stands either way)."""
+        if not (approval.channel_type and approval.platform_id and approval.platform_message_id):
+            return
+        adapter = self.deps.adapters.get(approval.channel_type)
+        if adapter is None or not adapter.is_connected():
+            return
+        try:
+            await adapter.edit_text(
+                approval.platform_id,
+                None,
+                approval.platform_message_id,
+                f"{approval.title}\n\n{text}",
+            )
+        except Exception as exc:
+            log.warning("could not update approval card {}: {!r}", approval.approval_id, exc)
+
+
+def _merged(stored_json: str, extra: list[str]) -> list[str]:
+    try:
+        stored = msgspec.json.decode(stored_json, type=list[str])
+    except msgspec.DecodeError:
+        stored = []
+    return stored + [name for name in extra if name not in stored]

@@ -1,0 +1,137 @@
+"""What every part of delivery needs, gathered once in ``main()`` (or a test) and passed down.
+
+Delivery talks to the outside world through four doors, each injectable:
+- ``adapters``: the channels' outbound halves (tests: real adapters against fake servers, or
+  a recording adapter);
+- ``waker``: starts a session's container (``Sandbox`` in production);
+- ``groups``: rebuilds a group's image and restarts its containers after an approval;
+- ``clock``: the current time in epoch ms (tests pass a settable clock; nothing sleeps).
+
+Podman calls block for a long time (an image build takes minutes), so they run on worker
+threads through ``Offload``; the event loop keeps delivering for every other session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.clock import now_ms
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.settings import Settings
+from nanoclaw_common.store import CentralStore
+from nanoclaw_common.wake import Waker
+
+T = TypeVar("T")
+Clock = Callable[[], int]
+
+
+class GroupControl(Protocol):
+    """The sandbox's rebuild/restart primitives, as delivery uses them."""
+
+    def build_group_image(self, agent_group_id: str) -> str:
+        """Build the group's image from its ``container_configs`` packages; return the image
+        tag. Raises on failure (the message is shown to the agent)."""
+
+    def restart_group(self, agent_group_id: str) -> int:
+        """Stop the group's running containers and start them again (fresh runs, so
+        ``on_wake`` rows are seen). Returns how many were restarted."""
+
+
+class Offload:
+    """Runs blocking calls away from the event loop. ``inline=True`` (tests) runs them in the
+    loop's thread, which keeps tests deterministic."""
+
+    def __init__(self, *, inline: bool = False) -> None:
+        self.inline = inline
+        # One thread for wakes and restarts (Podman calls for one session must not race),
+        # one for image builds (minutes long; must not hold up wakes).
+        self._quick = None if inline else ThreadPoolExecutor(1, thread_name_prefix="sandbox")
+        self._slow = None if inline else ThreadPoolExecutor(1, thread_name_prefix="build")
+
+    async def quick(self, func: Callable[..., T], *args: object) -> T:
+        if self._quick is None:
+            return func(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._quick, func, *args)
+
+    async def slow(self, func: Callable[..., T], *args: object) -> T:
+        if self._slow is None:
+            return func(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._slow, func, *args)
+
+    def close(self) -> None:
+        for pool in (self._quick, self._slow):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PairLimiter:
+    """Agent-to-agent rate limit: at most ``limit`` messages per ``window_ms`` for each
+    (source group, target group) pair. In memory: a restart forgets the window, which at
+    worst lets one extra burst through; the point is to break runaway ping-pong loops."""
+
+    def __init__(self, limit: int, window_ms: int = 60_000) -> None:
+        self.limit = limit
+        self.window_ms = window_ms
+        self._sent: dict[tuple[str, str], deque[int]] = {}
+
+    def allow(self, source: str, target: str, now: int) -> bool:
+        times = self._sent.setdefault((source, target), deque())
+        while times and times[0] <= now - self.window_ms:
+            times.popleft()
+        if len(times) >= self.limit:
+            return False
+        times.append(now)
+        return True
+
+
+@dataclass
+class Counters:
+    """Process totals, logged at shutdown."""
+
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    denied: int = 0
+    resent_after_restart: int = 0
+    actions: int = 0
+    in_flight: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"delivered={self.delivered} retried={self.retried} failed={self.failed}"
+            f" denied={self.denied} resent_after_restart={self.resent_after_restart}"
+            f" actions={self.actions} in_flight={self.in_flight}"
+        )
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    layout: Layout
+    central: CentralStore
+    adapters: Mapping[str, ChannelAdapter]
+    waker: Waker
+    groups: GroupControl
+    offload: Offload
+    clock: Clock = now_ms
+    counters: Counters = field(default_factory=Counters)
+    a2a_limiter: PairLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.a2a_limiter is None:
+            self.a2a_limiter = PairLimiter(self.settings.a2a_max_per_minute)
+
+    @property
+    def staging_root(self) -> Path:
+        """Host-private copies of outbox files (``run/`` is mode 0700)."""
+        return self.layout.run_dir / "delivery-staging"
+
+    def secrets(self) -> list[str]:
+        return self.settings.secrets()

@@ -1,0 +1,159 @@
+"""Chat operations (kind ``chat``): text with files, edit, reaction, question cards and
+display cards, each sent through the destination channel's adapter after the ACL and the
+leak guard passed."""
+
+from __future__ import annotations
+
+from nanoclaw_common import messages as m
+from nanoclaw_common.channels.base import ChannelAdapter, card_fallback_text
+from nanoclaw_common.errors import DecodeError, RetryLater
+from nanoclaw_common.states import DeliveryStatus
+from nanoclaw_common.store.rows import PendingQuestion
+from nanoclaw_delivery.acl import ChatAddress, chat_address, check_chat
+from nanoclaw_delivery.files import stage_files
+from nanoclaw_delivery.job import Job
+from nanoclaw_delivery.outcome import Denied, Sent
+from nanoclaw_delivery.text import split_text, truncate
+
+
+async def send_chat(job: Job, content: m.ChatOperation) -> Sent:
+    central = job.deps.central
+    address = chat_address(central, job.session, job.row)
+    check_chat(central, job.session, address)
+    adapter = job.adapter(address.channel_type)
+    if isinstance(content, m.SendText):
+        return await _send_text(job, adapter, address, content)
+    if isinstance(content, m.EditMessage):
+        job.guard_texts(content.text)
+        target = _platform_message_id(job, content.message_id)
+        text = truncate(content.text, adapter.text_limit)
+        await adapter.edit_text(address.platform_id, address.thread_id, target, text)
+        return Sent(target)
+    if isinstance(content, m.AddReaction):
+        target = _platform_message_id(job, content.message_id)
+        await adapter.add_reaction(address.platform_id, address.thread_id, target, content.emoji)
+        return Sent(target)
+    if isinstance(content, m.AskQuestion):
+        return await _send_question(job, adapter, address, content)
+    return await _send_card(job, adapter, address, content)
+
+
+async def _send_text(
+    job: Job, adapter: ChannelAdapter, address: ChatAddress, content: m.SendText
+) -> Sent:
+    job.guard_texts(content.text)
+    chunks = split_text(content.text, adapter.text_limit)
+    files = stage_files(job.paths, job.row.id, list(content.files), job.staging)
+    job.guard_files([f.path for f in files])
+    if not chunks and not files:
+        raise Denied("empty message: no text and no files", notify_owner=False)
+    if not chunks:
+        return Sent(await adapter.send_text(address.platform_id, address.thread_id, "", files))
+    first: str | None = None
+    for index, chunk in enumerate(chunks):
+        # Files ride on the first chunk only; a long text continues in plain messages.
+        sent = await adapter.send_text(
+            address.platform_id, address.thread_id, chunk, files if index == 0 else None
+        )
+        if index == 0:
+            first = sent
+    return Sent(first)
+
+
+def _platform_message_id(job: Job, message_id: str) -> str:
+    """Edits and reactions name a message by its platform id, or by the outbound id of one
+    of this session's own earlier messages (mapped to the platform id it was delivered as)."""
+    delivery = job.inbound.get_delivery(message_id)
+    if delivery is None:
+        return message_id
+    if delivery.status == DeliveryStatus.DELIVERED and delivery.platform_message_id:
+        return delivery.platform_message_id
+    if delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.RETRY):
+        raise RetryLater(f"message {message_id} is not delivered yet")
+    raise Denied(
+        f"message {message_id} was never delivered ({delivery.status})", notify_owner=False
+    )
+
+
+def _target_user(job: Job, address: ChatAddress) -> str | None:
+    """Whose click answers a question: the sender of the message the agent is answering,
+    when that message came from the same chat. Otherwise (a task, a note, another chat)
+    anyone in the chat may answer (``target_user_id`` NULL)."""
+    if not job.row.in_reply_to:
+        return None
+    answered = job.inbound.get_message(job.row.in_reply_to)
+    if answered is None or answered.kind != "chat":
+        return None
+    if (answered.channel_type, answered.platform_id) != (
+        address.channel_type,
+        address.platform_id,
+    ):
+        return None
+    try:
+        content = m.decode_inbound_content(answered.content)
+    except DecodeError:
+        return None
+    if not isinstance(content, m.ChatContent) or ":" not in content.sender_id:
+        return None
+    if content.sender_id.startswith("agent:"):
+        return None
+    return content.sender_id
+
+
+async def _send_question(
+    job: Job, adapter: ChannelAdapter, address: ChatAddress, content: m.AskQuestion
+) -> Sent:
+    labels = [o.label for o in content.options] + [o.selected_label or "" for o in content.options]
+    job.guard_texts(content.title, content.question, *labels)
+    central = job.deps.central
+    existing = central.get_pending_question(content.question_id)
+    if existing is not None and existing.session_id != job.session.id:
+        raise Denied(f"question id {content.question_id!r} is already in use")
+    if existing is None:
+        now = job.deps.clock()
+        # Written before the send: a click can arrive before our post-send bookkeeping.
+        central.create_pending_question(
+            PendingQuestion(
+                question_id=content.question_id,
+                session_id=job.session.id,
+                message_out_id=job.row.id,
+                channel_type=address.channel_type,
+                platform_id=address.platform_id,
+                thread_id=address.thread_id,
+                platform_message_id=None,
+                target_user_id=_target_user(job, address),
+                title=content.title,
+                options_json=m.encode_text(content.options),
+                created_at_ms=now,
+                expires_at_ms=now + content.timeout_s * 1000,
+            )
+        )
+    sent = await adapter.send_question(address.platform_id, address.thread_id, content)
+    if sent is not None:
+        central.set_question_platform_message(content.question_id, sent)
+    return Sent(sent)
+
+
+async def _send_card(
+    job: Job, adapter: ChannelAdapter, address: ChatAddress, content: m.SendCard
+) -> Sent:
+    card = content.card
+    job.guard_texts(
+        content.fallback_text,
+        card.title,
+        card.description,
+        *card.children,
+        *(a.label for a in card.actions),
+        *(a.url for a in card.actions),
+    )
+    if adapter.supports_cards:
+        return Sent(await adapter.send_card(address.platform_id, address.thread_id, content))
+    chunks = split_text(card_fallback_text(content), adapter.text_limit)
+    if not chunks:
+        raise Denied("empty card: no title, text or fallback", notify_owner=False)
+    first: str | None = None
+    for index, chunk in enumerate(chunks):
+        sent = await adapter.send_text(address.platform_id, address.thread_id, chunk)
+        if index == 0:
+            first = sent
+    return Sent(first)

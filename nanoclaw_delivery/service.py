@@ -1,0 +1,249 @@
+"""The delivery program's event loop: which sessions to watch, noticing their new rows fast,
+one asyncio task per session (a slow platform call in one session never holds up another),
+the approval watcher, and a graceful stop.
+
+Watching: sessions whose container is not stopped or was active within
+``settings.delivery_recent_s`` (``CentralStore.live_sessions``), refreshed every
+``SESSION_REFRESH_S``, plus any session that still has open deliveries (a retry due later).
+At start-up every active session is drained once, so rows left by a crash or written while
+delivery was down are found whatever their age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+from loguru import logger
+
+from nanoclaw_common.errors import NanoclawError
+from nanoclaw_common.lifecycle import GracefulStop
+from nanoclaw_common.states import SessionStatus
+from nanoclaw_common.store.rows import Session
+from nanoclaw_delivery.approvals import ApprovalWatcher
+from nanoclaw_delivery.context import Deps
+from nanoclaw_delivery.engine import SessionWorker
+from nanoclaw_delivery.watch import (
+    IN_Q_OVERFLOW,
+    WATCHED_PREFIX,
+    Inotify,
+    file_signature,
+    open_inotify,
+)
+
+log = logger.bind(component="delivery")
+
+SESSION_REFRESH_S: Final = 0.25
+STAT_POLL_S: Final = 0.005  # without inotify: stat every watched outbound.db this often
+SAFETY_STAT_S: Final = 1.0  # with inotify: a slow stat sweep in case an event was lost
+APPROVAL_POLL_S: Final = 0.1  # central.db data_version probe; full pass at least every 1 s
+IDLE_DROP_S: Final = 5.0  # a session no longer live and with nothing open is dropped after this
+STOP_GRACE_S: Final = 20.0  # finish in-flight attempts at most this long after SIGTERM
+
+
+class Tracked:
+    """A watched session: its worker, its task and its poke event."""
+
+    def __init__(self, worker: SessionWorker) -> None:
+        self.worker = worker
+        self.poke = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.watch: int | None = None
+        self.signature: tuple[int, int] | None = None
+        self.idle_since: float | None = None
+        self.next_due: int | None = None
+
+
+class DeliveryService:
+    def __init__(self, deps: Deps, stop: GracefulStop | None = None) -> None:
+        self.deps = deps
+        self.stop = stop or GracefulStop()
+        self.stopped = asyncio.Event()
+        self.sessions: dict[str, Tracked] = {}
+        self._by_watch: dict[int, Tracked] = {}
+        self.inotify: Inotify | None = None
+        self.approvals = ApprovalWatcher(deps)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, use_inotify: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self.inotify = open_inotify() if use_inotify else None
+        if self.inotify is not None:
+            loop.add_reader(self.inotify.fileno(), self._on_inotify)
+        log.info(
+            "delivery started: change detection by {}, {} adapter(s): {}",
+            "inotify" if self.inotify else f"stat every {STAT_POLL_S * 1000:g} ms",
+            len(self.deps.adapters),
+            ", ".join(sorted(self.deps.adapters)) or "none",
+        )
+        self._startup_scan()
+        helpers = [
+            asyncio.create_task(self._scan_loop(), name="scan"),
+            asyncio.create_task(self._approval_loop(), name="approvals"),
+        ]
+        try:
+            await self.stopped.wait()
+        finally:
+            log.info("stopping: finishing in-flight attempts")
+            for helper in helpers:
+                helper.cancel()
+            for tracked in self.sessions.values():
+                tracked.poke.set()  # workers see the stop flag and return after their item
+            tasks = [t.task for t in self.sessions.values() if t.task is not None]
+            if tasks:
+                _done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+                for task in pending:
+                    task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            for tracked in list(self.sessions.values()):
+                self._untrack(tracked)
+            if self.inotify is not None:
+                loop.remove_reader(self.inotify.fileno())
+                self.inotify.close()
+            log.info("delivery stopped: {}", self.deps.counters.summary())
+
+    def request_stop(self) -> None:
+        self.stop.request()
+        self.stopped.set()
+
+    # -- which sessions ------------------------------------------------------------------------
+
+    def _startup_scan(self) -> None:
+        for session in self.deps.central.list_sessions(status=SessionStatus.ACTIVE):
+            self._track(session)
+
+    def _refresh(self, loop_time: float) -> None:
+        now = self.deps.clock()
+        since = now - int(self.deps.settings.delivery_recent_s * 1000)
+        live = {s.id: s for s in self.deps.central.live_sessions(since)}
+        for session in live.values():
+            if session.id not in self.sessions:
+                self._track(session)
+            else:
+                self.sessions[session.id].idle_since = None
+        for session_id, tracked in list(self.sessions.items()):
+            if session_id in live or tracked.next_due is not None:
+                continue
+            if tracked.idle_since is None:
+                tracked.idle_since = loop_time
+            elif loop_time - tracked.idle_since > IDLE_DROP_S and not tracked.poke.is_set():
+                self._untrack(tracked)
+
+    def _track(self, session: Session) -> None:
+        paths = self.deps.layout.session(session.agent_group_id, session.id)
+        if not paths.outbound_db.exists() or not paths.inbound_db.exists():
+            return  # not created yet; the next refresh looks again
+        try:
+            worker = SessionWorker(self.deps, session, paths)
+        except Exception as exc:
+            log.warning("cannot open the session's databases: {!r}", exc, session=session.id)
+            return
+        worker.stopping = lambda: self.stop.stopping
+        tracked = Tracked(worker)
+        if self.inotify is not None:
+            try:
+                tracked.watch = self.inotify.add(paths.agent_dir)
+                self._by_watch[tracked.watch] = tracked
+            except OSError as exc:
+                log.warning("inotify watch failed ({}); stat only", exc, session=session.id)
+        tracked.signature = file_signature(paths.outbound_db)
+        tracked.task = asyncio.create_task(self._session_loop(tracked), name=session.id)
+        tracked.poke.set()  # catch up with whatever is already there
+        self.sessions[session.id] = tracked
+        log.debug("watching session", session=session.id)
+
+    def _untrack(self, tracked: Tracked) -> None:
+        session_id = tracked.worker.session.id
+        self.sessions.pop(session_id, None)
+        if tracked.task is not None and not tracked.task.done():
+            tracked.task.cancel()
+        if tracked.watch is not None and self.inotify is not None:
+            self._by_watch.pop(tracked.watch, None)
+            self.inotify.remove(tracked.watch)
+        tracked.worker.close()
+        log.debug("no longer watching session", session=session_id)
+
+    # -- change detection ------------------------------------------------------------------
+
+    def _on_inotify(self) -> None:
+        assert self.inotify is not None
+        for wd, mask, name in self.inotify.read():
+            if mask & IN_Q_OVERFLOW:
+                for tracked in self.sessions.values():
+                    tracked.poke.set()
+                continue
+            if name.startswith(WATCHED_PREFIX):
+                poked = self._by_watch.get(wd)
+                if poked is not None:
+                    poked.poke.set()
+
+    def _stat_sweep(self) -> None:
+        for tracked in self.sessions.values():
+            signature = file_signature(tracked.worker.paths.outbound_db)
+            if signature != tracked.signature:
+                tracked.signature = signature
+                tracked.poke.set()
+
+    async def _scan_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = SAFETY_STAT_S if self.inotify is not None else STAT_POLL_S
+        last_refresh = last_stat = 0.0
+        while not self.stop.stopping:
+            now = loop.time()
+            try:
+                if now - last_refresh >= SESSION_REFRESH_S:
+                    self._refresh(now)
+                    last_refresh = now
+                if now - last_stat >= interval:
+                    self._stat_sweep()
+                    last_stat = now
+            except (NanoclawError, OSError) as exc:
+                log.warning("session scan failed: {!r}", exc)
+            except Exception as exc:  # a storage error must not end the loop
+                log.opt(exception=exc).error("session scan failed: {!r}", exc)
+            await asyncio.sleep(min(interval, SESSION_REFRESH_S))
+
+    # -- per-session task ------------------------------------------------------------------
+
+    async def _session_loop(self, tracked: Tracked) -> None:
+        worker = tracked.worker
+        while not self.stop.stopping:
+            timeout = None
+            if tracked.next_due is not None:
+                timeout = max(0.0, (tracked.next_due - self.deps.clock()) / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tracked.poke.wait(), timeout)
+            tracked.poke.clear()
+            if self.stop.stopping:
+                break
+            try:
+                tracked.next_due = await worker.drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A storage error (disk full, a locked file past the busy timeout): log, back
+                # off briefly, try again; never let one session's trouble end the program.
+                log.opt(exception=exc).error("drain failed: {!r}", exc, session=worker.session.id)
+                tracked.next_due = self.deps.clock() + 1000
+
+    # -- approvals -------------------------------------------------------------------------
+
+    async def _approval_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        seen_version: int | None = None
+        last_pass = 0.0
+        while not self.stop.stopping:
+            try:
+                version = self.deps.central.db.data_version()
+                now = loop.time()
+                if version != seen_version or now - last_pass >= 1.0:
+                    seen_version = version
+                    last_pass = now
+                    await self.approvals.tick(self.deps.clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.opt(exception=exc).error("approval pass failed: {!r}", exc)
+            await asyncio.sleep(APPROVAL_POLL_S)

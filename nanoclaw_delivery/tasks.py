@@ -1,0 +1,98 @@
+"""Scheduling actions: schedule, update, pause, resume and cancel a task.
+
+Authorization, decided on the host: an agent acts only on tasks in its **own** session's
+``inbound.db`` (the session the row came from; a container cannot name another session), and
+a task that will reply somewhere needs that address to pass the destination ACL, exactly as
+a message would. Update, pause, resume and cancel are series-wide: every live occurrence of a
+recurring task changes together.
+"""
+
+from __future__ import annotations
+
+from croniter import croniter
+
+from nanoclaw_common import messages as m
+from nanoclaw_common.ids import is_safe_id
+from nanoclaw_common.store import NewInbound
+from nanoclaw_delivery.acl import ChatAddress, chat_address, check_chat, origin_chat
+from nanoclaw_delivery.job import Job
+from nanoclaw_delivery.outcome import Denied, Sent
+
+TaskAction = m.ScheduleTask | m.UpdateTask | m.PauseTask | m.ResumeTask | m.CancelTask
+
+
+def _valid_cron(expression: str) -> bool:
+    return bool(croniter.is_valid(expression))
+
+
+def schedule(job: Job, action: m.ScheduleTask) -> Sent:
+    if not is_safe_id(action.task_id):
+        raise Denied(f"schedule_task: invalid task id {action.task_id!r}", notify_owner=False)
+    if action.recurrence is not None and not _valid_cron(action.recurrence):
+        raise Denied(
+            f"schedule_task: {action.recurrence!r} is not a valid cron expression",
+            notify_owner=False,
+        )
+    job.guard_texts(action.prompt, action.script or "")
+    central = job.deps.central
+    address: ChatAddress | None = None
+    if job.row.channel_type or job.row.platform_id or origin_chat(central, job.session):
+        address = chat_address(central, job.session, job.row)
+        check_chat(central, job.session, address)
+    # else: a session with no chat of its own (agent-to-agent only); the task has no reply
+    # address and the agent names destinations itself, as in any turn of that session.
+    result = job.inbound.insert_message(
+        NewInbound(
+            id=action.task_id,
+            content=m.TaskContent(prompt=action.prompt, script=action.script),
+            timestamp_ms=job.deps.clock(),
+            channel_type=address.channel_type if address else None,
+            platform_id=address.platform_id if address else None,
+            thread_id=address.thread_id if address else None,
+            process_after_ms=action.process_after_ms,
+            recurrence=action.recurrence,
+            series_id=action.task_id,
+        ),
+        now=job.deps.clock(),
+    )
+    if not result.created:
+        existing = job.inbound.get_message(action.task_id)
+        # The same task again is a re-run after a crash; anything else is a collision.
+        if existing is None or existing.kind != "task":
+            raise Denied(
+                f"schedule_task: id {action.task_id!r} is already used", notify_owner=False
+            )
+    return Sent(action.task_id)
+
+
+def change(job: Job, action: TaskAction) -> Sent:
+    if isinstance(action, m.ScheduleTask):
+        return schedule(job, action)
+    inbound = job.inbound
+    if isinstance(action, m.UpdateTask):
+        if isinstance(action.recurrence, str) and not _valid_cron(action.recurrence):
+            raise Denied(
+                f"update_task: {action.recurrence!r} is not a valid cron expression",
+                notify_owner=False,
+            )
+        if isinstance(action.prompt, str):
+            job.guard_texts(action.prompt)
+        if isinstance(action.script, str):
+            job.guard_texts(action.script)
+        changed = inbound.update_task(
+            action.task_id,
+            prompt=action.prompt,
+            script=action.script,
+            process_after_ms=action.process_after_ms,
+            recurrence=action.recurrence,
+        )
+        verb = "update_task"
+    elif isinstance(action, m.PauseTask):
+        changed, verb = inbound.pause_task(action.task_id), "pause_task"
+    elif isinstance(action, m.ResumeTask):
+        changed, verb = inbound.resume_task(action.task_id), "resume_task"
+    else:
+        changed, verb = inbound.cancel_task(action.task_id), "cancel_task"
+    if not changed:
+        raise Denied(f"{verb}: no live task matched id {action.task_id!r}", notify_owner=False)
+    return Sent(action.task_id)
