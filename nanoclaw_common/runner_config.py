@@ -33,6 +33,8 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_messages_per_prompt: int = 10
     tz: str = "UTC"
     heartbeat_interval_s: float = 2.0
+    # The runner ends a turn (and tells the user) after this many model calls: a runaway loop.
+    max_turns_per_batch: int = 50
     proxy_socket: str = "/run/nanoclaw/proxy.sock"
     mcp_servers: dict[str, McpServer] = {}
     # For the scripted provider: a JSON file (path inside the container) with the turns to

@@ -124,6 +124,16 @@ class InboundReader:
     def max_seq(self) -> int:
         return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM messages_in"))
 
+    def next_due_after(self, now: int) -> int | None:
+        """When the earliest pending row that is not yet due becomes due (the runner sleeps
+        until then at most), or None."""
+        value = self.db.scalar(
+            "SELECT min(process_after_ms) FROM messages_in"
+            " WHERE status = 'pending' AND process_after_ms > ?",
+            (now,),
+        )
+        return None if value is None else int(value)
+
     def latest_from(self, channel_type: str, platform_id: str) -> rows.InboundRow | None:
         """The newest row from this address (threads replies to the right place)."""
         found = self.db.one(

@@ -229,6 +229,14 @@ class OutboundStore(OutboundReader):
             )
             return int(self.db.scalar("SELECT ifnull(max(turns), 0) FROM container_state"))
 
+    def reset_turns(self, *, now: int | None = None) -> None:
+        """A new batch starts: ``turns`` counts the model calls of the current batch."""
+        with self.db.write():
+            self.db.execute(
+                "UPDATE container_state SET turns = 0, updated_at_ms = ? WHERE id = 1",
+                (now_ms() if now is None else now,),
+            )
+
     def set_state(self, key: str, value: str, *, now: int | None = None) -> None:
         with self.db.write():
             self.db.execute(

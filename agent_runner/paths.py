@@ -1,0 +1,39 @@
+"""Where the runner finds things. In a container these are the mounts of
+``nanoclaw_common.paths.CONTAINER``; every one can be overridden (flags or environment in
+``main()``), so tests and benchmarks run the same code as a host process against a temporary
+session folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanoclaw_common.paths import CONTAINER, SessionPaths
+
+
+@dataclass(frozen=True)
+class RunnerPaths:
+    session: SessionPaths  # /session (read-only) with agent/ (read-write)
+    workspace: Path  # the agent group's folder
+    proxy_socket: Path
+
+    @classmethod
+    def container(cls) -> RunnerPaths:
+        return cls(CONTAINER.session, CONTAINER.workspace, CONTAINER.proxy_socket)
+
+    @property
+    def runner_json(self) -> Path:
+        return self.session.root / "runner.json"
+
+    @property
+    def conversation_file(self) -> Path:
+        return self.session.state_dir / "conversation.json"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Transcripts of compacted or cleared conversations, in the group's folder."""
+        return self.workspace / "conversations"
+
+    @property
+    def memory_file(self) -> Path:
+        return self.workspace / "AGENT.md"

@@ -1,0 +1,60 @@
+"""The agent's tools: built-in (bash, workspace files), NanoClaw's, and Anthropic's
+server-side web search and fetch (run by the API; we only list them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loguru import logger
+
+from agent_runner.tools import admin, files, messaging, scheduling, shell
+from agent_runner.tools.base import Batch, Tool, ToolContext, ToolError
+
+__all__ = ["TOOLS", "Batch", "Tool", "ToolContext", "ToolError", "definitions", "execute"]
+
+log = logger.bind(component="tools")
+
+TOOLS: dict[str, Tool[Any]] = {
+    tool.name: tool
+    for tool in (
+        *shell.TOOLS,
+        *files.TOOLS,
+        *messaging.TOOLS,
+        *scheduling.TOOLS,
+        *admin.TOOLS,
+    )
+}
+
+SERVER_TOOLS: list[dict[str, Any]] = [
+    {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+    {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 5},
+]
+
+
+def definitions() -> list[dict[str, Any]]:
+    """The ``tools`` parameter. The last one carries the cache breakpoint, so the whole
+    (unchanging) tool list is served from the prompt cache."""
+    listed = [tool.definition() for tool in TOOLS.values()] + [dict(t) for t in SERVER_TOOLS]
+    listed[-1]["cache_control"] = {"type": "ephemeral"}
+    return listed
+
+
+def execute(ctx: ToolContext, name: str, arguments: Any) -> tuple[str, bool]:
+    """Run one tool call: (text for the model, is_error). Never raises."""
+    tool = TOOLS.get(name)
+    if tool is None:
+        return f"Error: unknown tool {name!r}", True
+    try:
+        args = tool.parse(arguments)
+        timeout_ms = tool.declared_timeout_ms(args)
+        ctx.outbound.set_tool(name, declared_timeout_ms=timeout_ms)
+        try:
+            return tool.handler(ctx, args), False
+        finally:
+            ctx.outbound.set_tool(None)
+    except ToolError as exc:
+        log.info("tool {} refused: {}", name, exc)
+        return f"Error: {exc}", True
+    except Exception as exc:
+        log.exception("tool {} failed", name)
+        return f"Error: {name} failed unexpectedly ({type(exc).__name__}: {exc})", True

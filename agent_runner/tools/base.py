@@ -1,0 +1,124 @@
+"""The tool framework: a tool is a name, a description and JSON schema for the model, an
+input struct its arguments are strictly converted into (the model's arguments are outside
+input), and a handler returning the text the model sees.
+
+A handler raises ``ToolError`` for anything the model should hear about and correct (a bad
+path, an unknown destination); the loop turns it into an ``is_error`` tool result
+``Error: <message>``. Other exceptions are our bugs: logged with the traceback and reported
+to the model the same way, so a broken tool never takes the runner down.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from agent_runner.destinations import Destinations
+from nanoclaw_common.paths import CONTAINER, SessionPaths
+from nanoclaw_common.runner_config import RunnerConfig
+from nanoclaw_common.store.inbound import InboundReader
+from nanoclaw_common.store.outbound import NewOutbound, OutboundStore, Written
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class ToolError(Exception):
+    """Shown to the model as ``Error: <message>``."""
+
+
+@dataclass
+class Batch:
+    """What the tools need to know about the batch being handled."""
+
+    in_reply_to: str | None = None  # the batch's oldest row (a2a return path)
+    delivered: bool = False  # something was sent since the last user push (no nudge needed)
+
+
+@dataclass
+class ToolContext:
+    inbound: InboundReader
+    outbound: OutboundStore
+    destinations: Destinations
+    run_id: str
+    config: RunnerConfig
+    session: SessionPaths
+    workspace: Path
+    stop: threading.Event
+    # Sleep until inbound.db may have changed, or the timeout (s) passes; a stop ends it.
+    wait_for_inbound: Callable[[float], bool]
+    # Ids this run acked (completed/failed): never pick them again.
+    settled: set[str] = field(default_factory=set)
+    batch: Batch = field(default_factory=Batch)
+    monotonic: Callable[[], float] = time.monotonic
+
+    def write(self, new: NewOutbound) -> Written:
+        """Insert an outbound row with the next odd seq above both tables."""
+        return self.outbound.insert_message(new, run_id=self.run_id, min_seq=self.inbound.max_seq())
+
+    def ack_completed(self, ids: list[str]) -> None:
+        self.outbound.complete(ids, self.run_id)
+        self.settled.update(ids)
+
+    def workspace_path(self, raw: str) -> Path:
+        """Map the container path ``/workspace/...`` onto the real workspace, so a runner
+        started as a host process (tests, benchmarks) sees the same paths as in a container."""
+        path = Path(raw)
+        if self.workspace != CONTAINER.workspace and path.is_absolute():
+            try:
+                return self.workspace / path.relative_to(CONTAINER.workspace)
+            except ValueError:
+                return path
+        return path if path.is_absolute() else self.workspace / path
+
+
+@dataclass(frozen=True)
+class Tool(Generic[T]):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    input_type: type[T]
+    handler: Callable[[ToolContext, T], str]
+    # The timeout a call declares (ms), recorded so the host tolerates a long call.
+    declared_timeout_ms: Callable[[T], int | None] = field(default=lambda _args: None)
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+        }
+
+    def parse(self, arguments: Any) -> T:
+        try:
+            return msgspec.convert(arguments, self.input_type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ToolError(f"invalid arguments for {self.name}: {exc}") from None
+
+
+def schema(
+    properties: dict[str, dict[str, Any]], required: list[str] | None = None
+) -> dict[str, Any]:
+    """A JSON object schema (what the model sees); the input struct enforces it."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required or [],
+        "additionalProperties": False,
+    }
+
+
+STRING: dict[str, Any] = {"type": "string"}
+
+
+def string(description: str) -> dict[str, Any]:
+    return {"type": "string", "description": description}
+
+
+def integer(description: str) -> dict[str, Any]:
+    return {"type": "integer", "description": description}
