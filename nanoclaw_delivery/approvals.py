@@ -231,6 +231,7 @@ class ApprovalWatcher:
         who = deps.central.approval_decided_by(approval.approval_id) or "an approver"
         if approval.status == ApprovalStatus.REJECTED:
             log.info("approval {} rejected by {}", approval.approval_id, who)
+            await self._mark_card(approval, f"❌ Rejected by {who}")
             await note_agent(
                 deps,
                 session,
@@ -252,6 +253,7 @@ class ApprovalWatcher:
             )
             return
         log.info("approval {} approved by {}; applying", approval.approval_id, who)
+        await self._mark_card(approval, f"✅ Approved by {who}")
         try:
             action = m.decode_outbound_content(approval.payload)
         except DecodeError as exc:

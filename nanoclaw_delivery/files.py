@@ -98,10 +98,11 @@ def _copy_regular(source: Path, target: Path, name: str) -> None:
     except OSError as exc:
         # ELOOP: the name is a symlink (O_NOFOLLOW); anything else: unreadable.
         raise Denied(f"file {name!r} is a symlink or unreadable ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise Denied(f"file {name!r} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise Denied(f"file {name!r} is not a regular file")
         if info.st_size > MAX_ATTACHMENT_BYTES:
             raise Denied(
                 f"file {name!r} is {info.st_size} bytes, over the {MAX_ATTACHMENT_BYTES}"

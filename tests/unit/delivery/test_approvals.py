@@ -1,0 +1,255 @@
+"""install_packages and add_mcp_server: validation, the approval card to the right approver's
+DM, only an approver's click counts, apply on approval (config, rebuild, restart with an
+on_wake note), reject and timeout tell the agent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nanoclaw_common import messages as m
+from nanoclaw_common.errors import RetryLater
+from nanoclaw_common.states import Role
+from nanoclaw_common.store.rows import PendingApproval
+from nanoclaw_delivery.approvals import ApprovalWatcher
+from tests.unit.delivery.helpers import World, run
+
+
+@pytest.fixture
+def approvers(world: World) -> World:
+    """Scoped admin on slack, global admin on telegram, the owner on telegram; a member."""
+    central = world.central
+    for user in ("slack:sam", "telegram:gail", "telegram:mem"):
+        central.upsert_user(user, user.split(":")[0], user.split(":")[1].title())
+    central.grant_role("slack:sam", Role.ADMIN, world.group.id, now=world.clock())
+    central.grant_role("telegram:gail", Role.ADMIN, now=world.clock() + 1)
+    central.add_member("telegram:mem", world.group.id)
+    return world
+
+
+def install(world: World, **fields: object) -> str:
+    action = m.InstallPackages(**fields) if fields else m.InstallPackages(apt=["jq"], pip=["rich"])  # type: ignore[arg-type]
+    return world.write(action).id
+
+
+def the_approval(world: World) -> PendingApproval:
+    found = world.central.list_pending_approvals()
+    assert len(found) == 1
+    return found[0]
+
+
+def click(world: World, approval_id: str, user: str, value: str) -> str:
+    return world.central.decide_approval(approval_id, user, value, now=world.clock())
+
+
+def tick(world: World) -> int:
+    return run(ApprovalWatcher(world.deps).tick(world.clock()))
+
+
+def test_card_goes_to_an_approver_on_the_same_channel(approvers: World) -> None:
+    world = approvers
+    out = install(world, apt=["jq"], pip=["rich"], reason="parse json")
+    world.drain()
+    approval = the_approval(world)
+    # slack:sam is first in line but the request came from telegram: gail is preferred
+    assert approval.approver_user_id == "telegram:gail"
+    assert (approval.channel_type, approval.platform_id) == ("telegram", "dm-gail")
+    card = world.telegram.calls[-1]
+    assert card[:4] == ("question", "dm-gail", "", approval.approval_id)
+    assert card[5] == "approve,reject"
+    assert approval.expires_at_ms == world.clock() + 86_400_000
+    assert approval.platform_message_id == world.delivery(out).platform_message_id
+    assert world.central.get_user_dm("telegram:gail", "telegram") is not None
+    assert world.delivery(out).status == "delivered"
+
+
+def test_other_channel_when_nobody_on_the_same_one(approvers: World) -> None:
+    world = approvers
+    world.central.revoke_role("telegram:gail", Role.ADMIN)
+    world.central.revoke_role("telegram:owner", Role.OWNER)
+    install(world)
+    world.drain()
+    assert the_approval(world).approver_user_id == "slack:sam"
+    assert world.adapters["slack"].calls[-1][1] == "dm-sam"
+
+
+def test_click_by_a_non_approver_is_ignored_then_approval_applies(approvers: World) -> None:
+    world = approvers
+    install(world)
+    world.drain()
+    approval_id = the_approval(world).approval_id
+    for outsider in ("telegram:mem", "slack:stranger"):
+        assert click(world, approval_id, outsider, "approve") == "unauthorized"
+    assert tick(world) == 0
+    assert world.groups.builds == []
+    assert click(world, approval_id, "telegram:gail", "approve") == "approved"
+    assert tick(world) == 1
+    config = world.central.get_container_config(world.group.id)
+    assert config is not None
+    assert json.loads(config.packages_apt) == ["jq"]
+    assert json.loads(config.packages_pip) == ["rich"]
+    assert world.groups.builds == [world.group.id]
+    assert world.groups.restarts == [world.group.id]
+    notes = world.notes()
+    assert len(notes) == 1 and "Packages installed" in notes[0][0]
+    assert notes[0][2] == 1  # on_wake: only the fresh run sees it
+    edit = world.telegram.calls[-1]
+    assert edit[0] == "edit" and "Approved by telegram:gail" in edit[4]
+    assert world.central.list_pending_approvals() == []
+    # applying twice merges, never duplicates
+    install(world, apt=["jq", "curl"])
+    world.drain()
+    click(world, the_approval(world).approval_id, "telegram:owner", "approve")
+    tick(world)
+    config = world.central.get_container_config(world.group.id)
+    assert config is not None and json.loads(config.packages_apt) == ["jq", "curl"]
+
+
+def test_reject_tells_the_agent(approvers: World) -> None:
+    world = approvers
+    install(world)
+    world.drain()
+    click(world, the_approval(world).approval_id, "slack:sam", "reject")
+    tick(world)
+    assert world.groups.builds == []
+    assert world.notes() == [("Your install_packages request was rejected by slack:sam.", 1, 0)]
+    assert world.central.list_pending_approvals() == []
+
+
+def test_timeout_is_a_deny(approvers: World) -> None:
+    world = approvers
+    install(world)
+    world.drain()
+    approval = the_approval(world)
+    assert approval.expires_at_ms is not None
+    world.clock.value = approval.expires_at_ms - 1
+    assert tick(world) == 0
+    world.clock.value = approval.expires_at_ms
+    # a click after the deadline does not count
+    assert click(world, approval.approval_id, "telegram:gail", "approve") == "expired"
+    assert tick(world) == 1
+    assert world.groups.builds == []
+    assert "expired" in world.notes()[0][0]
+    assert "Expired" in world.telegram.calls[-1][4]
+
+
+def test_add_mcp_server_updates_the_config_and_restarts(approvers: World) -> None:
+    world = approvers
+    world.write(m.AddMcpServer(name="search", command="npx", args=["-y", "srv"], env={"K": "v"}))
+    world.drain()
+    assert the_approval(world).action == "add_mcp_server"
+    click(world, the_approval(world).approval_id, "telegram:owner", "approve")
+    tick(world)
+    config = world.central.get_container_config(world.group.id)
+    assert config is not None
+    assert json.loads(config.mcp_servers) == {
+        "search": {"command": "npx", "args": ["-y", "srv"], "env": {"K": "v"}}
+    }
+    assert world.groups.builds == [] and world.groups.restarts == [world.group.id]
+    assert 'MCP server "search" added' in world.notes()[0][0]
+
+
+def test_build_failure_is_reported(approvers: World) -> None:
+    world = approvers
+    world.groups.build_error = RuntimeError("apt: unable to locate package jq")
+    install(world)
+    world.drain()
+    click(world, the_approval(world).approval_id, "telegram:owner", "approve")
+    tick(world)
+    assert world.groups.restarts == []
+    assert "rebuild failed" in world.notes()[0][0]
+
+
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        (m.InstallPackages(), "at least one"),
+        (m.InstallPackages(apt=["rm -rf /"]), "invalid apt package"),
+        (m.InstallPackages(apt=["Jq"]), "invalid apt package"),
+        (m.InstallPackages(pip=["requests; rm"]), "invalid pip package"),
+        (
+            m.InstallPackages(apt=[f"p{n}" for n in range(15)], pip=[f"q{n}" for n in range(6)]),
+            "at most 20",
+        ),
+        (m.AddMcpServer(name="../x", command="npx"), "invalid server name"),
+        (m.AddMcpServer(name="ok", command="  "), "empty command"),
+        (m.AddMcpServer(name="ok", command="npx", env={"BAD-NAME": "x"}), "environment variable"),
+    ],
+)
+def test_invalid_requests_are_denied(
+    approvers: World, action: m.OutboundContent, reason: str
+) -> None:
+    world = approvers
+    out = world.write(action).id
+    world.drain()
+    row = world.delivery(out)
+    assert row.status == "denied"
+    assert reason in row.last_error
+    assert world.central.list_pending_approvals() == []
+
+
+def test_no_approver_is_denied(world: World) -> None:
+    world.central.revoke_role("telegram:owner", Role.OWNER)
+    out = install(world)
+    world.drain()
+    assert "no owner or admin" in world.delivery(out).last_error
+
+
+def test_unreachable_approvers(approvers: World) -> None:
+    world = approvers
+    # No adapter for anyone's channel: nothing to retry.
+    adapters = dict(world.adapters)
+    world.adapters.clear()
+    out = install(world)
+    world.drain()
+    assert "no DM channel" in world.delivery(out).last_error
+    # An adapter that cannot open the DM right now: retry.
+    world.adapters.update(adapters)
+    world.adapters["telegram"].failures = [RetryLater("down"), RetryLater("down")]
+    world.adapters["slack"].connected = False
+    again = install(world)
+    world.drain()
+    assert world.delivery(again).status == "retry"
+
+
+def test_card_is_not_sent_twice_after_a_crash(approvers: World) -> None:
+    world = approvers
+    out = install(world)
+    world.drain()
+    store = world.inbound()
+    store.db.execute("UPDATE deliveries SET status = 'sending' WHERE message_out_id = ?", (out,))
+    store.close()
+    world.drain()
+    assert sum(c[0] == "question" for c in world.telegram.calls) == 1
+    assert world.delivery(out).status == "delivered"
+
+
+def test_approval_for_a_vanished_session_is_dropped(approvers: World) -> None:
+    world = approvers
+    install(world)
+    world.drain()
+    click(world, the_approval(world).approval_id, "telegram:owner", "approve")
+    world.central.db.execute("PRAGMA foreign_keys=OFF")
+    world.central.db.execute("DELETE FROM sessions")
+    world.central.db.execute("PRAGMA foreign_keys=ON")
+    tick(world)
+    assert world.groups.builds == []
+    assert world.central.list_pending_approvals() == []
+
+
+def test_expired_questions_are_cleaned_up(world: World) -> None:
+    world.write(
+        m.AskQuestion(
+            question_id="q9",
+            title="t",
+            question="?",
+            options=[m.QuestionOption(label="x", value="x")],
+            timeout_s=10,
+        )
+    )
+    world.drain()
+    assert world.central.get_pending_question("q9") is not None
+    world.clock.advance(10_000)
+    tick(world)
+    assert world.central.get_pending_question("q9") is None

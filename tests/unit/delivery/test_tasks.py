@@ -1,0 +1,137 @@
+"""Scheduling actions through the engine: schedule, update, pause, resume, cancel (series-wide),
+and their refusals."""
+
+from __future__ import annotations
+
+from nanoclaw_common import messages as m
+from tests.unit.delivery.helpers import SECRET, World
+
+
+def task_rows(world: World) -> dict[str, tuple[str, int | None, str | None]]:
+    store = world.inbound()
+    try:
+        return {
+            r.id: (r.status, r.process_after_ms, r.recurrence)
+            for r in store.list_messages()
+            if r.kind == "task"
+        }
+    finally:
+        store.close()
+
+
+def schedule(world: World, task_id: str = "task-1", **fields: object) -> str:
+    return world.write(
+        m.ScheduleTask(
+            task_id=task_id,
+            prompt="water the plants",
+            process_after_ms=world.clock() + 60_000,
+            **fields,  # type: ignore[arg-type]
+        )
+    ).id
+
+
+def test_schedule_inserts_a_task_row_with_the_session_routing(world: World) -> None:
+    out = schedule(world, recurrence="0 9 * * *")
+    world.drain()
+    assert world.delivery(out).status == "delivered"
+    store = world.inbound()
+    row = store.get_message("task-1")
+    store.close()
+    assert row is not None
+    assert (row.kind, row.series_id, row.recurrence) == ("task", "task-1", "0 9 * * *")
+    assert (row.channel_type, row.platform_id) == ("telegram", "100")
+    assert row.process_after_ms == world.clock() + 60_000
+    assert world.deps.counters.actions == 1
+    assert world.telegram.calls == []
+
+
+def test_schedule_is_idempotent_after_a_crash(world: World) -> None:
+    schedule(world)
+    world.drain()
+    store = world.inbound()
+    store.db.execute("UPDATE deliveries SET status = 'sending'")  # as if we died mid-action
+    store.close()
+    world.drain()
+    assert list(task_rows(world)) == ["task-1"]
+
+
+def test_schedule_refusals(world: World) -> None:
+    bad_cron = schedule(world, "task-2", recurrence="every day")
+    bad_id = schedule(world, "../etc")
+    world.user_message("chat-x", "telegram:5")
+    taken = schedule(world, "chat-x")
+    leak = world.write(
+        m.ScheduleTask(task_id="task-3", prompt=SECRET, process_after_ms=world.clock())
+    ).id
+    elsewhere = world.write(
+        m.ScheduleTask(task_id="task-4", prompt="x", process_after_ms=world.clock()),
+        channel_type="telegram",
+        platform_id="200",
+    ).id
+    world.drain()
+    for out, reason in (
+        (bad_cron, "not a valid cron"),
+        (bad_id, "invalid task id"),
+        (taken, "already used"),
+        (leak, "leak guard"),
+        (elsewhere, "no destination grants"),
+    ):
+        row = world.delivery(out)
+        assert row.status == "denied", out
+        assert reason in row.last_error
+    assert task_rows(world) == {}
+
+
+def test_pause_resume_update_cancel_are_series_wide(world: World) -> None:
+    schedule(world, recurrence="0 9 * * *")
+    world.drain()
+    # the sweeper's next occurrence of the same series
+    from nanoclaw_common.store import NewInbound
+
+    store = world.inbound()
+    store.insert_message(
+        NewInbound(
+            id="task-1-next",
+            content=m.TaskContent(prompt="water the plants"),
+            timestamp_ms=world.clock(),
+            series_id="task-1",
+            recurrence="0 9 * * *",
+        )
+    )
+    store.close()
+    world.write(m.PauseTask(task_id="task-1"))
+    world.drain()
+    assert {s for s, _p, _r in task_rows(world).values()} == {"paused"}
+    world.write(m.ResumeTask(task_id="task-1"))
+    world.write(m.UpdateTask(task_id="task-1", process_after_ms=world.clock() + 5, recurrence=None))
+    world.drain()
+    assert set(task_rows(world).values()) == {("pending", world.clock() + 5, None)}
+    world.write(m.CancelTask(task_id="task-1"))
+    world.drain()
+    assert {s for s, _p, _r in task_rows(world).values()} == {"completed"}
+
+
+def test_changes_to_unknown_tasks_are_refused_and_reported_to_the_agent(world: World) -> None:
+    outs = [
+        world.write(action).id
+        for action in (
+            m.PauseTask(task_id="nope"),
+            m.ResumeTask(task_id="nope"),
+            m.CancelTask(task_id="nope"),
+            m.UpdateTask(task_id="nope", prompt="x"),
+            m.UpdateTask(task_id="nope", recurrence="bad cron"),
+        )
+    ]
+    world.drain()
+    errors = [world.delivery(out).last_error for out in outs]
+    assert [e.split(":")[0] for e in errors[:4]] == [
+        "pause_task",
+        "resume_task",
+        "cancel_task",
+        "update_task",
+    ]
+    assert "no live task matched" in errors[0]
+    assert "not a valid cron" in errors[4]
+    assert len(world.notes()) == 5
+    # a plain mistake: the owner is not bothered
+    assert all(not c[1].startswith("dm-") for c in world.telegram.calls)
