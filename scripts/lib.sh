@@ -32,3 +32,11 @@ ensure_venv() {
     .venv/bin/pip install -q --upgrade pip >/dev/null
     .venv/bin/pip install -q -e ".$extras"
 }
+
+ensure_agent_image() {
+    # The agent container image (Containerfile). Offline machines get a debootstrapped Debian
+    # base, built once and cached; Podman's layer cache makes a rebuild with unchanged code
+    # take seconds, so this always runs and the image always holds the current runner.
+    log "building the agent image"
+    .venv/bin/nanoclaw image build
+}

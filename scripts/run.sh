@@ -7,6 +7,7 @@ source scripts/lib.sh
 
 ensure_system_packages
 ensure_venv ""
+ensure_agent_image
 
 log "initialising the data folder"
 .venv/bin/nanoclaw init

@@ -8,6 +8,7 @@ source scripts/lib.sh
 
 ensure_system_packages
 ensure_venv "[dev]"
+ensure_agent_image
 
 log "ruff"
 .venv/bin/ruff check .

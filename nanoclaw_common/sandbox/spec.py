@@ -1,0 +1,100 @@
+"""How a session's container is created: name, labels, environment and the flags of DESIGN.md
+§7, as the keyword arguments of podman-py's ``containers.create``. Pure, so the flags are
+unit-tested without Podman; ``core.Sandbox`` passes the result to Podman unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Final
+
+import msgspec
+
+from nanoclaw_common.errors import Refused
+from nanoclaw_common.sandbox.mounts import Mount
+from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
+
+LABEL_INSTALL: Final = "nanoclaw.install"
+LABEL_SESSION: Final = "nanoclaw.session"
+LABEL_GROUP: Final = "nanoclaw.group"
+LABEL_RUN: Final = "nanoclaw.run"
+
+# Lowered for every container, whatever the machine needs (runtime.py): an agent has no use
+# for more, and a fixed ceiling keeps a runaway tool from exhausting the host's descriptors.
+# nproc counts per uid across all agent containers (they share AGENT_UID); the per-container
+# bound is pids_limit.
+ULIMITS: Final = (("nofile", 4096), ("nproc", 4096))
+CPU_PERIOD_US: Final = 100_000
+LOG_MAX_BYTES: Final = 10_000_000  # the runner's stderr, kept by conmon; bounded
+WORKDIR: Final = "/workspace"
+
+_CONTAINER_NAME: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,252}$")
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    image: str
+    command: list[str] | None  # None: the image's CMD (the agent runner)
+    labels: dict[str, str]
+    env: dict[str, str]
+    mounts: list[Mount]
+    memory_mb: int
+    cpus: float
+    pids: int
+    rootless: bool = False
+
+
+def container_name(install: str, session_id: str) -> str:
+    name = f"nanoclaw-{install}-{session_id}"
+    if not _CONTAINER_NAME.match(name):
+        raise Refused(f"cannot make a container name from session id {session_id!r}")
+    return name
+
+
+def labels(install: str, session_id: str, agent_group_id: str, run_id: str) -> dict[str, str]:
+    return {
+        LABEL_INSTALL: install,
+        LABEL_SESSION: session_id,
+        LABEL_GROUP: agent_group_id,
+        LABEL_RUN: run_id,
+    }
+
+
+def run_env(run_id: str, proxy_token: str, tz: str) -> dict[str, str]:
+    """Everything the container gets from the environment. No credential: the proxy token
+    only names the session to the proxy, which holds the real key."""
+    return {"NANOCLAW_RUN_ID": run_id, "NANOCLAW_PROXY_TOKEN": proxy_token, "TZ": tz}
+
+
+def create_kwargs(spec: RunSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "name": spec.name,
+        "labels": dict(spec.labels),
+        "environment": dict(spec.env),
+        "mounts": [mount.to_podman() for mount in spec.mounts],
+        # DESIGN.md §7
+        "network_mode": "none",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "no_new_privileges": True,
+        "mem_limit": f"{spec.memory_mb}m",
+        "memswap_limit": f"{spec.memory_mb}m",  # no swap on top of the memory limit
+        "cpu_period": CPU_PERIOD_US,
+        "cpu_quota": max(1_000, int(spec.cpus * CPU_PERIOD_US)),
+        "pids_limit": spec.pids,
+        "ulimits": [{"Name": name, "Soft": value, "Hard": value} for name, value in ULIMITS],
+        # A tiny init as PID 1: forwards TERM to the runner and reaps the zombies that tool
+        # subprocesses leave behind.
+        "init": True,
+        "working_dir": WORKDIR,
+        "log_config": {"Type": "k8s-file", "Config": {"size": LOG_MAX_BYTES}},
+    }
+    if spec.rootless:
+        # Rootless Podman: the container user is the host user (keep-id), so files the
+        # container writes belong to whoever runs NanoClaw, and nothing needs chown.
+        kwargs["userns_mode"] = "keep-id"
+        kwargs["user"] = f"{os.getuid()}:{os.getgid()}"
+    else:
+        kwargs["user"] = f"{AGENT_UID}:{AGENT_GID}"
+    return kwargs
