@@ -85,7 +85,8 @@ class TurnEngine:
         self.paths = paths
         self.follow_ups = follow_ups
         self.threshold = compaction.compact_threshold(ctx.config.model)
-        self.calls = 0
+        self.calls = 0  # model calls in this run
+        self.batch_calls = 0  # ... in the current turn; container_state.turns mirrors it
 
     # -- prompt pieces --------------------------------------------------------------------
 
@@ -105,7 +106,11 @@ class TurnEngine:
         return [{"type": "text", "text": "\n\n".join(parts), "cache_control": CACHE}]
 
     def call(self, request: ModelRequest) -> ModelResponse:
+        limit = self.ctx.config.max_turns_per_batch
+        if self.batch_calls >= limit:
+            raise TurnLimitReached(self.batch_calls)
         self.calls += 1
+        self.batch_calls += 1
         self.ctx.outbound.count_turn()
         return self._provider().create(request)
 
@@ -222,12 +227,9 @@ class TurnEngine:
         self.ctx.batch.delivered = False
         corrected = False
         unknown: list[str] = []
-        calls = 0
-        limit = self.ctx.config.max_turns_per_batch
+        self.batch_calls = 0
         overflow_retried = False
         while True:
-            if calls >= limit:
-                raise TurnLimitReached(calls)
             self.compact()
             request = ModelRequest(
                 system=self.system_prompt(),
@@ -243,7 +245,6 @@ class TurnEngine:
                     self.compact(force=True)
                     continue
                 raise
-            calls += 1
             self.conversation.add_assistant(response.content, response.usage.context_tokens)
             new_unknown, scratchpad = self.dispatch(response.text())
             unknown += new_unknown

@@ -1,0 +1,121 @@
+"""Token metering and the daily budget: pure functions, no I/O.
+
+``UsageMeter`` reads the usage out of a Messages API response as it streams past, without
+holding the stream up: a JSON body's ``usage`` object, or the ``message_start`` and
+``message_delta`` events of an SSE stream (``output_tokens`` there is cumulative, so the last
+value wins).
+
+Input tokens are counted in full: uncached input plus cache writes plus cache reads, i.e. all
+the context the model read. The budget is on input + output of the agent group's UTC day.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+MAX_JSON_BODY = 20_000_000  # a non-streaming body bigger than this is passed on unmetered
+
+
+class Usage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def total_input(self) -> int:
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+
+    def merge(self, fields: dict[str, Any]) -> None:
+        for name in self.__struct_fields__:
+            value = fields.get(name)
+            if isinstance(value, int) and value >= 0:
+                setattr(self, name, value)
+
+
+class UsageMeter:
+    def __init__(self, content_type: str) -> None:
+        self.streaming = content_type.startswith("text/event-stream")
+        self.usage: Usage | None = None
+        self._buffer = bytearray()
+        self._overflow = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.streaming:
+            self._buffer += chunk
+            *lines, rest = self._buffer.split(b"\n")
+            self._buffer = bytearray(rest)
+            for line in lines:
+                self._line(bytes(line).rstrip(b"\r"))
+        elif not self._overflow:
+            self._buffer += chunk
+            if len(self._buffer) > MAX_JSON_BODY:
+                self._overflow = True
+                self._buffer = bytearray()
+
+    def finish(self) -> Usage | None:
+        """The usage seen (None when the response carried none, e.g. an error)."""
+        if self.streaming:
+            if self._buffer:
+                self._line(bytes(self._buffer).rstrip(b"\r"))
+                self._buffer = bytearray()
+        elif self._buffer:
+            body = _loads(bytes(self._buffer))
+            if isinstance(body, dict) and isinstance(body.get("usage"), dict):
+                self._merge(body["usage"])
+            self._buffer = bytearray()
+        return self.usage
+
+    def _line(self, line: bytes) -> None:
+        if not line.startswith(b"data:"):
+            return
+        event = _loads(line[5:].strip())
+        if not isinstance(event, dict):
+            return
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            usage = event["message"].get("usage")
+        else:
+            usage = event.get("usage")
+        if isinstance(usage, dict):
+            self._merge(usage)
+
+    def _merge(self, fields: dict[str, Any]) -> None:
+        if self.usage is None:
+            self.usage = Usage()
+        self.usage.merge(fields)
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def utc_day(now_ms: int) -> str:
+    return datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+
+
+def seconds_to_next_utc_day(now_ms: int) -> int:
+    return 86_400 - (now_ms // 1000) % 86_400
+
+
+def effective_budget(group_budget: int | None, default_budget: int) -> int:
+    """The group's own budget when set, else the default; 0 means unlimited."""
+    return default_budget if group_budget is None else group_budget
+
+
+def over_budget(used_tokens: int, budget: int) -> bool:
+    return budget > 0 and used_tokens >= budget
+
+
+def budget_message(group_name: str, used_tokens: int, budget: int) -> str:
+    return (
+        f"NanoClaw: the agent group '{group_name}' has used its daily token budget "
+        f"({used_tokens:,} of {budget:,} tokens). It resets at 00:00 UTC; an administrator "
+        "can raise it (container config token_budget_daily)."
+    )

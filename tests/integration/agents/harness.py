@@ -1,0 +1,260 @@
+"""Real processes for the agent tests: the credential proxy (``nanoclaw-proxy``) and the agent
+runner (``nanoclaw-agent-runner`` as a host process against a session folder under tmp_path),
+with the central DB rows a session needs. Waiting helpers wait for an event (a file, a row)
+with a deadline; nothing sleeps for a fixed time to let a timeout pass."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import msgspec
+
+from nanoclaw_common import messages
+from nanoclaw_common.paths import Layout, SessionPaths
+from nanoclaw_common.runner_config import RunnerConfig, encode_runner_config
+from nanoclaw_common.sessions import ensure_session_files
+from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
+from nanoclaw_common.store.outbound import OutboundReader
+from nanoclaw_common.store.rows import DestinationEntry, Routing
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[3]
+
+
+def wait_until(probe: Callable[[], T | None], timeout_s: float = 20.0, what: str = "") -> T:
+    """Poll ``probe`` (every 10 ms) until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or probe}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Proxy:
+    process: subprocess.Popen[bytes]
+    socket: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(15)
+
+
+def start_proxy(home: Path, api_key: str, base_url: str, **env: str) -> Proxy:
+    layout = Layout(home)
+    layout.ensure()
+    log_path = home / "logs" / "proxy.log"
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "ANTHROPIC_"))},
+        "NANOCLAW_HOME": str(home),
+        "ANTHROPIC_API_KEY": api_key,
+        "ANTHROPIC_BASE_URL": base_url,
+        "NANOCLAW_LOG_LEVEL": "DEBUG",
+        **env,
+    }
+    with open(log_path, "ab") as handle:  # the child keeps its own copy of the fd
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nanoclaw_proxy"],
+            cwd=home,
+            env=environ,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    proxy = Proxy(process, layout.proxy_socket, log_path)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"proxy exited {process.returncode}: {proxy.log()}")
+        if not layout.proxy_socket.exists():
+            return False
+        try:
+            with uds_client(layout.proxy_socket) as client:
+                return client.get("http://proxy/nanoclaw/health").status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    wait_until(healthy, what="the proxy to listen")
+    return proxy
+
+
+def uds_client(socket: Path, **kwargs: Any) -> httpx2.Client:
+    return httpx2.Client(transport=httpx2.HTTPTransport(uds=str(socket)), **kwargs)
+
+
+@dataclass
+class AgentSession:
+    home: Path
+    group_id: str
+    group_folder: str
+    session_id: str
+    paths: SessionPaths
+    workspace: Path
+    token: str
+    run_id: str
+
+    def inbound(self) -> InboundStore:
+        return InboundStore(self.paths.inbound_db)
+
+    def outbound(self) -> OutboundReader:
+        return OutboundReader(self.paths.outbound_db)
+
+    def new_run(self, central: CentralStore) -> None:
+        """What wake() does for a new container: a fresh run id and token."""
+        self.run_id = f"run-{time.time_ns()}"
+        self.token = secrets.token_urlsafe(32)
+        central.issue_proxy_token(
+            hashlib.sha256(self.token.encode()).hexdigest(),
+            self.session_id,
+            self.group_id,
+            self.run_id,
+        )
+
+
+def make_session(
+    central: CentralStore, home: Path, *, name: str = "Family", chat: str = "chat-1"
+) -> AgentSession:
+    """Central rows for a group, its chat and a session; the session folder with its DBs,
+    destinations (``main`` = the chat) and routing; a proxy token for the first run."""
+    folder = central.unique_folder(name)
+    group = central.create_agent_group(name, folder)
+    chat_row = central.create_messaging_group("cli", chat, name="Main chat")
+    session = central.create_session(group.id, chat_row.id)
+    layout = Layout(home)
+    paths = ensure_session_files(layout, session)
+    workspace = layout.group_dir(folder)
+    workspace.mkdir(parents=True, exist_ok=True)
+    inbound = InboundStore(paths.inbound_db)
+    main = DestinationEntry("main", "Main chat", "channel", "cli", chat, None)
+    inbound.replace_destinations([main])
+    inbound.set_routing(Routing("cli", chat, None))
+    inbound.close()
+    agent = AgentSession(home, group.id, folder, session.id, paths, workspace, "", "")
+    agent.new_run(central)
+    return agent
+
+
+def write_config(agent: AgentSession, proxy_socket: Path, **fields: Any) -> RunnerConfig:
+    config = RunnerConfig(
+        session_id=agent.session_id,
+        agent_group_id=agent.group_id,
+        proxy_socket=str(proxy_socket),
+        heartbeat_interval_s=0.2,
+        **fields,
+    )
+    (agent.paths.root / "runner.json").write_bytes(encode_runner_config(config))
+    return config
+
+
+@dataclass
+class RunnerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(20)
+
+    def kill(self) -> None:
+        """SIGKILL the runner and whatever it started (bash tool children)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+
+def start_runner(agent: AgentSession, *, log_name: str = "runner.log") -> RunnerProcess:
+    log_path = agent.home / "logs" / log_name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "ANTHROPIC_"))},
+        "NANOCLAW_RUN_ID": agent.run_id,
+        "NANOCLAW_PROXY_TOKEN": agent.token,
+        "NANOCLAW_LOG_LEVEL": "DEBUG",
+    }
+    command = [sys.executable, "-m", "agent_runner", "--session-root", str(agent.paths.root)]
+    command += ["--workspace", str(agent.workspace)]
+    with open(log_path, "ab") as handle:  # the child keeps its own copy of the fd
+        process = subprocess.Popen(
+            command,
+            cwd=agent.workspace,
+            env=environ,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() takes its children too
+        )
+    return RunnerProcess(process, log_path)
+
+
+def send_chat(
+    agent: AgentSession,
+    text: str,
+    *,
+    message_id: str | None = None,
+    chat: str = "chat-1",
+    **row: Any,
+) -> str:
+    row_id = f"{message_id or secrets.token_hex(4)}:{agent.group_id}"
+    store = agent.inbound()
+    try:
+        store.insert_message(
+            NewInbound(
+                id=row_id,
+                content=messages.ChatContent(text=text, sender_id="cli:alice", sender_name="Alice"),
+                timestamp_ms=int(time.time() * 1000),
+                channel_type="cli",
+                platform_id=chat,
+                **row,
+            )
+        )
+    finally:
+        store.close()
+    return row_id
+
+
+def outbound_rows(agent: AgentSession) -> list[Any]:
+    reader = agent.outbound()
+    try:
+        return reader.messages_after(0, limit=1000)
+    finally:
+        reader.close()
+
+
+def ack_status(agent: AgentSession, message_id: str) -> str | None:
+    reader = agent.outbound()
+    try:
+        return next((a.status for a in reader.acks() if a.message_id == message_id), None)
+    finally:
+        reader.close()
+
+
+def texts(agent: AgentSession) -> list[str]:
+    """The text of every SendText row the agent wrote, in seq order."""
+    found = []
+    for row in outbound_rows(agent):
+        content = msgspec.json.decode(row.content)
+        if content.get("type") == "text":
+            found.append(content["text"])
+    return found
