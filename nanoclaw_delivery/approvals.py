@@ -12,11 +12,12 @@ Request (an outbound system row, handled like any other delivery):
 
 Decision (``ApprovalWatcher``, a loop in delivery): the router records a click with
 ``CentralStore.decide_approval``, which counts it only from an approver. Delivery then applies
-``approved`` rows (merge the config, rebuild the image for packages, restart the group's
-containers, an ``on_wake`` note to the agent), tells the agent about ``rejected`` ones, turns
+``approved`` rows (packages: the sandbox rebuilds the group's image and records the packages;
+MCP servers: merged into ``container_configs.mcp_servers``; then the group's containers restart
+and the agent gets an ``on_wake`` note), tells the agent about ``rejected`` ones, turns
 undecided rows past ``expires_at_ms`` into ``expired`` (a timeout is a deny), and deletes the
-row. A crash before the delete applies it again: merging is idempotent and note ids are
-derived from the approval id.
+row. A crash before the delete applies it again: the build and the MCP merge are idempotent
+and note ids are derived from the approval id.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import json
 import re
 from typing import Final
 
-import msgspec
 from loguru import logger
 
 from nanoclaw_common import messages as m
@@ -273,15 +273,13 @@ class ApprovalWatcher:
         note_id: str,
     ) -> None:
         deps, group_id = self.deps, approval.agent_group_id or session.agent_group_id
-        config = deps.central.get_container_config(group_id)
-        apt = _merged(config.packages_apt if config else "[]", action.apt)
-        pip = _merged(config.packages_pip if config else "[]", action.pip)
-        deps.central.update_container_config(
-            group_id, packages_apt=json.dumps(apt), packages_pip=json.dumps(pip)
-        )
         listed = describe(action)[2]
         try:
-            tag = await deps.offload.slow(deps.groups.build_group_image, group_id)
+            # The sandbox merges these with the group's earlier packages and records both
+            # the packages and the new image tag only when the build succeeds.
+            tag = await deps.offload.slow(
+                deps.groups.build_group_image, group_id, list(action.apt), list(action.pip)
+            )
         except Exception as exc:
             log.error("image rebuild for group {} failed: {!r}", group_id, exc)
             await note_agent(
@@ -289,8 +287,8 @@ class ApprovalWatcher:
                 session,
                 inbound,
                 note_id,
-                f"Packages added to the config ({listed}) but the image rebuild failed: {exc}."
-                " Tell the user; an admin can retry with `nanoclaw image build`.",
+                f"Your install_packages request ({listed}) was approved, but building the"
+                f" image failed, so nothing was installed: {exc}. Tell the user.",
             )
             return
         log.info("group {} image rebuilt as {}", group_id, tag)
@@ -357,11 +355,3 @@ class ApprovalWatcher:
             )
         except Exception as exc:
             log.warning("could not update approval card {}: {!r}", approval.approval_id, exc)
-
-
-def _merged(stored_json: str, extra: list[str]) -> list[str]:
-    try:
-        stored = msgspec.json.decode(stored_json, type=list[str])
-    except msgspec.DecodeError:
-        stored = []
-    return stored + [name for name in extra if name not in stored]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +35,10 @@ Clock = Callable[[], int]
 class GroupControl(Protocol):
     """The sandbox's rebuild/restart primitives, as delivery uses them."""
 
-    def build_group_image(self, agent_group_id: str) -> str:
-        """Build the group's image from its ``container_configs`` packages; return the image
-        tag. Raises on failure (the message is shown to the agent)."""
+    def build_group_image(self, agent_group_id: str, apt: Sequence[str], pip: Sequence[str]) -> str:
+        """Build the group's image with these packages added to the ones it already has,
+        record the packages and the tag in ``container_configs`` (only on success), and
+        return the tag. Raises on failure (the message is shown to the agent)."""
 
     def restart_group(self, agent_group_id: str) -> int:
         """Stop the group's running containers and start them again (fresh runs, so

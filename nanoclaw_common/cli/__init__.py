@@ -7,6 +7,7 @@ import sys
 import click
 
 from nanoclaw_common.cli.context import CliContext
+from nanoclaw_common.cli.deliveries import deliveries
 from nanoclaw_common.cli.sandbox import doctor, image, podman_service
 from nanoclaw_common.cli.setup import init
 from nanoclaw_common.cli.status import status
@@ -31,6 +32,7 @@ def cli(click_ctx: click.Context, home: str | None, as_json: bool) -> None:
 
 cli.add_command(init)
 cli.add_command(status)
+cli.add_command(deliveries)
 cli.add_command(image)
 cli.add_command(doctor)
 cli.add_command(podman_service)

@@ -5,8 +5,10 @@ platform), a settable clock, and recording fakes for the sandbox's wake/rebuild/
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import json
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from nanoclaw_common import messages as m
@@ -142,16 +144,33 @@ class FakeWaker:
 
 
 class FakeGroups:
-    def __init__(self) -> None:
-        self.builds: list[str] = []
+    """Records rebuilds and restarts. Like the real sandbox, a successful build records the
+    merged packages and the tag in ``container_configs`` (its own connection)."""
+
+    def __init__(self, central_db: Path | None = None) -> None:
+        self.central_db = central_db
+        self.builds: list[tuple[str, list[str], list[str]]] = []
         self.restarts: list[str] = []
         self.build_error: Exception | None = None
 
-    def build_group_image(self, agent_group_id: str) -> str:
-        self.builds.append(agent_group_id)
+    def build_group_image(self, agent_group_id: str, apt: Sequence[str], pip: Sequence[str]) -> str:
+        self.builds.append((agent_group_id, list(apt), list(pip)))
         if self.build_error is not None:
             raise self.build_error
-        return f"localhost/nanoclaw-agent-{agent_group_id}:latest"
+        tag = f"localhost/nanoclaw-agent-{agent_group_id}:latest"
+        if self.central_db is not None:
+            central = CentralStore(self.central_db)
+            config = central.get_container_config(agent_group_id)
+            assert config is not None
+            old_apt, old_pip = json.loads(config.packages_apt), json.loads(config.packages_pip)
+            central.update_container_config(
+                agent_group_id,
+                image_tag=tag,
+                packages_apt=json.dumps(old_apt + [n for n in apt if n not in old_apt]),
+                packages_pip=json.dumps(old_pip + [n for n in pip if n not in old_pip]),
+            )
+            central.close()
+        return tag
 
     def restart_group(self, agent_group_id: str) -> int:
         self.restarts.append(agent_group_id)
@@ -291,6 +310,7 @@ def make_world(settings: Settings, clock: Clock | None = None) -> World:
     outbound = OutboundStore(paths.outbound_db)
     adapters = {"telegram": RecordingAdapter("telegram"), "slack": RecordingAdapter("slack")}
     return World(
+        groups=FakeGroups(layout.central_db),
         settings=settings,
         layout=layout,
         central=central,

@@ -89,8 +89,9 @@ def test_click_by_a_non_approver_is_ignored_then_approval_applies(approvers: Wor
     assert config is not None
     assert json.loads(config.packages_apt) == ["jq"]
     assert json.loads(config.packages_pip) == ["rich"]
-    assert world.groups.builds == [world.group.id]
+    assert world.groups.builds == [(world.group.id, ["jq"], ["rich"])]
     assert world.groups.restarts == [world.group.id]
+    assert config.image_tag == f"localhost/nanoclaw-agent-{world.group.id}:latest"
     notes = world.notes()
     assert len(notes) == 1 and "Packages installed" in notes[0][0]
     assert notes[0][2] == 1  # on_wake: only the fresh run sees it
@@ -158,7 +159,9 @@ def test_build_failure_is_reported(approvers: World) -> None:
     click(world, the_approval(world).approval_id, "telegram:owner", "approve")
     tick(world)
     assert world.groups.restarts == []
-    assert "rebuild failed" in world.notes()[0][0]
+    assert "nothing was installed" in world.notes()[0][0]
+    config = world.central.get_container_config(world.group.id)
+    assert config is not None and config.packages_apt == "[]"
 
 
 @pytest.mark.parametrize(

@@ -130,4 +130,4 @@ def test_approval_loop_applies_decisions(world: World) -> None:
         await runner
 
     run(scenario())
-    assert world.groups.builds == [world.group.id]
+    assert world.groups.builds == [(world.group.id, ["jq"], [])]
