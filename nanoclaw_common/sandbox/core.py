@@ -45,6 +45,7 @@ from nanoclaw_common.paths import CONTAINER, Layout, SessionPaths, safe_componen
 from nanoclaw_common.runner_config import McpServer, RunnerConfig, encode_runner_config
 from nanoclaw_common.sandbox import images, mounts, runtime, spec
 from nanoclaw_common.sandbox.ownership import hand_over
+from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.sandbox.settle import settle_leftover_claims
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.settings import Settings
@@ -119,11 +120,14 @@ class Sandbox:
         return store
 
     def _client(self) -> podman.PodmanClient:
+        # Checked before every use: podman-py leaks its socket when a connection fails, and
+        # "the service is down" deserves a clear message anyway.
+        url = self.settings.podman_socket_url
+        if url.startswith("unix://") and not socket_answers(Path(url.removeprefix("unix://"))):
+            raise NotReady(f"the Podman API service is not answering at {url}")
         client: podman.PodmanClient | None = getattr(self._local, "client", None)
         if client is None:
-            client = podman.PodmanClient(
-                base_url=self.settings.podman_socket_url, timeout=CLIENT_TIMEOUT_S
-            )
+            client = podman.PodmanClient(base_url=url, timeout=CLIENT_TIMEOUT_S)
             self._local.client = client
             with self._opened_lock:
                 self._opened.append(client)
@@ -359,6 +363,20 @@ class Sandbox:
             raise Refused(f"container {name} does not belong to this install")
         container.remove(force=True)
         return True
+
+    def exec_in(self, session_id: str, argv: Sequence[str]) -> tuple[int, str, str]:
+        """Run ``argv`` in the session's running container as its user: (exit code, stdout,
+        stderr). For diagnostics and the sandbox tests."""
+        container = self._get(self.container_name(session_id))
+        if container is None:
+            raise NotReady(f"no container for session {session_id}")
+        code, output = container.exec_run(list(argv), demux=True)
+        stdout, stderr = output if isinstance(output, tuple) else (output, b"")
+        return (
+            int(code or 0),
+            (stdout or b"").decode(errors="replace"),
+            (stderr or b"").decode(errors="replace"),
+        )
 
     def _get(self, name: str) -> Container | None:
         try:

@@ -223,14 +223,14 @@ def _check_one(
     given = Path(request.host_path).expanduser()
     if not given.is_absolute():
         return refuse("host path must be absolute (or start with ~)")
-    name = request.container_path if request.container_path is not None else given.name
-    if not _MOUNT_NAME.match(name) or ".." in name:
-        return refuse(f"container path {name!r} must be one plain name")
     # Check the path as written and as resolved: a blocked name may hide behind a symlink
     # either way round.
     blocked = _blocked(given, patterns)
     if blocked:
         return refuse(f"path matches blocked pattern {blocked!r}")
+    name = request.container_path if request.container_path is not None else given.name
+    if not _MOUNT_NAME.match(name) or ".." in name:
+        return refuse(f"container path {name!r} must be one plain name")
     try:
         real = given.resolve(strict=True)
     except FileNotFoundError:

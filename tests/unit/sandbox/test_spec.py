@@ -1,0 +1,86 @@
+"""The container's flags (DESIGN.md §7) as podman-py create() arguments, no Podman."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nanoclaw_common.errors import Refused
+from nanoclaw_common.sandbox import spec
+from nanoclaw_common.sandbox.mounts import Mount
+from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
+
+
+def make_spec(**overrides: object) -> spec.RunSpec:
+    values: dict[str, object] = {
+        "name": "nanoclaw-inst-sess-1",
+        "image": "localhost/nanoclaw-agent:latest",
+        "command": None,
+        "labels": spec.labels("inst", "sess-1", "ag-1", "run-1"),
+        "env": spec.run_env("run-1", "token-abc", "Europe/Paris"),
+        "mounts": [Mount("bind", "/h/s", "/session", read_only=True)],
+        "memory_mb": 512,
+        "cpus": 1.5,
+        "pids": 128,
+    }
+    values.update(overrides)
+    return spec.RunSpec(**values)  # type: ignore[arg-type]
+
+
+def test_container_name() -> None:
+    assert spec.container_name("ab12cd34", "sess-1-x") == "nanoclaw-ab12cd34-sess-1-x"
+    for bad in ("a:b", "a/b", "a b"):
+        with pytest.raises(Refused):
+            spec.container_name("inst", bad)
+
+
+def test_security_flags() -> None:
+    kwargs = spec.create_kwargs(make_spec())
+    assert kwargs["network_mode"] == "none"
+    assert kwargs["read_only"] is True
+    assert kwargs["cap_drop"] == ["ALL"]
+    assert kwargs["no_new_privileges"] is True
+    assert kwargs["user"] == f"{AGENT_UID}:{AGENT_GID}"
+    assert AGENT_UID != 0 and AGENT_GID != 0
+    assert "userns_mode" not in kwargs
+    assert "privileged" not in kwargs and "cap_add" not in kwargs
+
+
+def test_limits() -> None:
+    kwargs = spec.create_kwargs(make_spec())
+    assert kwargs["mem_limit"] == "512m" and kwargs["memswap_limit"] == "512m"
+    assert kwargs["cpu_period"] == 100_000 and kwargs["cpu_quota"] == 150_000
+    assert kwargs["pids_limit"] == 128
+    assert kwargs["ulimits"] == [
+        {"Name": "nofile", "Soft": 4096, "Hard": 4096},
+        {"Name": "nproc", "Soft": 4096, "Hard": 4096},
+    ]
+    assert spec.create_kwargs(make_spec(cpus=0.001))["cpu_quota"] == 1_000  # never zero
+
+
+def test_identity_and_environment() -> None:
+    kwargs = spec.create_kwargs(make_spec())
+    assert kwargs["name"] == "nanoclaw-inst-sess-1"
+    assert kwargs["labels"] == {
+        "nanoclaw.install": "inst",
+        "nanoclaw.session": "sess-1",
+        "nanoclaw.group": "ag-1",
+        "nanoclaw.run": "run-1",
+    }
+    # The environment is exactly this: no credential, nothing inherited from the host.
+    assert kwargs["environment"] == {
+        "NANOCLAW_RUN_ID": "run-1",
+        "NANOCLAW_PROXY_TOKEN": "token-abc",
+        "TZ": "Europe/Paris",
+    }
+    assert kwargs["mounts"] == [
+        {"type": "bind", "source": "/h/s", "target": "/session", "read_only": True}
+    ]
+    assert kwargs["init"] is True
+
+
+def test_rootless_keeps_the_host_user() -> None:
+    kwargs = spec.create_kwargs(make_spec(rootless=True))
+    assert kwargs["userns_mode"] == "keep-id"
+    assert kwargs["user"] == f"{os.getuid()}:{os.getgid()}"
