@@ -1,0 +1,159 @@
+"""The real ``nanoclaw-delivery`` process: it delivers through the real adapters, stops
+gracefully on SIGTERM (finishing the item in flight), exits at once on a second signal, and
+after a SIGKILL mid-send re-sends the interrupted row exactly as docs/delivery.md says."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nanoclaw_common import messages as m
+from nanoclaw_common.channels import cli_protocol as wire
+from nanoclaw_common.lifecycle import EXIT_ON_SECOND_SIGNAL
+from nanoclaw_common.states import EngageMode
+from nanoclaw_common.store import OutboundStore
+from nanoclaw_common.store.outbound import NewOutbound
+from nanoclaw_common.store.rows import Session
+from tests.fakes.telegram_api import FakeTelegram
+from tests.integration.delivery.process import DeliveryProcess
+from tests.integration.delivery.terminal import FakeTerminal
+from tests.unit.delivery.helpers import World
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def delivery(world: World, tmp_path: Path) -> Iterator[DeliveryProcess]:
+    process = DeliveryProcess(world.settings, tmp_path / "delivery.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def cli_session(world: World) -> Session:
+    chat = world.central.create_messaging_group("cli", "local", name="terminal")
+    world.central.create_wiring(chat.id, world.group.id, engage_mode=EngageMode.PATTERN)
+    session = world.new_session(world.group, chat)
+    return session
+
+
+@pytest.fixture
+def held_terminal(world: World) -> Iterator[FakeTerminal]:
+    fake = FakeTerminal(wire.chat_socket(world.layout)).start()
+    yield fake
+    fake.stop()
+
+
+def write(world: World, session: Session, text: str) -> str:
+    store = OutboundStore(world.layout.session(session.agent_group_id, session.id).outbound_db)
+    try:
+        return store.insert_message(NewOutbound(content=m.SendText(text=text))).id
+    finally:
+        store.close()
+
+
+def status(world: World, session: Session, out_id: str) -> tuple[str, int]:
+    store = world.inbound(session)
+    try:
+        row = store.get_delivery(out_id)
+        assert row is not None
+        return row.status, row.attempts
+    finally:
+        store.close()
+
+
+def wait_status(
+    world: World, session: Session, out_id: str, wanted: str, timeout_s: float = 10.0
+) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        store = world.inbound(session)
+        row = store.get_delivery(out_id)
+        store.close()
+        if row is not None and row.status == wanted:
+            return row.status, row.attempts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{out_id} is {row.status if row else 'untracked'}")
+        time.sleep(0.01)
+
+
+def test_delivers_and_stops_gracefully(
+    world: World, fake_telegram: FakeTelegram, delivery: DeliveryProcess
+) -> None:
+    delivery.start()
+    out = world.text("hello from a real process")
+    fake_telegram.wait_for(lambda: fake_telegram.sent("sendMessage"), timeout=10)
+    assert fake_telegram.sent("sendMessage")[0].text == "hello from a real process"
+    wait_status(world, world.session, out.id, "delivered")
+    delivery.signal(signal.SIGTERM)
+    assert delivery.wait() == 0
+    log = delivery.log()
+    assert "delivery stopped: delivered=1" in log
+    assert f"message={out.id}" in log or out.id in log
+
+
+def test_sigterm_finishes_the_item_in_flight(
+    world: World, cli_session: Session, held_terminal: FakeTerminal, delivery: DeliveryProcess
+) -> None:
+    delivery.start()
+    held_terminal.hold()
+    out = write(world, cli_session, "in flight")
+    held_terminal.wait_for(1)
+    delivery.signal(signal.SIGTERM)
+    delivery.wait_for_log("finishing in-flight")
+    held_terminal.release()
+    assert delivery.wait() == 0
+    assert status(world, cli_session, out) == ("delivered", 1)
+    assert held_terminal.texts() == ["in flight"]
+
+
+def test_second_signal_exits_at_once(
+    world: World, cli_session: Session, held_terminal: FakeTerminal, delivery: DeliveryProcess
+) -> None:
+    delivery.start()
+    held_terminal.hold()
+    out = write(world, cli_session, "stuck")
+    held_terminal.wait_for(1)
+    delivery.signal(signal.SIGTERM)
+    delivery.wait_for_log("finishing in-flight")
+    delivery.signal(signal.SIGTERM)
+    assert delivery.wait(5) == EXIT_ON_SECOND_SIGNAL
+    # Left in ``sending``: the next start re-sends it (crash-point table, "send in flight").
+    assert status(world, cli_session, out) == ("sending", 1)
+
+
+def test_sigkill_mid_send_then_restart(
+    world: World, cli_session: Session, held_terminal: FakeTerminal, delivery: DeliveryProcess
+) -> None:
+    """docs/delivery.md, crash point "after the platform received it, before its answer was
+    recorded": the row is found in ``sending`` and sent again: the terminal sees it twice
+    (the duplicate window), the record says delivered after attempt 2, nothing is lost."""
+    delivery.start()
+    held_terminal.hold()  # the platform has the message, but its answer does not come back
+    out = write(world, cli_session, "exactly the window")
+    held_terminal.wait_for(1)
+    delivery.kill()
+    assert status(world, cli_session, out) == ("sending", 1)
+    held_terminal.release()
+    delivery.start()
+    assert wait_status(world, cli_session, out, "delivered") == ("delivered", 2)
+    assert held_terminal.texts() == ["exactly the window", "exactly the window"]
+    assert "found in sending after a restart" in delivery.log()
+
+
+def test_sigkill_before_the_send_loses_nothing(
+    world: World, cli_session: Session, held_terminal: FakeTerminal, delivery: DeliveryProcess
+) -> None:
+    """Crash point "outbound row committed, delivery down": rows written while delivery is
+    dead are found on start and sent once."""
+    delivery.start()
+    delivery.kill()
+    outs = [write(world, cli_session, f"queued {n}") for n in range(3)]
+    delivery.start()
+    for out in outs:
+        wait_status(world, cli_session, out, "delivered")
+    assert held_terminal.texts() == ["queued 0", "queued 1", "queued 2"]
