@@ -95,3 +95,22 @@ def safe_platform_id(value: object) -> str:
 
 def to_builtins(value: Any) -> Any:
     return msgspec.to_builtins(value)
+
+
+class WebhookBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the webhook adapter puts in an event's text; the router makes it a ``webhook``
+    row (``WebhookContent``)."""
+
+    event: str
+    payload: Any = None
+
+
+def webhook_text(event: str, payload: Any) -> str:
+    return msgspec.json.encode(WebhookBody(event=event, payload=payload)).decode()
+
+
+def parse_webhook_text(text: str) -> WebhookBody:
+    try:
+        return msgspec.json.decode(text, type=WebhookBody)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise DecodeError(f"invalid webhook event text: {exc}") from None

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 from loguru import logger
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReactionTypeEmoji, error
 from telegram.request import HTTPXRequest
-from telegram.warnings import PTBDeprecationWarning
+from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
 
 from nanoclaw_common.channels import telegram_updates as tu
 from nanoclaw_common.channels.base import (
@@ -93,6 +93,7 @@ class TelegramAdapter(ChannelAdapter):
         self.base_url = base_url.rstrip("/")
         self.poll_timeout_s = poll_timeout_s
         self._bot: Bot | None = None
+        self._requests: list[HTTPXRequest] = []
         self._bot_id = 0
         self._bot_username = ""
         self._connected = False
@@ -103,20 +104,30 @@ class TelegramAdapter(ChannelAdapter):
         # PTB warns on every RetryAfter about its own int→timedelta migration; we read
         # retry_after either way (see _classify).
         warnings.filterwarnings("ignore", category=PTBDeprecationWarning)
+        # We fetch getUpdates raw on purpose (each update is decoded on its own, see the
+        # module docstring); PTB suggests Bot.get_updates, which parses the batch as one.
+        warnings.filterwarnings(
+            "ignore", message="Please use 'Bot.getUpdates'", category=PTBUserWarning
+        )
+        # Our own request objects: Bot.initialize() would call getMe, and the outbound half
+        # must start without the network; so we also close them ourselves.
+        self._requests = [
+            HTTPXRequest(connection_pool_size=32, read_timeout=20.0),
+            HTTPXRequest(connection_pool_size=1, read_timeout=self.poll_timeout_s + 15.0),
+        ]
         self._bot = Bot(
             self.token,
             base_url=f"{self.base_url}/bot",
             base_file_url=f"{self.base_url}/file/bot",
-            request=HTTPXRequest(connection_pool_size=32, read_timeout=20.0),
-            get_updates_request=HTTPXRequest(
-                connection_pool_size=1, read_timeout=self.poll_timeout_s + 15.0
-            ),
+            request=self._requests[0],
+            get_updates_request=self._requests[1],
         )
 
     async def close(self) -> None:
-        if self._bot is not None:
-            await self._bot.shutdown()
-            self._bot = None
+        for request in self._requests:
+            await request.shutdown()
+        self._requests = []
+        self._bot = None
         self._connected = False
 
     def is_connected(self) -> bool:

@@ -14,7 +14,7 @@ the body: a retried delivery is deduplicated. The answer (200) is sent after the
 when the row could not be committed, so the sender retries.
 
 The router turns the event into a ``webhook`` row: the event's text is
-``{"event": <name>, "payload": <body>}`` (``webhook_text`` / ``parse_webhook_text``).
+``{"event": <name>, "payload": <body>}`` (``common.webhook_text`` / ``common.parse_webhook_text``).
 Sources cannot receive messages: the outbound half refuses permanently.
 """
 
@@ -35,7 +35,7 @@ from nanoclaw_common.channels.base import (
     InboundSink,
     OutgoingFile,
 )
-from nanoclaw_common.channels.common import make_event
+from nanoclaw_common.channels.common import make_event, webhook_text
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import DecodeError, PermanentFailure
 from nanoclaw_common.messages import MAX_TEXT_CHARS, AskQuestion, InboundEvent
@@ -47,22 +47,6 @@ MAX_BODY_BYTES: Final = MAX_TEXT_CHARS - 1_000  # the body travels inside the ev
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-
-
-class WebhookBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    event: str
-    payload: Any = None
-
-
-def webhook_text(event: str, payload: Any) -> str:
-    return msgspec.json.encode(WebhookBody(event=event, payload=payload)).decode()
-
-
-def parse_webhook_text(text: str) -> WebhookBody:
-    try:
-        return msgspec.json.decode(text, type=WebhookBody)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise DecodeError(f"invalid webhook event text: {exc}") from None
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -242,6 +242,13 @@ class InboundReader:
         """The highest outbound seq the host has recorded (0 when none)."""
         return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM deliveries"))
 
+    def last_delivered_ms(self) -> int | None:
+        """When the host last delivered something of this session (typing pauses then)."""
+        value = self.db.scalar(
+            "SELECT max(updated_at_ms) FROM deliveries WHERE status = 'delivered'"
+        )
+        return None if value is None else int(value)
+
     def platform_message_id(self, message_out_id: str) -> str | None:
         value = self.db.scalar(
             "SELECT platform_message_id FROM deliveries WHERE message_out_id = ?",

@@ -1,0 +1,65 @@
+"""``nanoclaw-router``: the console script supervisord runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+from nanoclaw_common.channels.builtin import build_builtin_adapters
+from nanoclaw_common.errors import ConfigError
+from nanoclaw_common.lifecycle import GracefulStop
+from nanoclaw_common.logs import setup_logging
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.settings import Settings, load_from_process
+from nanoclaw_common.store import CentralStore
+from nanoclaw_common.wake import Waker
+from nanoclaw_router.app import Router
+from nanoclaw_router.faults import WAKE_LOG_ENV, Faults, RecordingWaker
+
+
+def make_waker(settings: Settings, layout: Layout, wake_log: str | None) -> Waker:
+    if wake_log:
+        return RecordingWaker(Path(wake_log), layout.central_db)  # tests only
+    from nanoclaw_common.sandbox import Sandbox  # noqa: PLC0415 - podman only when used
+
+    return Sandbox(settings)
+
+
+async def _serve(router: Router, stop: GracefulStop) -> None:
+    stopped = asyncio.Event()
+    stop.install_async(asyncio.get_running_loop(), stopped)
+    await router.run(stopped)
+
+
+def main() -> None:
+    try:
+        settings = load_from_process()
+        faults = Faults.from_environ(os.environ)
+    except (ConfigError, ValueError) as exc:
+        print(f"nanoclaw-router: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging("router", settings.log_level, settings.secrets())
+    layout = Layout(settings.home_path)
+    layout.ensure()
+    central = CentralStore.open(layout.central_db)
+    waker = make_waker(settings, layout, os.environ.get(WAKE_LOG_ENV))
+    router = Router(settings, central, build_builtin_adapters(settings), waker, faults=faults)
+    try:
+        asyncio.run(_serve(router, GracefulStop()))
+    except Exception:
+        logger.exception("router crashed")
+        sys.exit(1)
+    finally:
+        close = getattr(waker, "close", None)
+        if callable(close):
+            close()
+        central.close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

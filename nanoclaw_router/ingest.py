@@ -1,0 +1,465 @@
+"""From an event to committed rows: look the chat up, plan (``routing.plan_route``), record
+drops, queue denials and approval cards, resolve sessions, commit the rows (``writer``),
+then wake the sessions and start their typing indicators.
+
+Exactly-once: a row's id is ``<platform message id>:<agent group id>`` and the insert ignores
+an id that exists. ``route`` returns only after every row of the event is committed; the
+adapter acknowledges the platform after that. A re-sent event therefore changes nothing —
+except that its session is woken again if the first attempt died before waking it (the
+session's container is still ``stopped``).
+
+Button clicks (``handle_action``) are resolved here too; see docs/internals.md, "Button
+clicks (router)".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+from loguru import logger
+
+from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.channels.common import matches_token, parse_webhook_text
+from nanoclaw_common.clock import now_ms
+from nanoclaw_common.errors import DecodeError
+from nanoclaw_common.messages import (
+    ActionEvent,
+    ChatContent,
+    InboundContent,
+    InboundEvent,
+    QuestionOption,
+    QuestionResponse,
+    WebhookContent,
+)
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.states import (
+    ContainerStatus,
+    EngageMode,
+    SessionMode,
+    UnknownSenderPolicy,
+)
+from nanoclaw_common.store import CentralStore, InsertResult, NewInbound
+from nanoclaw_common.store.rows import (
+    MessagingGroup,
+    PendingApproval,
+    PendingChannelApproval,
+    PendingQuestion,
+    PendingSenderApproval,
+    Session,
+)
+from nanoclaw_router.approvals import Approvals, decode_options
+from nanoclaw_router.faults import Faults
+from nanoclaw_router.outbox import OutboxSender
+from nanoclaw_router.routing import ChatView, Deliver, DropReason, WiringView, plan_route
+from nanoclaw_router.typing_indicator import TypingTracker
+from nanoclaw_router.wakes import WakeScheduler
+from nanoclaw_router.writer import SessionWriter
+
+log = logger.bind(component="router")
+
+TOUCH_INTERVAL_MS: Final = 1_000
+Clicked = PendingApproval | PendingChannelApproval | PendingSenderApproval | PendingQuestion
+
+
+@dataclass(frozen=True)
+class Stored:
+    session: Session
+    row_id: str
+    trigger: bool
+    result: InsertResult
+
+
+class Ingest:
+    def __init__(
+        self,
+        central: CentralStore,
+        layout: Layout,
+        adapters: Mapping[str, ChannelAdapter],
+        *,
+        writer: SessionWriter,
+        wakes: WakeScheduler,
+        outbox: OutboxSender,
+        typing: TypingTracker | None = None,
+        faults: Faults | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.central = central
+        self.layout = layout
+        self.adapters = adapters
+        self.writer = writer
+        self.wakes = wakes
+        self.outbox = outbox
+        self.typing = typing
+        self.faults = faults or Faults()
+        self.clock = clock
+        self.approvals = Approvals(central, layout, adapters, outbox, self._replay, clock=clock)
+        self._known_users: dict[str, str | None] = {}
+        self._data_version = -1
+        self._touched: dict[str, int] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def route(self, event: InboundEvent) -> list[Stored]:
+        """Route one event; returns after its rows are committed (and, with the
+        ``before_ack`` fault armed, after its wakes)."""
+        adapter = self.adapters.get(event.channel_type)
+        if event.thread_id is not None and adapter is not None and not adapter.supports_threads:
+            event = _without_thread(event)
+        if await self.approvals.intercept_name_reply(event):
+            return []
+        chat = self.central.find_messaging_group(event.channel_type, event.platform_id)
+        if chat is None:
+            if not event.is_mention:
+                return []  # chatter in a chat we do not know: no trace (upstream wrote users)
+            chat = self.central.create_messaging_group(
+                event.channel_type,
+                event.platform_id,
+                name=event.chat_name,
+                is_group=event.is_group,
+                unknown_sender_policy=UnknownSenderPolicy.REQUEST_APPROVAL,
+                now=self.clock(),
+            )
+            log.info("new chat {}/{}", event.channel_type, event.platform_id, chat=chat.id)
+        wirings = self.central.list_wirings(chat.id)
+        if not wirings:
+            if event.is_mention and chat.denied_at_ms is None:
+                self._drop(event, chat, DropReason.NO_AGENT_WIRED, None, None)
+                await self.approvals.request_registration(event, chat)
+            return []
+        self._remember_sender(event)
+        view = self._view(event, chat, wirings, adapter)
+        plan = plan_route(event, view)
+        for drop in plan.drops:
+            self._drop(event, chat, drop.reason, drop.agent_group_id, drop.detail)
+        for denial in plan.denials:
+            self.outbox.queue_text(
+                f"deny-{event.message_id}:{denial.wiring.agent_group_id}",
+                event.channel_type,
+                event.platform_id,
+                event.thread_id,
+                f"Permission denied: {denial.command} requires admin access.",
+            )
+        if plan.ask_sender_approval is not None:
+            await self.approvals.request_sender_approval(event, chat, plan.ask_sender_approval)
+        stored = await self._store(event, chat, plan.deliveries)
+        self.faults.crash("after_commit")
+        woken = self._after_commit(event, stored)
+        if self.faults.armed("before_ack"):
+            await asyncio.gather(*woken)
+            self.faults.crash("before_ack")
+        return stored
+
+    async def _replay(self, event: InboundEvent) -> None:
+        """An approved event, routed again from the start (its rows dedupe by id)."""
+        await self.route(event)
+
+    def _view(
+        self,
+        event: InboundEvent,
+        chat: MessagingGroup,
+        wirings: list[Any],
+        adapter: ChannelAdapter | None,
+    ) -> ChatView:
+        threads = adapter.supports_threads if adapter is not None else False
+        views = []
+        for wiring in wirings:
+            group = wiring.agent_group_id
+            exists = self.central.get_agent_group(group) is not None
+            active = False
+            if exists and wiring.engage_mode == EngageMode.MENTION_STICKY and chat.is_group:
+                per_thread = threads and wiring.session_mode != SessionMode.AGENT_SHARED
+                thread = event.thread_id if per_thread else None
+                active = self.central.find_active_session(group, chat.id, thread) is not None
+            views.append(
+                WiringView(
+                    wiring=wiring,
+                    group_exists=exists,
+                    sender_known=exists
+                    and self.central.can_access_agent_group(event.sender_id, group),
+                    sender_admin=exists
+                    and self.central.has_admin_privilege(event.sender_id, group),
+                    active_session=active,
+                )
+            )
+        return ChatView(chat, views, threads)
+
+    async def _store(
+        self, event: InboundEvent, chat: MessagingGroup, deliveries: list[Deliver]
+    ) -> list[Stored]:
+        if not deliveries:
+            return []
+        content = _content(event)
+        waits = []
+        sessions = []
+        for delivery in deliveries:
+            session = self._session(delivery, chat, event.thread_id)
+            row = NewInbound(
+                id=f"{event.message_id}:{delivery.wiring.agent_group_id}",
+                content=content,
+                timestamp_ms=event.timestamp_ms,
+                channel_type=event.channel_type,
+                platform_id=event.platform_id,
+                thread_id=event.thread_id,
+                trigger=delivery.trigger,
+            )
+            sessions.append((session, row))
+            waits.append(self.writer.write(session, row, list(event.attachments)))
+        results = await asyncio.gather(*waits)
+        stored = []
+        for (session, row), result in zip(sessions, results, strict=True):
+            stored.append(Stored(session, row.id, row.trigger, result))
+            if result.created:
+                log.info(
+                    "stored seq={} ({})",
+                    result.seq,
+                    "wake" if row.trigger else "context",
+                    session=session.id,
+                    message=row.id,
+                )
+            else:
+                log.info("duplicate ignored (platform re-send)", session=session.id, message=row.id)
+            self._touch(session.id)
+        return stored
+
+    def _session(self, delivery: Deliver, chat: MessagingGroup, thread: str | None) -> Session:
+        group = delivery.wiring.agent_group_id
+        mode = delivery.session_mode
+        # A read first: resolve_session takes the write lock even when the session exists.
+        if mode == SessionMode.AGENT_SHARED:
+            found = self.central.newest_active_session(group)
+        else:
+            found = self.central.find_active_session(
+                group, chat.id, thread if mode == SessionMode.PER_THREAD else None
+            )
+        if found is not None:
+            return found
+        session, created = self.central.resolve_session(
+            group, chat.id, thread, mode, now=self.clock()
+        )
+        if created:
+            log.info("new session ({})", mode, session=session.id, group=group, chat=chat.id)
+        return session
+
+    def _after_commit(
+        self, event: InboundEvent, stored: list[Stored]
+    ) -> list[asyncio.Future[bool]]:
+        woken = []
+        for item in stored:
+            if not item.trigger:
+                continue
+            if not item.result.created:
+                # A re-send. Wake only if the first attempt died before it woke the session.
+                current = self.central.get_session(item.session.id)
+                if current is None or current.container_status != ContainerStatus.STOPPED:
+                    continue
+            woken.append(self.wakes.request(item.session.id))
+            if self.typing is not None:
+                self.typing.start(
+                    session_id=item.session.id,
+                    agent_group_id=item.session.agent_group_id,
+                    channel_type=event.channel_type,
+                    platform_id=event.platform_id,
+                    thread_id=event.thread_id,
+                    message_id=item.row_id,
+                )
+        return woken
+
+    def _touch(self, session_id: str) -> None:
+        now = self.clock()
+        if now - self._touched.get(session_id, 0) >= TOUCH_INTERVAL_MS:
+            self._touched[session_id] = now
+            self.central.touch_session(session_id, now=now)
+
+    def _remember_sender(self, event: InboundEvent) -> None:
+        """Upsert the sender's user row, but only when it is new or renamed."""
+        version = self.central.db.data_version()
+        if version != self._data_version:
+            self._known_users.clear()  # another process changed central.db
+            self._data_version = version
+        name = event.sender_name or None
+        if event.sender_id in self._known_users and self._known_users[event.sender_id] == name:
+            return
+        kind = event.sender_id.split(":", 1)[0] if ":" in event.sender_id else event.channel_type
+        self.central.upsert_user(event.sender_id, kind, name, now=self.clock())
+        self._known_users[event.sender_id] = name
+
+    def _drop(
+        self,
+        event: InboundEvent,
+        chat: MessagingGroup | None,
+        reason: DropReason,
+        agent_group_id: str | None,
+        detail: str | None,
+    ) -> None:
+        self.central.record_drop(
+            event.channel_type,
+            event.platform_id,
+            reason,
+            user_id=event.sender_id,
+            sender_name=event.sender_name or None,
+            messaging_group_id=chat.id if chat else None,
+            agent_group_id=agent_group_id,
+            detail=detail,
+            now=self.clock(),
+        )
+        log.info(
+            "dropped {} ({}{})",
+            event.message_id,
+            reason,
+            f": {detail}" if detail else "",
+            chat=chat.id if chat else None,
+            group=agent_group_id,
+        )
+
+    def record_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+        self.central.record_drop(
+            channel_type,
+            platform_id or "unknown",
+            DropReason.INVALID_INPUT,
+            detail=reason[:500],
+            now=self.clock(),
+        )
+        log.warning("invalid input from {}/{}: {}", channel_type, platform_id, reason[:300])
+
+    # -- button clicks --------------------------------------------------------------------
+
+    def find_clicked(self, token: str) -> Clicked | None:
+        """What a click's question token points at (see docs/internals.md)."""
+        if not token.startswith("#"):
+            return (
+                self.central.get_pending_approval(token)
+                or self.central.get_channel_approval(token)
+                or self.central.get_sender_approval(token)
+                or self.central.get_pending_question(token)
+            )
+        for approval in self.central.list_pending_approvals("pending"):
+            if matches_token(approval.approval_id, token):
+                return approval
+        for channel in self.central.list_channel_approvals():
+            if matches_token(channel.messaging_group_id, token):
+                return channel
+        for sender in self.central.list_sender_approvals():
+            if matches_token(sender.id, token):
+                return sender
+        for question in self.central.list_pending_questions():
+            if matches_token(question.question_id, token):
+                return question
+        return None
+
+    async def handle_action(self, action: ActionEvent) -> str:
+        """Apply a click; returns what happened (for logs and tests)."""
+        target = self.find_clicked(action.question_id)
+        if target is None:
+            log.info("click on an unknown or settled card {}", action.question_id)
+            return "gone"
+        try:
+            options = decode_options(target.options_json)
+        except DecodeError as exc:
+            log.error("card {} has unreadable options: {}", action.question_id, exc)
+            return "invalid"
+        index = int(action.value) if action.value.isdigit() else -1
+        if not 0 <= index < len(options):
+            log.warning("click with option {!r} not on card {}", action.value, action.question_id)
+            return "invalid"
+        option = options[index]
+        clicker = action.user_id
+        if isinstance(target, PendingApproval):
+            # Delivery applies approvals; the router only records the decision.
+            decided = self.central.decide_approval(
+                target.approval_id, clicker, option.value, now=self.clock()
+            )
+            log.info("approval {} click by {}: {}", target.approval_id, clicker, decided)
+            return str(decided)
+        outcome: str
+        if isinstance(target, PendingChannelApproval):
+            outcome = await self.approvals.on_registration_click(target, clicker, option.value)
+        elif isinstance(target, PendingSenderApproval):
+            outcome = await self.approvals.on_sender_click(target, clicker, option.value)
+        else:
+            outcome = await self._answer_question(target, action, option)
+        if outcome not in ("unauthorized", "gone", "expired"):
+            self._edit_card(action, target.title, option)
+        return outcome
+
+    async def _answer_question(
+        self, question: PendingQuestion, action: ActionEvent, option: QuestionOption
+    ) -> str:
+        now = self.clock()
+        if question.target_user_id is not None:
+            if action.user_id != question.target_user_id:
+                log.warning("ignored answer to {} by {}", question.question_id, action.user_id)
+                return "unauthorized"
+        elif (action.channel_type, action.platform_id) != (
+            question.channel_type,
+            question.platform_id,
+        ):
+            log.warning("ignored answer to {} from another chat", question.question_id)
+            return "unauthorized"
+        if question.expires_at_ms is not None and now >= question.expires_at_ms:
+            return "expired"
+        session = self.central.get_session(question.session_id)
+        if session is None:
+            self.central.delete_pending_question(question.question_id)
+            return "gone"
+        row = NewInbound(
+            id=f"qr-{question.question_id}",
+            content=QuestionResponse(
+                question_id=question.question_id,
+                selected_option=option.value,
+                user_id=action.user_id,
+            ),
+            timestamp_ms=now,
+            channel_type=question.channel_type,
+            platform_id=question.platform_id,
+            thread_id=question.thread_id,
+        )
+        result = await self.writer.write(session, row, [])
+        self.central.delete_pending_question(question.question_id)
+        log.info(
+            "question {} answered by {}", question.question_id, action.user_id, session=session.id
+        )
+        if result.created:
+            self.wakes.request(session.id)
+        return "answered"
+
+    def _edit_card(self, action: ActionEvent, title: str, option: QuestionOption) -> None:
+        """Show the choice on the card (best effort, in the background)."""
+        adapter = self.adapters.get(action.channel_type)
+        if adapter is None or action.platform_message_id is None:
+            return
+        text = f"{title}\n\n{option.selected_label or option.label}" if title else option.label
+        message_id = action.platform_message_id
+
+        async def edit() -> None:
+            try:
+                await adapter.edit_text(action.platform_id, None, message_id, text)
+            except Exception as exc:
+                log.debug("card edit failed: {}", exc)
+
+        task = asyncio.ensure_future(edit())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _without_thread(event: InboundEvent) -> InboundEvent:
+    return msgspec.structs.replace(event, thread_id=None)
+
+
+def _content(event: InboundEvent) -> InboundContent:
+    if event.channel_type == "webhook":
+        try:
+            body = parse_webhook_text(event.text)
+            return WebhookContent(source=event.platform_id, event=body.event, payload=body.payload)
+        except DecodeError:
+            pass  # not from our webhook adapter: keep it as text
+    return ChatContent(
+        text=event.text,
+        sender_id=event.sender_id,
+        sender_name=event.sender_name,
+        reply_to=event.reply_to,
+    )

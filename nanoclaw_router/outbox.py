@@ -1,0 +1,147 @@
+"""Sending the router's own messages (``router_outbox``): registration and sender-approval
+cards, command denials, prompts. Queued in ``central.db`` first, then sent through the
+adapter; a retryable failure (no terminal attached, network, rate limit) backs off and tries
+again, a permanent one (or a day of trying) marks the message failed and logs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import msgspec
+from loguru import logger
+
+from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.clock import now_ms
+from nanoclaw_common.errors import PermanentFailure, RetryLater
+from nanoclaw_common.messages import AskQuestion
+from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.router_outbox import MAX_AGE_MS, OutboxItem, RouterOutbox, encode_body
+
+log = logger.bind(component="router")
+
+BACKOFF_BASE_S: Final = 2.0
+BACKOFF_MAX_S: Final = 300.0
+IDLE_WAIT_S: Final = 5.0
+
+
+class TextBody(msgspec.Struct, frozen=True):
+    text: str
+
+
+def backoff_ms(attempts: int, hint_s: float | None = None) -> int:
+    delay = hint_s if hint_s is not None else BACKOFF_BASE_S * 2 ** min(attempts, 20)
+    return int(min(BACKOFF_MAX_S, max(0.5, delay)) * 1000)
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        central: CentralStore,
+        adapters: Mapping[str, ChannelAdapter],
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.outbox = RouterOutbox(central)
+        self.adapters = adapters
+        self.clock = clock
+        self._kick = asyncio.Event()
+        self.sent = 0
+
+    def queue_text(
+        self, item_id: str, channel_type: str, platform_id: str, thread_id: str | None, text: str
+    ) -> bool:
+        body = encode_body(TextBody(text))
+        queued = self.outbox.enqueue(
+            item_id,
+            channel_type=channel_type,
+            platform_id=platform_id,
+            thread_id=thread_id,
+            kind="text",
+            body=body,
+            now=self.clock(),
+        )
+        self._kick.set()
+        return queued
+
+    def queue_question(
+        self,
+        item_id: str,
+        channel_type: str,
+        platform_id: str,
+        thread_id: str | None,
+        question: AskQuestion,
+    ) -> bool:
+        body = encode_body(question)
+        queued = self.outbox.enqueue(
+            item_id,
+            channel_type=channel_type,
+            platform_id=platform_id,
+            thread_id=thread_id,
+            kind="question",
+            body=body,
+            now=self.clock(),
+        )
+        self._kick.set()
+        return queued
+
+    async def run(self) -> None:
+        """Send due messages until cancelled; sleep until the next due one or a kick."""
+        while True:
+            self._kick.clear()
+            try:
+                await self.drain()
+            except Exception as exc:  # a DB hiccup must not end the loop
+                log.error("router outbox pass failed: {}", exc)
+            next_due = self.outbox.next_due_ms()
+            wait_s = IDLE_WAIT_S
+            if next_due is not None:
+                wait_s = min(IDLE_WAIT_S, max(0.0, (next_due - self.clock()) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), wait_s)
+
+    async def drain(self) -> int:
+        """Try every due message once; returns how many were sent."""
+        sent = 0
+        for item in self.outbox.due(now=self.clock()):
+            if await self.send(item):
+                sent += 1
+        return sent
+
+    async def send(self, item: OutboxItem) -> bool:
+        now = self.clock()
+        adapter = self.adapters.get(item.channel_type)
+        try:
+            if adapter is None:
+                raise RetryLater(f"no {item.channel_type} adapter in the router")
+            if item.kind == "question":
+                question = msgspec.json.decode(item.body, type=AskQuestion)
+                platform_message_id = await adapter.send_question(
+                    item.platform_id, item.thread_id, question
+                )
+            else:
+                text = msgspec.json.decode(item.body, type=TextBody).text
+                platform_message_id = await adapter.send_text(
+                    item.platform_id, item.thread_id, text
+                )
+        except PermanentFailure as exc:
+            self.outbox.mark_failed(item.id, exc.reason, now=now)
+            log.error("router message {} failed for good: {}", item.id, exc.reason)
+            return False
+        except Exception as exc:  # RetryLater, or anything unclassified: retry
+            hint = exc.delay_s if isinstance(exc, RetryLater) else None
+            if now - item.created_at_ms > MAX_AGE_MS:
+                self.outbox.mark_failed(item.id, f"gave up after a day: {exc}", now=now)
+                log.error("router message {} given up: {}", item.id, exc)
+                return False
+            self.outbox.mark_retry(
+                item.id, str(exc), now + backoff_ms(item.attempts, hint), now=now
+            )
+            log.info("router message {} not sent yet ({}); will retry", item.id, exc)
+            return False
+        self.outbox.mark_sent(item.id, platform_message_id, now=now)
+        self.sent += 1
+        log.info("router message {} sent to {}/{}", item.id, item.channel_type, item.platform_id)
+        return True

@@ -1,0 +1,124 @@
+"""Waking sessions after their rows are committed, without blocking the event loop.
+
+A wake refreshes the session's ``destinations`` and ``session_routing`` projections from
+the central DB and then calls the ``Waker`` (``Sandbox.wake`` in production: Podman, maybe
+seconds for a cold start). Both run on a small thread pool; each thread has its own central
+DB connection.
+
+Wakes are coalesced per session: while one is in flight, any number of new requests become
+one follow-up wake (so a burst of messages costs two wakes, not one per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.sessions import refresh_projections
+from nanoclaw_common.states import SessionStatus
+from nanoclaw_common.store import CentralStore
+from nanoclaw_common.wake import Waker
+
+log = logger.bind(component="router")
+
+
+@dataclass
+class _Slot:
+    current: asyncio.Future[bool]
+    follow_up: asyncio.Future[bool] | None = None
+    task: asyncio.Future[None] | None = None  # the loop serving this slot
+
+
+class WakeScheduler:
+    def __init__(
+        self, waker: Waker, layout: Layout, central_path: Path, *, threads: int = 4
+    ) -> None:
+        self.waker = waker
+        self.layout = layout
+        self.central_path = central_path
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wake")
+        self._local = threading.local()
+        self._opened: list[CentralStore] = []
+        self._opened_lock = threading.Lock()
+        self._slots: dict[str, _Slot] = {}
+        self.wakes = 0
+        self.failures = 0
+
+    def request(self, session_id: str) -> asyncio.Future[bool]:
+        """Schedule a wake; the future says whether the wake that covers this request
+        succeeded."""
+        loop = asyncio.get_running_loop()
+        slot = self._slots.get(session_id)
+        if slot is None:
+            future: asyncio.Future[bool] = loop.create_future()
+            self._slots[session_id] = _Slot(future)
+            self._slots[session_id].task = asyncio.ensure_future(self._run(session_id, future))
+            return future
+        if slot.follow_up is None:
+            slot.follow_up = loop.create_future()
+        return slot.follow_up
+
+    async def _run(self, session_id: str, future: asyncio.Future[bool]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                woke = await loop.run_in_executor(self._executor, self._wake, session_id)
+            except Exception as exc:  # the thread already logs; never lose the loop
+                log.error("wake crashed: {}", exc, session=session_id)
+                woke = False
+            if not future.done():
+                future.set_result(woke)
+            slot = self._slots[session_id]
+            if slot.follow_up is None:
+                del self._slots[session_id]
+                return
+            future, slot.current, slot.follow_up = slot.follow_up, slot.follow_up, None
+
+    def _central(self) -> CentralStore:
+        store: CentralStore | None = getattr(self._local, "central", None)
+        if store is None:
+            store = CentralStore(self.central_path)
+            self._local.central = store
+            with self._opened_lock:
+                self._opened.append(store)
+        return store
+
+    def _wake(self, session_id: str) -> bool:
+        central = self._central()
+        session = central.get_session(session_id)
+        if session is None or session.status != SessionStatus.ACTIVE:
+            log.warning("not waking: session gone or closed", session=session_id)
+            return False
+        try:
+            refresh_projections(central, self.layout, session)
+        except Exception as exc:
+            log.error("projection refresh failed: {}", exc, session=session_id)
+            self.failures += 1
+            return False
+        woke = self.waker.wake(session)
+        self.wakes += 1
+        if woke:
+            log.debug("woken", session=session_id)
+        else:
+            self.failures += 1
+            log.warning("wake failed; the sweeper retries", session=session_id)
+        return woke
+
+    async def idle(self) -> None:
+        """Wait until no wake is in flight (tests, shutdown)."""
+        while self._slots:
+            pending = [s.follow_up or s.current for s in self._slots.values()]
+            await asyncio.wait(pending)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for store in opened:
+            store.close()

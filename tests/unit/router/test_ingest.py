@@ -1,0 +1,176 @@
+"""The router's ingest path end to end in one process: real central and session DBs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import msgspec
+
+from nanoclaw_common.messages import ChatContent, decode_inbound_content
+from nanoclaw_common.store import InboundReader
+from tests.unit.router.conftest import Harness
+
+
+def test_wired_message_becomes_one_row_and_one_wake(harness: Harness) -> None:
+    group = harness.group()
+    chat = harness.chat_row(name="team")
+    harness.wire(chat, group)
+    stored = harness.send("hi there", message_id="m42", thread=None)
+    assert len(stored) == 1
+    [session] = harness.sessions(group)
+    [row] = harness.rows(session)
+    assert row.id == f"m42:{group.id}"
+    assert row.seq % 2 == 0 and row.kind == "chat" and row.trigger == 1
+    assert (row.channel_type, row.platform_id) == ("chat", "c1")
+    content = decode_inbound_content(row.content)
+    assert isinstance(content, ChatContent)
+    assert content.text == "hi there" and content.sender_id == "chat:u1"
+    assert harness.waker.wakes == [session.id]
+    # The projections were refreshed before the wake.
+    paths = harness.layout.session(group.id, session.id)
+    reader = InboundReader(paths.inbound_db)
+    try:
+        assert [d.platform_id for d in reader.destinations()] == ["c1"]
+        assert reader.routing().platform_id == "c1"
+    finally:
+        reader.close()
+
+
+def test_a_resent_event_is_one_row_and_one_wake(harness: Harness) -> None:
+    group = harness.group()
+    harness.wire(harness.chat_row(), group)
+    event = harness.event("once", message_id="dup1")
+    first = harness.route(event)
+    second = harness.route(event)
+    assert first[0].result.created and not second[0].result.created
+    [session] = harness.sessions(group)
+    assert len(harness.rows(session)) == 1
+    assert harness.waker.wakes == [session.id]
+
+
+def test_a_resent_event_wakes_when_the_first_attempt_never_did(harness: Harness) -> None:
+    group = harness.group()
+    harness.wire(harness.chat_row(), group)
+    harness.waker.fail = True  # the first attempt's wake did not happen
+    event = harness.event("once", message_id="dup2")
+    harness.route(event)
+    harness.waker.fail = False
+    harness.route(event)
+    [session] = harness.sessions(group)
+    assert len(harness.rows(session)) == 1
+    assert harness.waker.wakes == [session.id]
+
+
+def test_chatter_in_an_unknown_chat_leaves_no_trace(harness: Harness) -> None:
+    harness.group()
+    harness.owner()
+    assert harness.send("just talking", chat="nobody") == []
+    assert harness.central.find_messaging_group("chat", "nobody") is None
+    assert harness.drops() == {}
+    assert harness.central.get_user("chat:u1") is None
+
+
+def test_rows_of_one_session_get_increasing_seqs_in_arrival_order(harness: Harness) -> None:
+    group = harness.group()
+    harness.wire(harness.chat_row(), group)
+
+    async def burst() -> None:
+        await asyncio.gather(
+            *(
+                harness.router.ingest.route(harness.event(f"n{i}", message_id=f"b{i}"))
+                for i in range(50)
+            )
+        )
+
+    harness.run(burst())
+    [session] = harness.sessions(group)
+    rows = harness.rows(session)
+    assert [r.id.split(":")[0] for r in rows] == [f"b{i}" for i in range(50)]
+    assert all(b.seq > a.seq for a, b in itertools.pairwise(rows))
+
+
+def test_invalid_input_is_a_recorded_drop(harness: Harness) -> None:
+    harness.run(harness.router.on_invalid("chat", "c9", "invalid telegram message: boom"))
+    [drop] = harness.central.list_drops()
+    assert (drop.reason, drop.platform_id) == ("invalid_input", "c9")
+    assert drop.detail is not None and "boom" in drop.detail
+
+
+def test_attachments_are_saved_under_the_inbox_with_safe_names(harness: Harness) -> None:
+    group = harness.group()
+    harness.wire(harness.chat_row(), group)
+    event = harness.event(
+        "see files",
+        message_id="att1",
+        attachments=[
+            {"name": "../../etc/passwd", "data": b"root", "kind": "file"},
+            {
+                "name": "photo.jpg",
+                "data": b"\xff\xd8jpeg",
+                "kind": "image",
+                "mime_type": "image/jpeg",
+            },
+            {"name": "..", "data": b"x", "kind": "image", "mime_type": "image/png"},
+        ],
+    )
+    harness.route(event)
+    [session] = harness.sessions(group)
+    [row] = harness.rows(session)
+    content = decode_inbound_content(row.content)
+    assert isinstance(content, ChatContent)
+    names = [a.name for a in content.attachments]
+    assert names == ["passwd", "photo.jpg", "attachment-3.png"]
+    root = harness.layout.session(group.id, session.id).root
+    for attachment in content.attachments:
+        assert attachment.local_path is not None
+        path = root / attachment.local_path
+        assert path.is_file() and not path.is_symlink()
+        assert path.resolve().is_relative_to((root / "inbox").resolve())
+    assert (root / content.attachments[0].local_path).read_bytes() == b"root"
+
+
+def test_an_inbox_folder_planted_as_a_symlink_is_refused(harness: Harness, tmp_path: Path) -> None:
+    group = harness.group()
+    harness.wire(harness.chat_row(), group)
+    harness.send("first", message_id="warmup")  # creates the session folder
+    [session] = harness.sessions(group)
+    paths = harness.layout.session(group.id, session.id)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (paths.inbox / f"evil:{group.id}").symlink_to(outside)
+    harness.route(
+        harness.event("payload", message_id="evil", attachments=[{"name": "x.txt", "data": b"pwn"}])
+    )
+    row = next(r for r in harness.rows(session) if r.id.startswith("evil:"))
+    content = decode_inbound_content(row.content)
+    assert isinstance(content, ChatContent)
+    assert content.attachments == []
+    assert "not saved" in content.text
+    assert list(outside.iterdir()) == []
+
+
+def test_webhook_events_become_webhook_rows(harness: Harness) -> None:
+    from nanoclaw_common.channels.common import webhook_text
+    from nanoclaw_common.messages import WebhookContent
+
+    group = harness.group()
+    chat = harness.central.create_messaging_group(
+        "webhook", "github", unknown_sender_policy="public"
+    )
+    harness.central.create_wiring(chat.id, group.id, engage_mode="pattern", engage_pattern=".")
+    harness.send(
+        webhook_text("push", {"ref": "main"}),
+        channel="webhook",
+        chat="github",
+        sender="webhook:github",
+        group=False,
+    )
+    [session] = harness.sessions(group)
+    [row] = harness.rows(session)
+    assert row.kind == "webhook"
+    content = decode_inbound_content(row.content)
+    assert isinstance(content, WebhookContent)
+    assert (content.source, content.event, content.payload) == ("github", "push", {"ref": "main"})
+    assert msgspec.json.decode(row.content)["type"] == "webhook"
