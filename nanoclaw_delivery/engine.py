@@ -302,8 +302,10 @@ class SessionWorker:
         *,
         notify_owner: bool = True,
     ) -> None:
-        """Settle a row as failed or denied, and make sure people hear about it."""
-        self._finish(delivery, status, error=reason)
+        """Settle a row as failed or denied, and make sure people hear about it. The agent's
+        note is written *before* the row is settled: a crash in between re-runs the row, and
+        the note's id (derived from the seq) keeps it single; the other order could settle a
+        row nobody was told about."""
         ids = {"session": self.session.id, "message": row.id, "seq": row.seq}
         where = _describe_destination(row)
         if status == DeliveryStatus.DENIED:
@@ -322,6 +324,7 @@ class SessionWorker:
             note,
             rate_limited=True,
         )
+        self._finish(delivery, status, error=reason)
         if notify_owner:
             await notify_owner_about(self.deps, self.session, row, status, reason)
 

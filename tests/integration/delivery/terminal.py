@@ -20,6 +20,7 @@ class FakeTerminal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.frames: list[wire.Frame] = []
+        self.answer_delay_s = 0.0  # a slow platform: time between receiving and answering
         self._answering = threading.Event()
         self._answering.set()
         self._lock = threading.Lock()
@@ -93,5 +94,7 @@ class FakeTerminal:
             while not self._answering.wait(0.05):
                 if self._stop.is_set():
                     return
+            if self.answer_delay_s:
+                time.sleep(self.answer_delay_s)
             with contextlib.suppress(OSError):
                 conn.sendall(wire.encode_line(wire.Received()))
