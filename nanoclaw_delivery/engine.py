@@ -24,6 +24,7 @@ addresses or system actions.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 from loguru import logger
@@ -69,6 +70,7 @@ class SessionWorker:
         self.outbound = OutboundReader(paths.outbound_db)
         self._seen_version: int | None = None
         self._rows: dict[str, OutboundRow] = {}
+        self._swept = False
         self.stopping: Callable[[], bool] = lambda: False
 
     def close(self) -> None:
@@ -109,10 +111,31 @@ class SessionWorker:
 
     # -- the drain -------------------------------------------------------------------------
 
+    def sweep_outbox(self) -> int:
+        """Remove outbox folders of rows already delivered (left when a crash came between
+        "delivered" and the cleanup). Folders of failed or denied rows stay, so an operator's
+        retry still has the files."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self.paths.outbox))
+        except OSError:
+            return 0
+        for entry in entries:
+            delivery = self.inbound.get_delivery(entry.name)
+            if delivery is not None and delivery.status == DeliveryStatus.DELIVERED:
+                row = self._row(entry.name)
+                if row is not None:
+                    self._remove_outbox(row)
+                    removed += 1
+        return removed
+
     async def drain(self) -> int | None:
         """Take every due row as far as it goes now. Returns when to look again (epoch ms of
         the earliest future retry), or None when nothing is waiting."""
         self.record_new()
+        if not self._swept:
+            self._swept = True
+            self.sweep_outbox()
         held: set[Address] = set()
         next_due: int | None = None
         for delivery in self.inbound.open_deliveries():

@@ -262,3 +262,18 @@ def test_only_text_and_cards_go_to_agents(world: World) -> None:
     world.drain()
     assert world.delivery(out).status == "denied"
     assert world.delivery(card).status == "delivered"
+
+
+def test_agent_message_is_not_duplicated_after_a_crash(world: World) -> None:
+    other = peer(world)
+    out = to_agent(world, other, "once")
+    world.drain()
+    store = world.inbound()
+    store.db.execute("UPDATE deliveries SET status = 'sending' WHERE message_out_id = ?", (out,))
+    store.close()
+    world.drain()
+    target = world.central.newest_active_session(other.id)
+    assert target is not None
+    assert len(inbound_rows(world, target)) == 1
+    assert world.delivery(out).status == "delivered"
+    assert world.waker.woken == [target.id, target.id]
