@@ -100,7 +100,9 @@ class ChangeWatcher:
     """``wait(timeout_s)`` returns True when ``db_path`` may have changed (or a wake was
     requested), False when the timeout passed with no sign of change."""
 
-    def __init__(self, db_path: Path, *, fallback_poll_s: float = 0.02) -> None:
+    def __init__(
+        self, db_path: Path, *, fallback_poll_s: float = 0.02, use_inotify: bool = True
+    ) -> None:
         self.db_path = db_path
         self.fallback_poll_s = fallback_poll_s
         journal = db_path.with_name(db_path.name + "-journal")
@@ -108,9 +110,10 @@ class ChangeWatcher:
         self._names = frozenset({os.fsencode(db_path.name), os.fsencode(journal.name)})
         self._read_fd, self.wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signature = _stat_signature(self._paths)
-        self._inotify: _Inotify | None
+        self._inotify: _Inotify | None = None
         try:
-            self._inotify = _Inotify(db_path.parent)
+            if use_inotify:
+                self._inotify = _Inotify(db_path.parent)
         except (OSError, AttributeError) as exc:
             # AttributeError: a libc without inotify (not Linux).
             log.warning("inotify unavailable ({}); polling {} by stat", exc, db_path)

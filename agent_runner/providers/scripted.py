@@ -58,7 +58,7 @@ class ScriptedProvider:
     def __init__(self, script: Script, *, wait: Callable[[float], object] | None = None) -> None:
         self.script = script
         self.calls = 0
-        self._wait = wait
+        self.wait = wait  # how a turn's delay_ms passes (a stop request cuts it short)
         self.requests: list[ModelRequest] = []
 
     def create(self, request: ModelRequest) -> ModelResponse:
@@ -78,8 +78,8 @@ class ScriptedProvider:
                     f"The scripted model expected {turn.expect!r} in call {index + 1}'s last "
                     f"message, got: {last[:500]}"
                 )
-        if turn.delay_ms and self._wait is not None:
-            self._wait(turn.delay_ms / 1000)
+        if turn.delay_ms and self.wait is not None:
+            self.wait(turn.delay_ms / 1000)
         if turn.error is not None:
             raise ModelError(turn.error)
         content: list[Block] = []

@@ -14,7 +14,7 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -47,20 +47,27 @@ def shown(ctx: ToolContext, real: Path) -> str:
     return str(rel) if str(rel) != "." else "."
 
 
-def read_bytes(real: Path, limit: int) -> bytes:
+def open_regular(real: Path, shown_as: str) -> BinaryIO:
+    """Open a regular file for reading, refusing symlinks (at the last step), folders, FIFOs
+    and devices."""
     try:
         # O_NONBLOCK: opening a FIFO must not hang the runner (no effect on regular files).
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ToolError(f"file not found: {real.name}") from None
+        raise ToolError(f"File not found: {shown_as}") from None
     except OSError as exc:
-        raise ToolError(f"cannot open {real.name}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ToolError(f"{real.name} is not a regular file")
+        raise ToolError(f"cannot open {shown_as}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ToolError(f"{shown_as} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(real: Path, limit: int, shown_as: str) -> bytes:
+    with open_regular(real, shown_as) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise ToolError(f"{real.name} is larger than {limit} bytes")
+        raise ToolError(f"{shown_as} is larger than {limit} bytes")
     return data
 
 
@@ -106,7 +113,7 @@ class ReadInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def read_file(ctx: ToolContext, args: ReadInput) -> str:
     real = confine(ctx, args.path)
-    text = decode_text(read_bytes(real, MAX_READ_BYTES), args.path)
+    text = decode_text(read_bytes(real, MAX_READ_BYTES, args.path), args.path)
     lines = text.splitlines()
     start = max(args.offset, 1)
     picked = lines[start - 1 : start - 1 + max(args.limit, 1)]
@@ -150,7 +157,7 @@ def edit_file(ctx: ToolContext, args: EditInput) -> str:
     if not args.old_text:
         raise ToolError("old_text is required (use write_file to create a file)")
     real = confine(ctx, args.path)
-    text = decode_text(read_bytes(real, MAX_READ_BYTES), args.path)
+    text = decode_text(read_bytes(real, MAX_READ_BYTES, args.path), args.path)
     count = text.count(args.old_text)
     if count == 0:
         raise ToolError(f"old_text was not found in {args.path}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import msgspec
 from agent_runner.destinations import RoutingError, Target
 from agent_runner.output import split_text
 from agent_runner.tools.base import Tool, ToolContext, ToolError, integer, schema, string
+from agent_runner.tools.files import open_regular
 from nanoclaw_common import messages
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.store.outbound import NewOutbound
@@ -98,21 +98,13 @@ def send_file(ctx: ToolContext, args: SendFileInput) -> str:
             f"unsafe filename {filename!r}: use letters, digits, spaces and ._-()+@=, at most 200"
         )
     target = resolve(ctx, args.to)
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ToolError(f"File not found: {args.path}") from None
-    except OSError as exc:
-        raise ToolError(f"cannot open {args.path}: {exc.strerror}") from None
     message_id = new_id("out")
     folder = ctx.session.outbox_for(message_id)
-    with os.fdopen(fd, "rb") as source:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ToolError(f"{args.path} is not a regular file")
-        if info.st_size > messages.MAX_ATTACHMENT_BYTES:
+    with open_regular(real, args.path) as source:
+        size = os.fstat(source.fileno()).st_size
+        if size > messages.MAX_ATTACHMENT_BYTES:
             raise ToolError(
-                f"{args.path} is {info.st_size} bytes; the limit is {messages.MAX_ATTACHMENT_BYTES}"
+                f"{args.path} is {size} bytes; the limit is {messages.MAX_ATTACHMENT_BYTES}"
             )
         folder.mkdir(parents=True, exist_ok=True)
         # The row commits after the file is complete: delivery never sees a partial file.
