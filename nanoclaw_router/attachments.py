@@ -30,7 +30,7 @@ from nanoclaw_common.paths import SessionPaths
 
 MAX_MESSAGE_BYTES: Final = 50_000_000
 MAX_NAME_CHARS: Final = 100
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ +-]+")
+_UNSAFE = re.compile(r"[^\w.+ -]+")  # letters of any script stay; bidi controls, slashes go
 _EXTENSIONS: Final = {
     "image/jpeg": ".jpg",
     "image/png": ".png",

@@ -63,7 +63,8 @@ def question_token(question_id: str) -> str:
     """The short form of a question id used in button data. Ids that fit are used as they
     are; longer ones become ``#`` + a hash, which the router resolves against the pending
     questions and approvals (``matches_token``)."""
-    if len(question_id.encode()) + 3 <= MAX_BUTTON_DATA and not question_id.startswith("#"):
+    fits = len(question_id.encode()) + 3 <= MAX_BUTTON_DATA
+    if fits and "|" not in question_id and not question_id.startswith(_TOKEN_PREFIX):
         return question_id
     digest = hashlib.sha256(question_id.encode()).hexdigest()[:24]
     return f"{_TOKEN_PREFIX}{digest}"

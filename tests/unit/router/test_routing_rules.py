@@ -1,0 +1,225 @@
+"""The pure parts of the router: the routing plan (with properties), the command gate,
+attachment names and the typing policy."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanoclaw_common.channels.common import make_event
+from nanoclaw_common.ids import is_safe_id
+from nanoclaw_common.messages import InboundEvent
+from nanoclaw_common.store.rows import MessagingGroup, Wiring
+from nanoclaw_router.attachments import inbox_dir_name, safe_filename
+from nanoclaw_router.routing import (
+    ChatView,
+    CommandClass,
+    DropReason,
+    WiringView,
+    classify_command,
+    plan_route,
+)
+from nanoclaw_router.typing_indicator import GRACE_MS, Facts, TypingAction, decide
+
+# -- strategies -----------------------------------------------------------------------------
+
+texts = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["/help", "/clear", "/CLEAR@bot x", "/compact", "/other", "deploy now", ""]),
+)
+
+
+@st.composite
+def wirings(draw: st.DrawFn, index: int) -> WiringView:
+    mode = draw(st.sampled_from(["mention", "mention-sticky", "pattern"]))
+    pattern = draw(st.sampled_from([None, ".", "deploy", "(broken", "^$"]))
+    wiring = Wiring(
+        id=f"w{index}",
+        messaging_group_id="mg",
+        agent_group_id=f"ag{index}",
+        engage_mode=mode,
+        engage_pattern=pattern if mode == "pattern" else None,
+        sender_scope=draw(st.sampled_from(["all", "known"])),
+        ignored_message_policy=draw(st.sampled_from(["drop", "accumulate"])),
+        session_mode=draw(st.sampled_from(["shared", "per-thread", "agent-shared"])),
+        priority=draw(st.integers(0, 5)),
+        created_at_ms=1,
+    )
+    return WiringView(
+        wiring=wiring,
+        group_exists=draw(st.booleans()),
+        sender_known=draw(st.booleans()),
+        sender_admin=draw(st.booleans()),
+        active_session=draw(st.booleans()),
+    )
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> tuple[InboundEvent, ChatView]:
+    is_group = draw(st.booleans())
+    chat = MessagingGroup(
+        id="mg",
+        channel_type="chat",
+        platform_id="p",
+        name=None,
+        is_group=int(is_group),
+        unknown_sender_policy=draw(st.sampled_from(["strict", "request_approval", "public"])),
+        denied_at_ms=None,
+        created_at_ms=1,
+    )
+    count = draw(st.integers(1, 4))
+    views = [draw(wirings(i)) for i in range(count)]
+    event = make_event(
+        channel_type="chat",
+        platform_id="p",
+        message_id="m1",
+        sender_id="chat:u",
+        text=draw(texts),
+        timestamp_ms=1,
+        is_mention=draw(st.booleans()),
+        is_group=is_group,
+        thread_id=draw(st.sampled_from([None, "t1"])),
+    )
+    return event, ChatView(chat, views, draw(st.booleans()))
+
+
+# -- properties of the plan -----------------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(situations())
+def test_every_message_is_stored_or_accounted_for(situation: tuple[InboundEvent, ChatView]) -> None:
+    event, view = situation
+    plan = plan_route(event, view)
+    assert plan.deliveries or plan.drops, "a message vanished without a drop record"
+    groups = [d.wiring.agent_group_id for d in plan.deliveries]
+    assert len(groups) == len(set(groups)), "one group got two copies"
+    by_group = {v.wiring.agent_group_id: v for v in view.wirings}
+    for delivery in plan.deliveries:
+        source = by_group[delivery.wiring.agent_group_id]
+        assert source.group_exists
+        # Nobody the gates refuse is ever stored, as a trigger or as context.
+        assert view.chat.unknown_sender_policy == "public" or source.sender_known
+        if delivery.wiring.sender_scope == "known":
+            assert source.sender_known
+        command, _ = classify_command(event.text)
+        assert command is not CommandClass.FILTER
+        if command is CommandClass.ADMIN:
+            assert source.sender_admin
+        if not delivery.trigger:
+            assert delivery.wiring.ignored_message_policy == "accumulate"
+        if delivery.wiring.engage_pattern == "(broken":
+            raise AssertionError("an invalid pattern engaged")
+    for denial in plan.denials:
+        assert not by_group[denial.wiring.agent_group_id].sender_admin
+    if plan.ask_sender_approval is not None:
+        assert view.chat.unknown_sender_policy == "request_approval"
+
+
+@settings(max_examples=200)
+@given(situations())
+def test_the_plan_follows_wiring_order(situation: tuple[InboundEvent, ChatView]) -> None:
+    event, view = situation
+    plan = plan_route(event, view)
+    order = [v.wiring.agent_group_id for v in view.wirings]
+    delivered = [d.wiring.agent_group_id for d in plan.deliveries]
+    assert delivered == [g for g in order if g in delivered]
+
+
+def test_threaded_groups_force_per_thread_except_agent_shared() -> None:
+    base = {
+        "text": "x",
+        "channel_type": "chat",
+        "platform_id": "p",
+        "message_id": "m",
+        "sender_id": "chat:u",
+        "timestamp_ms": 1,
+    }
+    chat = MessagingGroup("mg", "chat", "p", None, 1, "public", None, 1)
+
+    def mode_for(session_mode: str, threads: bool) -> str:
+        wiring = Wiring("w", "mg", "ag", "pattern", ".", "all", "drop", session_mode, 0, 1)
+        plan = plan_route(make_event(**base), ChatView(chat, [WiringView(wiring)], threads))
+        return plan.deliveries[0].session_mode
+
+    assert mode_for("shared", threads=True) == "per-thread"
+    assert mode_for("shared", threads=False) == "shared"
+    assert mode_for("agent-shared", threads=True) == "agent-shared"
+
+
+def test_missing_groups_are_recorded() -> None:
+    chat = MessagingGroup("mg", "chat", "p", None, 1, "public", None, 1)
+    wiring = Wiring("w", "mg", "gone", "pattern", ".", "all", "drop", "shared", 0, 1)
+    event = make_event(
+        channel_type="chat",
+        platform_id="p",
+        message_id="m",
+        sender_id="chat:u",
+        text="x",
+        timestamp_ms=1,
+    )
+    plan = plan_route(event, ChatView(chat, [WiringView(wiring, group_exists=False)]))
+    assert [d.reason for d in plan.drops] == [DropReason.MISSING_AGENT_GROUP]
+
+
+# -- command gate ---------------------------------------------------------------------------
+
+
+def test_command_classes() -> None:
+    assert classify_command("hello /help") == (CommandClass.PASS, "")
+    assert classify_command("  /HELP me") == (CommandClass.FILTER, "/help")
+    assert classify_command("/start") == (CommandClass.FILTER, "/start")
+    assert classify_command("/clear@nano_bot") == (CommandClass.ADMIN, "/clear")
+    assert classify_command("/context") == (CommandClass.ADMIN, "/context")
+    assert classify_command("/weather tomorrow") == (CommandClass.PASS, "/weather")
+
+
+# -- attachment names -----------------------------------------------------------------------
+
+
+@given(st.text(max_size=300), st.integers(0, 19), st.sampled_from([None, "image/png", "x/y"]))
+def test_attachment_names_are_always_one_safe_component(
+    name: str, index: int, mime: str | None
+) -> None:
+    safe = safe_filename(name, index, mime, "file")
+    assert safe and safe not in (".", "..")
+    assert "/" not in safe and "\\" not in safe and "\x00" not in safe
+    assert not safe.startswith(".")
+    assert len(safe) <= 100
+
+
+def test_attachment_name_examples() -> None:
+    assert safe_filename("../../etc/passwd", 0, None, "file") == "passwd"
+    assert safe_filename("C:\\Users\\x\\report.pdf", 0, None, "file") == "report.pdf"
+    assert safe_filename("..", 2, "image/png", "image") == "attachment-3.png"
+    assert safe_filename("", 0, None, "voice") == "attachment-1.ogg"
+    assert safe_filename(".bashrc", 0, None, "file") == "bashrc"
+    assert safe_filename("naïve résumé.txt", 0, None, "file") == "naïve résumé.txt"
+    assert safe_filename("evil\u202egpj.exe", 0, None, "file") == "evil_gpj.exe"
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_inbox_folders_are_safe(row_id: str) -> None:
+    assert is_safe_id(inbox_dir_name(row_id))
+
+
+# -- typing ---------------------------------------------------------------------------------
+
+
+def test_typing_policy() -> None:
+    alive = Facts(heartbeat_ms=100_000, work_done=False, last_delivery_ms=None)
+    dead = Facts(heartbeat_ms=None, work_done=False, last_delivery_ms=None)
+    fresh = 6_000
+    # At once, then every 4 s.
+    assert decide(100_000, 100_000, None, dead, fresh) is TypingAction.FIRE
+    assert decide(102_000, 100_000, 100_000, dead, fresh) is TypingAction.WAIT
+    assert decide(104_000, 100_000, 100_000, dead, fresh) is TypingAction.FIRE
+    # Past the grace window a run without a fresh heartbeat is not working.
+    assert decide(100_000 + GRACE_MS, 100_000, 110_000, dead, fresh) is TypingAction.STOP
+    assert decide(103_000, 90_000, 90_000, alive, fresh) is TypingAction.FIRE
+    assert decide(107_000, 90_000, 103_000, alive, fresh) is TypingAction.STOP
+    # Paused right after a delivery; stopped when the work is acked.
+    delivered = Facts(heartbeat_ms=100_000, work_done=False, last_delivery_ms=99_000)
+    assert decide(100_000, 100_000, None, delivered, fresh) is TypingAction.WAIT
+    done = Facts(heartbeat_ms=100_000, work_done=True, last_delivery_ms=None)
+    assert decide(100_000, 100_000, None, done, fresh) is TypingAction.STOP
