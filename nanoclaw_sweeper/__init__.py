@@ -1,1 +1,1 @@
-"""(filled in by its issue)"""
+"""The sweeper program: liveness, retries, schedules and idle containers (DESIGN.md §6)."""

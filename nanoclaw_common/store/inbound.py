@@ -238,6 +238,24 @@ class InboundReader:
             )
         ]
 
+    def last_written_ms(self) -> int | None:
+        """When the host last wrote a row here (the session's last inbound activity)."""
+        value = self.db.scalar("SELECT max(created_at_ms) FROM messages_in")
+        return None if value is None else int(value)
+
+    def count_pending(self) -> int:
+        return int(self.db.scalar("SELECT count(*) FROM messages_in WHERE status = 'pending'"))
+
+    def recurring_done(self) -> list[rows.InboundRow]:
+        """Finished occurrences of recurring rows whose next occurrence is not written yet."""
+        return [
+            rows.InboundRow(*r)
+            for r in self.db.all(
+                f"SELECT {columns(rows.InboundRow)} FROM messages_in"
+                " WHERE status IN ('completed', 'failed') AND recurrence IS NOT NULL ORDER BY seq"
+            )
+        ]
+
     def delivery_watermark(self) -> int:
         """The highest outbound seq the host has recorded (0 when none)."""
         return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM deliveries"))
@@ -311,6 +329,44 @@ class InboundStore(InboundReader):
                 )
                 results.append(InsertResult(new.id, seq, True))
         return results
+
+    def advance_recurrence(
+        self, done: rows.InboundRow, new_id: str, process_after_ms: int, *, now: int
+    ) -> int:
+        """Write the next occurrence of ``done`` (same kind, content, routing, series and
+        recurrence) due at ``process_after_ms``, and take the recurrence off ``done``, in one
+        transaction: a crash can neither lose the series nor write the occurrence twice.
+        Returns the new row's seq (0 when ``done`` was advanced already)."""
+        with self.db.write():
+            still = self.db.scalar(
+                "SELECT 1 FROM messages_in WHERE id = ? AND recurrence IS NOT NULL", (done.id,)
+            )
+            if not still:
+                return 0
+            seq = next_even(self.db.scalar("SELECT max(seq) FROM messages_in"))
+            self.db.execute(
+                "INSERT INTO messages_in (id, seq, kind, timestamp_ms, status, process_after_ms,"
+                " recurrence, series_id, tries, trigger, platform_id, channel_type, thread_id,"
+                " content, source_session_id, on_wake, created_at_ms)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, 0, ?, ?, ?, ?, ?, NULL, 0, ?)",
+                (
+                    new_id,
+                    seq,
+                    done.kind,
+                    now,
+                    process_after_ms,
+                    done.recurrence,
+                    done.series_id or done.id,
+                    done.trigger,
+                    done.platform_id,
+                    done.channel_type,
+                    done.thread_id,
+                    done.content,
+                    now,
+                ),
+            )
+            self.db.execute("UPDATE messages_in SET recurrence = NULL WHERE id = ?", (done.id,))
+            return seq
 
     def set_status(self, message_id: str, status: str) -> None:
         MessageInStatus(status)

@@ -109,6 +109,15 @@ class OutboundReader:
             )
         }
 
+    def last_activity_ms(self) -> int | None:
+        """The newest write by the container: an outbound row or an ack (not the heartbeat,
+        which beats whether or not the agent does anything)."""
+        value = self.db.scalar(
+            "SELECT max(t) FROM (SELECT max(timestamp_ms) AS t FROM messages_out"
+            " UNION ALL SELECT max(status_changed_ms) FROM processing_ack)"
+        )
+        return None if value is None else int(value)
+
     def container_state(self) -> rows.ContainerState | None:
         found = self.db.one(
             f"SELECT {columns(rows.ContainerState)} FROM container_state WHERE id = 1"

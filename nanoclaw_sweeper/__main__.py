@@ -1,0 +1,97 @@
+"""``nanoclaw-sweeper``: liveness, retries, due work, recurrence, idle stop, container cap,
+orphan reaping and ack sync (DESIGN.md §6), one pass about every second.
+
+supervisord starts this directly. The first SIGTERM/SIGINT lets the current pass finish and
+exits 0; a second signal exits at once. A storage or Podman error in a pass is logged and the
+next pass retries after a capped backoff; an error that escapes the loop ends the process
+non-zero and supervisord restarts it (everything the sweeper knows is on disk).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import msgspec
+from loguru import logger
+
+from nanoclaw_common.clock import now_ms
+from nanoclaw_common.errors import ConfigError
+from nanoclaw_common.lifecycle import GracefulStop
+from nanoclaw_common.logs import setup_logging
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.sandbox import Sandbox
+from nanoclaw_common.settings import Settings, load_from_process
+from nanoclaw_common.store import CentralStore
+from nanoclaw_sweeper.sweeper import PassReport, Sweeper
+
+log = logger.bind(component="sweeper")
+
+PASS_INTERVAL_S = 1.0  # due work is woken within about this long of its time
+MAX_ERROR_BACKOFF_S = 30.0
+
+
+def _noteworthy(report: PassReport) -> bool:
+    return bool(
+        report.killed
+        or report.stopped_idle
+        or report.settled
+        or report.woken
+        or report.deferred
+        or report.orphans_removed
+        or report.recurrences
+    )
+
+
+def run(settings: Settings, stop: GracefulStop) -> int:
+    layout = Layout(settings.home_path)
+    layout.ensure()
+    central = CentralStore.open(layout.central_db)
+    sandbox = Sandbox(settings)
+    sweeper = Sweeper(settings, central, sandbox)
+    passes = errors = 0
+    error_delay_s = PASS_INTERVAL_S
+    log.info("sweeping every {} s (max {} containers)", PASS_INTERVAL_S, settings.max_containers)
+    try:
+        while not stop.stopping:
+            started = time.monotonic()
+            try:
+                report = sweeper.sweep(now_ms())
+            except Exception as exc:
+                # Podman restarting, a locked file: log, back off (capped), try again.
+                errors += 1
+                log.opt(exception=exc).error("sweep failed: {!r}", exc)
+                stop.wait(error_delay_s)
+                error_delay_s = min(error_delay_s * 2, MAX_ERROR_BACKOFF_S)
+                continue
+            error_delay_s = PASS_INTERVAL_S
+            passes += 1
+            if _noteworthy(report):
+                log.info("pass: {}", msgspec.json.encode(report).decode())
+            # Sleep to the next deadline, not a fixed interval after a slow pass.
+            stop.wait(max(0.0, PASS_INTERVAL_S - (time.monotonic() - started)))
+    finally:
+        log.info("stopped after {} passes ({} failed)", passes, errors)
+        sandbox.close()
+        central.close()
+    return 0
+
+
+def main() -> None:
+    try:
+        settings = load_from_process()
+    except ConfigError as exc:
+        print(f"nanoclaw-sweeper: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging("sweeper", settings.log_level, settings.secrets())
+    stop = GracefulStop().install()
+    try:
+        code = run(settings, stop)
+    except Exception as exc:
+        logger.opt(exception=exc).critical("sweeper died: {!r}", exc)
+        sys.exit(1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""The sweeper: one pass over the active sessions, acting on ``liveness.judge``.
+
+Per session, in this order:
+1. ack sync: completed/failed acks in outbound.db are copied onto messages_in;
+2. recurrence: finished occurrences of recurring rows get their next occurrence;
+3. liveness: observe, judge, act — stop dead or runaway runs and settle their claims, stop idle
+   containers, collect sessions with due work;
+then capacity (wake within ``max_containers``, stopping idle containers for room) and orphan
+reaping (this install's containers whose session is gone or closed).
+
+A quiet, stopped session costs two ``stat`` calls per pass: it is only opened when one of its
+files changed or when its next scheduled row falls due. That keeps a pass over 1,000 sessions
+cheap enough to run every second, so due work is woken within about a second.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+from loguru import logger
+
+from nanoclaw_common.ids import new_id
+from nanoclaw_common.paths import Layout, SessionPaths
+from nanoclaw_common.sandbox.settle import settle_leftover_claims
+from nanoclaw_common.sessions import refresh_projections
+from nanoclaw_common.settings import Settings
+from nanoclaw_common.states import ContainerStatus, SessionStatus
+from nanoclaw_common.store import CentralStore, InboundStore, OutboundReader, rows
+from nanoclaw_common.store.runs import RunLedger, leftover_claims
+from nanoclaw_sweeper.liveness import KILLS, Observation, Policy, Verdict, judge, plan_capacity
+from nanoclaw_sweeper.recurrence import next_occurrence
+
+log = logger.bind(component="sweeper")
+
+
+class RunningContainer(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+
+
+class SweeperSandbox(Protocol):
+    """What the sweeper needs from ``nanoclaw_common.sandbox.Sandbox``."""
+
+    def running(self) -> Sequence[RunningContainer]: ...
+    def wake(self, session: rows.Session) -> bool: ...
+    def stop(self, session_id: str, timeout_s: float = ...) -> object: ...
+    def orphans(self, live_session_ids: Collection[str]) -> Sequence[RunningContainer]: ...
+    def remove(self, name: str) -> bool: ...
+
+
+class PassReport(msgspec.Struct, kw_only=True):
+    sessions: int = 0
+    examined: int = 0
+    acks_synced: int = 0
+    recurrences: int = 0
+    killed: list[str] = []
+    stopped_idle: list[str] = []
+    settled: list[str] = []
+    woken: list[str] = []
+    deferred: list[str] = []  # due work waiting for a container slot
+    orphans_removed: list[str] = []
+
+
+@dataclass
+class _Seen:
+    """What a session's files looked like at the last pass that examined it."""
+
+    inbound_mtime_ns: int = -1
+    outbound_mtime_ns: int = -1
+    next_due_ms: int | None = None
+
+
+@dataclass
+class Sweeper:
+    settings: Settings
+    central: CentralStore
+    sandbox: SweeperSandbox
+    layout: Layout = field(init=False)
+    policy: Policy = field(init=False)
+    ledger: RunLedger = field(init=False)
+    _seen: dict[str, _Seen] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = Layout(self.settings.home_path)
+        self.policy = Policy.from_settings(self.settings)
+        self.ledger = RunLedger(self.central)
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def sweep(self, now: int) -> PassReport:
+        report = PassReport()
+        live = {c.session_id: c for c in self.sandbox.running()}
+        sessions = self.central.list_sessions(status=SessionStatus.ACTIVE)
+        report.sessions = len(sessions)
+        wanted: list[rows.Session] = []
+        idle_running: list[tuple[int, str]] = []  # (idle since, session id)
+        for session in sessions:
+            paths = self.layout.session(session.agent_group_id, session.id)
+            running = session.id in live
+            if not running and not self._worth_examining(session, paths, now):
+                continue
+            report.examined += 1
+            verdict, idle_since = self._examine(session, paths, running, now, report)
+            if verdict is Verdict.WAKE:
+                wanted.append(session)
+            elif running and verdict is Verdict.OK and idle_since is not None:
+                idle_running.append((idle_since, session.id))
+        self._wake_within_capacity(wanted, len(live), idle_running, report, now)
+        self._reap_orphans({s.id for s in sessions}, report)
+        return report
+
+    def _worth_examining(self, session: rows.Session, paths: SessionPaths, now: int) -> bool:
+        seen = self._seen.setdefault(session.id, _Seen())
+        inbound_mtime = _mtime_ns(paths.inbound_db)
+        outbound_mtime = _mtime_ns(paths.outbound_db)
+        changed = (inbound_mtime, outbound_mtime) != (
+            seen.inbound_mtime_ns,
+            seen.outbound_mtime_ns,
+        )
+        due = seen.next_due_ms is not None and seen.next_due_ms <= now
+        believed_running = session.container_status != ContainerStatus.STOPPED
+        return changed or due or believed_running
+
+    def _examine(
+        self,
+        session: rows.Session,
+        paths: SessionPaths,
+        running: bool,
+        now: int,
+        report: PassReport,
+    ) -> tuple[Verdict, int | None]:
+        """Look at one session and act on it; the verdict, and for a healthy running
+        container with nothing pending, since when it has been idle."""
+        if not paths.inbound_db.exists():
+            return Verdict.OK, None
+        inbound = InboundStore(paths.inbound_db)
+        try:
+            # A settled run's claims stay in outbound.db until the next run drops them (the
+            # host never writes that file); they are history, not work in progress.
+            claims = [
+                c
+                for c in leftover_claims(paths.outbound_db)
+                if not self.ledger.is_settled(session.id, c.run_id)
+            ]
+            outbound = OutboundReader(paths.outbound_db) if paths.outbound_db.exists() else None
+            try:
+                report.acks_synced += inbound.sync_acks(outbound.acks()) if outbound else 0
+                report.recurrences += self._advance_recurrences(session, inbound, now)
+                state = outbound.container_state() if outbound else None
+                out_activity = outbound.last_activity_ms() if outbound else None
+            finally:
+                if outbound:
+                    outbound.close()
+            obs = Observation(
+                running=running,
+                run_started_at_ms=session.run_started_at_ms,
+                heartbeat_ms=_mtime_ms(paths.heartbeat),
+                claims=len(claims),
+                due=inbound.count_due(now=now),
+                pending=inbound.count_pending(),
+                turns=state.turns if state and state.run_id == session.run_id else 0,
+                last_activity_ms=max(
+                    [t for t in (inbound.last_written_ms(), out_activity) if t is not None],
+                    default=None,
+                ),
+            )
+            verdict = judge(obs, self.policy, now)
+            self._act(
+                session, verdict, claims, inbound=inbound, now=now, report=report, running=running
+            )
+            seen = self._seen.setdefault(session.id, _Seen())
+            seen.next_due_ms = inbound.next_due_after(now)
+        finally:
+            inbound.close()
+        # Recorded after our own writes (ack sync, settling), so they do not count as news.
+        seen.inbound_mtime_ns = _mtime_ns(paths.inbound_db)
+        seen.outbound_mtime_ns = _mtime_ns(paths.outbound_db)
+        idle_since = None
+        if obs.pending == 0 and obs.claims == 0:
+            idle_since = max(obs.last_activity_ms or 0, obs.run_started_at_ms or 0)
+        return verdict, idle_since
+
+    def _act(
+        self,
+        session: rows.Session,
+        verdict: Verdict,
+        claims: list[rows.Ack],
+        *,
+        inbound: InboundStore,
+        now: int,
+        report: PassReport,
+        running: bool,
+    ) -> None:
+        if verdict in KILLS:
+            log.warning("stopping run: {}", verdict.value, session=session.id, run=session.run_id)
+            self.sandbox.stop(session.id)  # marks the session stopped
+            report.killed.append(session.id)
+            self._settle(session, claims, inbound, now, report)
+            return
+        if verdict is Verdict.STOP_IDLE:
+            log.info("stopping idle container", session=session.id, run=session.run_id)
+            self.sandbox.stop(session.id)
+            report.stopped_idle.append(session.id)
+            return
+        if verdict is Verdict.SETTLE:
+            self._settle(session, claims, inbound, now, report)
+        if not running and self._believed_running(session, now):
+            # Podman has no live container (it exited by itself, or the host rebooted).
+            log.info("container is gone", session=session.id, run=session.run_id)
+            self.central.set_container_status(session.id, ContainerStatus.STOPPED, now=now)
+
+    def _believed_running(self, session: rows.Session, now: int) -> bool:
+        if session.container_status == ContainerStatus.RUNNING:
+            return True
+        # "starting" within the spawn grace may simply not be visible in Podman yet.
+        started = session.run_started_at_ms or 0
+        return (
+            session.container_status == ContainerStatus.STARTING
+            and now - started >= self.policy.spawn_grace_ms
+        )
+
+    def _settle(
+        self,
+        session: rows.Session,
+        claims: list[rows.Ack],
+        inbound: InboundStore,
+        now: int,
+        report: PassReport,
+    ) -> None:
+        settled = settle_leftover_claims(
+            session_id=session.id,
+            claims=claims,
+            inbound=inbound,
+            ledger=self.ledger,
+            max_tries=self.settings.max_tries,
+            now=now,
+        )
+        if settled.runs:
+            report.settled.append(session.id)
+
+    def _advance_recurrences(self, session: rows.Session, inbound: InboundStore, now: int) -> int:
+        advanced = 0
+        for done in inbound.recurring_done():
+            assert done.recurrence is not None
+            scheduled = done.process_after_ms or done.timestamp_ms
+            try:
+                due = next_occurrence(done.recurrence, scheduled, self.settings.tz, now)
+            except ValueError as exc:
+                # A bad expression stops the series (the agent sees the task gone from
+                # list_tasks); it is not retried every second.
+                log.warning("recurrence dropped: {}", exc, session=session.id, message=done.id)
+                inbound.advance_recurrence(done, new_id("task", now), now, now=now)
+                continue
+            prefix = "task" if done.kind == "task" else "msg"
+            if inbound.advance_recurrence(done, new_id(prefix, now), due, now=now):
+                advanced += 1
+                log.info("next occurrence due {}", due, session=session.id, message=done.id)
+        return advanced
+
+    # -- capacity and orphans ------------------------------------------------------------
+
+    def _wake_within_capacity(
+        self,
+        wanted: list[rows.Session],
+        running: int,
+        idle_running: list[tuple[int, str]],
+        report: PassReport,
+        now: int,
+    ) -> None:
+        by_id = {s.id: s for s in wanted}
+        idle_ids = [sid for _, sid in sorted(idle_running)]
+        to_wake, to_stop = plan_capacity(
+            [s.id for s in wanted], running, idle_ids, self.settings.max_containers
+        )
+        for session_id in to_stop:
+            log.info("stopping idle container to make room", session=session_id)
+            self.sandbox.stop(session_id)
+            report.stopped_idle.append(session_id)
+        for session_id in to_wake:
+            session = by_id[session_id]
+            refresh_projections(self.central, self.layout, session)
+            if self.sandbox.wake(session):
+                report.woken.append(session_id)
+        report.deferred = [s.id for s in wanted if s.id not in to_wake]
+        if report.deferred:
+            log.info("{} session(s) wait for a container slot", len(report.deferred))
+
+    def _reap_orphans(self, active_ids: set[str], report: PassReport) -> None:
+        for orphan in self.sandbox.orphans(active_ids):
+            if self.sandbox.remove(orphan.name):
+                log.info("removed orphan container {}", orphan.name, session=orphan.session_id)
+                report.orphans_removed.append(orphan.name)
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime_ms(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns // 1_000_000
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,293 @@
+"""The sweeper's passes over real session DBs, with a recording fake sandbox and `now`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+
+from nanoclaw_common import messages as m
+from nanoclaw_common.paths import Layout, SessionPaths
+from nanoclaw_common.sessions import ensure_session_files
+from nanoclaw_common.settings import Settings
+from nanoclaw_common.store import (
+    CentralStore,
+    InboundReader,
+    InboundStore,
+    NewInbound,
+    OutboundStore,
+    rows,
+)
+from nanoclaw_sweeper.sweeper import Sweeper
+
+T0 = 1_800_000_000_000
+
+
+@dataclass(frozen=True)
+class FakeContainer:
+    name: str
+    session_id: str
+    run_id: str
+
+
+@dataclass
+class FakeSandbox:
+    """Records what the sweeper asks for; `live` is what Podman would report running."""
+
+    central: CentralStore
+    live: dict[str, FakeContainer] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    now: int = T0
+    runs: int = 0
+
+    def start(self, session: rows.Session) -> str:
+        self.runs += 1
+        run_id = f"run-{self.runs}"
+        self.live[session.id] = FakeContainer(f"nanoclaw-test-{session.id}", session.id, run_id)
+        self.central.set_container_status(session.id, "starting", run_id=run_id, now=self.now)
+        return run_id
+
+    def running(self) -> list[FakeContainer]:
+        return list(self.live.values())
+
+    def wake(self, session: rows.Session) -> bool:
+        self.calls.append(("wake", session.id))
+        self.start(session)
+        return True
+
+    def stop(self, session_id: str, timeout_s: float = 10.0) -> None:
+        self.calls.append(("stop", session_id))
+        self.live.pop(session_id, None)
+        self.central.set_container_status(session_id, "stopped", now=self.now)
+
+    def orphans(self, live_session_ids: object) -> list[FakeContainer]:
+        return [c for c in self.live.values() if c.session_id not in live_session_ids]  # type: ignore[operator]
+
+    def remove(self, name: str) -> bool:
+        self.calls.append(("remove", name))
+        for session_id, container in list(self.live.items()):
+            if container.name == name:
+                del self.live[session_id]
+                return True
+        return False
+
+
+@dataclass
+class World:
+    settings: Settings
+    central: CentralStore
+    layout: Layout
+    sandbox: FakeSandbox
+    sweeper: Sweeper
+    group: rows.AgentGroup
+
+    def session(self) -> tuple[rows.Session, SessionPaths]:
+        session = self.central.create_session(self.group.id, None, now=T0)
+        return session, ensure_session_files(self.layout, session)
+
+    def refreshed(self, session: rows.Session) -> rows.Session:
+        current = self.central.get_session(session.id)
+        assert current is not None
+        return current
+
+
+@pytest.fixture
+def world(settings: Settings, central: CentralStore, layout: Layout) -> World:
+    tuned = msgspec.structs.replace(settings, max_containers=2, max_tries=3)
+    sandbox = FakeSandbox(central)
+    group = central.create_agent_group("Main", "main", now=T0)
+    return World(tuned, central, layout, sandbox, Sweeper(tuned, central, sandbox), group)
+
+
+def add_message(paths: SessionPaths, message_id: str, **fields: object) -> None:
+    store = InboundStore(paths.inbound_db)
+    store.insert_message(
+        NewInbound(  # type: ignore[arg-type]
+            id=message_id,
+            content=m.ChatContent(text=message_id, sender_id="cli:local"),
+            timestamp_ms=T0,
+            **fields,
+        ),
+        now=T0,
+    )
+    store.close()
+
+
+def claim(paths: SessionPaths, run_id: str, *ids: str, now: int = T0) -> None:
+    store = OutboundStore(paths.outbound_db)
+    store.start_run(run_id, now=now)
+    store.claim(ids, run_id, now=now)
+    store.close()
+
+
+def beat(paths: SessionPaths, at_ms: int) -> None:
+    paths.heartbeat.touch()
+    os.utime(paths.heartbeat, ns=(at_ms * 1_000_000, at_ms * 1_000_000))
+
+
+def inbound_row(paths: SessionPaths, message_id: str) -> rows.InboundRow:
+    reader = InboundReader(paths.inbound_db)
+    row = reader.get_message(message_id)
+    reader.close()
+    assert row is not None
+    return row
+
+
+def test_due_work_wakes_a_stopped_session(world: World) -> None:
+    session, paths = world.session()
+    add_message(paths, "m1")
+    report = world.sweeper.sweep(T0)
+    assert report.woken == [session.id]
+    assert world.sandbox.calls == [("wake", session.id)]
+    # Projections were refreshed before the wake.
+    assert InboundReader(paths.inbound_db).routing() == rows.Routing(None, None, None)
+
+
+def test_spawn_grace_then_dead_run_is_stopped_and_retried(world: World) -> None:
+    session, paths = world.session()
+    add_message(paths, "m1")
+    world.sandbox.start(session)
+    claim(paths, "run-1", "m1")
+    assert world.sweeper.sweep(T0 + 10_000).killed == []  # no heartbeat yet, within grace
+    beat(paths, T0 + 15_000)
+    assert world.sweeper.sweep(T0 + 20_000).killed == []  # beating
+    report = world.sweeper.sweep(T0 + 15_000 + 60_001)  # the heartbeat went stale
+    assert report.killed == [session.id]
+    assert ("stop", session.id) in world.sandbox.calls
+    row = inbound_row(paths, "m1")
+    assert (row.status, row.tries) == ("pending", 1)
+    assert row.process_after_ms is not None and row.process_after_ms > T0 + 75_001
+    # Not woken before the backoff has passed, then woken.
+    assert world.sweeper.sweep(T0 + 75_002).woken == []
+    assert world.sweeper.sweep(row.process_after_ms).woken == [session.id]
+
+
+def test_a_message_that_kills_every_run_fails_after_max_tries(world: World) -> None:
+    session, paths = world.session()
+    add_message(paths, "poison")
+    now = T0
+    for attempt in range(1, 4):
+        run_id = world.sandbox.start(world.refreshed(session))
+        claim(paths, run_id, "poison", now=now)
+        world.sandbox.live.pop(session.id)  # the container died on it
+        world.sweeper.sweep(now + 1_000)
+        row = inbound_row(paths, "poison")
+        if attempt < 3:
+            assert (row.status, row.tries) == ("pending", attempt)
+            now = row.process_after_ms or now
+        else:
+            assert (row.status, row.tries) == ("failed", 3)
+    # The agent is told (so it can tell the user) with a system note in the same session.
+    note = inbound_row(paths, "failed:poison")
+    assert "could not be processed" in note.content
+
+
+def test_idle_container_is_stopped(world: World) -> None:
+    session, paths = world.session()
+    world.sandbox.start(session)
+    idle_timeout = int(world.settings.idle_timeout_s * 1000)
+    beat(paths, T0 + idle_timeout)
+    assert world.sweeper.sweep(T0 + idle_timeout - 1).stopped_idle == []
+    assert world.sweeper.sweep(T0 + idle_timeout).stopped_idle == [session.id]
+
+
+def test_acks_are_synced(world: World) -> None:
+    session, paths = world.session()
+    add_message(paths, "m1")
+    add_message(paths, "m2")
+    world.sandbox.start(session)
+    store = OutboundStore(paths.outbound_db)
+    store.start_run("run-1", now=T0)
+    store.complete(["m1"], "run-1", now=T0)
+    store.fail(["m2"], "run-1", now=T0)
+    store.close()
+    beat(paths, T0 + 1_000)
+    assert world.sweeper.sweep(T0 + 2_000).acks_synced == 2
+    assert (inbound_row(paths, "m1").status, inbound_row(paths, "m2").status) == (
+        "completed",
+        "failed",
+    )
+
+
+def test_recurring_task_gets_its_next_occurrence(world: World) -> None:
+    assert world.settings.tz == "UTC"
+    _, paths = world.session()
+    daily_9 = 1_800_057_600_000 - 1_800_057_600_000 % 86_400_000 + 9 * 3_600_000
+    store = InboundStore(paths.inbound_db)
+    store.insert_message(
+        NewInbound(
+            id="task-1",
+            content=m.TaskContent(prompt="morning report"),
+            timestamp_ms=T0,
+            process_after_ms=daily_9,
+            recurrence="0 9 * * *",
+        )
+    )
+    store.set_status("task-1", "completed")
+    store.close()
+    report = world.sweeper.sweep(daily_9 + 60_000)
+    assert report.recurrences == 1
+    reader = InboundReader(paths.inbound_db)
+    (nxt,) = [r for r in reader.list_messages() if r.id != "task-1"]
+    assert (nxt.status, nxt.series_id, nxt.recurrence) == ("pending", "task-1", "0 9 * * *")
+    assert nxt.process_after_ms == daily_9 + 86_400_000
+    assert reader.get_message("task-1").recurrence is None  # type: ignore[union-attr]
+    reader.close()
+    assert world.sweeper.sweep(daily_9 + 120_000).recurrences == 0
+
+
+def test_capacity_stops_idle_containers_for_due_work(world: World) -> None:
+    idle, idle_paths = world.session()
+    busy, busy_paths = world.session()
+    waiting_a, a_paths = world.session()
+    waiting_b, b_paths = world.session()
+    for session, paths in ((idle, idle_paths), (busy, busy_paths)):
+        world.sandbox.start(session)
+        beat(paths, T0 + 1_000)
+    add_message(busy_paths, "busy-work")
+    claim(busy_paths, "run-2", "busy-work")
+    add_message(a_paths, "a")
+    add_message(b_paths, "b")
+    report = world.sweeper.sweep(T0 + 2_000)
+    # Cap 2: the idle container makes room for one; the busy one finishes its work.
+    assert report.stopped_idle == [idle.id]
+    assert report.woken == [waiting_a.id]
+    assert report.deferred == [waiting_b.id]
+    assert busy.id in world.sandbox.live
+
+
+def test_orphans_are_removed(world: World) -> None:
+    session, _ = world.session()
+    world.sandbox.live["sess-gone"] = FakeContainer("nanoclaw-test-sess-gone", "sess-gone", "r")
+    world.sandbox.start(session)
+    report = world.sweeper.sweep(T0 + 1_000)
+    assert report.orphans_removed == ["nanoclaw-test-sess-gone"]
+    assert session.id in world.sandbox.live
+
+
+def test_quiet_stopped_sessions_are_not_opened(world: World) -> None:
+    for _ in range(5):
+        _, paths = world.session()
+        add_message(paths, "done")
+        store = InboundStore(paths.inbound_db)
+        store.set_status("done", "completed")
+        store.close()
+    assert world.sweeper.sweep(T0).examined == 5
+    assert world.sweeper.sweep(T0 + 1_000).examined == 0
+    # A scheduled row wakes its session at its time, without any file changing.
+    session, paths = world.session()
+    add_message(paths, "later", process_after_ms=T0 + 60_000)
+    assert world.sweeper.sweep(T0 + 2_000).woken == []
+    assert world.sweeper.sweep(T0 + 3_000).examined == 0
+    assert world.sweeper.sweep(T0 + 60_000).woken == [session.id]
+
+
+def test_gone_container_is_recorded_stopped(world: World) -> None:
+    session, _ = world.session()
+    world.sandbox.start(session)
+    world.central.set_container_status(session.id, "running", now=T0)
+    world.sandbox.live.pop(session.id)  # exited on its own, nothing pending
+    world.sweeper.sweep(T0 + 5_000)
+    assert world.refreshed(session).container_status == "stopped"
