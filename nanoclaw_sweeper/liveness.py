@@ -93,11 +93,6 @@ def _judge_running(obs: Observation, policy: Policy, now: int) -> Verdict:
     return Verdict.OK
 
 
-def backoff_ms(tries: int, base_ms: int = 5_000, cap_ms: int = 300_000) -> int:
-    """Delay before retry number ``tries`` (1-based): 5 s, 10 s, 20 s, … capped."""
-    return int(min(cap_ms, base_ms * 2 ** max(0, tries - 1)))
-
-
 def plan_capacity(
     wanted: list[str], running: int, idle_running: list[str], max_containers: int
 ) -> tuple[list[str], list[str]]:

@@ -16,7 +16,6 @@ from nanoclaw_sweeper.liveness import (
     Observation,
     Policy,
     Verdict,
-    backoff_ms,
     judge,
     plan_capacity,
 )
@@ -116,11 +115,6 @@ def test_fresh_beating_runs_are_never_killed(
     verdict = judge(obs, POLICY, now)
     if min(heartbeat_age, run_age) <= POLICY.heartbeat_timeout_ms:
         assert verdict not in KILLS
-
-
-def test_backoff() -> None:
-    assert [backoff_ms(n) for n in (1, 2, 3, 4, 5)] == [5_000, 10_000, 20_000, 40_000, 80_000]
-    assert backoff_ms(30) == 300_000
 
 
 def test_plan_capacity() -> None:
