@@ -1,0 +1,118 @@
+"""The agent runner in a real container started by ``Sandbox.wake``, thinking with the real
+anthropic SDK over the mounted proxy socket: the real credential proxy (host process) swaps
+the run's token for the key and forwards to the fake Messages API. Then the container is
+SIGKILLed, woken again, and the conversation goes on from ``agent/state/``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import podman
+import pytest
+
+from nanoclaw_common import messages
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.sandbox import Sandbox
+from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundReader, rows
+from tests.fakes.anthropic_api import FakeAnthropic, text, tool_use
+from tests.integration.agents.harness import start_proxy
+from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory, wait_until
+
+pytestmark = pytest.mark.podman
+
+
+@pytest.fixture
+def fake_api(home: Path, central: CentralStore) -> Iterator[FakeAnthropic]:
+    """The fake Messages API, behind the real proxy on this data folder's run/proxy.sock."""
+    api = FakeAnthropic(api_key=CANARY_KEY).start()
+    proxy = start_proxy(home, CANARY_KEY, api.url)
+    yield api
+    proxy.stop()
+    api.stop()
+
+
+def send(layout: Layout, session: rows.Session, central: CentralStore, text_: str) -> str:
+    chat = central.get_messaging_group(session.messaging_group_id or "")
+    assert chat is not None
+    row_id = f"m-{time.time_ns()}:{session.agent_group_id}"
+    store = InboundStore(layout.session(session.agent_group_id, session.id).inbound_db)
+    try:
+        store.insert_message(
+            NewInbound(
+                id=row_id,
+                content=messages.ChatContent(text=text_, sender_id="cli:alice"),
+                timestamp_ms=int(time.time() * 1000),
+                channel_type=chat.channel_type,
+                platform_id=chat.platform_id,
+            )
+        )
+    finally:
+        store.close()
+    return row_id
+
+
+def acked(layout: Layout, session: rows.Session, message_id: str) -> str | None:
+    reader = OutboundReader(layout.session(session.agent_group_id, session.id).outbound_db)
+    try:
+        return next((a.status for a in reader.acks() if a.message_id == message_id), None)
+    finally:
+        reader.close()
+
+
+def sent_texts(layout: Layout, session: rows.Session) -> list[str]:
+    reader = OutboundReader(layout.session(session.agent_group_id, session.id).outbound_db)
+    try:
+        contents = [messages.decode_outbound_content(r.content) for r in reader.messages_after(0)]
+    finally:
+        reader.close()
+    return [c.text for c in contents if isinstance(c, messages.SendText)]
+
+
+def test_a_turn_in_a_container_and_resume_after_sigkill(
+    make_sandbox: SandboxFactory,
+    make_session: SessionFactory,
+    layout: Layout,
+    central: CentralStore,
+    fake_api: FakeAnthropic,
+) -> None:
+    box: Sandbox = make_sandbox(command=None)  # the image's own command: the agent runner
+    session = make_session(provider="anthropic")
+    group = central.get_agent_group(session.agent_group_id)
+    assert group is not None
+    fake_api.reply(
+        tool_use("bash", {"command": "id -u && echo made-inside > /workspace/proof.txt"}),
+        lambda body: tool_use(
+            "send_message", {"text": "uid " + body["messages"][-1]["content"][0]["content"]}
+        ),
+        text("<internal>sent it with the tool</internal>"),
+    )
+    assert box.wake(session)
+    first = send(layout, session, central, "who are you in there?")
+    wait_until(lambda: acked(layout, session, first) == "completed", 60, "the first ack")
+    (reply,) = sent_texts(layout, session)
+    assert reply.startswith("uid ") and reply.split()[1] != "0"
+    assert (layout.group_dir(group.folder) / "proof.txt").read_text() == "made-inside\n"
+    requests = fake_api.message_requests()
+    assert {r.headers["x-api-key"] for r in requests} == {CANARY_KEY}  # added by the proxy
+
+    # SIGKILL the container; the next wake is a new run that resumes the conversation.
+    with podman.PodmanClient(base_url=box.settings.podman_socket_url) as client:
+        client.containers.get(box.container_name(session.id)).kill(signal="SIGKILL")
+    wait_until(lambda: not box.running(), 30, "the container to die")
+    seen: dict[str, Any] = {}
+
+    def resumed(body: dict[str, Any]) -> dict[str, Any]:
+        seen["history"] = json.dumps(body["messages"])
+        return tool_use("send_message", {"text": "still me"})
+
+    fake_api.reply(resumed, text("<internal>done</internal>"))
+    assert box.wake(central.get_session(session.id))  # type: ignore[arg-type]
+    second = send(layout, session, central, "do you remember?")
+    wait_until(lambda: acked(layout, session, second) == "completed", 60, "the second ack")
+    assert sent_texts(layout, session)[-1] == "still me"
+    assert "who are you in there?" in seen["history"] and "made-inside" in seen["history"]
+    assert "do you remember?" in seen["history"]
