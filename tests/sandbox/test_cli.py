@@ -1,0 +1,81 @@
+"""``nanoclaw doctor``, ``nanoclaw image build`` and ``nanoclaw podman-service`` against the
+real Podman of this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import podman
+import pytest
+from click.testing import CliRunner
+
+from nanoclaw_common.cli import cli
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.sandbox import runtime
+from nanoclaw_common.sandbox.service import socket_answers
+from tests.sandbox.conftest import wait_until
+
+pytestmark = pytest.mark.podman
+
+
+def test_doctor_tries_containers_and_chooses(home: Path, agent_image: str) -> None:
+    result = CliRunner().invoke(cli, ["--home", str(home), "doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert report["agent_image_present"] is True and report["probe_image"] == agent_image
+    assert report["podman"].startswith("podman version")
+    assert report["probes"] and any(probe["ok"] for probe in report["probes"])
+    # What it chose is what every later podman process of this data folder uses.
+    chosen = report["chosen"]
+    conf = runtime.conf_path(Layout(home))
+    if chosen == "defaults":
+        assert not conf.exists()
+    else:
+        assert chosen == str(conf) and conf.is_file()
+        assert runtime.ensure_containers_conf(Layout(home)) == conf
+    # The first candidate is the heuristic's own choice; a failed one says why.
+    for probe in report["probes"]:
+        assert probe["ok"] or probe["error"]
+    human = CliRunner().invoke(cli, ["--home", str(home), "doctor"])
+    assert human.exit_code == 0 and "Throwaway containers" in human.output
+
+
+def test_image_build_reuses_the_offline_base(home: Path, agent_image: str) -> None:
+    """CI built the image moments ago, so this is the cached path: the debootstrapped base is
+    not made again, and Podman's layer cache makes the build quick."""
+    result = CliRunner().invoke(
+        cli, ["--home", str(home), "image", "build", "--offline", "--tag", agent_image]
+    )
+    assert result.exit_code == 0, result.output
+    assert "using the cached offline base localhost/nanoclaw-base:latest" in result.output
+    assert f"built {agent_image} from localhost/nanoclaw-base:latest" in result.output
+
+
+def test_podman_service_command(home: Path) -> None:
+    """supervisord's ``podman-api`` program: our containers.conf, then podman itself (exec),
+    serving the data folder's socket until TERM."""
+    socket_path = home / "run" / "podman.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCLAW_")}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("nanoclaw")), "--home", str(home), "podman-service"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: socket_answers(socket_path), what="podman system service")
+        with open(f"/proc/{process.pid}/cmdline", "rb") as handle:
+            assert handle.read().split(b"\0")[:3] == [b"podman", b"system", b"service"]
+        with podman.PodmanClient(base_url=f"unix://{socket_path}") as client:
+            assert client.ping()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        assert process.stderr is not None
+        process.stderr.close()
