@@ -6,11 +6,17 @@ import sys
 
 import click
 
+from nanoclaw_common.cli.chat import chat
+from nanoclaw_common.cli.chats import chats
 from nanoclaw_common.cli.context import CliContext
 from nanoclaw_common.cli.deliveries import deliveries
+from nanoclaw_common.cli.dropped import dropped
+from nanoclaw_common.cli.groups import groups
 from nanoclaw_common.cli.sandbox import doctor, image, podman_service
 from nanoclaw_common.cli.setup import init
 from nanoclaw_common.cli.status import status
+from nanoclaw_common.cli.users import members, roles, users
+from nanoclaw_common.cli.wirings import wirings
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.settings import load_from_process
 
@@ -31,6 +37,9 @@ def cli(click_ctx: click.Context, home: str | None, as_json: bool) -> None:
 
 
 cli.add_command(init)
+cli.add_command(chat)
+for command in (groups, chats, wirings, users, roles, members, dropped):
+    cli.add_command(command)
 cli.add_command(status)
 cli.add_command(deliveries)
 cli.add_command(image)

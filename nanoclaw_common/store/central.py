@@ -1016,6 +1016,28 @@ class CentralStore:
                 ),
             )
 
+    def clear_drops(
+        self,
+        channel_type: str | None = None,
+        platform_id: str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> int:
+        """Forget drop records: all, one chat's, or one chat's of one reason."""
+        clauses, params = [], []
+        for column, value in (
+            ("channel_type", channel_type),
+            ("platform_id", platform_id),
+            ("reason", reason),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.db.write():
+            self.db.execute(f"DELETE FROM dropped_messages{where}", params)
+            return self.db.changes()
+
     def list_drops(self, limit: int = 50) -> list[rows.DroppedMessage]:
         return self._rows(
             rows.DroppedMessage, "ORDER BY last_seen_ms DESC, reason LIMIT ?", (max(1, limit),)
