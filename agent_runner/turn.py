@@ -21,7 +21,9 @@ so each call reads the conversation so far from the prompt cache.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -32,7 +34,8 @@ from agent_runner.formatter import resolve_zone
 from agent_runner.model import ApiMessage, Block, ModelError, ModelRequest, ModelResponse, Provider
 from agent_runner.output import parse_output, split_text
 from agent_runner.paths import RunnerPaths
-from agent_runner.tools import ToolContext
+from agent_runner.tools import ToolContext, ToolError
+from agent_runner.tools.files import open_regular
 from nanoclaw_common import messages
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.store.outbound import NewOutbound
@@ -94,10 +97,7 @@ class TurnEngine:
         """Rebuilt per call from live state: destinations added mid-run (create_agent) and
         memory the agent just edited are seen at once (upstream fixed it at start-up)."""
         parts = [prompts.BASE_INSTRUCTIONS]
-        try:
-            memory = self.paths.memory_file.read_text(errors="replace")[:MAX_MEMORY_CHARS]
-        except OSError:
-            memory = ""
+        memory = read_memory(self.paths)
         if memory.strip():
             parts.append(f"## Your memory (AGENT.md)\n\n{memory.strip()}")
         parts.append(
@@ -287,6 +287,23 @@ class TurnEngine:
             self.ctx.batch.delivered = False
         self.conversation.add_user(results)
         return extra is not None
+
+
+def read_memory(paths: RunnerPaths) -> str:
+    """AGENT.md, when it is a regular file inside the workspace. The agent can replace it
+    with anything (a FIFO would hang the runner, a symlink could pull in files from outside
+    the workspace), so it is read like any tool path."""
+    root = os.path.realpath(paths.workspace)
+    real = os.path.realpath(paths.memory_file)
+    if os.path.dirname(real) != root:
+        return ""
+    try:
+        with open_regular(Path(real), "AGENT.md") as handle:
+            return handle.read(MAX_MEMORY_CHARS * 4).decode("utf-8", errors="replace")[
+                :MAX_MEMORY_CHARS
+            ]
+    except ToolError:
+        return ""
 
 
 def _blocks(message: ApiMessage) -> list[Block]:

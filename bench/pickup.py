@@ -59,6 +59,21 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def runner_pid(pid: int) -> int:
+    """The agent runner's pid: ``pid`` itself, or its descendant when the container runs an
+    init process (catatonit) as pid 1."""
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        comm = Path(f"/proc/{current}/comm").read_text().strip()
+        if comm.startswith(("python", "nanoclaw-agent")):
+            return current
+        for task in Path(f"/proc/{current}/task").iterdir():
+            children = (task / "children").read_text().split()
+            pending += [int(child) for child in children]
+    raise RuntimeError(f"no agent runner process under pid {pid}")
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -218,8 +233,8 @@ def container_runner(home: Path) -> Iterator[tuple[Host, int]]:
             raise RuntimeError("wake failed (is the agent image built?)")
         host.wait_for(paths.heartbeat.exists, 60)
         with podman.PodmanClient(base_url=service.url) as client:
-            pid = int(client.containers.get(box.container_name(session.id)).attrs["State"]["Pid"])
-        yield host, pid
+            state = client.containers.get(box.container_name(session.id)).attrs["State"]
+        yield host, runner_pid(int(state["Pid"]))
     finally:
         host.close()
         box.stop(session.id)

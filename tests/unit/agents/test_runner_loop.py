@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 from agent_runner.runner import select_batch
@@ -292,3 +293,27 @@ def test_the_conversation_survives_a_new_run(session: Session, make_runner: Make
     second.step()
     history = json.dumps(second.provider.requests[0].messages)
     assert "my favourite colour is blue" in history and "noted: blue" in history
+
+
+def test_memory_goes_into_the_system_prompt_only_when_safe(
+    session: Session, make_runner: Make
+) -> None:
+    workspace = session.paths.workspace
+    memory = workspace / "AGENT.md"
+    harness = make_runner(OK, OK, OK)
+    memory.write_text("Alice likes tea.")
+    session.chat("one")
+    harness.step()
+    assert "Alice likes tea." in harness.provider.requests[0].system[0]["text"]
+    memory.unlink()
+    secret = workspace.parent / "secret.txt"
+    secret.write_text("outside secret")
+    memory.symlink_to(secret)
+    session.chat("two")
+    harness.step()
+    assert "outside secret" not in harness.provider.requests[1].system[0]["text"]
+    memory.unlink()
+    os.mkfifo(memory)  # would block a plain read forever
+    session.chat("three")
+    harness.step()
+    assert "Your memory" not in harness.provider.requests[2].system[0]["text"]
