@@ -181,7 +181,7 @@ class Sandbox:
 
         self._settle(session, paths, now)
         runner = self.runner_config(session, group, config)
-        proxy_socket = self._proxy_socket(runner)
+        proxy = self._proxy_mount(runner)
         run_id = new_id("run", now)
         token = secrets.token_urlsafe(32)
         write_atomic(paths.root / RUNNER_FILE, encode_runner_config(runner))
@@ -196,7 +196,7 @@ class Sandbox:
             labels=spec.labels(self.settings.install, session.id, group.id, run_id),
             env=spec.run_env(run_id, token, self.settings.tz),
             mounts=mounts.session_mounts(
-                paths, group_dir, proxy_socket, self._extra_mounts(config, group_dir, session)
+                paths, group_dir, proxy, self._extra_mounts(config, group_dir, session)
             ),
             memory_mb=self.settings.container_memory_mb,
             cpus=self.settings.container_cpus,
@@ -273,10 +273,10 @@ class Sandbox:
             ),
         )
 
-    def _proxy_socket(self, runner: RunnerConfig) -> Path | None:
+    def _proxy_mount(self, runner: RunnerConfig) -> mounts.Mount | None:
         socket_path = self.layout.proxy_socket
         if socket_path.is_socket():
-            return socket_path
+            return mounts.proxy_mount(socket_path, self.layout.run_dir)
         if runner.provider == "scripted":
             return None  # the scripted model needs no proxy
         raise NotReady(f"the credential proxy is not running (no socket at {socket_path})")

@@ -83,24 +83,39 @@ class Mount(msgspec.Struct, frozen=True):
 def session_mounts(
     paths: SessionPaths,
     group_dir: Path,
-    proxy_socket: Path | None,
+    proxy: Mount | None,
     extras: Iterable[Mount] = (),
 ) -> list[Mount]:
     """The mounts of docs/internals.md "Files and mounts", in mount order, and nothing else:
     the session folder read-only with ``agent/`` read-write over it, the group folder
-    read-write, the proxy socket (when given), a tmpfs ``/tmp`` and the checked extras."""
+    read-write, the proxy socket (``proxy_mount``; none for the scripted model), a tmpfs
+    ``/tmp`` and the checked extras."""
     mounts = [
         Mount("bind", str(paths.root), str(CONTAINER.session.root), read_only=True),
         Mount("bind", str(paths.agent_dir), str(CONTAINER.session.agent_dir), read_only=False),
         Mount("bind", str(group_dir), str(CONTAINER.workspace), read_only=False),
         Mount("tmpfs", "tmpfs", "/tmp", read_only=False),
     ]
-    if proxy_socket is not None:
-        # Read-only is fine for a socket: connect() needs write permission on the socket
-        # file, which a read-only mount does not take away (only files, dirs and symlinks).
-        mounts.append(Mount("bind", str(proxy_socket), str(CONTAINER.proxy_socket), True))
+    if proxy is not None:
+        mounts.append(proxy)
     mounts.extend(extras)
     return mounts
+
+
+def proxy_mount(socket_path: Path, run_dir: Path) -> Mount:
+    """How the proxy socket reaches ``/run/nanoclaw/proxy.sock``.
+
+    A bind mount of a socket *file* pins its inode: when the proxy restarts it binds a new
+    socket, and running containers keep the dead one (connection refused until they restart;
+    tried by hand). So when the proxy has a folder of its own, that folder is mounted instead
+    and a restarted proxy is reachable at once. ``run/`` itself never qualifies: it also holds
+    the Podman, CLI and supervisor sockets.
+
+    Read-only is fine either way: connect() needs write permission on the socket, which a
+    read-only mount does not take away (it only affects files, folders and links)."""
+    if socket_path.parent != run_dir and socket_path.name == CONTAINER.proxy_socket.name:
+        return Mount("bind", str(socket_path.parent), str(CONTAINER.proxy_socket.parent), True)
+    return Mount("bind", str(socket_path), str(CONTAINER.proxy_socket), read_only=True)
 
 
 # -- the allowlist ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from nanoclaw_common.sandbox.mounts import (
     check_extra_mounts,
     load_allowlist,
     parse_requested,
+    proxy_mount,
     session_mounts,
 )
 
@@ -27,7 +28,7 @@ def test_session_mounts_are_exactly_the_documented_ones(tmp_path: Path) -> None:
     group = tmp_path / "groups" / "main"
     sock = tmp_path / "run" / "proxy.sock"
     extra = Mount("bind", "/srv/docs", "/workspace/extra/docs", read_only=True)
-    found = session_mounts(paths, group, sock, [extra])
+    found = session_mounts(paths, group, proxy_mount(sock, tmp_path / "run"), [extra])
     assert [(m.kind, m.source, m.target, m.read_only) for m in found] == [
         ("bind", str(paths.root), "/session", True),
         ("bind", str(paths.agent_dir), "/session/agent", False),
@@ -38,6 +39,22 @@ def test_session_mounts_are_exactly_the_documented_ones(tmp_path: Path) -> None:
     ]
     # Without a proxy socket (the scripted model) there is no socket mount at all.
     assert all(m.target != "/run/nanoclaw/proxy.sock" for m in session_mounts(paths, group, None))
+
+
+def test_proxy_mount_prefers_a_folder_of_its_own(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # In run/ next to the other sockets: only the socket file is mounted.
+    assert proxy_mount(run / "proxy.sock", run) == Mount(
+        "bind", str(run / "proxy.sock"), "/run/nanoclaw/proxy.sock", read_only=True
+    )
+    # In a folder of its own: the folder, so a restarted proxy's new socket is seen at once.
+    assert proxy_mount(run / "proxy" / "proxy.sock", run) == Mount(
+        "bind", str(run / "proxy"), "/run/nanoclaw", read_only=True
+    )
+    # A socket with another name could not appear at /run/nanoclaw/proxy.sock that way.
+    assert proxy_mount(run / "proxy" / "other.sock", run).source == str(
+        run / "proxy" / "other.sock"
+    )
 
 
 def test_mount_to_podman() -> None:
