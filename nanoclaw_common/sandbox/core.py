@@ -217,8 +217,8 @@ class Sandbox:
             container.start()
         except (PodmanError, OSError) as exc:
             if _name_in_use(exc):
-                # Only reachable if something bypassed our lock (another host program with a
-                # different data folder path for the same install): it runs, so we are done.
+                # Only reachable when something outside our lock made it (a container started
+                # by hand under our name): it runs, so there is nothing to start.
                 log.info("container already exists", session=session.id)
                 return True
             self._central().set_container_status(session.id, ContainerStatus.STOPPED)
@@ -311,7 +311,13 @@ class Sandbox:
 
     def stop(self, session_id: str, timeout_s: float = STOP_TIMEOUT_S) -> StopOutcome:
         """TERM, wait up to ``timeout_s`` for the container to exit, then KILL. The container
-        is removed and the session marked stopped either way."""
+        is removed and the session marked stopped either way. Holds the session's wake lock,
+        so a concurrent wake waits and then starts a fresh run instead of trusting a container
+        that is about to go."""
+        with wake_lock(self.layout, session_id):
+            return self._stop_locked(session_id, timeout_s)
+
+    def _stop_locked(self, session_id: str, timeout_s: float) -> StopOutcome:
         container = self._get(self.container_name(session_id))
         outcome = StopOutcome.ABSENT
         if container is not None:
