@@ -28,6 +28,7 @@ from agent_runner.compaction import archive_transcript
 from agent_runner.conversation import Conversation
 from agent_runner.destinations import Destinations, Target
 from agent_runner.formatter import decode_content, format_batch, resolve_zone
+from agent_runner.mcp import McpTools
 from agent_runner.model import ModelError, Provider
 from agent_runner.paths import RunnerPaths
 from agent_runner.task_script import run_task_script
@@ -123,6 +124,9 @@ class Runner:
             stop=self.stop,
             wait_for_inbound=self.watcher.wait,
             settled=self.outbound.settled_ids(),
+            mcp=McpTools(self.config.mcp_servers, self.paths.workspace)
+            if self.config.mcp_servers
+            else None,
         )
         self.conversation = Conversation.load(self.paths.conversation_file)
         if self.conversation.messages:
@@ -143,6 +147,8 @@ class Runner:
             self.engine.calls,
             run=self.run_id,
         )
+        if self.ctx.mcp is not None:
+            self.ctx.mcp.close()
         self.inbound.close()
         self.outbound.close()
         self.watcher.close()

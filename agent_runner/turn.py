@@ -139,7 +139,7 @@ class TurnEngine:
         destinations = self.ctx.destinations.all()
         request = ModelRequest(
             system=self.system_prompt(),
-            tools=tools.definitions(),
+            tools=tools.definitions(self.ctx.mcp),
             messages=with_cache_breakpoint(
                 with_user(
                     msgs, [{"type": "text", "text": prompts.compaction_instructions(destinations)}]
@@ -223,6 +223,8 @@ class TurnEngine:
     def run(self, prompt: str) -> None:
         """Answer ``prompt``. Raises ``ModelError`` or ``TurnLimitReached``; everything
         already sent stays sent, and the conversation keeps what happened."""
+        if self.ctx.mcp is not None:
+            self.ctx.mcp.start()  # first turn only: their tools join the list from now on
         self.conversation.add_user_text(prompt)
         self.ctx.batch.delivered = False
         corrected = False
@@ -233,7 +235,7 @@ class TurnEngine:
             self.compact()
             request = ModelRequest(
                 system=self.system_prompt(),
-                tools=tools.definitions(),
+                tools=tools.definitions(self.ctx.mcp),
                 messages=with_cache_breakpoint(self.conversation.messages),
                 max_tokens=MAX_OUTPUT_TOKENS,
             )

@@ -7,6 +7,7 @@ from typing import Any
 
 from loguru import logger
 
+from agent_runner.mcp import CALL_TIMEOUT_S, McpTools
 from agent_runner.tools import admin, files, messaging, scheduling, shell
 from agent_runner.tools.base import Batch, Tool, ToolContext, ToolError
 
@@ -31,16 +32,24 @@ SERVER_TOOLS: list[dict[str, Any]] = [
 ]
 
 
-def definitions() -> list[dict[str, Any]]:
+def definitions(mcp: McpTools | None = None) -> list[dict[str, Any]]:
     """The ``tools`` parameter. The last one carries the cache breakpoint, so the whole
     (unchanging) tool list is served from the prompt cache."""
-    listed = [tool.definition() for tool in TOOLS.values()] + [dict(t) for t in SERVER_TOOLS]
+    listed = [tool.definition() for tool in TOOLS.values()]
+    listed += mcp.definitions() if mcp is not None else []
+    listed += [dict(t) for t in SERVER_TOOLS]
     listed[-1]["cache_control"] = {"type": "ephemeral"}
     return listed
 
 
 def execute(ctx: ToolContext, name: str, arguments: Any) -> tuple[str, bool]:
     """Run one tool call: (text for the model, is_error). Never raises."""
+    if ctx.mcp is not None and ctx.mcp.handles(name):
+        ctx.outbound.set_tool(name, declared_timeout_ms=int(CALL_TIMEOUT_S * 1000))
+        try:
+            return ctx.mcp.call(name, arguments)
+        finally:
+            ctx.outbound.set_tool(None)
     tool = TOOLS.get(name)
     if tool is None:
         return f"Error: unknown tool {name!r}", True

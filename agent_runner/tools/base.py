@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from agent_runner.destinations import Destinations
+from agent_runner.mcp import McpTools
 from nanoclaw_common.paths import CONTAINER, SessionPaths
 from nanoclaw_common.runner_config import RunnerConfig
 from nanoclaw_common.store.inbound import InboundReader
@@ -56,6 +57,7 @@ class ToolContext:
     settled: set[str] = field(default_factory=set)
     batch: Batch = field(default_factory=Batch)
     monotonic: Callable[[], float] = time.monotonic
+    mcp: McpTools | None = None  # the configured MCP servers' tools
 
     def write(self, new: NewOutbound) -> Written:
         """Insert an outbound row with the next odd seq above both tables."""
