@@ -62,6 +62,7 @@ class State:
     answered_callbacks: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     polls_in_flight: int = 0
+    closing: bool = False
     changed: asyncio.Condition | None = None
 
 
@@ -93,7 +94,15 @@ class FakeTelegram:
         self.state.changed = asyncio.Condition()
 
     def stop(self) -> None:
+        self.server.run(self._release_polls())
         self.server.stop()
+
+    async def _release_polls(self) -> None:
+        """End every long poll now, so shutting down does not wait out their timeouts."""
+        self.state.closing = True
+        assert self.state.changed is not None
+        async with self.state.changed:
+            self.state.changed.notify_all()
 
     @property
     def base_url(self) -> str:
@@ -326,7 +335,7 @@ class FakeTelegram:
         self.state.polls_in_flight += 1
         try:
             async with changed:
-                if not self.state.updates and timeout > 0:
+                if not self.state.updates and timeout > 0 and not self.state.closing:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), timeout)
         finally:
