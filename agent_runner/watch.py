@@ -145,21 +145,39 @@ class ChangeWatcher:
         self._signature = current
         return changed
 
+    def _writing(self) -> bool:
+        """A write transaction is past its first step: the rollback journal has content.
+        Reading now would meet the writer's lock and sleep in SQLite's busy handler (1, 2,
+        5, 10 ms...); the journal's deletion, the commit point, comes next."""
+        try:
+            return os.stat(self._paths[1]).st_size > 0
+        except OSError:
+            return False
+
     def wait(self, timeout_s: float) -> bool:
         timeout_s = max(0.0, timeout_s)
         if self._inotify is None:
             return self._poll_wait(timeout_s)
-        readable, _, _ = select.select([self._inotify.fd, self._read_fd], [], [], timeout_s)
-        woke = self._drain_wake() if self._read_fd in readable else False
-        if self._inotify.fd in readable:
-            relevant, gone = self._inotify.drain(self._names)
-            if gone:
-                log.warning("inotify watch on {} ended; polling by stat", self.db_path.parent)
-                self._inotify.close()
-                self._inotify = None
-            self._signature = _stat_signature(self._paths)
-            return relevant or woke
-        return woke or self._signature_changed()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([self._inotify.fd, self._read_fd], [], [], left)
+            if self._read_fd in readable and self._drain_wake():
+                return True
+            if self._inotify.fd in readable:
+                relevant, gone = self._inotify.drain(self._names)
+                self._signature = _stat_signature(self._paths)
+                if gone:
+                    log.warning("inotify watch on {} ended; polling by stat", self.db_path.parent)
+                    self._inotify.close()
+                    self._inotify = None
+                    return True
+                if relevant and not self._writing():
+                    return True
+                if time.monotonic() < deadline:
+                    continue  # mid-commit (or nothing of ours): its last event follows
+            if not readable or time.monotonic() >= deadline:
+                return self._signature_changed()
 
     def _poll_wait(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
