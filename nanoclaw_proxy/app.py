@@ -232,17 +232,23 @@ async def forward(request: web.Request) -> web.StreamResponse:
         status=upstream.status,
         headers={k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP},
     )
+    complete = False
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
             meter.feed(chunk)
             await response.write(chunk)
         await response.write_eof()
+        complete = True
     except (ConnectionResetError, aiohttp.ClientError) as exc:
         # The container went away, or the API cut the stream: what was used still counts.
         log.warning("stream ended early: {}", type(exc).__name__, **ids)
     finally:
-        upstream.release()
+        # A half-read upstream connection must not go back to the pool.
+        if complete:
+            upstream.release()
+        else:
+            upstream.close()
         usage = meter.finish() if metered else None
         if usage is not None:
             await state.db(state.record, found.agent_group_id, metering.utc_day(now), usage)

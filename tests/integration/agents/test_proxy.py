@@ -13,7 +13,7 @@ import pytest
 from nanoclaw_common.store import CentralStore
 from nanoclaw_proxy.metering import utc_day
 from tests.fakes.anthropic_api import FakeAnthropic, text
-from tests.integration.agents.harness import AgentSession, Proxy, uds_client
+from tests.integration.agents.harness import AgentSession, Proxy, uds_client, wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 _clients: list[anthropic.Anthropic] = []
@@ -192,3 +192,32 @@ def test_never_logs_a_key_or_a_token(
     assert fake_api.api_key not in log
     assert agent.token not in log
     assert "wrong-token-value" not in log
+
+
+def test_a_stream_the_container_abandons_is_still_metered(
+    proxy: Proxy, fake_api: FakeAnthropic, agent: AgentSession, central: CentralStore
+) -> None:
+    gate = threading.Event()
+    fake_api.stream_gate = gate
+    fake_api.reply({**text("never read"), "usage": {"input_tokens": 70, "output_tokens": 5}})
+    with (
+        uds_client(proxy.socket) as client,
+        client.stream(
+            "POST",
+            "http://proxy/v1/messages",
+            headers={"x-api-key": agent.token, "anthropic-version": "2023-06-01"},
+            json={"model": "m", "max_tokens": 5, "stream": True, "messages": MESSAGES},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        first = next(response.iter_lines())
+        assert first == "event: message_start"
+    # The client is gone; the rest of the stream meets a closed connection.
+    gate.set()
+    usage = wait_until(
+        lambda: central.get_token_usage(agent.group_id, today()), what="the partial usage"
+    )
+    assert (usage.input_tokens, usage.requests) == (70, 1)
+    assert "stream ended early" in wait_until(
+        lambda: "stream ended early" in proxy.log() and proxy.log(), what="the log line"
+    )
