@@ -16,6 +16,7 @@ progress.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -176,6 +177,11 @@ def bootstrap_base(env: dict[str, str], out: Output, *, mirror: str | None = Non
         return OFFLINE_BASE
     if shutil.which("debootstrap") is None:
         raise ImageBuildError("debootstrap is not installed (apt-get install debootstrap)")
+    if os.geteuid() != 0:
+        raise ImageBuildError(
+            "the offline base is made with debootstrap, which needs root: run this as root,"
+            " or give --base an image you have"
+        )
     source = mirror or debian_mirror()
     workdir = Path(tempfile.mkdtemp(prefix="nanoclaw-rootfs-", dir="/var/tmp"))
     rootfs = workdir / "rootfs"
