@@ -23,6 +23,7 @@ from nanoclaw_common.store.outbound import NewOutbound
 APT_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,127}$")
 PIP_NAME = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]{0,126}[A-Za-z0-9])$")
 MCP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def check_packages(apt: list[str], pip: list[str]) -> None:
@@ -97,6 +98,9 @@ def add_mcp_server(ctx: ToolContext, args: McpInput) -> str:
         raise ToolError("name and command are required")
     if not MCP_NAME.match(args.name):
         raise ToolError(f"invalid server name {args.name!r}: letters, digits, _ and -, at most 64")
+    bad = [key for key in args.env if not ENV_NAME.match(key)]
+    if bad:
+        raise ToolError(f"invalid environment variable name(s): {', '.join(bad)}")
     try:
         content = msgspec.convert(
             {

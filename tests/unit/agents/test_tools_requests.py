@@ -167,6 +167,9 @@ def test_install_packages_and_mcp_rows(session: Session, ctx: ToolContext) -> No
         ctx, "add_mcp_server", name="github", command="npx", args=["-y", "srv"], env={"A": "b"}
     ).startswith("MCP server request submitted.")
     assert "invalid server name" in refused(ctx, "add_mcp_server", name="a/b", command="x")
+    assert "invalid environment variable name(s): A B" in refused(
+        ctx, "add_mcp_server", name="ok", command="x", env={"A B": "1"}
+    )
     assert "required" in refused(ctx, "add_mcp_server", name="ok", command=" ")
     install, mcp = session.contents()
     assert install == messages.InstallPackages(
