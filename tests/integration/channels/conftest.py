@@ -1,0 +1,115 @@
+"""Real channel adapters, with their real client libraries, against the fake platforms, feeding
+a real in-process router (real central and session DBs; wakes recorded)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import apsw
+import pytest
+
+from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.settings import Settings
+from nanoclaw_common.store import CentralStore, InboundReader
+from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, Session
+from nanoclaw_router.app import Router
+from tests.fakes.recording import MemoryWaker
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.telegram_api import FakeTelegram
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll ``predicate`` while the loop keeps running the router's tasks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
+class Live:
+    def __init__(self, settings: Settings, central: CentralStore, layout: Layout) -> None:
+        self.settings = settings
+        self.central = central
+        self.layout = layout
+        self.waker = MemoryWaker(layout.central_db)
+        self.router: Router | None = None
+
+    def group(self, name: str = "Main") -> AgentGroup:
+        return self.central.create_agent_group(name, self.central.unique_folder(name))
+
+    def wire(
+        self, channel: str, platform_id: str, group: AgentGroup, **options: Any
+    ) -> MessagingGroup:
+        chat = self.central.create_messaging_group(
+            channel,
+            platform_id,
+            is_group=options.pop("is_group", True),
+            unknown_sender_policy=options.pop("policy", "public"),
+        )
+        options.setdefault("engage_mode", "pattern")
+        options.setdefault("engage_pattern", ".")
+        self.central.create_wiring(chat.id, group.id, **options)
+        return chat
+
+    def run(
+        self,
+        adapters: dict[str, ChannelAdapter],
+        scenario: Callable[[Router], Awaitable[None]],
+    ) -> None:
+        async def main() -> None:
+            router = Router(
+                self.settings, self.central, adapters, self.waker, commit_threads=4, wake_threads=2
+            )
+            self.router = router
+            await router.start()
+            try:
+                await scenario(router)
+            finally:
+                await router.stop()
+
+        asyncio.run(main())
+
+    def sessions(self) -> list[Session]:
+        return self.central.list_sessions()
+
+    def rows(self, session: Session | None = None) -> list[InboundRow]:
+        found: list[InboundRow] = []
+        for item in [session] if session else self.sessions():
+            paths = self.layout.session(item.agent_group_id, item.id)
+            if not paths.inbound_db.exists():
+                continue
+            reader = InboundReader(paths.inbound_db)
+            try:
+                found += reader.list_messages()
+            except apsw.SQLError:
+                continue  # the router is creating this file right now
+            finally:
+                reader.close()
+        return found
+
+
+@pytest.fixture
+def live(settings: Settings, central: CentralStore, layout: Layout) -> Live:
+    return Live(settings, central, layout)
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    fake = FakeTelegram().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()

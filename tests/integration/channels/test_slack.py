@@ -1,0 +1,408 @@
+"""Slack: slack-sdk against the fake (Web API, Socket Mode websocket, Events API)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nanoclaw_common.channels.base import OutgoingFile
+from nanoclaw_common.channels.common import button_data
+from nanoclaw_common.channels.slack import SlackAdapter
+from nanoclaw_common.errors import PermanentFailure, RetryLater
+from nanoclaw_common.messages import (
+    AskQuestion,
+    Card,
+    CardAction,
+    ChatContent,
+    QuestionOption,
+    SendCard,
+    decode_inbound_content,
+    encode_text,
+)
+from nanoclaw_common.store.rows import PendingQuestion
+from nanoclaw_router.app import Router
+from tests.fakes.slack_api import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    event_body,
+    interaction_body,
+    post_event,
+    sign,
+)
+from tests.integration.channels.conftest import Live, eventually
+from tests.integration.router.conftest import free_port
+
+
+def socket_adapter(fake: FakeSlack) -> SlackAdapter:
+    return SlackAdapter(BOT_TOKEN, fake.api_url, app_token=APP_TOKEN)
+
+
+def events_adapter(fake: FakeSlack) -> SlackAdapter:
+    return SlackAdapter(
+        BOT_TOKEN, fake.api_url, signing_secret=SIGNING_SECRET, events_port=free_port()
+    )
+
+
+def texts(live: Live) -> list[str]:
+    found = []
+    for row in live.rows():
+        content = decode_inbound_content(row.content)
+        if isinstance(content, ChatContent):
+            found.append(content.text)
+    return found
+
+
+# -- Socket Mode ----------------------------------------------------------------------------
+
+
+def test_socket_mode_messages_threads_dms_and_files(live: Live, slack: FakeSlack) -> None:
+    group = live.group()
+    live.wire("slack", "C1", group, engage_mode="mention", session_mode="per-thread")
+    live.wire("slack", "DU7", group, is_group=False)
+    url = slack.add_file("F1", b"csv,data")
+    slack.add_user("U7", "Grace")
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: slack.connections() == 1, what="socket mode")
+        mention = slack.message_event("C1", "<@UBOT> summarize", user="U7")
+        slack.push_socket_event(mention)
+        # Slack also sends app_mention for the same message: one row, not two.
+        slack.push_socket_event({**mention, "type": "app_mention"})
+        slack.push_socket_event(
+            slack.message_event("C1", "in the thread <@UBOT>", user="U7", thread_ts=mention["ts"])
+        )
+        slack.push_socket_event(slack.message_event("C1", "no mention here", user="U7"))
+        slack.push_socket_event(
+            slack.message_event(
+                "DU7",
+                "here is a file",
+                user="U7",
+                channel_type="im",
+                subtype="file_share",
+                files=[
+                    {
+                        "id": "F1",
+                        "name": "data.csv",
+                        "mimetype": "text/csv",
+                        "size": 8,
+                        "url_private_download": url,
+                    }
+                ],
+            )
+        )
+        slack.push_socket_event(slack.message_event("C1", "from myself", user="UBOT"))
+        slack.push_socket_event(slack.message_event("C1", "edited", subtype="message_changed"))
+        await eventually(lambda: len(live.rows()) == 3, what="three rows")
+        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
+
+    live.run({"slack": socket_adapter(slack)}, scenario)
+    assert sorted(texts(live)) == ["<@UBOT> summarize", "here is a file", "in the thread <@UBOT>"]
+    threads = sorted(s.thread_id or "" for s in live.sessions() if s.messaging_group_id)
+    assert len(threads) == 3  # top level, the thread, the DM
+    dm_row = next(r for r in live.rows() if r.platform_id == "DU7")
+    content = decode_inbound_content(dm_row.content)
+    assert isinstance(content, ChatContent) and content.sender_name == "Grace"
+    [attachment] = content.attachments
+    session = next(
+        s
+        for s in live.sessions()
+        if s.messaging_group_id
+        and s.thread_id is None
+        and any(r.platform_id == "DU7" for r in live.rows(s))
+    )
+    root = live.layout.session(session.agent_group_id, session.id).root
+    assert (root / (attachment.local_path or "")).read_bytes() == b"csv,data"
+
+
+def test_socket_mode_bad_frames_are_recorded_and_acked(live: Live, slack: FakeSlack) -> None:
+    group = live.group()
+    live.wire("slack", "C1", group)
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: slack.connections() == 1)
+        slack.push_envelope("events_api", {"type": "event_callback", "event": "not an object"})
+        slack.push_envelope(
+            "events_api", {"type": "event_callback", "event": {"type": "reaction_added"}}
+        )
+        slack.push_envelope("slash_commands", {"command": "/x"})
+        slack.push_envelope(
+            "interactive",
+            {"type": "block_actions", "user": {"id": "U1"}, "actions": [{"value": "no-bar"}]},
+        )
+        slack.push_raw_frame("{not json")
+        slack.push_socket_event(slack.message_event("C1", "still here"))
+        await eventually(lambda: texts(live) == ["still here"])
+        await eventually(lambda: slack.unacked() == [])
+
+    live.run({"slack": socket_adapter(slack)}, scenario)
+    invalid = sum(d.message_count for d in live.central.list_drops() if d.reason == "invalid_input")
+    assert invalid >= 4
+
+
+def test_block_actions_answer_questions(live: Live, slack: FakeSlack) -> None:
+    group = live.group()
+    live.wire("slack", "C1", group)
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: slack.connections() == 1)
+        slack.push_socket_event(slack.message_event("C1", "question please", user="U5"))
+        await eventually(lambda: len(live.rows()) == 1)
+        [session] = live.sessions()
+        live.central.create_pending_question(
+            PendingQuestion(
+                question_id="q-sl",
+                session_id=session.id,
+                message_out_id="out-1",
+                channel_type="slack",
+                platform_id="C1",
+                thread_id=None,
+                platform_message_id=None,
+                target_user_id="slack:U5",
+                title="Pick one",
+                options_json=encode_text(
+                    [QuestionOption(label="A", value="a"), QuestionOption(label="B", value="b")]
+                ),
+                created_at_ms=1,
+                expires_at_ms=None,
+            )
+        )
+        payload = {
+            "type": "block_actions",
+            "user": {"id": "U5"},
+            "channel": {"id": "C1"},
+            "message": {"ts": "1700000000.000900"},
+            "actions": [{"action_id": "option_1", "value": button_data("q-sl", 1)}],
+        }
+        slack.push_envelope("interactive", payload)
+        await eventually(lambda: len(live.rows()) == 2)
+        await eventually(lambda: slack.calls("chat.update"))
+
+    live.run({"slack": socket_adapter(slack)}, scenario)
+    answer = live.rows()[-1]
+    assert json.loads(answer.content)["selected_option"] == "b"
+    [update] = slack.calls("chat.update")
+    assert update.params["ts"] == "1700000000.000900"
+
+
+# -- Events API -----------------------------------------------------------------------------
+
+
+def test_events_api_checks_signatures_and_timestamps(live: Live, slack: FakeSlack) -> None:
+    group = live.group()
+    live.wire("slack", "C2", group)
+    adapter = events_adapter(slack)
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: adapter.bound_port, what="the events server")
+        url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
+
+        def post(body: bytes, **kwargs: str) -> tuple[int, bytes]:
+            return post_event(url, body, **kwargs)
+
+        good = event_body(slack.message_event("C2", "signed and fresh"))
+        forged = event_body(slack.message_event("C2", "forged"))
+        stale = event_body(slack.message_event("C2", "replayed"))
+        results = await asyncio.to_thread(
+            lambda: [
+                post(good),
+                post(forged, signature="v0=" + "0" * 64),
+                post(stale, timestamp=str(int(time.time()) - 600)),
+                post(good, timestamp="not-a-number"),
+                post(json.dumps({"type": "url_verification", "challenge": "abc"}).encode()),
+                post(b"{not json"),
+                post(good),  # Slack's retry of the first one: acknowledged, deduplicated
+            ]
+        )
+        statuses = [status for status, _ in results]
+        assert statuses == [200, 401, 401, 401, 200, 400, 200]
+        assert json.loads(results[4][1]) == {"challenge": "abc"}
+        await eventually(lambda: len(live.rows()) == 1)
+
+    live.run({"slack": adapter}, scenario)
+    assert texts(live) == ["signed and fresh"]
+    # Unauthenticated requests leave no trace in the database.
+    reasons = {d.reason for d in live.central.list_drops()}
+    assert reasons == {"invalid_input"}  # only the signed-but-malformed body
+
+
+def test_events_api_interactivity(live: Live, slack: FakeSlack) -> None:
+    group = live.group()
+    live.wire("slack", "C2", group)
+    adapter = events_adapter(slack)
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: adapter.bound_port)
+        url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
+        status, _ = await asyncio.to_thread(
+            post_event, url, event_body(slack.message_event("C2", "hi", user="U3"))
+        )
+        assert status == 200
+        [session] = live.sessions()
+        live.central.create_pending_question(
+            PendingQuestion(
+                question_id="q-ev",
+                session_id=session.id,
+                message_out_id="o",
+                channel_type="slack",
+                platform_id="C2",
+                thread_id=None,
+                platform_message_id=None,
+                target_user_id=None,
+                title="",
+                options_json=encode_text([QuestionOption(label="Go", value="go")]),
+                created_at_ms=1,
+                expires_at_ms=None,
+            )
+        )
+        body = interaction_body(
+            {
+                "type": "block_actions",
+                "user": {"id": "U3"},
+                "channel": {"id": "C2"},
+                "actions": [{"value": button_data("q-ev", 0)}],
+            }
+        )
+        status, _ = await asyncio.to_thread(
+            post_event, url, body, content_type="application/x-www-form-urlencoded"
+        )
+        assert status == 200
+        await eventually(lambda: len(live.rows()) == 2)
+
+    live.run({"slack": adapter}, scenario)
+    assert json.loads(live.rows()[-1].content)["question_id"] == "q-ev"
+
+
+def test_events_api_failure_to_commit_is_a_500(slack: FakeSlack) -> None:
+    """The 200 is the acknowledgement: it must not go out before the commit."""
+
+    class BrokenSink:
+        async def on_event(self, event: object) -> None:
+            raise OSError("database is locked")
+
+        async def on_action(self, action: object) -> None:
+            raise OSError("database is locked")
+
+        async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+            return None
+
+    async def main() -> None:
+        adapter = events_adapter(slack)
+        await adapter.start()
+        adapter._bot_user_id = "UBOT"
+        await adapter._serve_events(BrokenSink())  # type: ignore[arg-type]
+        url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
+        status, _ = await asyncio.to_thread(
+            post_event, url, event_body(slack.message_event("C2", "x"))
+        )
+        assert status == 500
+        await adapter.close()
+
+    asyncio.run(main())
+
+
+# -- outbound -------------------------------------------------------------------------------
+
+
+def test_outbound_operations(slack: FakeSlack, tmp_path: Path) -> None:
+    chart = tmp_path / "chart.png"
+    chart.write_bytes(b"\x89PNG chart")
+
+    async def main() -> None:
+        adapter = socket_adapter(slack)
+        await adapter.start()
+        try:
+            first = await adapter.send_text("C1", "1700.1", "hi", [OutgoingFile("c.png", chart)])
+            assert first is not None and first.startswith("C1_")
+            await adapter.edit_text("C1", None, first, "hi (edited)")
+            await adapter.add_reaction("C1", None, first, "👍")
+            await adapter.add_reaction("C1", None, "1700.5", ":rocket:")
+            question = await adapter.send_question(
+                "C1",
+                None,
+                AskQuestion(
+                    question_id="q1",
+                    title="Pick",
+                    question="Which?",
+                    options=[
+                        QuestionOption(label="One", value="1"),
+                        QuestionOption(label="Two", value="2"),
+                    ],
+                ),
+            )
+            assert question is not None
+            await adapter.send_card(
+                "C1",
+                None,
+                SendCard(
+                    card=Card(
+                        title="Report",
+                        description="All green",
+                        actions=[
+                            CardAction(label="Open", url="https://x.example", style="primary")
+                        ],
+                    )
+                ),
+            )
+            assert await adapter.open_dm("U9") == "DU9"
+            await adapter.set_typing("C1", None)  # no API for it: does nothing, raises nothing
+        finally:
+            await adapter.close()
+
+    asyncio.run(main())
+    posts = slack.calls("chat.postMessage")
+    assert posts[0].params["thread_ts"] == "1700.1"
+    [update] = slack.calls("chat.update")
+    assert update.params["text"] == "hi (edited)"
+    names = [c.params["name"] for c in slack.calls("reactions.add")]
+    assert names == ["thumbsup", "rocket"]
+    buttons = posts[1].params["blocks"][1]["elements"]
+    assert [b["value"] for b in buttons] == ["q1|0", "q1|1"]
+    card_blocks = posts[2].params["blocks"]
+    assert (
+        card_blocks[0]["type"] == "header" and card_blocks[-1]["elements"][0]["style"] == "primary"
+    )
+    assert list(slack.uploads().values()) == [b"\x89PNG chart"]
+    [complete] = slack.calls("files.completeUploadExternal")
+    assert complete.params["channel_id"] == "C1"
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected", "delay"),
+    [
+        (200, "channel_not_found", PermanentFailure, None),
+        (429, "ratelimited", RetryLater, 12.0),
+        (500, "internal_error", RetryLater, None),
+    ],
+)
+def test_outbound_errors_are_classified(
+    slack: FakeSlack, status: int, error: str, expected: type[Exception], delay: float | None
+) -> None:
+    slack.fail("chat.postMessage", status, error, retry_after=12 if status == 429 else None)
+
+    async def main() -> None:
+        adapter = socket_adapter(slack)
+        await adapter.start()
+        try:
+            with pytest.raises(expected) as caught:
+                await adapter.send_text("C1", None, "hi")
+            if delay is not None:
+                assert isinstance(caught.value, RetryLater) and caught.value.delay_s == delay
+        finally:
+            await adapter.close()
+
+    asyncio.run(main())
+
+
+def test_sign_helper_matches_the_sdk() -> None:
+    from slack_sdk.signature import SignatureVerifier
+
+    body, stamp = b"{}", str(int(time.time()))
+    assert SignatureVerifier(SIGNING_SECRET).is_valid(body, stamp, sign(body, stamp))
+    assert urllib.request  # the Events API sender in the fake uses the stdlib client

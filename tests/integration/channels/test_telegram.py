@@ -1,0 +1,356 @@
+"""Telegram: python-telegram-bot against the fake Bot API, both halves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nanoclaw_common.channels.base import OutgoingFile
+from nanoclaw_common.channels.common import button_data
+from nanoclaw_common.channels.telegram import TelegramAdapter
+from nanoclaw_common.errors import PermanentFailure, RetryLater
+from nanoclaw_common.messages import (
+    ActionEvent,
+    AskQuestion,
+    ChatContent,
+    InboundEvent,
+    QuestionOption,
+    decode_inbound_content,
+    encode_text,
+)
+from nanoclaw_common.store.rows import PendingQuestion
+from nanoclaw_router.app import Router
+from tests.fakes.telegram_api import BOT_ID, FakeTelegram
+from tests.integration.channels.conftest import Live, eventually
+
+
+def adapter(fake: FakeTelegram) -> TelegramAdapter:
+    return TelegramAdapter(fake.token, fake.base_url, poll_timeout_s=1)
+
+
+def text_of(row: object) -> str:
+    content = decode_inbound_content(row.content)  # type: ignore[attr-defined]
+    assert isinstance(content, ChatContent)
+    return content.text
+
+
+# -- inbound ------------------------------------------------------------------------------
+
+
+def test_dms_groups_mentions_and_replies(live: Live, telegram: FakeTelegram) -> None:
+    group = live.group()
+    live.wire("telegram", "42", group, is_group=False)
+    live.wire("telegram", "-100", group, engage_mode="mention")
+
+    async def scenario(router: Router) -> None:
+        telegram.push_message(42, "a direct message")
+        telegram.push_message(-100, "chatter nobody asked for")
+        telegram.push_message(
+            -100,
+            "👋 @nano_bot can you help",
+            entities=[{"type": "mention", "offset": 3, "length": 9}],
+        )
+        telegram.push_message(
+            -100,
+            "replying to you",
+            reply_to={
+                "message_id": 9,
+                "date": 1,
+                "chat": {"id": -100, "type": "supergroup"},
+                "from": {"id": BOT_ID, "is_bot": True, "first_name": "Nano"},
+                "text": "an earlier answer",
+            },
+        )
+        await eventually(lambda: len(live.rows()) == 3, what="three rows")
+        await eventually(lambda: telegram.pending_updates() == 0, what="offsets confirmed")
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    texts = sorted(text_of(r) for r in live.rows())
+    assert texts == ["a direct message", "replying to you", "👋 @nano_bot can you help"]
+    reply = next(r for r in live.rows() if text_of(r) == "replying to you")
+    content = decode_inbound_content(reply.content)
+    assert isinstance(content, ChatContent) and content.reply_to is not None
+    assert content.reply_to.text == "an earlier answer"
+    drops = {d.reason: d.message_count for d in live.central.list_drops()}
+    assert drops == {"no_agent_engaged": 1}
+
+
+def test_forum_topics_are_threads(live: Live, telegram: FakeTelegram) -> None:
+    group = live.group()
+    live.wire("telegram", "-200", group, session_mode="per-thread")
+
+    async def scenario(router: Router) -> None:
+        telegram.push_message(-200, "in topic 5", thread_id=5)
+        telegram.push_message(-200, "in topic 7", thread_id=7)
+        telegram.push_message(-200, "topic 5 again", thread_id=5)
+        await eventually(lambda: len(live.rows()) == 3)
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    sessions = live.sessions()
+    assert sorted(s.thread_id or "" for s in sessions) == ["5", "7"]
+    for session in sessions:
+        for row in live.rows(session):
+            assert row.thread_id == session.thread_id
+
+
+def test_photos_and_documents_are_saved_to_the_inbox(live: Live, telegram: FakeTelegram) -> None:
+    group = live.group()
+    live.wire("telegram", "42", group, is_group=False)
+    telegram.add_file("ph-big", b"\xff\xd8" + b"p" * 100)
+    telegram.add_file("doc-1", b"%PDF-1.7 report")
+
+    async def scenario(router: Router) -> None:
+        telegram.push_message(
+            42,
+            None,
+            extra={
+                "caption": "look at these",
+                "photo": [
+                    {"file_id": "ph-small", "file_unique_id": "s", "width": 90, "height": 90},
+                    {"file_id": "ph-big", "file_unique_id": "b", "width": 900, "height": 900},
+                ],
+            },
+        )
+        telegram.push_message(
+            42,
+            None,
+            extra={
+                "document": {
+                    "file_id": "doc-1",
+                    "file_unique_id": "d",
+                    "file_name": "../../secret/report.pdf",
+                    "mime_type": "application/pdf",
+                }
+            },
+        )
+        telegram.push_message(
+            42,
+            None,
+            extra={
+                "caption": "too big",
+                "document": {"file_id": "huge", "file_name": "x.bin", "file_size": 50_000_000},
+            },
+        )
+        await eventually(lambda: len(live.rows()) == 3)
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    [session] = live.sessions()
+    root = live.layout.session(group.id, session.id).root
+    by_text = {}
+    for row in live.rows():
+        content = decode_inbound_content(row.content)
+        assert isinstance(content, ChatContent)
+        by_text[content.text.split("\n")[0]] = content
+    photo = by_text["look at these"].attachments
+    assert [a.kind for a in photo] == ["image"]
+    assert (root / (photo[0].local_path or "")).read_bytes().startswith(b"\xff\xd8")
+    doc = by_text[""].attachments if "" in by_text else []
+    assert [a.name for a in doc] == ["report.pdf"]
+    assert (root / (doc[0].local_path or "")).read_bytes() == b"%PDF-1.7 report"
+    big = by_text["too big"]
+    assert big.attachments == [] and "not downloaded" in big.text
+
+
+def test_a_button_click_answers_a_question(live: Live, telegram: FakeTelegram) -> None:
+    group = live.group()
+    live.wire("telegram", "42", group, is_group=False)
+
+    async def scenario(router: Router) -> None:
+        telegram.push_message(42, "ask me")
+        await eventually(lambda: len(live.rows()) == 1)
+        [session] = live.sessions()
+        live.central.create_pending_question(
+            PendingQuestion(
+                question_id="q-tg",
+                session_id=session.id,
+                message_out_id="out-1",
+                channel_type="telegram",
+                platform_id="42",
+                thread_id=None,
+                platform_message_id=None,
+                target_user_id="telegram:42",
+                title="Ready?",
+                options_json=encode_text(
+                    [
+                        QuestionOption(label="Yes", value="yes"),
+                        QuestionOption(label="No", value="no"),
+                    ]
+                ),
+                created_at_ms=1,
+                expires_at_ms=None,
+            )
+        )
+        telegram.push_callback(42, 9, button_data("q-tg", 0), user_id=42)
+        await eventually(lambda: len(live.rows()) == 2, what="the answer row")
+        await eventually(telegram.answered_callbacks, what="answerCallbackQuery")
+        await eventually(lambda: telegram.sent("editMessageText"), what="the card edit")
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    answer = live.rows()[-1]
+    assert answer.kind == "system" and json.loads(answer.content)["selected_option"] == "yes"
+    [edit] = telegram.sent("editMessageText")
+    assert edit.params["message_id"] == 9 and "Yes" in edit.text
+
+
+def test_bad_updates_are_recorded_and_skipped(live: Live, telegram: FakeTelegram) -> None:
+    group = live.group()
+    live.wire("telegram", "42", group, is_group=False)
+
+    async def scenario(router: Router) -> None:
+        telegram.push_raw({"update_id": 900, "message": "not an object"})
+        telegram.push_raw({"update_id": 901, "poll": {"id": "p"}})
+        telegram.push_raw({"update_id": 902, "message": {"message_id": 1, "chat": {"id": 42}}})
+        telegram.push_raw(
+            {"update_id": 903, "callback_query": {"id": "c", "from": {"id": 1}, "data": "garbage"}}
+        )
+        telegram.push_raw(["not", "an", "update"])
+        telegram.push_message(42, "x" * 5000)  # over Telegram's own 4096 and still decoded
+        telegram.push_message(42, "still alive \ud800 after all that")
+        await eventually(lambda: len(live.rows()) == 2, what="the good messages")
+        await eventually(lambda: telegram.pending_updates() == 0, what="everything confirmed")
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    texts = [text_of(r) for r in live.rows()]
+    assert texts[-1] == "still alive ? after all that"
+    drops = [d for d in live.central.list_drops() if d.reason == "invalid_input"]
+    assert sum(d.message_count for d in drops) >= 4
+
+
+def test_the_offset_moves_only_past_committed_updates(telegram: FakeTelegram) -> None:
+    """A sink that cannot commit: the update stays with Telegram."""
+
+    class FailingSink:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def on_event(self, event: InboundEvent) -> None:
+            self.calls += 1
+            raise OSError("disk full")
+
+        async def on_action(self, action: ActionEvent) -> None:
+            raise OSError("disk full")
+
+        async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+            return None
+
+    import asyncio
+
+    async def main() -> None:
+        tg = adapter(telegram)
+        await tg.start()
+        tg._bot_id, tg._bot_username = BOT_ID, "nano_bot"
+        first, _ = telegram.push_message(42, "one")
+        telegram.push_message(42, "two")
+        telegram.push_message(7, "other chat")
+        raw = await tg.bot.do_api_request("getUpdates", api_kwargs={"timeout": 0})
+        sink = FailingSink()
+        offset = await tg.process_batch(raw, sink, None, {})
+        # Nothing committed: the next poll confirms nothing, so all three stay queued.
+        assert offset == first
+        assert sink.calls == 2  # "two" waited behind "one" (same chat); the other chat tried
+        await tg.close()
+
+    asyncio.run(main())
+    assert telegram.pending_updates() == 3
+
+
+# -- outbound -----------------------------------------------------------------------------
+
+
+def test_outbound_operations(telegram: FakeTelegram, tmp_path: Path) -> None:
+    import asyncio
+
+    report = tmp_path / "report.txt"
+    report.write_text("numbers")
+
+    async def main() -> None:
+        tg = adapter(telegram)
+        await tg.start()
+        first = await tg.send_text("-100", "5", "hello topic", [OutgoingFile("r.txt", report)])
+        assert first == "t-100_1"
+        await tg.edit_text("-100", None, first, "edited")
+        await tg.add_reaction("-100", None, "t-100_1", "👍")
+        await tg.set_typing("-100", "5")
+        card = await tg.send_question(
+            "42",
+            None,
+            AskQuestion(
+                question_id="q-" + "z" * 80,
+                title="Deploy?",
+                question="Ship it now?",
+                options=[
+                    QuestionOption(label="Ship", value="ship"),
+                    QuestionOption(label="Wait", value="wait"),
+                ],
+            ),
+        )
+        assert card is not None and card.startswith("t42_")
+        assert await tg.open_dm("42") == "42"
+        await tg.close()
+
+    asyncio.run(main())
+    message, document = telegram.sent("sendMessage")[0], telegram.sent("sendDocument")[0]
+    assert message.params["message_thread_id"] == 5 and message.text == "hello topic"
+    assert (document.document, document.filename) == (b"numbers", "r.txt")
+    [edit] = telegram.sent("editMessageText")
+    assert edit.params["message_id"] == 1 and edit.text == "edited"
+    [reaction] = telegram.sent("setMessageReaction")
+    assert reaction.params["reaction"] == [{"type": "emoji", "emoji": "👍"}]
+    [typing] = telegram.sent("sendChatAction")
+    assert (typing.params["action"], typing.params["message_thread_id"]) == ("typing", 5)
+    keyboard = telegram.sent("sendMessage")[-1].params["reply_markup"]["inline_keyboard"]
+    data = [row[0]["callback_data"] for row in keyboard]
+    assert all(len(d.encode()) <= 64 for d in data) and data[1].endswith("|1")
+
+
+@pytest.mark.parametrize(
+    ("status", "description", "retry_after", "expected"),
+    [
+        (400, "Bad Request: chat not found", None, PermanentFailure),
+        (403, "Forbidden: bot was blocked by the user", None, PermanentFailure),
+        (429, "Too Many Requests: retry after 7", 7, RetryLater),
+        (502, "Bad Gateway", None, RetryLater),
+    ],
+)
+def test_outbound_errors_are_classified(
+    telegram: FakeTelegram,
+    status: int,
+    description: str,
+    retry_after: int | None,
+    expected: type[Exception],
+) -> None:
+    import asyncio
+
+    telegram.fail("sendMessage", status, description, retry_after=retry_after)
+
+    async def main() -> None:
+        tg = adapter(telegram)
+        await tg.start()
+        try:
+            with pytest.raises(expected) as caught:
+                await tg.send_text("42", None, "hi")
+            if retry_after is not None:
+                assert isinstance(caught.value, RetryLater) and caught.value.delay_s == 7
+            with pytest.raises(PermanentFailure):
+                await tg.send_text("42", None, "   ")
+        finally:
+            await tg.close()
+
+    asyncio.run(main())
+
+
+def test_an_unreachable_api_is_retryable() -> None:
+    import asyncio
+
+    async def main() -> None:
+        tg = TelegramAdapter("1:x", "http://127.0.0.1:9", poll_timeout_s=1)
+        await tg.start()
+        try:
+            with pytest.raises(RetryLater):
+                await tg.send_text("42", None, "hi")
+        finally:
+            await tg.close()
+
+    asyncio.run(main())
