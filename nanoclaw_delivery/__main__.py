@@ -9,8 +9,15 @@ restarts it: every row's state is on disk, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import sys
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import apsw
 from loguru import logger
 
 from nanoclaw_common.channels.base import ChannelAdapter
@@ -19,11 +26,14 @@ from nanoclaw_common.errors import ConfigError
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.sandbox import Sandbox
 from nanoclaw_common.settings import Settings, load_from_process
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.rows import Session
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.service import DeliveryService
+
+if TYPE_CHECKING:
+    from nanoclaw_common.sandbox import Sandbox
 
 log = logger.bind(component="delivery")
 
@@ -46,12 +56,63 @@ async def close_adapters(adapters: dict[str, ChannelAdapter]) -> None:
             log.warning("closing the {} adapter failed: {!r}", channel_type, exc)
 
 
+class LazySandbox:
+    """The sandbox, imported and built on first use. podman-py and its HTTP stack cost about
+    8 MB of RSS, and many installs' delivery never starts a container (only agent-to-agent
+    messages, trigger notes and approvals do); the first such call pays the import once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._sandbox: Sandbox | None = None
+        self._lock = threading.Lock()  # wakes and builds run on different worker threads
+
+    def get(self) -> Sandbox:
+        with self._lock:
+            if self._sandbox is None:
+                from nanoclaw_common.sandbox import Sandbox  # noqa: PLC0415 - see the docstring
+
+                self._sandbox = Sandbox(self.settings)
+            return self._sandbox
+
+    def wake(self, session: Session) -> bool:
+        return self.get().wake(session)
+
+    def build_group_image(self, agent_group_id: str, apt: Sequence[str], pip: Sequence[str]) -> str:
+        return self.get().build_group_image(agent_group_id, apt, pip)
+
+    def restart_group(self, agent_group_id: str) -> int:
+        return self.get().restart_group(agent_group_id)
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def tune_memory() -> None:
+    """Process-wide memory settings, before the first connection and the first thread
+    (measured in docs/performance.md, "Delivery"):
+
+    - no SQLite lookaside buffer per connection: delivery keeps two connections per watched
+      session, each running a few tiny queries; the default lookaside (about 45 KB each,
+      allocated up front) bought no measurable speed and cost 4–5 MB at 50 sessions;
+    - at most two glibc malloc arenas: the session-DB writes run on a pool of threads, and
+      one arena per thread fragments SQLite's small allocations across them (1–2 MB)."""
+    apsw.shutdown()
+    apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
+    apsw.initialize()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_ARENA_MAX, 2)
+
+
 async def serve(settings: Settings, stop: GracefulStop) -> int:
     layout = Layout(settings.home_path)
     layout.ensure()
     central = CentralStore.open(layout.central_db)
     adapters = build_builtin_adapters(settings)
-    sandbox = Sandbox(settings)
+    sandbox = LazySandbox(settings)
     offload = Offload()
     deps = Deps(
         settings=settings,
@@ -82,6 +143,7 @@ def main() -> None:
         print(f"nanoclaw-delivery: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging("delivery", settings.log_level, settings.secrets())
+    tune_memory()
     stop = GracefulStop()
     try:
         code = asyncio.run(serve(settings, stop))

@@ -49,12 +49,22 @@ class Offload:
     """Runs blocking calls away from the event loop. ``inline=True`` (tests) runs them in the
     loop's thread, which keeps tests deterministic."""
 
-    def __init__(self, *, inline: bool = False) -> None:
+    def __init__(self, *, inline: bool = False, db_threads: int = 8) -> None:
         self.inline = inline
         # One thread for wakes and restarts (Podman calls for one session must not race),
         # one for image builds (minutes long; must not hold up wakes).
         self._quick = None if inline else ThreadPoolExecutor(1, thread_name_prefix="sandbox")
         self._slow = None if inline else ThreadPoolExecutor(1, thread_name_prefix="build")
+        # Session-DB writes: each commit of a rollback-journal file waits for fsyncs (about a
+        # millisecond, far more on a busy disk). In the loop's thread those waits would add up
+        # across sessions; in a pool, commits to different files overlap (apsw releases the
+        # GIL). A session's calls are still one at a time: its task awaits each.
+        self._db = None if inline else ThreadPoolExecutor(db_threads, thread_name_prefix="db")
+
+    async def db(self, func: Callable[..., T], *args: object) -> T:
+        if self._db is None:
+            return func(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._db, func, *args)
 
     async def quick(self, func: Callable[..., T], *args: object) -> T:
         if self._quick is None:
@@ -67,7 +77,7 @@ class Offload:
         return await asyncio.get_running_loop().run_in_executor(self._slow, func, *args)
 
     def close(self) -> None:
-        for pool in (self._quick, self._slow):
+        for pool in (self._quick, self._slow, self._db):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 

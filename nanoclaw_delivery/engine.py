@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from loguru import logger
 
@@ -47,6 +48,9 @@ log = logger.bind(component="delivery")
 Address = tuple[str, str] | None
 
 
+_SETTLED = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.DENIED})
+
+
 def backoff_ms(attempt: int, base_s: float, max_s: float) -> int:
     """Exponential: base × 2^(attempt-1), capped at ``max_s``."""
     return int(min(max_s, base_s * (2 ** max(0, attempt - 1))) * 1000)
@@ -66,40 +70,75 @@ class SessionWorker:
         self.deps = deps
         self.session = session
         self.paths = paths
-        self.inbound = InboundStore(paths.inbound_db)
-        self.outbound = OutboundReader(paths.outbound_db)
+        self._inbound: InboundStore | None = None
+        self._outbound: OutboundReader | None = None
         self._seen_version: int | None = None
         self._rows: dict[str, OutboundRow] = {}
+        self._unrecorded: list[tuple[str, int]] = []
         self._swept = False
         self.stopping: Callable[[], bool] = lambda: False
 
+    # The session's two connections are opened on first use and closed by ``release()``
+    # between drains: each costs about 120 KB (SQLite's page cache and statements), which
+    # for hundreds of watched sessions would dominate delivery's memory, while reopening
+    # costs well under a millisecond (docs/performance.md).
+
+    @property
+    def inbound(self) -> InboundStore:
+        if self._inbound is None:
+            self._inbound = InboundStore(self.paths.inbound_db)
+        return self._inbound
+
+    @property
+    def outbound(self) -> OutboundReader:
+        if self._outbound is None:
+            self._outbound = OutboundReader(self.paths.outbound_db)
+        return self._outbound
+
+    def release(self) -> None:
+        """Close both connections (the next use reopens them)."""
+        if self._unrecorded:
+            self.flush_new()
+        if self._inbound is not None:
+            self._inbound.close()
+            self._inbound = None
+        if self._outbound is not None:
+            self._outbound.close()
+            self._outbound = None
+        self._seen_version = None  # data_version is per connection
+
     def close(self) -> None:
-        self.inbound.close()
-        self.outbound.close()
+        self.release()
 
     # -- tracking --------------------------------------------------------------------------
 
-    def record_new(self) -> int:
-        """Start tracking rows the container committed since we last looked. ``PRAGMA
+    def read_new(self) -> list[OutboundRow]:
+        """Rows the container committed since we last looked, not tracked yet. ``PRAGMA
         data_version`` changes only when another connection commits, so an idle session costs
-        one pragma per poke."""
+        one pragma per poke. The rows are recorded as ``pending`` by the first write of the
+        drain (usually the first attempt's ``begin_attempt``, in the same transaction)."""
         version = self.outbound.data_version()
-        if version == self._seen_version:
-            return 0
-        added = 0
-        while True:
-            batch = self.outbound.messages_after(self.inbound.delivery_watermark(), limit=200)
-            if not batch:
-                break
-            for row in batch:
-                self._rows[row.id] = row
-            added += self.inbound.record_outbounds(
-                [(r.id, r.seq) for r in batch], now=self.deps.clock()
-            )
-            for row in batch:
-                log.debug("tracked seq={}", row.seq, session=self.session.id, message=row.id)
-        self._seen_version = version
-        return added
+        if version == self._seen_version and not self._unrecorded:
+            return []
+        watermark = max([self.inbound.delivery_watermark(), *(s for _i, s in self._unrecorded)])
+        batch = self.outbound.messages_after(watermark, limit=500)
+        for row in batch:
+            self._rows[row.id] = row
+            self._unrecorded.append((row.id, row.seq))
+            log.debug("tracked seq={}", row.seq, session=self.session.id, message=row.id)
+        if len(batch) < 500:
+            self._seen_version = version
+        return batch
+
+    def flush_new(self) -> None:
+        """Record rows read but not yet recorded (before any other write of the drain)."""
+        if self._unrecorded:
+            pending, self._unrecorded = self._unrecorded, []
+            self.inbound.record_outbounds(pending, now=self.deps.clock())
+
+    def _take_new(self) -> list[tuple[str, int]]:
+        pending, self._unrecorded = self._unrecorded, []
+        return pending
 
     def _row(self, message_out_id: str) -> OutboundRow | None:
         row = self._rows.get(message_out_id)
@@ -132,18 +171,33 @@ class SessionWorker:
     async def drain(self) -> int | None:
         """Take every due row as far as it goes now. Returns when to look again (epoch ms of
         the earliest future retry), or None when nothing is waiting."""
-        self.record_new()
+        db = self.deps.offload.db
+        try:
+            return await self._drain(db)
+        finally:
+            await db(self.flush_new)
+
+    async def _drain(self, db: Callable[..., Awaitable[Any]]) -> int | None:
+        fresh = await db(self.read_new)
         if not self._swept:
             self._swept = True
-            self.sweep_outbox()
+            await db(self.sweep_outbox)
+        opened: list[Delivery] = await db(self.inbound.open_deliveries)
+        stamp = self.deps.clock()
+        # Rows read but not recorded yet take part as pending (they are recorded with the
+        # first write below).
+        opened += [
+            Delivery(row.id, row.seq, DeliveryStatus.PENDING, 0, None, None, None, stamp, stamp)
+            for row in fresh
+        ]
         held: set[Address] = set()
         next_due: int | None = None
-        for delivery in self.inbound.open_deliveries():
+        for delivery in opened:
             if self.stopping():
                 break
             row = self._row(delivery.message_out_id)
             if row is None:  # vanished from outbound.db (a wiped session): nothing to send
-                self._finish(delivery, DeliveryStatus.FAILED, error="outbound row is gone")
+                await self._finish(delivery, DeliveryStatus.FAILED, error="outbound row is gone")
                 continue
             content = _peek(row)
             address = address_of(row, content)
@@ -163,7 +217,7 @@ class SessionWorker:
             if (row.deliver_after_ms or 0) > now:
                 # Scheduled for later: parked as a retry with no attempt counted; it holds
                 # nothing back (a later row is not "behind" a message meant for tomorrow).
-                self._finish(
+                await self._finish(
                     delivery, DeliveryStatus.RETRY, next_attempt_at_ms=row.deliver_after_ms
                 )
                 log.info(
@@ -211,7 +265,9 @@ class SessionWorker:
             await self._report(delivery, row, DeliveryStatus.FAILED, str(exc))
             return None
         now = deps.clock()
-        attempt = self.inbound.begin_attempt(row.id, now=now)
+        attempt = await deps.offload.db(
+            lambda: self.inbound.begin_attempt(row.id, now=now, record=self._take_new())
+        )
         log.info("sending attempt {}/{}", attempt, max_attempts, **ids)
         job = Job(deps, self.session, self.paths, self.inbound, row, attempt)
         deps.counters.in_flight += 1
@@ -237,7 +293,7 @@ class SessionWorker:
         finally:
             deps.counters.in_flight -= 1
             files.discard(job.staging)
-        self._finish(
+        await self._finish(
             delivery, DeliveryStatus.DELIVERED, platform_message_id=sent.platform_message_id
         )
         if isinstance(content, m.CHAT_OPERATIONS):
@@ -266,7 +322,7 @@ class SessionWorker:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def _finish(
+    async def _finish(
         self,
         delivery: Delivery,
         status: DeliveryStatus,
@@ -275,14 +331,21 @@ class SessionWorker:
         error: str | None = None,
         next_attempt_at_ms: int | None = None,
     ) -> None:
-        self.inbound.finish_delivery(
-            delivery.message_out_id,
-            status,
-            platform_message_id=platform_message_id,
-            error=error,
-            next_attempt_at_ms=next_attempt_at_ms,
-            now=self.deps.clock(),
-        )
+        def write() -> None:
+            self.flush_new()
+            self.inbound.finish_delivery(
+                delivery.message_out_id,
+                status,
+                platform_message_id=platform_message_id,
+                error=error,
+                next_attempt_at_ms=next_attempt_at_ms,
+                now=self.deps.clock(),
+            )
+
+        await self.deps.offload.db(write)
+        if status in _SETTLED:
+            # Settled rows are never read again by this worker: keep the cache bounded.
+            self._rows.pop(delivery.message_out_id, None)
 
     async def _retry(
         self, delivery: Delivery, row: OutboundRow, attempt: int, reason: str, delay_s: float | None
@@ -303,7 +366,7 @@ class SessionWorker:
                 attempt, settings.delivery_backoff_base_s, settings.delivery_backoff_max_s
             )
         due = self.deps.clock() + wait_ms
-        self._finish(delivery, DeliveryStatus.RETRY, error=reason, next_attempt_at_ms=due)
+        await self._finish(delivery, DeliveryStatus.RETRY, error=reason, next_attempt_at_ms=due)
         self.deps.counters.retried += 1
         log.warning(
             "attempt {} failed, retry in {} ms: {}",
@@ -339,6 +402,7 @@ class SessionWorker:
             self.deps.counters.failed += 1
             log.error("MESSAGE DROPPED (failed) {}: {}", where, reason, **ids)
             note = f"Your message #{row.seq} {where} could not be delivered: {reason}."
+        await self.deps.offload.db(self.flush_new)
         await note_agent(
             self.deps,
             self.session,
@@ -347,7 +411,7 @@ class SessionWorker:
             note,
             rate_limited=True,
         )
-        self._finish(delivery, status, error=reason)
+        await self._finish(delivery, status, error=reason)
         if notify_owner:
             await notify_owner_about(self.deps, self.session, row, status, reason)
 

@@ -12,7 +12,6 @@ delivery was down are found whatever their age.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Final
 
 from loguru import logger
@@ -39,6 +38,7 @@ STAT_POLL_S: Final = 0.005  # without inotify: stat every watched outbound.db th
 SAFETY_STAT_S: Final = 1.0  # with inotify: a slow stat sweep in case an event was lost
 APPROVAL_POLL_S: Final = 0.1  # central.db data_version probe; full pass at least every 1 s
 IDLE_DROP_S: Final = 5.0  # a session no longer live and with nothing open is dropped after this
+RELEASE_IDLE_S: Final = 5.0  # a session quiet this long closes its connections
 STOP_GRACE_S: Final = 20.0  # finish in-flight attempts at most this long after SIGTERM
 
 
@@ -53,6 +53,7 @@ class Tracked:
         self.signature: tuple[int, int] | None = None
         self.idle_since: float | None = None
         self.next_due: int | None = None
+        self.last_drain = 0.0
 
 
 class DeliveryService:
@@ -210,16 +211,23 @@ class DeliveryService:
     async def _session_loop(self, tracked: Tracked) -> None:
         worker = tracked.worker
         while not self.stop.stopping:
-            timeout = None
+            timeout = RELEASE_IDLE_S
             if tracked.next_due is not None:
-                timeout = max(0.0, (tracked.next_due - self.deps.clock()) / 1000)
-            with contextlib.suppress(TimeoutError):
+                timeout = min(timeout, max(0.0, (tracked.next_due - self.deps.clock()) / 1000))
+            try:
                 await asyncio.wait_for(tracked.poke.wait(), timeout)
+            except TimeoutError:
+                # Quiet for a while: give the connections back (reopened on the next poke).
+                if asyncio.get_running_loop().time() - tracked.last_drain >= RELEASE_IDLE_S:
+                    await self.deps.offload.db(worker.release)
+                    if tracked.next_due is None:
+                        continue
             tracked.poke.clear()
             if self.stop.stopping:
                 break
             try:
                 tracked.next_due = await worker.drain()
+                tracked.last_drain = asyncio.get_running_loop().time()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
