@@ -16,6 +16,7 @@ import contextlib
 import getpass
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,29 +216,53 @@ async def one_message(
     return 1
 
 
+def stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str]:
+    """Lines typed by the user, read by a daemon thread (a blocked read must not keep the
+    process alive once the chat is over); "" means end of input."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            line = sys.stdin.readline()
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+            if not line:
+                return
+
+    threading.Thread(target=read, daemon=True, name="stdin").start()
+    return queue
+
+
 async def interactive(layout: Layout, terminal: Terminal) -> int:
-    loop = asyncio.get_running_loop()
     print("Chatting with your assistant. Type /quit to leave.", flush=True)
-    while not terminal.superseded.is_set():
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/quit", "/exit"):
-            return 0
-        item: wire.Request
-        question = terminal.question
-        if question is not None and text.isdigit() and 1 <= int(text) <= len(question.options):
-            item = wire.Click(question_id=question.question_id, option=int(text) - 1)
-            terminal.question = None
-        else:
-            item = wire.SendMessage(id=new_id("cli"), text=text, sender_name=getpass.getuser())
-        answer = await request(layout, item, time.monotonic() + 30)
-        if isinstance(answer, wire.Refusal):
-            print(f"error: {answer.error}", file=sys.stderr, flush=True)
-    return 1
+    lines = stdin_lines(asyncio.get_running_loop())
+    superseded = asyncio.ensure_future(terminal.superseded.wait())
+    try:
+        while True:
+            next_line = asyncio.ensure_future(lines.get())
+            await asyncio.wait({next_line, superseded}, return_when=asyncio.FIRST_COMPLETED)
+            if superseded.done():
+                next_line.cancel()
+                return 1
+            line = next_line.result()
+            if not line:
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                return 0
+            item: wire.Request
+            question = terminal.question
+            if question is not None and text.isdigit() and 1 <= int(text) <= len(question.options):
+                item = wire.Click(question_id=question.question_id, option=int(text) - 1)
+                terminal.question = None
+            else:
+                item = wire.SendMessage(id=new_id("cli"), text=text, sender_name=getpass.getuser())
+            answer = await request(layout, item, time.monotonic() + 30)
+            if isinstance(answer, wire.Refusal):
+                print(f"error: {answer.error}", file=sys.stderr, flush=True)
+    finally:
+        superseded.cancel()
 
 
 async def run_chat(

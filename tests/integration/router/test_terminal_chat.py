@@ -1,0 +1,166 @@
+"""The terminal chat end to end: ``nanoclaw chat`` → router (real process) → a stand-in
+agent → delivery (real process) → back to the terminal over ``run/cli-chat.sock``."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanoclaw_common.channels import cli_protocol as wire
+from nanoclaw_common.channels.cli import CliAdapter
+from nanoclaw_common.errors import RetryLater
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.store import CentralStore, InboundReader
+from tests.integration.router.conftest import REPO, RouterProcess, World, wait_until
+from tests.integration.router.standin_agent import StandinAgent
+
+BIN = Path(sys.executable).parent
+
+
+def nanoclaw(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "nanoclaw"), *args],
+        check=False,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Delivery:
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.log = home / "delivery.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nanoclaw_delivery"],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(20)
+
+
+@pytest.mark.slow
+def test_chat_message_gets_the_reply_and_exits(
+    world: World, router: RouterProcess, short_home: Path
+) -> None:
+    env = {**router.env, "NANOCLAW_DELIVERY_BACKOFF_BASE_S": "0.2"}
+    assert nanoclaw(env, "init").returncode == 0
+    router.start()
+    delivery = Delivery(short_home, env)
+    agent = StandinAgent(short_home).start()
+    try:
+        # No terminal attached yet: the reply cannot be delivered, and is not marked so.
+        asyncio.run(send_without_terminal(Layout(short_home)))
+        wait_until(lambda: agent.answered, what="the agent's first answer")
+        wait_until(lambda: delivery_states(short_home) == {"retry"}, what="a pending retry")
+
+        done = nanoclaw(env, "chat", "--message", "hello there", "--timeout", "30")
+        assert done.returncode == 0, done.stderr + router.log()
+        lines = done.stdout.splitlines()
+        # The earlier reply arrives once a terminal is attached, then this turn's reply.
+        assert "assistant> echo: sent while away" in lines
+        assert "assistant> echo: hello there" in lines
+        assert delivery_states(short_home) == {"delivered"}
+    finally:
+        agent.stop()
+        assert delivery.stop() == 0
+        assert router.stop() == 0
+
+
+async def send_without_terminal(layout: Layout) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(wire.router_socket(layout)))
+    writer.write(wire.encode_line(wire.SendMessage(id="cli-away-1", text="sent while away")))
+    await writer.drain()
+    answer = wire.decode_answer(await reader.readline())
+    writer.close()
+    assert answer == wire.Ack(id="cli-away-1")
+
+
+def delivery_states(home: Path) -> set[str]:
+    central = CentralStore(home / "central.db")
+    try:
+        states: set[str] = set()
+        for session in central.list_sessions():
+            reader = InboundReader(
+                home / "sessions" / session.agent_group_id / session.id / "inbound.db"
+            )
+            try:
+                states |= {d.status for d in reader.list_deliveries()}
+            finally:
+                reader.close()
+        return states
+    finally:
+        central.close()
+
+
+def test_a_terminal_that_is_not_there_is_a_retryable_failure(short_home: Path) -> None:
+    adapter = CliAdapter(Layout(short_home), frame_timeout_s=0.5)
+
+    async def main() -> None:
+        with pytest.raises(RetryLater):
+            await adapter.send_text("local", None, "anyone?")
+        # A listener that never confirms is no better.
+        path = wire.chat_socket(Layout(short_home))
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.close()
+
+        server = await asyncio.start_unix_server(silent, path=str(path))
+        try:
+            with pytest.raises(RetryLater):
+                await adapter.send_text("local", None, "hello?")
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_a_newer_terminal_supersedes_the_older(world: World, router: RouterProcess) -> None:
+    env = router.env
+    first = subprocess.Popen(
+        [str(BIN / "nanoclaw"), "chat"],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    layout = Layout(Path(env["NANOCLAW_HOME"]))
+    wait_until(lambda: wire.chat_socket(layout).exists(), what="the first client's socket")
+    second = subprocess.Popen(
+        [str(BIN / "nanoclaw"), "chat"],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.wait(timeout=20) == 1
+        assert first.stdout is not None
+        assert "[superseded by a newer client]" in first.stdout.read()
+        first.stdout.close()
+        assert first.stdin is not None
+        first.stdin.close()
+        wait_until(lambda: wire.chat_socket(layout).exists(), what="the second client's socket")
+        adapter = CliAdapter(layout)
+        frame_id = asyncio.run(adapter.send_text("local", None, "to the new one"))
+        assert frame_id is not None
+    finally:
+        out2, _ = second.communicate(input="", timeout=20)
+    assert "assistant> to the new one" in out2
