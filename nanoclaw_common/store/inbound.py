@@ -464,6 +464,12 @@ class InboundStore(InboundReader):
         once costs one fsync instead of two."""
         stamp = now_ms() if now is None else now
         with self.db.write():
+            for out_id, seq in record:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO deliveries (message_out_id, seq, status, attempts,"
+                    " created_at_ms, updated_at_ms) VALUES (?, ?, 'pending', 0, ?, ?)",
+                    (out_id, seq, stamp, stamp),
+                )
             self.db.execute(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1,"
                 " updated_at_ms = ? WHERE message_out_id = ?"
