@@ -211,3 +211,14 @@ def test_decision_columns_survive_row_struct(central: CentralStore, roles: str) 
     found = central.get_pending_approval("appr-1")
     assert found is not None
     assert msgspec.structs.astuple(found)[10] == "approved"
+
+
+def test_begin_attempt_can_record_new_rows_in_the_same_transaction(
+    inbound: InboundStore,
+) -> None:
+    assert inbound.begin_attempt("a", now=NOW, record=[("a", 1), ("b", 3)]) == 1
+    a, b = inbound.get_delivery("a"), inbound.get_delivery("b")
+    assert a is not None and (a.status, a.attempts) == ("sending", 1)
+    assert b is not None and (b.status, b.attempts) == ("pending", 0)
+    # already recorded rows are left alone
+    assert inbound.begin_attempt("a", now=NOW, record=[("a", 1)]) == 2
