@@ -55,6 +55,7 @@ class Tracked:
         self.idle_since: float | None = None
         self.next_due: int | None = None
         self.last_drain = 0.0
+        self.busy = False  # a drain (maybe a platform call) is running
 
 
 class DeliveryService:
@@ -130,7 +131,11 @@ class DeliveryService:
                 continue
             if tracked.idle_since is None:
                 tracked.idle_since = loop_time
-            elif loop_time - tracked.idle_since > IDLE_DROP_S and not tracked.poke.is_set():
+            elif (
+                loop_time - tracked.idle_since > IDLE_DROP_S
+                and not tracked.poke.is_set()
+                and not tracked.busy  # never cancel an attempt in flight
+            ):
                 self._untrack(tracked)
 
     def _track(self, session: Session) -> None:
@@ -229,12 +234,17 @@ class DeliveryService:
             except TimeoutError:
                 # Quiet for a while: give the connections back (reopened on the next poke).
                 if asyncio.get_running_loop().time() - tracked.last_drain >= RELEASE_IDLE_S:
-                    await self.deps.offload.db(worker.release)
+                    tracked.busy = True
+                    try:
+                        await self.deps.offload.db(worker.release)
+                    finally:
+                        tracked.busy = False
                     if tracked.next_due is None:
                         continue
             tracked.poke.clear()
             if self.stop.stopping:
                 break
+            tracked.busy = True
             try:
                 tracked.next_due = await worker.drain()
                 tracked.last_drain = asyncio.get_running_loop().time()
@@ -245,6 +255,8 @@ class DeliveryService:
                 # off briefly, try again; never let one session's trouble end the program.
                 log.opt(exception=exc).error("drain failed: {!r}", exc, session=worker.session.id)
                 tracked.next_due = self.deps.clock() + 1000
+            finally:
+                tracked.busy = False
 
     # -- approvals -------------------------------------------------------------------------
 
