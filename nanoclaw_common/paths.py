@@ -90,7 +90,10 @@ class Layout:
 
     @property
     def proxy_socket(self) -> Path:
-        return self.run_dir / "proxy.sock"
+        """In a folder of its own: containers mount the folder, not the socket file. A bind
+        mount of the file pins its inode, so after a proxy restart (a new socket) running
+        containers would get "connection refused" until they restart."""
+        return self.run_dir / "proxy" / "proxy.sock"
 
     @property
     def cli_socket(self) -> Path:

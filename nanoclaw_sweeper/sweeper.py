@@ -213,6 +213,10 @@ class Sweeper:
             return
         if verdict is Verdict.SETTLE:
             self._settle(session, claims, inbound, now, report)
+        up = running and verdict is Verdict.OK
+        if up and session.container_status != ContainerStatus.RUNNING:
+            # Judged OK while running means this run's heartbeat arrived: it is up.
+            self.central.set_container_status(session.id, ContainerStatus.RUNNING, now=now)
         if not running and self._believed_running(session, now):
             # Podman has no live container (it exited by itself, or the host rebooted).
             log.info("container is gone", session=session.id, run=session.run_id)

@@ -140,11 +140,12 @@ def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "
 
 
 class FakeProxy:
-    """A listening Unix socket at ``run/proxy.sock`` (connectable by the container user, as
+    """A listening Unix socket at ``run/proxy/proxy.sock`` (connectable by the container user, as
     the real proxy's must be); records that a connection arrived."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the real proxy does
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         path.chmod(0o666)

@@ -300,7 +300,7 @@ def test_runner_json_and_run_id(
 def test_the_proxy_socket_is_the_way_out(
     make_sandbox: SandboxFactory, make_session: SessionFactory, fake_proxy: FakeProxy
 ) -> None:
-    """An anthropic-provider session gets run/proxy.sock at /run/nanoclaw/proxy.sock, and can
+    """An anthropic-provider session gets run/proxy/ (the folder) at /run/nanoclaw/, and can
     connect to it with no network at all."""
     box = make_sandbox()
     session = make_session(provider="anthropic")

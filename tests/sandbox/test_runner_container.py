@@ -27,7 +27,7 @@ pytestmark = pytest.mark.podman
 
 @pytest.fixture
 def fake_api(home: Path, central: CentralStore) -> Iterator[FakeAnthropic]:
-    """The fake Messages API, behind the real proxy on this data folder's run/proxy.sock."""
+    """The fake Messages API, behind the real proxy on this data folder's run/proxy/proxy.sock."""
     api = FakeAnthropic(api_key=CANARY_KEY).start()
     proxy = start_proxy(home, CANARY_KEY, api.url)
     yield api

@@ -151,8 +151,10 @@ def test_spawn_grace_then_dead_run_is_stopped_and_retried(world: World) -> None:
     world.sandbox.start(session)
     claim(paths, "run-1", "m1")
     assert world.sweeper.sweep(T0 + 10_000).killed == []  # no heartbeat yet, within grace
+    assert world.refreshed(session).container_status == "starting"
     beat(paths, T0 + 15_000)
     assert world.sweeper.sweep(T0 + 20_000).killed == []  # beating
+    assert world.refreshed(session).container_status == "running"
     report = world.sweeper.sweep(T0 + 15_000 + 60_001)  # the heartbeat went stale
     assert report.killed == [session.id]
     assert ("stop", session.id) in world.sandbox.calls
