@@ -15,7 +15,8 @@ clicks (router)".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -52,6 +53,7 @@ from nanoclaw_common.store.rows import (
     Session,
 )
 from nanoclaw_router.approvals import Approvals, decode_options
+from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
 from nanoclaw_router.outbox import OutboxSender
 from nanoclaw_router.routing import ChatView, Deliver, DropReason, WiringView, plan_route
@@ -63,6 +65,37 @@ log = logger.bind(component="router")
 
 TOUCH_INTERVAL_MS: Final = 1_000
 Clicked = PendingApproval | PendingChannelApproval | PendingSenderApproval | PendingQuestion
+
+
+class KeyedLocks:
+    """One FIFO lock per key, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@dataclass(frozen=True)
+class Queued:
+    session: Session
+    row: NewInbound
+    future: asyncio.Future[InsertResult]
 
 
 @dataclass(frozen=True)
@@ -97,22 +130,44 @@ class Ingest:
         self.faults = faults or Faults()
         self.clock = clock
         self.approvals = Approvals(central, layout, adapters, outbox, self._replay, clock=clock)
-        self._known_users: dict[str, str | None] = {}
-        self._data_version = -1
+        self.facts = CentralFacts(central)
         self._touched: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._chat_locks = KeyedLocks()
 
     # -- events ---------------------------------------------------------------------------
 
     async def route(self, event: InboundEvent) -> list[Stored]:
         """Route one event; returns after its rows are committed (and, with the
-        ``before_ack`` fault armed, after its wakes)."""
+        ``before_ack`` fault armed, after its wakes).
+
+        Events of one chat are planned and queued for commit one at a time, in arrival
+        order (a FIFO lock per chat), so their rows get seqs in that order; the commits
+        themselves are awaited outside the lock, so a chat's messages share transactions
+        (group commit) instead of each waiting for the previous one's fsync."""
         adapter = self.adapters.get(event.channel_type)
         if event.thread_id is not None and adapter is not None and not adapter.supports_threads:
             event = _without_thread(event)
-        if await self.approvals.intercept_name_reply(event):
+        self.facts.refresh()
+        # Outside the chat lock: a name reply replays an event of possibly the same chat.
+        awaiting = not event.is_group and bool(self.facts.awaiting_names())
+        if awaiting and await self.approvals.intercept_name_reply(event):
+            self.facts.clear()
             return []
-        chat = self.central.find_messaging_group(event.channel_type, event.platform_id)
+        async with self._chat_locks.hold((event.channel_type, event.platform_id)):
+            queued = await self._plan_and_queue(event, adapter)
+        stored = await self._committed(queued)
+        self.faults.crash("after_commit")
+        woken = self._after_commit(event, stored)
+        if self.faults.armed("before_ack"):
+            await asyncio.gather(*woken)
+            self.faults.crash("before_ack")
+        return stored
+
+    async def _plan_and_queue(
+        self, event: InboundEvent, adapter: ChannelAdapter | None
+    ) -> list[Queued]:
+        chat = self.facts.chat(event.channel_type, event.platform_id)
         if chat is None:
             if not event.is_mention:
                 return []  # chatter in a chat we do not know: no trace (upstream wrote users)
@@ -124,12 +179,14 @@ class Ingest:
                 unknown_sender_policy=UnknownSenderPolicy.REQUEST_APPROVAL,
                 now=self.clock(),
             )
+            self.facts.remember_chat(chat)
             log.info("new chat {}/{}", event.channel_type, event.platform_id, chat=chat.id)
-        wirings = self.central.list_wirings(chat.id)
+        wirings = self.facts.wirings(chat.id)
         if not wirings:
             if event.is_mention and chat.denied_at_ms is None:
                 self._drop(event, chat, DropReason.NO_AGENT_WIRED, None, None)
                 await self.approvals.request_registration(event, chat)
+                self.facts.clear()  # it may have created the approver's DM chat
             return []
         self._remember_sender(event)
         view = self._view(event, chat, wirings, adapter)
@@ -146,13 +203,8 @@ class Ingest:
             )
         if plan.ask_sender_approval is not None:
             await self.approvals.request_sender_approval(event, chat, plan.ask_sender_approval)
-        stored = await self._store(event, chat, plan.deliveries)
-        self.faults.crash("after_commit")
-        woken = self._after_commit(event, stored)
-        if self.faults.armed("before_ack"):
-            await asyncio.gather(*woken)
-            self.faults.crash("before_ack")
-        return stored
+            self.facts.clear()
+        return self._queue(event, chat, plan.deliveries)
 
     async def _replay(self, event: InboundEvent) -> None:
         """An approved event, routed again from the start (its rows dedupe by id)."""
@@ -169,33 +221,31 @@ class Ingest:
         views = []
         for wiring in wirings:
             group = wiring.agent_group_id
-            exists = self.central.get_agent_group(group) is not None
+            exists = self.facts.group_exists(group)
             active = False
             if exists and wiring.engage_mode == EngageMode.MENTION_STICKY and chat.is_group:
                 per_thread = threads and wiring.session_mode != SessionMode.AGENT_SHARED
                 thread = event.thread_id if per_thread else None
-                active = self.central.find_active_session(group, chat.id, thread) is not None
+                active = self.facts.session(group, chat.id, thread, newest=False) is not None
+            known, admin = self.facts.access(event.sender_id, group) if exists else (False, False)
             views.append(
                 WiringView(
                     wiring=wiring,
                     group_exists=exists,
-                    sender_known=exists
-                    and self.central.can_access_agent_group(event.sender_id, group),
-                    sender_admin=exists
-                    and self.central.has_admin_privilege(event.sender_id, group),
+                    sender_known=known,
+                    sender_admin=admin,
                     active_session=active,
                 )
             )
         return ChatView(chat, views, threads)
 
-    async def _store(
+    def _queue(
         self, event: InboundEvent, chat: MessagingGroup, deliveries: list[Deliver]
-    ) -> list[Stored]:
+    ) -> list[Queued]:
         if not deliveries:
             return []
         content = _content(event)
-        waits = []
-        sessions = []
+        queued = []
         for delivery in deliveries:
             session = self._session(delivery, chat, event.thread_id)
             row = NewInbound(
@@ -207,11 +257,16 @@ class Ingest:
                 thread_id=event.thread_id,
                 trigger=delivery.trigger,
             )
-            sessions.append((session, row))
-            waits.append(self.writer.write(session, row, list(event.attachments)))
-        results = await asyncio.gather(*waits)
+            future = self.writer.submit(session, row, list(event.attachments))
+            queued.append(Queued(session, row, future))
+        return queued
+
+    async def _committed(self, queued: list[Queued]) -> list[Stored]:
+        # Shielded: a cancelled caller (SIGTERM) must not cancel the commit bookkeeping.
+        results = await asyncio.shield(asyncio.gather(*(q.future for q in queued)))
         stored = []
-        for (session, row), result in zip(sessions, results, strict=True):
+        for item, result in zip(queued, results, strict=True):
+            session, row = item.session, item.row
             stored.append(Stored(session, row.id, row.trigger, result))
             if result.created:
                 log.info(
@@ -230,17 +285,15 @@ class Ingest:
         group = delivery.wiring.agent_group_id
         mode = delivery.session_mode
         # A read first: resolve_session takes the write lock even when the session exists.
-        if mode == SessionMode.AGENT_SHARED:
-            found = self.central.newest_active_session(group)
-        else:
-            found = self.central.find_active_session(
-                group, chat.id, thread if mode == SessionMode.PER_THREAD else None
-            )
+        shared = mode == SessionMode.AGENT_SHARED
+        thread = thread if mode == SessionMode.PER_THREAD else None
+        found = self.facts.session(group, chat.id, thread, newest=shared)
         if found is not None:
             return found
         session, created = self.central.resolve_session(
             group, chat.id, thread, mode, now=self.clock()
         )
+        self.facts.remember_session(session, thread, newest=shared)
         if created:
             log.info("new session ({})", mode, session=session.id, group=group, chat=chat.id)
         return session
@@ -277,16 +330,13 @@ class Ingest:
 
     def _remember_sender(self, event: InboundEvent) -> None:
         """Upsert the sender's user row, but only when it is new or renamed."""
-        version = self.central.db.data_version()
-        if version != self._data_version:
-            self._known_users.clear()  # another process changed central.db
-            self._data_version = version
         name = event.sender_name or None
-        if event.sender_id in self._known_users and self._known_users[event.sender_id] == name:
+        known = self.facts.users
+        if event.sender_id in known and known[event.sender_id] == name:
             return
         kind = event.sender_id.split(":", 1)[0] if ":" in event.sender_id else event.channel_type
         self.central.upsert_user(event.sender_id, kind, name, now=self.clock())
-        self._known_users[event.sender_id] = name
+        known[event.sender_id] = name
 
     def _drop(
         self,
@@ -353,6 +403,12 @@ class Ingest:
 
     async def handle_action(self, action: ActionEvent) -> str:
         """Apply a click; returns what happened (for logs and tests)."""
+        try:
+            return await self._handle_action(action)
+        finally:
+            self.facts.clear()  # approvals wire chats, add members, create groups
+
+    async def _handle_action(self, action: ActionEvent) -> str:
         target = self.find_clicked(action.question_id)
         if target is None:
             log.info("click on an unknown or settled card {}", action.question_id)

@@ -20,9 +20,10 @@ from pathlib import Path
 from loguru import logger
 
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.sessions import refresh_projections
+from nanoclaw_common.sessions import refresh_projections, session_routing
 from nanoclaw_common.states import SessionStatus
-from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store import CentralStore, InboundReader
+from nanoclaw_common.store.rows import Session
 from nanoclaw_common.wake import Waker
 
 log = logger.bind(component="router")
@@ -96,7 +97,7 @@ class WakeScheduler:
             log.warning("not waking: session gone or closed", session=session_id)
             return False
         try:
-            refresh_projections(central, self.layout, session)
+            self._refresh(central, session)
         except Exception as exc:
             log.error("projection refresh failed: {}", exc, session=session_id)
             self.failures += 1
@@ -109,6 +110,23 @@ class WakeScheduler:
             self.failures += 1
             log.warning("wake failed; the sweeper retries", session=session_id)
         return woke
+
+    def _refresh(self, central: CentralStore, session: Session) -> None:
+        """Bring the projections up to date. They rarely change, and writing them takes the
+        session DB's write lock (and fsyncs) that the row commits need, so they are compared
+        first and written only when they differ."""
+        paths = self.layout.session(session.agent_group_id, session.id)
+        wanted_destinations = central.resolve_destinations(session.agent_group_id)
+        wanted_routing = session_routing(central, session)
+        if paths.inbound_db.exists():
+            reader = InboundReader(paths.inbound_db)
+            try:
+                current = (reader.destinations(), reader.routing())
+            finally:
+                reader.close()
+            if current == (wanted_destinations, wanted_routing):
+                return
+        refresh_projections(central, self.layout, session)
 
     async def idle(self) -> None:
         """Wait until no wake is in flight (tests, shutdown)."""

@@ -65,9 +65,12 @@ class SessionWriter:
         self.committed_rows = 0
         self.transactions = 0
 
-    async def write(
+    def submit(
         self, session: Session, row: NewInbound, files: list[IncomingAttachment]
-    ) -> InsertResult:
+    ) -> asyncio.Future[InsertResult]:
+        """Queue a row for its session's next transaction; the future resolves after the
+        commit. Rows submitted for one session are committed, and numbered, in submit
+        order."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InsertResult] = loop.create_future()
         queue = self._queues.get(session.id)
@@ -77,9 +80,14 @@ class SessionWriter:
         if not queue.flushing:
             queue.flushing = True
             queue.task = asyncio.ensure_future(self._drain(queue))
-        # The commit itself must finish even if our caller is cancelled (a SIGTERM): the
+        return future
+
+    async def write(
+        self, session: Session, row: NewInbound, files: list[IncomingAttachment]
+    ) -> InsertResult:
+        # Shielded: the commit finishes even if the caller is cancelled (a SIGTERM); the
         # platform is then simply not acknowledged and re-sends.
-        return await asyncio.shield(future)
+        return await asyncio.shield(self.submit(session, row, files))
 
     async def _drain(self, queue: _Queue) -> None:
         loop = asyncio.get_running_loop()
@@ -97,6 +105,9 @@ class SessionWriter:
                     if not isinstance(exc, Exception):
                         raise
                     continue
+                # Counted here, on the loop: worker threads must not race on the counters.
+                self.transactions += 1
+                self.committed_rows += sum(1 for r in results if r.created)
                 for item, result in zip(batch, results, strict=True):
                     if not item.future.done():
                         item.future.set_result(result)
@@ -132,10 +143,7 @@ class SessionWriter:
                 )
                 row = msgspec.structs.replace(row, content=content)
             rows.append(row)
-        results = store.insert_messages(rows)
-        self.transactions += 1
-        self.committed_rows += sum(1 for r in results if r.created)
-        return results
+        return store.insert_messages(rows)
 
     def evict_idle(self) -> None:
         """Close the least recently used stores over the cap (called on the loop)."""

@@ -237,10 +237,14 @@ class SlackAdapter(ChannelAdapter):
             return
         message = sp.decode_message_event(callback.event)
         lock = self._locks.setdefault(message.channel, asyncio.Lock())
-        async with lock:  # one channel's messages reach the router in order
+        # One channel's messages reach the router in arrival order: each is handed over
+        # (the sink call started) before the next one's files are fetched; the commit is
+        # awaited outside the lock, so commits of one channel can share a transaction.
+        async with lock:
             event = await self.to_event(message)
-            if event is not None:
-                await sink.on_event(event)
+            handed = None if event is None else asyncio.ensure_future(sink.on_event(event))
+        if handed is not None:
+            await handed
 
     async def handle_interaction(self, raw: Any, sink: InboundSink) -> None:
         payload = sp.decode_block_actions(raw)

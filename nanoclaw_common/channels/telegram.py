@@ -200,10 +200,12 @@ class TelegramAdapter(ChannelAdapter):
     ) -> int | None:
         """Hand one ``getUpdates`` batch to the sink; return the next offset to confirm.
 
-        Updates of one chat are handled in order (their rows must get seqs in order);
-        different chats run concurrently. The offset moves past an update only when its
-        rows are committed (or it was recorded as a drop); a failed update and everything
-        after it is fetched again next time, where the copies are deduplicated.
+        Each chat's updates are prepared in order (decoding, downloads) and handed to the
+        sink in that order, without waiting for one commit before the next hand-over: the
+        router keeps a chat's rows in arrival order and commits them together. Different
+        chats run concurrently. The offset moves past an update only when its rows are
+        committed (or it was recorded as a drop); a failed update and everything after it
+        is fetched again next time, where the copies are deduplicated.
         """
         by_chat: dict[str, list[tuple[int, Any]]] = {}
         top = offset
@@ -218,49 +220,69 @@ class TelegramAdapter(ChannelAdapter):
 
         failed: list[int] = []
 
+        async def failure(update_id: int, item: Any, exc: Exception) -> bool:
+            """Count a failure; True when the update should be retried (fetched again)."""
+            count = failures.get(update_id, 0) + 1
+            failures[update_id] = count
+            if count >= MAX_UPDATE_FAILURES:
+                log.error("update {} failed {} times, skipping: {}", update_id, count, exc)
+                await sink.on_invalid(CHANNEL, _chat_key(item), f"gave up: {exc}")
+                failures.pop(update_id, None)
+                return False
+            log.warning("update {} not committed ({}); will be re-fetched", update_id, exc)
+            return True
+
         async def run_chat(items: list[tuple[int, Any]]) -> None:
+            handed: list[tuple[int, Any, asyncio.Future[None]]] = []
             for position, (update_id, item) in enumerate(items):
                 try:
-                    await self.handle_update(item, sink)
+                    call = await self.prepare_update(item, sink)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a download failed: retry from here on
+                    if await failure(update_id, item, exc):
+                        failed.extend(uid for uid, _ in items[position:])
+                        break
+                    continue
+                if call is not None:
+                    handed.append((update_id, item, asyncio.ensure_future(call)))
+            for update_id, item, future in handed:
+                try:
+                    await future
                     failures.pop(update_id, None)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    count = failures.get(update_id, 0) + 1
-                    failures[update_id] = count
-                    if count >= MAX_UPDATE_FAILURES:
-                        log.error("update {} failed {} times, skipping: {}", update_id, count, exc)
-                        await sink.on_invalid(CHANNEL, _chat_key(item), f"gave up: {exc}")
-                        failures.pop(update_id, None)
-                        continue
-                    log.warning("update {} not committed ({}); will be re-fetched", update_id, exc)
-                    # Later updates of this chat must wait: their seq must follow this one.
-                    failed.extend(uid for uid, _ in items[position:])
-                    return
+                    if await failure(update_id, item, exc):
+                        failed.append(update_id)
 
         await asyncio.gather(*(run_chat(items) for items in by_chat.values()))
         return min(failed) if failed else top
 
     async def handle_update(self, raw: Any, sink: InboundSink) -> None:
-        """Route one update. Decoding problems become recorded drops; sink errors raise."""
+        """Route one update and wait for it. Decoding problems become recorded drops; sink
+        errors raise."""
+        call = await self.prepare_update(raw, sink)
+        if call is not None:
+            await call
+
+    async def prepare_update(self, raw: Any, sink: InboundSink) -> Awaitable[None] | None:
+        """Decode one update and fetch its files; return the sink call to make (not yet
+        awaited), or None when there is nothing to hand over."""
         kind = tu.update_kind(raw) if isinstance(raw, dict) else "not-an-object"
         if kind == "message":
             try:
                 message = tu.decode_message(raw["message"])
             except DecodeError as exc:
-                await sink.on_invalid(CHANNEL, _chat_key(raw), str(exc))
-                return
+                return sink.on_invalid(CHANNEL, _chat_key(raw), str(exc))
             try:
                 event = await self.to_event(message)
             except DecodeError as exc:
-                await sink.on_invalid(CHANNEL, str(message.chat.id), str(exc))
-                return
-            if event is not None:
-                await sink.on_event(event)
-        elif kind == "callback_query":
-            await self._handle_callback(raw["callback_query"], sink)
-        else:
-            await sink.on_invalid(CHANNEL, _chat_key(raw), f"unsupported update type {kind!r}")
+                return sink.on_invalid(CHANNEL, str(message.chat.id), str(exc))
+            return None if event is None else sink.on_event(event)
+        if kind == "callback_query":
+            return self._handle_callback(raw["callback_query"], sink)
+        return sink.on_invalid(CHANNEL, _chat_key(raw), f"unsupported update type {kind!r}")
 
     async def _handle_callback(self, raw: Any, sink: InboundSink) -> None:
         try:
