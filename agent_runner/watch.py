@@ -4,8 +4,9 @@ Upstream polled once a second. We watch the folder that holds the database with 
 (through ctypes: no extra dependency). With ``journal_mode=DELETE`` every commit creates,
 writes and deletes ``inbound.db-journal`` and writes ``inbound.db``; the journal's deletion is
 the commit point, so the last event of every commit comes *after* the data is visible and a
-reader woken by it never misses the row. Events for other names in the folder (``runner.json``,
-``inbox/``) are drained and ignored.
+reader woken by it never misses the row. While the journal has content a write is under way:
+``wait`` keeps waiting for that last event instead of returning into the writer's lock. Events
+for other names in the folder (``runner.json``, ``inbox/``) are drained and ignored.
 
 inotify works across bind mounts (watches are on inodes), so it sees the host's writes from
 inside the container. Where it is unavailable (not Linux, or the watch fails) we fall back to
