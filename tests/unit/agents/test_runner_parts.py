@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ def test_watcher_wakes_on_a_commit_from_another_process(session: Session) -> Non
         assert watcher.wait(5) is True
         (session.paths.session.root / "runner.json").write_text("{}")
         assert watcher.wait(0) is False  # other files in the folder do not count
+    finally:
+        watcher.close()
+
+
+def test_watcher_waits_out_a_commit_in_progress(session: Session) -> None:
+    journal = session.paths.session.root / "inbound.db-journal"
+    watcher = ChangeWatcher(session.paths.session.inbound_db)
+    try:
+        journal.write_bytes(b"x" * 512)  # a writer is mid-commit: reading now would block
+        timer = threading.Timer(0.05, journal.unlink)  # ... until its commit point
+        started = time.monotonic()
+        timer.start()
+        assert watcher.wait(5) is True
+        assert time.monotonic() - started >= 0.04
+        timer.join()
     finally:
         watcher.close()
 
