@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,19 @@ async def _serve(router: Router, stop: GracefulStop) -> None:
     await router.run(stopped)
 
 
+def single_instance(layout: Layout) -> int | None:
+    """Hold ``run/router.lock`` for the life of the process; None if another router has it.
+    Two routers on one data folder would fight over the terminal socket and Telegram's
+    long poll (409 Conflict)."""
+    fd = os.open(layout.run_dir / "router.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def main() -> None:
     try:
         settings = load_from_process()
@@ -45,6 +59,9 @@ def main() -> None:
     setup_logging("router", settings.log_level, settings.secrets())
     layout = Layout(settings.home_path)
     layout.ensure()
+    if single_instance(layout) is None:
+        logger.error("another router is running on {}", layout.home)
+        sys.exit(1)
     central = CentralStore.open(layout.central_db)
     waker = make_waker(settings, layout, os.environ.get(WAKE_LOG_ENV))
     router = Router(settings, central, build_builtin_adapters(settings), waker, faults=faults)
