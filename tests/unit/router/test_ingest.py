@@ -174,3 +174,33 @@ def test_webhook_events_become_webhook_rows(harness: Harness) -> None:
     assert isinstance(content, WebhookContent)
     assert (content.source, content.event, content.payload) == ("github", "push", {"ref": "main"})
     assert msgspec.json.decode(row.content)["type"] == "webhook"
+
+
+def test_typing_shows_while_the_session_works_and_stops_when_acked(harness: Harness) -> None:
+    from nanoclaw_common.store import OutboundStore
+
+    group = harness.group()
+    harness.wire(harness.chat_row(), group)
+    [stored] = harness.send("think hard", message_id="typ1")
+    assert harness.run(harness.router.typing.tick()) == 1
+    [typing] = harness.chat.of_kind("typing")
+    assert typing.platform_id == "c1"
+    # Not again within the refresh interval.
+    assert harness.run(harness.router.typing.tick()) == 0
+    paths = harness.layout.session(group.id, stored.session.id)
+    outbound = OutboundStore(paths.outbound_db)
+    try:
+        outbound.complete([stored.row_id], "run-x")
+    finally:
+        outbound.close()
+    harness.run(harness.router.typing.tick())
+    assert harness.router.typing.active == {}
+
+
+def test_accumulated_context_shows_no_typing(harness: Harness) -> None:
+    group = harness.group()
+    harness.wire(
+        harness.chat_row(), group, engage_mode="mention", ignored_message_policy="accumulate"
+    )
+    harness.send("just context")
+    assert harness.run(harness.router.typing.tick()) == 0
