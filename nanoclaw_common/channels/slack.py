@@ -20,7 +20,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import msgspec
@@ -316,6 +316,10 @@ class SlackAdapter(ChannelAdapter):
             if not url or self._session is None:
                 notes.append(f"[attachment {name} not downloaded: no download link]")
                 continue
+            if not self._trusted_file_url(url):
+                # The bot token goes with the request: only to Slack's own hosts.
+                notes.append(f"[attachment {name} not downloaded: unexpected file host]")
+                continue
             headers = {"Authorization": f"Bearer {self.bot_token}"}
             try:
                 async with self._session.get(url, headers=headers) as response:
@@ -333,6 +337,11 @@ class SlackAdapter(ChannelAdapter):
                 {"name": name, "data": data, "kind": kind, "mime_type": item.mimetype or None}
             )
         return found, notes
+
+    def _trusted_file_url(self, url: str) -> bool:
+        host = urlsplit(url).hostname or ""
+        api_host = urlsplit(self.base_url).hostname or ""
+        return host in (api_host, "files.slack.com") or host.endswith(".slack.com")
 
     async def _user_name(self, user: str) -> str:
         """users.info, cached; the id when Slack does not answer."""

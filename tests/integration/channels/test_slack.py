@@ -406,3 +406,25 @@ def test_sign_helper_matches_the_sdk() -> None:
     body, stamp = b"{}", str(int(time.time()))
     assert SignatureVerifier(SIGNING_SECRET).is_valid(body, stamp, sign(body, stamp))
     assert urllib.request  # the Events API sender in the fake uses the stdlib client
+
+
+def test_files_are_fetched_only_from_slack_hosts(slack: FakeSlack) -> None:
+    from nanoclaw_common.channels import slack_payloads as sp
+
+    async def main() -> None:
+        adapter = socket_adapter(slack)
+        await adapter.start()
+        try:
+            files = [
+                sp.SlackFile(id="F9", name="x.txt", url_private_download="http://evil.example/x"),
+                sp.SlackFile(
+                    id="F1", name="ok.txt", url_private_download=slack.add_file("F1", b"ok")
+                ),
+            ]
+            found, notes = await adapter._download(files)
+        finally:
+            await adapter.close()
+        assert [f["name"] for f in found] == ["ok.txt"]
+        assert notes == ["[attachment x.txt not downloaded: unexpected file host]"]
+
+    asyncio.run(main())
