@@ -354,3 +354,46 @@ def test_an_unreachable_api_is_retryable() -> None:
             await tg.close()
 
     asyncio.run(main())
+
+
+def test_registration_card_and_click_over_telegram(live: Live, telegram: FakeTelegram) -> None:
+    group = live.group("Helper")
+    live.central.upsert_user("telegram:1001", "telegram", "Owner")
+    live.central.grant_role("telegram:1001", "owner")
+
+    async def scenario(router: Router) -> None:
+        telegram.push_message(
+            -300,
+            "@nano_bot hello?",
+            user_id=55,
+            first_name="Stranger",
+            title="Book club",
+            entities=[{"type": "mention", "offset": 0, "length": 9}],
+        )
+        card = await eventually(
+            lambda: [s for s in telegram.sent("sendMessage") if s.chat_id == "1001"],
+            what="the card in the owner's DM",
+        )
+        keyboard = card[0].params["reply_markup"]["inline_keyboard"]
+        assert [row[0]["text"] for row in keyboard] == [
+            "Connect to Helper",
+            "Connect new agent",
+            "Reject",
+        ]
+        assert "Book club" in card[0].text
+        # A stranger pressing the owner's button (a forwarded card) changes nothing.
+        telegram.push_callback(
+            1001, card[0].message_id or 0, keyboard[0][0]["callback_data"], user_id=55
+        )
+        telegram.push_callback(
+            1001, card[0].message_id or 0, keyboard[0][0]["callback_data"], user_id=1001
+        )
+        await eventually(lambda: len(live.rows()) == 1, what="the replayed message")
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    chat = live.central.find_messaging_group("telegram", "-300")
+    assert chat is not None and chat.name == "Book club"
+    [wiring] = live.central.list_wirings(chat.id)
+    assert (wiring.agent_group_id, wiring.engage_mode) == (group.id, "mention")
+    assert live.central.can_access_agent_group("telegram:55", group.id)
+    assert text_of(live.rows()[0]) == "@nano_bot hello?"
