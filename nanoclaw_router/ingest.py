@@ -207,7 +207,10 @@ class Ingest:
         return self._queue(event, chat, plan.deliveries)
 
     async def _replay(self, event: InboundEvent) -> None:
-        """An approved event, routed again from the start (its rows dedupe by id)."""
+        """An approved event, routed again from the start (its rows dedupe by id). The
+        approval just changed wirings or memberships through our own connection, which does
+        not move ``data_version``: forget the cached facts first."""
+        self.facts.clear()
         await self.route(event)
 
     def _view(

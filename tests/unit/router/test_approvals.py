@@ -298,3 +298,26 @@ def test_approval_clicks_are_recorded_for_delivery(harness: Harness) -> None:
     approval = harness.central.get_pending_approval("appr-1")
     assert approval is not None and approval.status == "approved"
     assert harness.click("appr-1", 1, user="chat:owner") == "gone"
+
+
+def test_approvals_replay_with_fresh_facts(harness: Harness) -> None:
+    """Messages routed while a card was out cache facts (no wirings yet, a stranger's
+    rights); the replay after the click must not use them."""
+    group = harness.group("Main")
+    harness.owner("chat:owner")
+    harness.send("@bot first", chat="busy", mention=True, sender="chat:ann", message_id="b1")
+    harness.send("chatter meanwhile", chat="busy", sender="chat:ann", message_id="b2")
+    card = _card(harness)
+    assert harness.click(card.question_id, 0, user="chat:owner") == "connected"
+    [session] = harness.sessions(group)
+    assert [r.id for r in harness.rows(session)] == [f"b1:{group.id}"]
+    strict = harness.chat_row("strict-chat", policy="request_approval")
+    harness.wire(strict, group, engage_mode="mention")
+    harness.send(
+        "@bot let me in", chat="strict-chat", sender="chat:zed", message_id="z1", mention=True
+    )
+    harness.send("just chatting", chat="strict-chat", sender="chat:zed", message_id="z2")
+    sender_card = _card(harness)
+    assert harness.click(sender_card.question_id, 0, user="chat:owner") == "approved"
+    replayed = [s for s in harness.sessions(group) if s.messaging_group_id == strict.id]
+    assert replayed and [r.id for r in harness.rows(replayed[0])] == [f"z1:{group.id}"]
