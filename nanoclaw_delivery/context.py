@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
@@ -134,10 +134,21 @@ class Deps:
     clock: Clock = now_ms
     counters: Counters = field(default_factory=Counters)
     a2a_limiter: PairLimiter | None = None
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.a2a_limiter is None:
             self.a2a_limiter = PairLimiter(self.settings.a2a_max_per_minute)
+
+    async def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run best-effort work (an owner notice: a DM that may take seconds) beside the
+        session's drain instead of inside it. Inline when ``offload`` is (tests)."""
+        if self.offload.inline:
+            await coro
+            return
+        task = asyncio.create_task(coro)
+        self.background.add(task)  # a reference, or the task could be collected mid-run
+        task.add_done_callback(self.background.discard)
 
     @property
     def staging_root(self) -> Path:

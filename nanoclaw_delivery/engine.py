@@ -413,7 +413,7 @@ class SessionWorker:
         )
         await self._finish(delivery, status, error=reason)
         if notify_owner:
-            await notify_owner_about(self.deps, self.session, row, status, reason)
+            await self.deps.spawn(notify_owner_about(self.deps, self.session, row, status, reason))
 
     def _remove_outbox(self, row: OutboundRow) -> None:
         # Never a reason to re-send: the row is already delivered.

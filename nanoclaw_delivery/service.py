@@ -100,6 +100,8 @@ class DeliveryService:
                 for task in pending:
                     task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            if self.deps.background:  # owner notices still being sent: a short grace
+                await asyncio.wait(list(self.deps.background), timeout=2.0)
             for tracked in list(self.sessions.values()):
                 self._untrack(tracked)
             if self.inotify is not None:
