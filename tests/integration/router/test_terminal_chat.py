@@ -164,3 +164,45 @@ def test_a_newer_terminal_supersedes_the_older(world: World, router: RouterProce
     finally:
         out2, _ = second.communicate(input="", timeout=20)
     assert "assistant> to the new one" in out2
+
+
+@pytest.mark.slow
+def test_registration_answered_in_the_terminal(world: World, router: RouterProcess) -> None:
+    """The terminal is not wired yet: the owner gets the registration card in the terminal
+    itself, answers with a number, and the first message is replayed to the agent."""
+    group = world.group("Helper")
+    world.central.upsert_user("cli:local", "cli", "me")
+    world.central.grant_role("cli:local", "owner")
+    router.start()
+    client = subprocess.Popen(
+        [str(BIN / "nanoclaw"), "chat"],
+        env=router.env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        wait_until(
+            lambda: wire.chat_socket(Layout(world.home)).exists(), what="the client's socket"
+        )
+        client.stdin.write("hello, anyone?\n")
+        client.stdin.flush()
+        lines: list[str] = []
+        while not any(line.startswith("  1. Connect to Helper") for line in lines):
+            line = client.stdout.readline()
+            assert line, "the client ended before the card arrived"
+            lines.append(line.rstrip("\n"))
+        client.stdin.write("1\n")
+        client.stdin.flush()
+        wait_until(lambda: len(world.all_rows()) == 1, what="the replayed message")
+    finally:
+        client.stdin.close()
+        lines += client.stdout.read().splitlines()
+        client.stdout.close()
+        client.wait(20)
+    assert router.stop() == 0
+    [row] = world.all_rows()
+    assert row.id.endswith(f":{group.id}") and row.platform_id == "local"
+    assert any("New direct message" in line for line in lines)
