@@ -51,9 +51,10 @@ class Offload:
 
     def __init__(self, *, inline: bool = False, db_threads: int = 8) -> None:
         self.inline = inline
-        # One thread for wakes and restarts (Podman calls for one session must not race),
-        # one for image builds (minutes long; must not hold up wakes).
-        self._quick = None if inline else ThreadPoolExecutor(1, thread_name_prefix="sandbox")
+        # A few threads for wakes and restarts (a slow container start must not hold up
+        # another session's wake; the sandbox serializes wakes of one session itself, with a
+        # file lock), one for image builds (minutes long; must not hold up wakes).
+        self._quick = None if inline else ThreadPoolExecutor(4, thread_name_prefix="sandbox")
         self._slow = None if inline else ThreadPoolExecutor(1, thread_name_prefix="build")
         # Session-DB writes: each commit of a rollback-journal file waits for fsyncs (about a
         # millisecond, far more on a busy disk). In the loop's thread those waits would add up
