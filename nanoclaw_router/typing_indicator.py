@@ -12,6 +12,7 @@ a reply was delivered, so the indicator does not linger under the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class TypingTracker:
         self.heartbeat_fresh_ms = max(6_000, int(heartbeat_interval_s * 3000))
         self.clock = clock
         self.active: dict[tuple[str, str, str, str | None], Typing] = {}
+        self._kick: asyncio.Event | None = None  # set by start(): show it now, not next tick
 
     def start(
         self,
@@ -119,6 +121,8 @@ class TypingTracker:
             state.started_ms = now  # a new message restarts the grace window
             state.last_fired_ms = None  # and shows the indicator at once
         state.message_ids.add(message_id)
+        if self._kick is not None:
+            self._kick.set()
 
     def facts(self, state: Typing) -> Facts:
         """Read the session's files (blocking; called in a thread)."""
@@ -174,9 +178,12 @@ class TypingTracker:
         return fired
 
     async def run(self) -> None:
+        self._kick = kick = asyncio.Event()
         while True:
+            kick.clear()
             try:
                 await self.tick()
             except Exception as exc:
                 log.error("typing pass failed: {}", exc)
-            await asyncio.sleep(TICK_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kick.wait(), TICK_S)

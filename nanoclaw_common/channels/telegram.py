@@ -15,6 +15,7 @@ Ids (all safe as one path component, unique across chats):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dtm
 import functools
 import warnings
@@ -161,6 +162,12 @@ class TelegramAdapter(ChannelAdapter):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, error.Conflict) and "webhook" in exc.message.lower():
+                    # A webhook left on the bot blocks long polling. Remove it, keeping
+                    # every pending update (never drop_pending_updates).
+                    log.warning("a webhook is set on this bot; removing it to poll")
+                    with contextlib.suppress(error.TelegramError):
+                        await self.bot.delete_webhook(drop_pending_updates=False)
                 delay = BACKOFF_S[min(errors, len(BACKOFF_S) - 1)]
                 errors += 1
                 log.warning("getUpdates failed ({}); retrying in {}s", exc, delay)

@@ -63,6 +63,8 @@ class State:
     requests: list[str] = field(default_factory=list)
     polls_in_flight: int = 0
     closing: bool = False
+    webhook: str | None = None
+    webhook_deletions: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Condition | None = None
 
 
@@ -198,6 +200,12 @@ class FakeTelegram:
         failure = Failure(status, description, retry_after, count)
         self.server.call(lambda: self.state.failures.setdefault(method, []).append(failure))
 
+    def set_webhook(self, url: str) -> None:
+        self.server.call(setattr, self.state, "webhook", url)
+
+    def webhook_deletions(self) -> list[dict[str, Any]]:
+        return self.server.call(lambda: list(self.state.webhook_deletions))
+
     def sent(self, method: str | None = None) -> list[Sent]:
         return self.server.call(
             lambda: [s for s in self.state.sent if method is None or s.method == method]
@@ -316,7 +324,16 @@ class FakeTelegram:
     async def _m_get_me(self, params: dict[str, Any]) -> Any:
         return self._bot_user()
 
+    async def _m_delete_webhook(self, params: dict[str, Any]) -> Any:
+        self.state.webhook_deletions.append(params)
+        self.state.webhook = None
+        if params.get("drop_pending_updates"):
+            self.state.updates.clear()  # what we must never ask for
+        return True
+
     async def _m_get_updates(self, params: dict[str, Any]) -> Any:
+        if self.state.webhook is not None:
+            return _error(409, "Conflict: can't use getUpdates method while webhook is active")
         offset = params.get("offset")
         self.state.offsets_seen.append(offset)
         if isinstance(offset, int):

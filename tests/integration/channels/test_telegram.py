@@ -397,3 +397,19 @@ def test_registration_card_and_click_over_telegram(live: Live, telegram: FakeTel
     assert (wiring.agent_group_id, wiring.engage_mode) == (group.id, "mention")
     assert live.central.can_access_agent_group("telegram:55", group.id)
     assert text_of(live.rows()[0]) == "@nano_bot hello?"
+
+
+def test_a_leftover_webhook_is_removed_without_dropping_updates(
+    live: Live, telegram: FakeTelegram
+) -> None:
+    group = live.group()
+    live.wire("telegram", "42", group, is_group=False)
+    telegram.set_webhook("https://old.example/hook")
+    telegram.push_message(42, "sent while the webhook was set")
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: len(live.rows()) == 1, timeout=15, what="the pending message")
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    [deletion] = telegram.webhook_deletions()
+    assert deletion.get("drop_pending_updates") in (False, None)
