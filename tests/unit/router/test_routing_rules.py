@@ -223,3 +223,74 @@ def test_typing_policy() -> None:
     assert decide(100_000, 100_000, None, delivered, fresh) is TypingAction.WAIT
     done = Facts(heartbeat_ms=100_000, work_done=True, last_delivery_ms=None)
     assert decide(100_000, 100_000, None, done, fresh) is TypingAction.STOP
+
+
+# -- the whole ingest path, with real databases ---------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["c1", "c2", "unknown"]),
+            st.sampled_from(["chat:member", "chat:stranger", "chat:admin"]),
+            texts,
+            st.booleans(),
+            st.sampled_from([None, "t1"]),
+            st.sampled_from(["m1", "m2", "m3", "m4"]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_ingest_never_fails_and_never_duplicates(
+    events: list[tuple[str, str, str, bool, str | None, str]],
+) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from nanoclaw_common.paths import Layout
+    from nanoclaw_common.settings import Settings
+    from nanoclaw_common.store import CentralStore
+    from tests.unit.router.conftest import Harness
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(home=tmp, install_id="prop")
+        layout = Layout(Path(tmp))
+        layout.ensure()
+        central = CentralStore.open(layout.central_db)
+        harness = Harness(settings, central, layout)
+        try:
+            group, other = harness.group("A"), harness.group("B")
+            harness.user("chat:member", member_of=group)
+            harness.user("chat:admin", role="admin", scope=group.id)
+            harness.owner()
+            c1 = harness.chat_row("c1", policy="strict")
+            harness.wire(c1, group, engage_mode="mention", ignored_message_policy="accumulate")
+            harness.wire(c1, other, engage_mode="pattern", engage_pattern="deploy", priority=3)
+            c2 = harness.chat_row("c2", policy="request_approval")
+            harness.wire(c2, group, engage_mode="mention-sticky", session_mode="per-thread")
+            for chat, sender, text, mention, thread, message_id in events:
+                harness.send(
+                    text,
+                    chat=chat,
+                    sender=sender,
+                    mention=mention,
+                    thread=thread,
+                    message_id=f"{chat}-{message_id}",
+                )
+            harness.flush()
+            rows = [row for s in harness.sessions() for row in harness.rows(s)]
+            ids = [row.id for row in rows]
+            assert len(ids) == len(set(ids))
+            for session in harness.sessions():
+                seqs = [row.seq for row in harness.rows(session)]
+                assert seqs == sorted(seqs) and all(seq % 2 == 0 for seq in seqs)
+            # A stranger in the strict chat never reaches a session.
+            assert not any(
+                '"sender_id":"chat:stranger"' in row.content and row.platform_id == "c1"
+                for row in rows
+            )
+        finally:
+            harness.close()
+            central.close()
