@@ -144,13 +144,7 @@ class SlackAdapter(ChannelAdapter):
         )
 
     async def close(self) -> None:
-        if self._socket is not None:
-            await self._socket.close()  # type: ignore[no-untyped-call]
-            await self._socket.aiohttp_client_session.close()
-            self._socket = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_inbound()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -171,11 +165,25 @@ class SlackAdapter(ChannelAdapter):
         await self._identify()
         if not self.app_token and not self.events_port:
             log.warning("neither SLACK_APP_TOKEN nor slack_events_port set: no Slack inbound")
-        if self.events_port:
-            await self._serve_events(sink)
-        if self.app_token:
-            await self._connect_socket_mode(sink)
-        await asyncio.Event().wait()  # the SDK and aiohttp run their own tasks
+        try:
+            if self.events_port:
+                await self._serve_events(sink)
+            if self.app_token:
+                await self._connect_socket_mode(sink)
+            await asyncio.Event().wait()  # the SDK and aiohttp run their own tasks
+        finally:
+            # Also when the router restarts this half after a failure: no second socket
+            # client, and the events port is free to bind again.
+            await self._stop_inbound()
+
+    async def _stop_inbound(self) -> None:
+        if self._socket is not None:
+            socket, self._socket = self._socket, None
+            await socket.close()  # type: ignore[no-untyped-call]
+            await socket.aiohttp_client_session.close()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
     async def _identify(self) -> None:
         attempt = 0

@@ -89,7 +89,10 @@ class WebhookAdapter(ChannelAdapter):
         self._runner = runner
         self.bound_port = int(runner.addresses[0][1]) if runner.addresses else self.port
         log.info("webhooks on http://{}:{}/webhook/<source>", self.host, self.bound_port)
-        await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()  # free the port, also for a restart of this half
 
     async def handle(self, request: web.Request, sink: InboundSink) -> web.StreamResponse:
         source = request.match_info.get("source", "")
