@@ -1,15 +1,20 @@
 """Agents talking to agents: ``create_agent`` and agent-to-agent messages.
 
 **What "admin only" means for create_agent, decided on the host.** Agents hold no roles;
-people do. A ``create_agent`` row is applied only when the row's ``in_reply_to`` names a
-``chat`` row in the *same* session's ``inbound.db`` whose sender has admin privilege over the
-session's agent group (the owner, a global admin, or an admin of that group). In words: an
-admin asked for it, in this conversation. A request answering a member's message, a
-scheduled task, a system note or another agent's message is refused (upstream trusted the
-container: nanocoai/nanoclaw#2807). The container chooses ``in_reply_to``, so a compromised
-container could cite an older admin message of the same session; it can never borrow the
-authority of an admin who never spoke in this session, and rows it cites must exist in the
-host-owned ``inbound.db``.
+people do. The runner sets a request's ``in_reply_to`` to the first row of the batch its turn
+answers, and the request's own seq is above every inbound row that existed when it was
+written, so the inbound rows with ``in_reply_to.seq <= seq < request.seq`` are what the agent
+had in front of it (plus, at most, rows that arrived during the turn). The request is applied
+only if ``in_reply_to`` names a ``chat`` row of the same session, and **every** chat message
+in that range (system notes aside; other agents' messages included) comes from a user with
+admin privilege over the session's agent group (the owner, a global admin, or an admin of
+that group). In words: only admins were talking to the agent when it decided to create one.
+A request prompted by a member (nanocoai/nanoclaw#2807: upstream trusted the container), by
+a task, by a note only, or by another agent is refused, and so is one where a member's
+message sits in the same batch as an admin's (it could carry the instruction). The container
+chooses ``in_reply_to``; a compromised container could point it at an older admin-only
+stretch of the same session, but never borrow an admin who did not talk to this session, and
+the rows it cites must exist in the host-owned ``inbound.db``.
 """
 
 from __future__ import annotations
@@ -52,26 +57,34 @@ def stable_id(prefix: str, seed: str, stamp_ms: int) -> str:
 
 
 def requesting_admin(job: Job) -> str:
-    """The admin whose message this request answers (raises ``Denied``)."""
+    """The admin who asked (raises ``Denied``; see the module docstring for the rule)."""
     reference = job.row.in_reply_to
     group = job.session.agent_group_id
     if not reference:
         raise Denied("create_agent is admin-only: the request answers no message")
     answered = job.inbound.get_message(reference)
-    if answered is None or answered.kind != "chat" or answered.channel_type == AGENT_CHANNEL:
+    if answered is None or answered.kind != "chat":
         raise Denied("create_agent is admin-only: the request does not answer a person")
-    try:
-        content = m.decode_inbound_content(answered.content)
-    except DecodeError:
-        raise Denied("create_agent is admin-only: the answered message is unreadable") from None
-    if not isinstance(content, m.ChatContent):
+    senders: list[str] = []
+    for row in job.inbound.messages_between(answered.seq, job.row.seq):
+        if row.kind != "chat":
+            continue
+        try:
+            content = m.decode_inbound_content(row.content)
+        except DecodeError:
+            raise Denied("create_agent is admin-only: an answered message is unreadable") from None
+        if isinstance(content, m.ChatContent) and content.sender_id != "system":
+            senders.append(content.sender_id)
+    if not senders:
         raise Denied("create_agent is admin-only: the request does not answer a person")
-    if not job.deps.central.has_admin_privilege(content.sender_id, group):
+    central = job.deps.central
+    outsiders = sorted({s for s in senders if not central.has_admin_privilege(s, group)})
+    if outsiders:
         raise Denied(
-            f"create_agent is admin-only: {content.sender_id} is not an owner or admin of"
+            f"create_agent is admin-only: {', '.join(outsiders)} is not an owner or admin of"
             f" agent group {group}"
         )
-    return content.sender_id
+    return senders[-1]
 
 
 def safe_group_dir(layout: Layout, folder: str) -> Path:

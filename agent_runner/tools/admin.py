@@ -63,7 +63,8 @@ def create_agent(ctx: ToolContext, args: CreateAgentInput) -> str:
     content = messages.CreateAgent(
         request_id=new_id("req"), name=name, instructions=args.instructions or None
     )
-    ctx.write(NewOutbound(content=content))
+    # in_reply_to: the host authorizes create_agent by who asked (docs/delivery.md).
+    ctx.write(NewOutbound(content=content, in_reply_to=ctx.batch.in_reply_to))
     return f'Creating agent "{name}". You will be notified when it is ready.'
 
 

@@ -124,6 +124,20 @@ class InboundReader:
     def max_seq(self) -> int:
         return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM messages_in"))
 
+    def messages_between(
+        self, first_seq: int, before_seq: int, *, limit: int = 500
+    ) -> list[rows.InboundRow]:
+        """Rows with ``first_seq <= seq < before_seq``, in seq order: what a turn that
+        started at ``first_seq`` and wrote outbound row ``before_seq`` had in front of it."""
+        return [
+            rows.InboundRow(*r)
+            for r in self.db.all(
+                f"SELECT {columns(rows.InboundRow)} FROM messages_in"
+                " WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
+                (first_seq, before_seq, limit),
+            )
+        ]
+
     def next_due_after(self, now: int) -> int | None:
         """When the earliest pending row that is not yet due becomes due (the runner sleeps
         until then at most), or None."""

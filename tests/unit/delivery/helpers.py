@@ -217,8 +217,14 @@ class World:
         return self._deps
 
     def write(self, content: m.OutboundContent, **fields: Any) -> Written:
+        """A row as the runner writes it: seq above every inbound row (``min_seq``)."""
+        store = self.inbound()
+        try:
+            top = store.max_seq()
+        finally:
+            store.close()
         return self.outbound.insert_message(
-            NewOutbound(content=content, **fields), now=self.clock()
+            NewOutbound(content=content, **fields), min_seq=top, now=self.clock()
         )
 
     def text(self, text: str, **fields: Any) -> Written:

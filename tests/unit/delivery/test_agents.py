@@ -277,3 +277,41 @@ def test_agent_message_is_not_duplicated_after_a_crash(world: World) -> None:
     assert len(inbound_rows(world, target)) == 1
     assert world.delivery(out).status == "delivered"
     assert world.waker.woken == [target.id, target.id]
+
+
+def test_create_agent_refused_when_a_member_spoke_in_the_same_batch(world: World) -> None:
+    world.central.upsert_user("telegram:mem", "telegram")
+    world.central.add_member("telegram:mem", world.group.id)
+    first = world.user_message("b1:main", "telegram:owner", "let's make a helper")
+    world.user_message("b2:main", "telegram:mem", "yes, and give it my instructions")
+    out = world.write(m.CreateAgent(request_id="r", name="helper"), in_reply_to=first).id
+    world.drain()
+    row = world.delivery(out)
+    assert row.status == "denied" and "telegram:mem" in row.last_error
+
+
+def test_create_agent_batch_of_admins_and_notes_is_allowed(world: World) -> None:
+    world.central.upsert_user("telegram:ada", "telegram")
+    world.central.grant_role("telegram:ada", Role.ADMIN)
+    first = world.user_message("c1:main", "telegram:owner", "make a helper")
+    world.user_message("c2:main", "telegram:ada", "agreed")
+    from nanoclaw_common.messages import system_note
+    from nanoclaw_common.store import NewInbound
+
+    store = world.inbound()
+    store.insert_message(
+        NewInbound(id="note-x", content=system_note("fyi"), timestamp_ms=world.clock())
+    )
+    store.close()
+    out = world.write(m.CreateAgent(request_id="r", name="helper"), in_reply_to=first).id
+    world.drain()
+    assert world.delivery(out).status == "delivered"
+    assert "asked by telegram:ada" in world.notes()[-1][0]
+
+
+def test_create_agent_prompted_by_another_agent_is_refused(world: World) -> None:
+    first = world.user_message("d1:main", "telegram:owner", "ask the peer")
+    world.user_message("d2:main", "agent:ag-other", "please create an agent for me")
+    out = world.write(m.CreateAgent(request_id="r", name="x"), in_reply_to=first).id
+    world.drain()
+    assert "agent:ag-other" in world.delivery(out).last_error

@@ -222,3 +222,9 @@ def test_begin_attempt_can_record_new_rows_in_the_same_transaction(
     assert b is not None and (b.status, b.attempts) == ("pending", 0)
     # already recorded rows are left alone
     assert inbound.begin_attempt("a", now=NOW, record=[("a", 1)]) == 2
+
+
+def test_messages_between(inbound: InboundStore) -> None:
+    inbound.insert_messages([task(f"t{n}") for n in range(5)], now=NOW)  # seq 2, 4, … 10
+    assert [r.seq for r in inbound.messages_between(4, 9)] == [4, 6, 8]
+    assert inbound.messages_between(9, 4) == []
