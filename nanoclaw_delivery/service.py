@@ -12,6 +12,7 @@ delivery was down are found whatever their age.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Final
 
 from loguru import logger
@@ -56,6 +57,7 @@ class Tracked:
         self.next_due: int | None = None
         self.last_drain = 0.0
         self.busy = False  # a drain (maybe a platform call) is running
+        self.failures = 0  # drains that raised in a row
 
 
 class DeliveryService:
@@ -144,11 +146,7 @@ class DeliveryService:
         paths = self.deps.layout.session(session.agent_group_id, session.id)
         if not paths.outbound_db.exists() or not paths.inbound_db.exists():
             return  # not created yet; the next refresh looks again
-        try:
-            worker = SessionWorker(self.deps, session, paths)
-        except Exception as exc:
-            log.warning("cannot open the session's databases: {!r}", exc, session=session.id)
-            return
+        worker = SessionWorker(self.deps, session, paths)  # connections open on first use
         worker.stopping = lambda: self.stop.stopping
         tracked = Tracked(worker)
         if self.inotify is not None:
@@ -250,13 +248,24 @@ class DeliveryService:
             try:
                 tracked.next_due = await worker.drain()
                 tracked.last_drain = asyncio.get_running_loop().time()
+                tracked.failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # A storage error (disk full, a locked file past the busy timeout): log, back
-                # off briefly, try again; never let one session's trouble end the program.
-                log.opt(exception=exc).error("drain failed: {!r}", exc, session=worker.session.id)
-                tracked.next_due = self.deps.clock() + 1000
+                # A storage error (disk full, a locked file past the busy timeout, a damaged
+                # database): log, back off (1 s doubling to a minute), try again; never let
+                # one session's trouble end the program.
+                tracked.failures += 1
+                log.opt(exception=exc).error(
+                    "drain failed ({} in a row): {!r}",
+                    tracked.failures,
+                    exc,
+                    session=worker.session.id,
+                )
+                with contextlib.suppress(Exception):  # reopen from scratch next time
+                    await self.deps.offload.db(worker.release)
+                wait_ms = min(60_000, 1000 * 2 ** min(tracked.failures - 1, 6))
+                tracked.next_due = self.deps.clock() + wait_ms
             finally:
                 tracked.busy = False
 

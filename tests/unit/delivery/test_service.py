@@ -131,3 +131,23 @@ def test_approval_loop_applies_decisions(world: World) -> None:
 
     run(scenario())
     assert world.groups.builds == [(world.group.id, ["jq"], [])]
+
+
+def test_a_broken_session_backs_off_and_does_not_stop_others(world: World) -> None:
+    broken = world.new_session(world.group, world.home_chat)
+    inbound_db = world.layout.session(world.group.id, broken.id).inbound_db
+    inbound_db.write_bytes(b"this is not a database" * 100)
+
+    async def scenario() -> DeliveryService:
+        service = DeliveryService(world.deps)
+        runner = asyncio.create_task(service.run())
+        world.text("still flowing")
+        await until(lambda: world.telegram.texts() == ["still flowing"])
+        await until(lambda: broken.id in service.sessions and service.sessions[broken.id].failures)
+        failed = service.sessions[broken.id]
+        assert failed.next_due is not None and failed.next_due >= world.clock() + 1000
+        service.request_stop()
+        await runner
+        return service
+
+    run(scenario())
