@@ -17,9 +17,11 @@ from loguru import logger
 if TYPE_CHECKING:
     from loguru import Record
 
+# No trailing "\n{exception}": loguru appends the newline and the traceback itself when the
+# format is a string; adding them here printed a blank line after every record.
 _FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {extra[program]}"
-    "{extra[component_tag]} {message}{extra[ids]}\n{exception}"
+    "{extra[component_tag]} {message}{extra[ids]}"
 )
 _ID_KEYS = ("session", "message", "run", "group", "chat", "seq")
 
