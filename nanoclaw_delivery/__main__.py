@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from loguru import logger
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.channels.builtin import build_builtin_adapters
-from nanoclaw_common.errors import ConfigError
+from nanoclaw_common.errors import ConfigError, NanoclawError
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
@@ -107,9 +109,32 @@ def tune_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_ARENA_MAX, 2)
 
 
+class AlreadyRunning(NanoclawError):
+    """Another delivery process holds the data folder's delivery lock."""
+
+
+def single_instance(layout: Layout) -> int:
+    """Hold ``run/delivery.lock`` for the life of the process. Two delivery processes on one
+    data folder would both send the same rows; the kernel drops the lock when the holder
+    dies (even by SIGKILL), so a restart is never blocked by a dead predecessor."""
+    fd = os.open(layout.run_dir / "delivery.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another nanoclaw-delivery (pid {holder}) serves {layout.home}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 async def serve(settings: Settings, stop: GracefulStop) -> int:
     layout = Layout(settings.home_path)
     layout.ensure()
+    lock_fd = single_instance(layout)
     central = CentralStore.open(layout.central_db)
     adapters = build_builtin_adapters(settings)
     sandbox = LazySandbox(settings)
@@ -133,6 +158,7 @@ async def serve(settings: Settings, stop: GracefulStop) -> int:
         offload.close()
         sandbox.close()
         central.close()
+        os.close(lock_fd)
     return 0
 
 
@@ -147,6 +173,9 @@ def main() -> None:
     stop = GracefulStop()
     try:
         code = asyncio.run(serve(settings, stop))
+    except AlreadyRunning as exc:
+        logger.critical("{}", exc)
+        sys.exit(1)
     except Exception as exc:
         logger.opt(exception=exc).critical("delivery died: {!r}", exc)
         sys.exit(1)

@@ -157,3 +157,18 @@ def test_sigkill_before_the_send_loses_nothing(
     for out in outs:
         wait_status(world, cli_session, out, "delivered")
     assert held_terminal.texts() == ["queued 0", "queued 1", "queued 2"]
+
+
+def test_a_second_delivery_on_the_same_data_folder_refuses_to_run(
+    world: World, delivery: DeliveryProcess, tmp_path: Path
+) -> None:
+    delivery.start()
+    second = DeliveryProcess(world.settings, tmp_path / "second.log")
+    try:
+        with pytest.raises(AssertionError, match=r"exited \(1\)"):
+            second.start(timeout_s=10)
+        assert "another nanoclaw-delivery" in second.log()
+    finally:
+        second.stop()
+    delivery.kill()  # SIGKILL releases the lock: a restart is never blocked
+    delivery.start()
