@@ -18,7 +18,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NotFound
 from nanoclaw_common.states import DeliveryStatus, MessageInStatus
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.migrations import schema_text
+from nanoclaw_common.store.migrations import open_session_db
 from nanoclaw_common.store.sqlite import Database, Mode, columns
 
 
@@ -293,11 +293,7 @@ class InboundStore(InboundReader):
     """The host's writer. Creates the file and its schema when missing."""
 
     def __init__(self, path: Path | str) -> None:
-        db = Database(path, Mode.SESSION)
-        if not db.scalar("PRAGMA user_version"):
-            with db.write():
-                db.executescript(schema_text("inbound.sql"))
-        super().__init__(path, _db=db)
+        super().__init__(path, _db=open_session_db(path, "inbound.sql"))
 
     def insert_message(self, new: NewInbound, *, now: int | None = None) -> InsertResult:
         return self.insert_messages([new], now=now)[0]

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from pathlib import Path
 
 import msgspec
 
 from nanoclaw_common.clock import now_ms
-from nanoclaw_common.store.sqlite import Database
+from nanoclaw_common.store.sqlite import Database, Mode
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -24,6 +25,18 @@ class Migration(msgspec.Struct, frozen=True):
 def schema_text(name: str) -> str:
     """The text of a file under ``schema/`` (``inbound.sql``, ``outbound.sql``)."""
     return resources.files("nanoclaw_schema").joinpath(name).read_text()
+
+
+def open_session_db(path: Path | str, schema_name: str) -> Database:
+    """Open a session DB for writing, creating its schema (``schema/<schema_name>``) when the
+    file is new. The check runs inside the write lock: two processes creating the same file
+    at once apply the schema once."""
+    db = Database(path, Mode.SESSION)
+    if not db.scalar("PRAGMA user_version"):
+        with db.write():
+            if not db.scalar("PRAGMA user_version"):
+                db.executescript(schema_text(schema_name))
+    return db
 
 
 def central_migrations() -> list[Migration]:

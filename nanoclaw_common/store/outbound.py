@@ -18,7 +18,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.states import AckStatus
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.migrations import schema_text
+from nanoclaw_common.store.migrations import open_session_db
 from nanoclaw_common.store.sqlite import Database, Mode, columns
 
 
@@ -133,11 +133,7 @@ class OutboundStore(OutboundReader):
     """The agent runner's writer. Creates the file and its schema when missing."""
 
     def __init__(self, path: Path | str) -> None:
-        db = Database(path, Mode.SESSION)
-        if not db.scalar("PRAGMA user_version"):
-            with db.write():
-                db.executescript(schema_text("outbound.sql"))
-        super().__init__(path, _db=db)
+        super().__init__(path, _db=open_session_db(path, "outbound.sql"))
 
     def insert_message(
         self,
