@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
+from nanoclaw_common.cli.deliveries import PROBLEMS, collect
 from nanoclaw_common.cli.output import print_json, print_mapping, to_builtins
+from nanoclaw_common.states import DeliveryStatus
+
+RECENT_PROBLEMS = 3
 
 
 @click.command()
@@ -21,7 +25,17 @@ def status(ctx: CliContext) -> None:
         "install": ctx.settings.install,
         **to_builtins(store.counts()),
     }
+    # Failed and denied deliveries are one of the three places a lost reply is reported.
+    problems = collect(ctx, statuses=PROBLEMS, session_id=None, limit=10_000)
+    report["failed_deliveries"] = sum(p.status == DeliveryStatus.FAILED for p in problems)
+    report["denied_deliveries"] = sum(p.status == DeliveryStatus.DENIED for p in problems)
+    report["recent_delivery_problems"] = [
+        f"{p.session_id} #{p.seq} {p.status}: {p.last_error or ''}"
+        for p in problems[-RECENT_PROBLEMS:]
+    ]
     if ctx.as_json:
         print_json(report)
     else:
-        print_mapping(report, title="NanoClaw status")
+        shown = dict(report)
+        shown["recent_delivery_problems"] = "\n".join(report["recent_delivery_problems"]) or "-"  # type: ignore[arg-type]
+        print_mapping(shown, title="NanoClaw status")

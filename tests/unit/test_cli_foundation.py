@@ -59,3 +59,33 @@ def test_bad_settings_are_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "NANOCLAW_TZ='Nowhere/Never' is not an IANA time zone" in result.output
+
+
+def test_status_counts_failed_and_denied_deliveries(tmp_path: Path) -> None:
+    from nanoclaw_common import messages as m
+    from nanoclaw_common.paths import Layout
+    from nanoclaw_common.sessions import ensure_session_files
+    from nanoclaw_common.store import InboundStore, NewOutbound, OutboundStore
+
+    home = tmp_path / "data"
+    run(home, "init")
+    store = CentralStore.open(home / "central.db")
+    group = store.find_agent_group("main")
+    assert group is not None
+    session = store.create_session(group.id, None)
+    paths = ensure_session_files(Layout(home.resolve()), session)
+    store.close()
+    outbound = OutboundStore(paths.outbound_db)
+    inbound = InboundStore(paths.inbound_db)
+    for n, (status, error) in enumerate([("failed", "chat not found"), ("denied", "ACL")]):
+        written = outbound.insert_message(NewOutbound(content=m.SendText(text=f"r{n}")))
+        inbound.record_outbound(written.id, written.seq)
+        inbound.finish_delivery(written.id, status, error=error)
+    outbound.close()
+    inbound.close()
+    report = json.loads(run(home, "status", "--json"))
+    assert (report["failed_deliveries"], report["denied_deliveries"]) == (1, 1)
+    problems = sorted(report["recent_delivery_problems"])
+    assert problems[0].endswith("#1 failed: chat not found")
+    assert problems[1].endswith("#3 denied: ACL")
+    assert "chat not found" in run(home, "status")
