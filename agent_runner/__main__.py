@@ -1,149 +1,34 @@
-"""``nanoclaw-agent-runner``: the program inside each session's container.
+"""``nanoclaw-agent-runner`` / ``python -m agent_runner``: harden the process, then run the
+program (``app``).
 
-Reads ``<session>/runner.json`` (``RunnerConfig``) and, from the environment, the run id
-(``NANOCLAW_RUN_ID``) and the proxy token (``NANOCLAW_PROXY_TOKEN``, the only credential the
-container holds: it is worth nothing outside the proxy). Paths default to the container's
-mounts and can be overridden, so the same program runs as a host process in tests:
-
-    nanoclaw-agent-runner --session-root DIR --workspace DIR [--proxy-socket PATH]
-
-(or ``NANOCLAW_SESSION_ROOT``, ``NANOCLAW_WORKSPACE``, ``NANOCLAW_PROXY_SOCKET``; the socket
-defaults to ``runner.json``'s ``proxy_socket``). ``NANOCLAW_LOG_LEVEL`` sets the log level.
-
-SIGTERM is graceful: the batch in hand is finished and acked, then the process exits 0. A
-second signal exits at once (the host then settles the claims).
+The order matters and is why the program's imports wait: until ``forbid_dumps()`` runs, a
+same-uid process could read the proxy token from ``/proc/<pid>/environ``, and the import of
+``app`` takes ~0.15 s. After a re-exec (``shed``) the heartbeat is touched before that import
+too, so the host sees no gap in the beat.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from loguru import logger
-
-from agent_runner.heartbeat import Heartbeat
-from agent_runner.model import Provider
-from agent_runner.paths import RunnerPaths
-from agent_runner.runner import Runner
-from agent_runner.watch import ChangeWatcher
-from nanoclaw_common.errors import DecodeError
-from nanoclaw_common.lifecycle import GracefulStop
-from nanoclaw_common.logs import setup_logging
-from nanoclaw_common.paths import CONTAINER, SessionPaths
-from nanoclaw_common.runner_config import RunnerConfig, decode_runner_config
-
-EXIT_CONFIG = 2
-
-
-def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="nanoclaw-agent-runner", description=__doc__)
-    parser.add_argument(
-        "--session-root",
-        type=Path,
-        default=Path(environ.get("NANOCLAW_SESSION_ROOT", CONTAINER.session.root)),
-    )
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(environ.get("NANOCLAW_WORKSPACE", CONTAINER.workspace)),
-    )
-    parser.add_argument("--proxy-socket", type=Path, default=environ.get("NANOCLAW_PROXY_SOCKET"))
-    parser.add_argument("--log-level", default=environ.get("NANOCLAW_LOG_LEVEL", "INFO"))
-    return parser.parse_args(argv)
-
-
-def make_provider(
-    config: RunnerConfig, paths: RunnerPaths, token: str, stop: GracefulStop
-) -> Callable[[], Provider]:
-    """A factory, called at the first model call: nothing heavy is imported before."""
-    made: list[Provider] = []
-
-    def provider() -> Provider:
-        if not made:
-            if config.provider == "scripted":
-                from agent_runner.providers.scripted import (  # noqa: PLC0415 (lazy)
-                    ScriptedProvider,
-                    load_script,
-                )
-
-                script = Path(config.script_path or "script.json")
-                if not script.is_absolute():
-                    script = paths.session.root / script
-                made.append(ScriptedProvider(load_script(script), wait=stop.wait))
-            else:
-                from agent_runner.providers.anthropic_api import (  # noqa: PLC0415 (lazy)
-                    AnthropicProvider,
-                )
-
-                made.append(
-                    AnthropicProvider(
-                        socket_path=paths.proxy_socket, token=token, model=config.model
-                    )
-                )
-        return made[0]
-
-    return provider
+from agent_runner import hardening, shed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    environ = dict(os.environ)
-    args = parse_args(argv, environ)
-    token = environ.get("NANOCLAW_PROXY_TOKEN", "")
-    setup_logging("agent-runner", args.log_level, secrets=[token] if token else [])
-    log = logger.bind(component="main")
-    run_id = environ.get("NANOCLAW_RUN_ID", "")
-    session = SessionPaths(args.session_root)
-    try:
-        config = decode_runner_config((session.root / "runner.json").read_bytes())
-    except (OSError, DecodeError) as exc:
-        log.error("cannot read the runner config: {}", exc)
-        return EXIT_CONFIG
-    if not run_id:
-        log.error("NANOCLAW_RUN_ID is not set")
-        return EXIT_CONFIG
-    if config.provider == "anthropic" and not token:
-        log.error("NANOCLAW_PROXY_TOKEN is not set")
-        return EXIT_CONFIG
-    paths = RunnerPaths(
-        session=session,
-        workspace=args.workspace,
-        proxy_socket=args.proxy_socket or Path(config.proxy_socket),
-    )
-    heartbeat = Heartbeat(session.heartbeat, config.heartbeat_interval_s).start()
-    stop = GracefulStop().install()
-    watcher = ChangeWatcher(session.inbound_db)
-    # A signal writes a byte here, which ends the loop's wait at once.
-    signal.set_wakeup_fd(watcher.wake_fd)
-    log.info(
-        "agent runner starting (provider {}, model {}, inotify {})",
-        config.provider,
-        config.model,
-        watcher.uses_inotify,
-        session=config.session_id,
-        run=run_id,
-    )
-    runner = Runner(
-        config=config,
-        paths=paths,
-        run_id=run_id,
-        provider=make_provider(config, paths, token, stop),
-        stop=stop.event,
-        watcher=watcher,
-    )
-    try:
-        runner.run()
-    except Exception:
-        log.exception("agent runner died")
-        return 1
-    finally:
-        signal.set_wakeup_fd(-1)
-        heartbeat.stop()
-    log.info("agent runner stopped")
-    return 0
+    hardened = hardening.forbid_dumps()
+    # Set only by our own re-exec, and taken out at once so that it reaches no child.
+    heartbeat = os.environ.pop(shed.REEXEC_ENV, None)
+    if heartbeat:
+        # A failure is retried (and logged) by the Heartbeat thread in a moment.
+        with contextlib.suppress(OSError):
+            shed.touch_heartbeat(Path(heartbeat))
+    from agent_runner.app import run  # noqa: PLC0415 (after the hardening, see above)
+
+    return run(argv, resumed=heartbeat is not None, hardened=hardened)
 
 
 if __name__ == "__main__":

@@ -22,19 +22,41 @@ from agent_runner.model import ApiMessage, Block
 ARCHIVE_TEXT_LIMIT = 2000
 _TITLE = re.compile(r"^\s*Title:\s*(.+)$", re.MULTILINE)
 
-# Context windows of the models we know; anything else is assumed to have the common 200k.
-CONTEXT_WINDOWS = {"claude-sonnet-4-5": 200_000, "claude-opus-4-1": 200_000}
+# Context windows (tokens) by model id, as Anthropic documents them for the Messages API
+# without beta headers (we send none); a dated id ("claude-haiku-4-5-20251001") is looked up
+# without its date. Any other id gets the fallback, the smallest window of a current model:
+# an unknown or newer model then compacts early (one summary call too soon), never late (a
+# request refused as too long).
+CONTEXT_WINDOWS: dict[str, int] = {
+    "claude-fable-5": 1_000_000,
+    "claude-fable-5-1": 1_000_000,
+    "claude-mythos-5": 1_000_000,
+    "claude-mythos-5-1": 1_000_000,
+    "claude-opus-5": 1_000_000,
+    "claude-opus-5-5": 1_000_000,
+    "claude-sonnet-5": 1_000_000,
+    "claude-sonnet-5-5": 1_000_000,
+    "claude-haiku-5-5": 1_000_000,
+    "claude-opus-4-8": 1_000_000,
+    "claude-opus-4-7": 1_000_000,
+    "claude-opus-4-6": 1_000_000,
+    "claude-sonnet-4-6": 1_000_000,
+    "claude-opus-4-5": 200_000,
+    "claude-sonnet-4-5": 200_000,
+    "claude-haiku-4-5": 200_000,
+}
 DEFAULT_CONTEXT_WINDOW = 200_000
+_DATE_SUFFIX = re.compile(r"-\d{8}$")
 # Compact at ~82% of the window (upstream's 165k of 200k), leaving room for the summary call.
 COMPACT_RATIO = 0.825
 
 
+def context_window(model: str) -> int:
+    return CONTEXT_WINDOWS.get(_DATE_SUFFIX.sub("", model), DEFAULT_CONTEXT_WINDOW)
+
+
 def compact_threshold(model: str) -> int:
-    window = next(
-        (size for name, size in CONTEXT_WINDOWS.items() if model.startswith(name)),
-        DEFAULT_CONTEXT_WINDOW,
-    )
-    return int(window * COMPACT_RATIO)
+    return int(context_window(model) * COMPACT_RATIO)
 
 
 def slugify(text: str) -> str:

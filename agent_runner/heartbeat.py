@@ -1,14 +1,16 @@
 """The liveness signal: a thread of its own touches ``agent/heartbeat`` every interval, from
 start to exit, whatever the model or a tool is doing. Upstream touched the file only on
-provider events, so a long tool call or a rate-limit wait looked like death to the host."""
+provider events, so a long tool call or a rate-limit wait looked like death to the host.
+Across a re-exec (``shed``) the old process beats last thing and the new one first thing."""
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 from loguru import logger
+
+from agent_runner.shed import touch_heartbeat
 
 log = logger.bind(component="heartbeat")
 
@@ -23,11 +25,7 @@ class Heartbeat:
 
     def touch(self) -> None:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            try:
-                os.utime(fd)
-            finally:
-                os.close(fd)
+            touch_heartbeat(self.path)
         except OSError as exc:
             # Keep trying: the host judges us by this file, and a transient error (disk
             # full) must not end the beat for good. Log once per failing stretch.

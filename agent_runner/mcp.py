@@ -23,6 +23,7 @@ from typing import Any
 
 from loguru import logger
 
+from agent_runner.hardening import tool_environment
 from nanoclaw_common.runner_config import McpServer
 
 log = logger.bind(component="mcp")
@@ -33,7 +34,6 @@ CALL_TIMEOUT_S = 120.0
 MAX_LINE_BYTES = 10_000_000
 MAX_RESULT_CHARS = 100_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-HIDDEN_ENV = ("NANOCLAW_PROXY_TOKEN",)
 
 
 class McpError(Exception):
@@ -58,7 +58,7 @@ class McpClient:
         self.tools: list[dict[str, Any]] = []
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+        env = tool_environment()
         env.update(self.server.env)
         self.process = subprocess.Popen(
             [self.server.command, *self.server.args],

@@ -9,7 +9,9 @@ trigger row waits behind them, the batch is the window ending at that trigger ro
 left it waiting for the next trigger).
 
 Between batches the loop sleeps on ``ChangeWatcher`` (inotify on inbound.db), so a new row is
-claimed within milliseconds; the sleep is bounded by the next not-yet-due row's time.
+claimed within milliseconds; the sleep is bounded by the next not-yet-due row's time, and by
+the moment an idle runner sheds the model SDK (``shed``: the loop ends and ``main()``
+re-execs the process).
 
 Acks: ``completed`` when the turn ran; ``failed`` when the model call failed (the user was
 told, with the error, in the batch's chat). The host decides about retries only for claims a
@@ -19,11 +21,13 @@ dead run left ``processing``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
 
+from agent_runner import shed
 from agent_runner.compaction import archive_transcript
 from agent_runner.conversation import Conversation
 from agent_runner.destinations import Destinations, Target
@@ -92,26 +96,44 @@ class Runner:
         provider: Callable[[], Provider],
         stop: threading.Event,
         watcher: ChangeWatcher | None = None,
+        resumed: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
+        sdk_loaded: Callable[[], bool] = shed.sdk_loaded,
     ) -> None:
+        """``resumed``: this process replaced a runner of the same run that shed the model SDK
+        (``shed``); it continues that run instead of starting one."""
         self.config = config
         self.paths = paths
         self.run_id = run_id
         self._provider = provider
         self.stop = stop
         self.watcher = watcher or ChangeWatcher(paths.session.inbound_db)
-        self.first_poll = True
+        self.resumed = resumed
+        # on_wake rows belong to a freshly started container, not to a re-exec of one.
+        self.first_poll = not resumed
         self.batches = 0
         self.failures = 0
         self._claimed: list[str] = []
+        self._monotonic = monotonic
+        self._sdk_loaded = sdk_loaded
+        self._idle_since_s = monotonic()
+        self._due_rows = 0  # the batch size the last poll found
+        self._in_turn = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def setup(self, *, now: int | None = None) -> None:
         self.inbound = InboundReader(self.paths.session.inbound_db)
         self.outbound = OutboundStore(self.paths.session.outbound_db)
-        dropped = self.outbound.start_run(self.run_id, now=now)
-        if dropped:
-            log.info("dropped {} claim(s) of earlier runs", dropped, run=self.run_id)
+        if self.resumed and self.outbound.resume_run(self.run_id, now=now):
+            log.debug("run resumed: its claims and start time kept", run=self.run_id)
+        else:
+            if self.resumed:
+                # Another run took the session over meanwhile: behave as any fresh start.
+                log.warning("cannot resume: container_state names another run", run=self.run_id)
+            dropped = self.outbound.start_run(self.run_id, now=now)
+            if dropped:
+                log.info("dropped {} claim(s) of earlier runs", dropped, run=self.run_id)
         self.destinations = Destinations(self.inbound)
         self.ctx = ToolContext(
             inbound=self.inbound,
@@ -139,9 +161,13 @@ class Runner:
             follow_ups=self.follow_ups,
         )
 
-    def teardown(self) -> None:
+    def teardown(self, *, shedding: bool = False) -> None:
+        """Close what the process holds: MCP server processes, the DBs, the watcher (before a
+        re-exec too: nothing else needs flushing, every change was committed or fsynced as
+        it happened)."""
         log.info(
-            "stopping: {} batch(es) handled, {} failed, {} model call(s)",
+            "{}: {} batch(es) handled, {} failed, {} model call(s)",
+            "winding down for the re-exec" if shedding else "stopping",
             self.batches,
             self.failures,
             self.engine.calls,
@@ -153,12 +179,18 @@ class Runner:
         self.outbound.close()
         self.watcher.close()
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Poll until stopped. True when the loop ended to shed the model SDK: the caller
+        re-execs the process (``shed.reexec``) once this has torn down."""
         self.setup()
+        shedding = False
         try:
             while not self.stop.is_set():
                 try:
                     worked = self.step()
+                    if not worked and self.shed_due():
+                        shedding = True
+                        return True
                 except Exception:
                     # A storage hiccup (busy past the timeout, a vanished file) must not end
                     # the runner; an error that persists is logged every second.
@@ -167,15 +199,47 @@ class Runner:
                     continue
                 if not worked:
                     self.watcher.wait(self.idle_timeout_s())
+            return False
         finally:
-            self.teardown()
+            self.teardown(shedding=shedding)
 
-    def idle_timeout_s(self, now: int | None = None) -> float:
+    def idle_timeout_s(self, now: int | None = None, *, now_s: float | None = None) -> float:
+        """How long the idle wait may last: until the next not-yet-due row, the moment to
+        shed the SDK, or ``SAFETY_WAKE_S``, whichever comes first."""
         stamp = now_ms() if now is None else now
+        timeout = SAFETY_WAKE_S
         due = self.inbound.next_due_after(stamp)
-        if due is None:
-            return SAFETY_WAKE_S
-        return min(SAFETY_WAKE_S, max(0.0, (due - stamp) / 1000))
+        if due is not None:
+            timeout = min(timeout, max(0.0, (due - stamp) / 1000))
+        mono = self._monotonic() if now_s is None else now_s
+        until_shed = shed.seconds_until_shed(
+            self.activity(), shed_after_s=self.config.shed_after_s, now_s=mono
+        )
+        if until_shed is not None:
+            timeout = min(timeout, until_shed)
+        return timeout
+
+    # -- shedding the model SDK (shed.py) -------------------------------------------------
+
+    def activity(self) -> shed.Activity:
+        state = self.outbound.container_state()
+        return shed.Activity(
+            sdk_loaded=self._sdk_loaded(),
+            due_rows=self._due_rows,
+            claimed=len(self._claimed),
+            in_turn=self._in_turn,
+            tool=state.current_tool if state is not None else None,
+            idle_since_s=self._idle_since_s,
+        )
+
+    def shed_due(self, *, now_s: float | None = None) -> bool:
+        """Whether to shed the SDK now; logs the decision."""
+        mono = self._monotonic() if now_s is None else now_s
+        if not shed.should_shed(self.activity(), shed_after_s=self.config.shed_after_s, now_s=mono):
+            return False
+        idle_s = mono - self._idle_since_s
+        log.info("shedding the model SDK after {:.0f} s idle", idle_s, run=self.run_id)
+        return True
 
     # -- one poll -------------------------------------------------------------------------
 
@@ -199,9 +263,11 @@ class Runner:
         rows = self.pending(now=now, first_poll=self.first_poll)
         self.first_poll = False
         batch = select_batch(rows, self.config.max_messages_per_prompt)
+        self._due_rows = len(batch)
         if not batch:
             return False
         self.handle(batch)
+        self._due_rows = 0
         return True
 
     def claim(self, rows: Sequence[InboundRow]) -> None:
@@ -231,6 +297,7 @@ class Runner:
         reply_to = self.reply_target(batch)
         self.ctx.batch = Batch(in_reply_to=batch[0].id)
         failed = False
+        self._in_turn = True
         try:
             rest = self.run_commands(batch, reply_to)
             rest, outputs = self.run_task_scripts(rest)
@@ -263,6 +330,8 @@ class Runner:
                 "are in the agent's log.",
             )
         finally:
+            self._in_turn = False
+            self._idle_since_s = self._monotonic()
             if failed:
                 self.failures += 1
             self.settle(list(self._claimed), failed=failed)

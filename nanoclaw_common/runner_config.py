@@ -29,12 +29,16 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     agent_group_id: str
     assistant_name: str = ""
     provider: Literal["anthropic", "scripted"] = "anthropic"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-5"
     max_messages_per_prompt: int = 10
     tz: str = "UTC"
     heartbeat_interval_s: float = 2.0
     # The runner ends a turn (and tells the user) after this many model calls: a runaway loop.
     max_turns_per_batch: int = 50
+    # After this long with nothing to do (no work, no turn, no tool, no question waiting) a
+    # runner that has loaded the model SDK re-execs itself to drop it (~60 MB). 0 disables
+    # (so does a negative value; the host's Settings refuse one).
+    shed_after_s: float = 120.0
     proxy_socket: str = "/run/nanoclaw/proxy.sock"
     mcp_servers: dict[str, McpServer] = {}
     # For the scripted provider: a JSON file (path inside the container) with the turns to

@@ -53,6 +53,9 @@ SECRET_FIELDS: Final = frozenset(
 
 
 DEFAULT_HOME: Final = "./data"
+# A webhook secret shorter than this is refused: it is guessable, and ``secrets()`` (the log
+# redaction and leak guard) ignores values this short, so it could show up in logs.
+MIN_WEBHOOK_SECRET_CHARS: Final = 8
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,7 +68,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # -- the model (only the proxy holds the key)
     anthropic_api_key: str = ""
     anthropic_base_url: str = "https://api.anthropic.com"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-5"
     token_budget_daily: int = 0  # default per-group daily budget; 0 = unlimited
 
     # -- channels
@@ -99,6 +102,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # -- runner
     max_messages_per_prompt: int = 10
+    runner_shed_after_s: float = 120.0  # idle runner drops the model SDK (re-exec); 0: never
 
     # -- delivery
     delivery_max_attempts: int = 6
@@ -172,8 +176,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{env_name(name)} must be positive")
+        if self.runner_shed_after_s < 0:
+            problems.append(f"{env_name('runner_shed_after_s')} must not be negative")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s * 2:
             problems.append("heartbeat_timeout_s must exceed twice heartbeat_interval_s")
+        short = sorted(
+            name
+            for name, secret in self.webhook_secrets.items()
+            if len(secret.strip()) < MIN_WEBHOOK_SECRET_CHARS
+        )
+        if short:
+            problems.append(
+                f"NANOCLAW_WEBHOOK_SECRETS: the secret of {', '.join(short)} is empty or shorter"
+                f" than {MIN_WEBHOOK_SECRET_CHARS} characters"
+            )
         if self.log_level.upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"):
             problems.append(f"{env_name('log_level')}={self.log_level!r} is not a log level")
         if problems:

@@ -1,7 +1,8 @@
 """The ``bash`` tool. The container is the sandbox: commands may do anything the container's
 user can, but they run in their own process group with a timeout, and the whole group is
-killed when it passes, so a runaway command cannot outlive its call. The proxy token is not
-passed on to commands (they have no use for it)."""
+killed when it passes, so a runaway command cannot outlive its call. Commands get the
+runner's environment without the run's private variables (``hardening.tool_environment``):
+they have no use for the proxy token or the run id."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from typing import Any
 
 import msgspec
 
+from agent_runner.hardening import tool_environment
 from agent_runner.tools.base import Tool, ToolContext, ToolError, schema, string
 
 DEFAULT_TIMEOUT_S = 120.0
 MAX_TIMEOUT_S = 1800.0
 MAX_OUTPUT_CHARS = 30_000
-HIDDEN_ENV = ("NANOCLAW_PROXY_TOKEN",)
 
 
 class BashInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -42,11 +43,10 @@ def run_command(
     command: str, cwd: str, timeout_s: float, *, merge_stderr: bool = True
 ) -> tuple[str, int | None]:
     """(stdout, with stderr when ``merge_stderr``; exit code, or None on timeout)."""
-    env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
     process = subprocess.Popen(
         ["/bin/bash", "-c", command],
         cwd=cwd,
-        env=env,
+        env=tool_environment(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if merge_stderr else subprocess.DEVNULL,

@@ -266,6 +266,8 @@ class Sandbox:
             or self.settings.max_messages_per_prompt,
             tz=self.settings.tz,
             heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            max_turns_per_batch=self.settings.max_turns_per_batch,
+            shed_after_s=self.settings.runner_shed_after_s,
             proxy_socket=str(CONTAINER.proxy_socket),
             mcp_servers=_mcp_servers(config, group.id),
             script_path=(

@@ -212,6 +212,21 @@ class OutboundStore(OutboundReader):
             )
         return dropped
 
+    def resume_run(self, run_id: str, *, now: int | None = None) -> bool:
+        """Go on with ``run_id`` in a new runner process of the same container (the runner
+        re-execs itself to shed memory). Unlike ``start_run`` it drops no claim and keeps
+        ``started_at_ms`` (the sweeper's spawn grace) and ``turns``; it only clears a tool the
+        old process may have left recorded. False, with nothing changed, when
+        container_state belongs to another run (or has no row)."""
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "UPDATE container_state SET current_tool = NULL, tool_declared_timeout_ms = NULL,"
+                " tool_started_at_ms = NULL, updated_at_ms = ? WHERE id = 1 AND run_id = ?",
+                (stamp, run_id),
+            )
+            return self.db.changes() == 1
+
     def set_tool(
         self, tool: str | None, *, declared_timeout_ms: int | None = None, now: int | None = None
     ) -> None:

@@ -1,7 +1,8 @@
 """The agent runner in a real container started by ``Sandbox.wake``, thinking with the real
 anthropic SDK over the mounted proxy socket: the real credential proxy (host process) swaps
 the run's token for the key and forwards to the fake Messages API. Then the container is
-SIGKILLed, woken again, and the conversation goes on from ``agent/state/``."""
+SIGKILLed, woken again, and the conversation goes on from ``agent/state/``. And an idle
+runner sheds the SDK by re-executing itself inside the running container."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import podman
 import pytest
 
 from nanoclaw_common import messages
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import Sandbox
+from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundReader, rows
 from tests.fakes.anthropic_api import FakeAnthropic, text, tool_use
-from tests.integration.agents.harness import start_proxy
+from tests.integration.agents.harness import rss_kb, start_proxy
 from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory, wait_until
 
 pytestmark = pytest.mark.podman
@@ -116,3 +119,87 @@ def test_a_turn_in_a_container_and_resume_after_sigkill(
     assert sent_texts(layout, session)[-1] == "still me"
     assert "who are you in there?" in seen["history"] and "made-inside" in seen["history"]
     assert "do you remember?" in seen["history"]
+
+
+def runner_pid(box: Sandbox, session: rows.Session) -> int:
+    """The host pid of the agent runner: the child of the container's init (PID 1 inside)."""
+    with podman.PodmanClient(base_url=box.settings.podman_socket_url) as client:
+        init = int(client.containers.get(box.container_name(session.id)).attrs["State"]["Pid"])
+    children = [
+        int(pid)
+        for task in Path(f"/proc/{init}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    assert len(children) == 1, children
+    return children[0]
+
+
+def container_log(box: Sandbox, session: rows.Session) -> str:
+    with podman.PodmanClient(base_url=box.settings.podman_socket_url) as client:
+        container = client.containers.get(box.container_name(session.id))
+        return b"".join(container.logs(stdout=True, stderr=True)).decode(errors="replace")
+
+
+def test_an_idle_runner_sheds_the_sdk_inside_its_container(
+    make_sandbox: SandboxFactory,
+    make_session: SessionFactory,
+    box_settings: Settings,
+    central: CentralStore,
+    fake_api: FakeAnthropic,
+) -> None:
+    # runner.json gets shed_after_s from the settings (Sandbox.runner_config).
+    box = make_sandbox(
+        command=None, settings=msgspec.structs.replace(box_settings, runner_shed_after_s=1.0)
+    )
+    layout = box.layout
+    session = make_session(provider="anthropic")
+    seen: dict[str, Any] = {}
+
+    def after_shed(body: dict[str, Any]) -> dict[str, Any]:
+        seen["history"] = json.dumps(body["messages"])
+        return tool_use("bash", {"command": "cat /proc/$PPID/environ"})
+
+    def after_bash(body: dict[str, Any]) -> dict[str, Any]:
+        seen["bash"] = body["messages"][-1]["content"][0]["content"]
+        return tool_use("send_message", {"text": "You are Ada."})
+
+    fake_api.reply(
+        tool_use("send_message", {"text": "Hello Ada."}),
+        text("<internal>greeted</internal>"),
+        after_shed,
+        after_bash,
+        text("<internal>answered</internal>"),
+    )
+    assert box.wake(session)
+    paths = layout.session(session.agent_group_id, session.id)
+    first = send(layout, session, central, "my name is Ada")
+    wait_until(lambda: acked(layout, session, first) == "completed", 60, "the first ack")
+    pid = runner_pid(box, session)
+    with_sdk_kb = rss_kb(pid)
+    started = OutboundReader(paths.outbound_db)
+    try:
+        state = started.container_state()
+    finally:
+        started.close()
+    assert state is not None
+
+    resumed = "agent runner resumed after shedding the model SDK"
+    wait_until(lambda: resumed in container_log(box, session), 30, "the re-exec")
+    assert runner_pid(box, session) == pid  # the same process, in the same container
+    shed_kb = rss_kb(pid)
+    assert with_sdk_kb - shed_kb > 40 * 1024 and shed_kb < 80 * 1024, (with_sdk_kb, shed_kb)
+
+    second = send(layout, session, central, "what is my name?")
+    wait_until(lambda: acked(layout, session, second) == "completed", 60, "the second ack")
+    assert sent_texts(layout, session) == ["Hello Ada.", "You are Ada."]
+    assert "my name is Ada" in seen["history"] and "Hello Ada." in seen["history"]
+    # The re-exec'd runner is non-dumpable again: its tools cannot read its environment.
+    assert "Permission denied" in seen["bash"] and "NANOCLAW_PROXY_TOKEN" not in seen["bash"]
+    reader = OutboundReader(paths.outbound_db)
+    try:
+        after = reader.container_state()
+    finally:
+        reader.close()
+    assert after is not None
+    assert (after.run_id, after.started_at_ms) == (state.run_id, state.started_at_ms)
+    assert {r.headers["x-api-key"] for r in fake_api.message_requests()} == {CANARY_KEY}

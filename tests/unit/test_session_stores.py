@@ -396,6 +396,36 @@ def test_claims_are_owned_by_runs(outbound: OutboundStore) -> None:
     )
 
 
+def test_resume_run_keeps_the_run_as_it_was(outbound: OutboundStore) -> None:
+    assert outbound.resume_run("run-1", now=NOW) is False  # no run recorded yet
+    assert outbound.container_state() is None
+    outbound.start_run("run-1", now=NOW)
+    outbound.claim(["a"], "run-1", now=NOW + 1)
+    outbound.count_turn(now=NOW + 2)
+    outbound.set_tool("bash", declared_timeout_ms=60_000, now=NOW + 3)
+    # The re-exec'd runner of the same run: its claim, start time and turns stay.
+    assert outbound.resume_run("run-1", now=NOW + 50) is True
+    assert outbound.claimed_ids("run-1") == {"a"}
+    state = outbound.container_state()
+    assert state is not None
+    assert (state.run_id, state.started_at_ms, state.turns, state.updated_at_ms) == (
+        "run-1",
+        NOW,
+        1,
+        NOW + 50,
+    )
+    assert (state.current_tool, state.tool_declared_timeout_ms, state.tool_started_at_ms) == (
+        None,
+        None,
+        None,
+    )
+    # Another run owns the session now: nothing is touched.
+    outbound.start_run("run-2", now=NOW + 60)
+    assert outbound.resume_run("run-1", now=NOW + 70) is False
+    state = outbound.container_state()
+    assert state is not None and (state.run_id, state.updated_at_ms) == ("run-2", NOW + 60)
+
+
 def test_container_state_tool_and_turns(outbound: OutboundStore) -> None:
     assert outbound.container_state() is None
     outbound.start_run("run-1", now=NOW)

@@ -158,8 +158,7 @@ def write_config(agent: AgentSession, proxy_socket: Path, **fields: Any) -> Runn
         session_id=agent.session_id,
         agent_group_id=agent.group_id,
         proxy_socket=str(proxy_socket),
-        heartbeat_interval_s=0.2,
-        **fields,
+        **{"heartbeat_interval_s": 0.2, **fields},
     )
     (agent.paths.root / "runner.json").write_bytes(encode_runner_config(config))
     return config
@@ -173,6 +172,20 @@ class RunnerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, count: int = 1, timeout_s: float = 20.0) -> None:
+        """Until ``text`` is in the log ``count`` times (the process must stay up)."""
+
+        def seen() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"runner exited {self.process.returncode}: {self.log()}")
+            return self.log().count(text) >= count
+
+        wait_until(seen, timeout_s, f"{text!r} x{count} in the runner's log")
+
+    def rss_kb(self) -> int:
+        """``VmRSS`` from /proc/<pid>/status (readable whatever the process's dumpable flag)."""
+        return rss_kb(self.process.pid)
+
     def terminate(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -183,6 +196,13 @@ class RunnerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def start_runner(agent: AgentSession, *, log_name: str = "runner.log") -> RunnerProcess:

@@ -165,7 +165,7 @@ def test_compaction_summarizes_and_archives_the_transcript(
         return text('<message to="main">second answer</message>')
 
     fake_api.reply(
-        {**text('<message to="main">first answer</message>'), "usage": {"input_tokens": 170_000}},
+        {**text('<message to="main">first answer</message>'), "usage": {"input_tokens": 900_000}},
         summarize,
         answer,
     )

@@ -159,7 +159,15 @@ class Harness:
 def make_runner(session: Session) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def factory(*turns: ScriptTurn, fallback: ScriptTurn | None = None, **config: Any) -> Harness:
+    def factory(
+        *turns: ScriptTurn,
+        fallback: ScriptTurn | None = None,
+        runner_options: dict[str, Any] | None = None,
+        setup_now: int | None = None,
+        **config: Any,
+    ) -> Harness:
+        """``runner_options``: more ``Runner`` arguments (``resumed``, ``monotonic``,
+        ``sdk_loaded``); ``setup_now``: the clock (ms) ``setup`` records."""
         provider = ScriptedProvider(Script(turns=list(turns), fallback=fallback))
         stop = threading.Event()
         runner = Runner(
@@ -169,8 +177,9 @@ def make_runner(session: Session) -> Iterator[Callable[..., Harness]]:
             provider=lambda: provider,
             stop=stop,
             watcher=ChangeWatcher(session.paths.session.inbound_db),
+            **(runner_options or {}),
         )
-        runner.setup()
+        runner.setup(now=setup_now)
         harness = Harness(runner, provider, stop)
         made.append(harness)
         return harness

@@ -47,6 +47,7 @@ for line in sys.stdin:
         elif name == "env":
             import os
             seen = os.environ.get("NANOCLAW_PROXY_TOKEN", "-") + " "
+            seen += os.environ.get("NANOCLAW_RUN_ID", "-") + " "
             seen += os.environ.get("DEMO_SETTING", "-")
             result = {"content": [{"type": "text", "text": seen}]}
         elif name == "hang":
@@ -70,13 +71,14 @@ def test_client_lists_and_calls_tools(
     server: McpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NANOCLAW_PROXY_TOKEN", "tok-secret")
+    monkeypatch.setenv("NANOCLAW_RUN_ID", "run-9")
     client = McpClient("demo", server, tmp_path)
     try:
         client.start(timeout_s=20)
         assert [t["name"] for t in client.tools] == ["echo", "fail", "hang", "env"]
         assert client.call("echo", {"text": "hi"}) == ("echo: hi", False)
         assert client.call("fail", {}) == ("it broke", True)
-        assert client.call("env", {}) == ("- on", False)  # no token, its own env
+        assert client.call("env", {}) == ("- - on", False)  # no token or run id; its own env
         with pytest.raises(McpError, match="did not answer in time"):
             client.call("hang", {}, timeout_s=0.2)
     finally:

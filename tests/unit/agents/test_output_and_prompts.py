@@ -9,8 +9,11 @@ from zoneinfo import ZoneInfo
 
 from agent_runner import prompts
 from agent_runner.compaction import (
+    CONTEXT_WINDOWS,
+    DEFAULT_CONTEXT_WINDOW,
     archive_transcript,
     compact_threshold,
+    context_window,
     slugify,
     split_summary,
 )
@@ -154,6 +157,18 @@ def test_archive_transcript_format(tmp_path: Path) -> None:
     )
 
 
+def test_context_windows_cover_current_models_with_a_safe_fallback() -> None:
+    assert context_window("claude-sonnet-5") == 1_000_000  # the default model
+    assert context_window("claude-opus-4-6") == 1_000_000
+    assert context_window("claude-haiku-4-5-20251001") == 200_000  # dated: looked up undated
+    assert context_window("claude-sonnet-4-5-20250929") == 200_000
+    # Unknown, newer or provider-prefixed ids: the smallest current window (compact early).
+    for model in ("claude-sonnet-7", "claude-opus-4-1", "anthropic.claude-sonnet-5-v1:0", ""):
+        assert context_window(model) == DEFAULT_CONTEXT_WINDOW == 200_000
+    assert min(CONTEXT_WINDOWS.values()) == DEFAULT_CONTEXT_WINDOW
+    assert compact_threshold("claude-sonnet-5") == 825_000
+
+
 def test_summary_title_slug_and_threshold() -> None:
     assert split_summary("Title: Trip to Rome\nWe planned.") == (
         "Trip to Rome",
@@ -161,5 +176,5 @@ def test_summary_title_slug_and_threshold() -> None:
     )
     assert split_summary("no title") == (None, "no title")
     assert slugify("  Hello, World! -- 2026 ") == "hello-world-2026"
-    assert compact_threshold("claude-sonnet-4-6") == 165_000
+    assert compact_threshold("claude-sonnet-4-5") == 165_000
     assert json.dumps(prompts.compacted_opening("S", mid_turn=True)).count("Continue") == 1

@@ -41,9 +41,15 @@ def test_bash_runs_in_the_workspace(session: Session, ctx: ToolContext) -> None:
     assert refused(ctx, "bash", command=" ") == "Error: command is required"
 
 
-def test_bash_hides_the_proxy_token(ctx: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bash_hides_the_runs_private_variables(
+    ctx: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NANOCLAW_PROXY_TOKEN", "tok-123")
-    assert run(ctx, "bash", command='echo "[$NANOCLAW_PROXY_TOKEN]"') == "[]"
+    monkeypatch.setenv("NANOCLAW_RUN_ID", "run-9")
+    monkeypatch.setenv("NANOCLAW_REEXEC", "/session/agent/heartbeat")
+    monkeypatch.setenv("DEMO_SETTING", "kept")
+    command = 'echo "[$NANOCLAW_PROXY_TOKEN][$NANOCLAW_RUN_ID][$NANOCLAW_REEXEC][$DEMO_SETTING]"'
+    assert run(ctx, "bash", command=command) == "[][][][kept]"
 
 
 def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:

@@ -1,0 +1,192 @@
+"""``nanoclaw-agent-runner``: the program inside each session's container (``__main__``
+hardens the process first, then calls ``run`` here).
+
+Reads ``<session>/runner.json`` (``RunnerConfig``) and, from the environment, the run id
+(``NANOCLAW_RUN_ID``) and the proxy token (``NANOCLAW_PROXY_TOKEN``, the only credential the
+container holds: it is worth nothing outside the proxy). Both are taken out of ``os.environ``
+at once, so no child process inherits them. Paths default to the container's mounts and can
+be overridden, so the same program runs as a host process in tests:
+
+    nanoclaw-agent-runner --session-root DIR --workspace DIR [--proxy-socket PATH]
+
+(or ``NANOCLAW_SESSION_ROOT``, ``NANOCLAW_WORKSPACE``, ``NANOCLAW_PROXY_SOCKET``; the socket
+defaults to ``runner.json``'s ``proxy_socket``). ``NANOCLAW_LOG_LEVEL`` sets the log level.
+
+SIGTERM is graceful: the batch in hand is finished and acked, then the process exits 0. A
+second signal exits at once (the host then settles the claims). An idle runner that has
+loaded the model SDK re-execs itself to shed it (``shed``); that is the same run going on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from agent_runner import hardening, shed
+from agent_runner.heartbeat import Heartbeat
+from agent_runner.model import Provider
+from agent_runner.paths import RunnerPaths
+from agent_runner.runner import Runner
+from agent_runner.watch import ChangeWatcher
+from nanoclaw_common.errors import DecodeError
+from nanoclaw_common.lifecycle import STOP_SIGNALS, GracefulStop
+from nanoclaw_common.logs import setup_logging
+from nanoclaw_common.paths import CONTAINER, SessionPaths
+from nanoclaw_common.runner_config import RunnerConfig, decode_runner_config
+
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nanoclaw-agent-runner", description=__doc__)
+    parser.add_argument(
+        "--session-root",
+        type=Path,
+        default=Path(environ.get("NANOCLAW_SESSION_ROOT", CONTAINER.session.root)),
+    )
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(environ.get("NANOCLAW_WORKSPACE", CONTAINER.workspace)),
+    )
+    parser.add_argument("--proxy-socket", type=Path, default=environ.get("NANOCLAW_PROXY_SOCKET"))
+    parser.add_argument("--log-level", default=environ.get("NANOCLAW_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+def make_provider(
+    config: RunnerConfig, paths: RunnerPaths, token: str, stop: GracefulStop
+) -> Callable[[], Provider]:
+    """A factory, called at the first model call: nothing heavy is imported before."""
+    made: list[Provider] = []
+
+    def provider() -> Provider:
+        if not made:
+            if config.provider == "scripted":
+                from agent_runner.providers.scripted import (  # noqa: PLC0415 (lazy)
+                    ScriptedProvider,
+                    load_script,
+                )
+
+                script = Path(config.script_path or "script.json")
+                if not script.is_absolute():
+                    script = paths.session.root / script
+                made.append(ScriptedProvider(load_script(script), wait=stop.wait))
+            else:
+                from agent_runner.providers.anthropic_api import (  # noqa: PLC0415 (lazy)
+                    AnthropicProvider,
+                )
+
+                made.append(
+                    AnthropicProvider(
+                        socket_path=paths.proxy_socket, token=token, model=config.model
+                    )
+                )
+        return made[0]
+
+    return provider
+
+
+def run(argv: Sequence[str] | None = None, *, resumed: bool = False, hardened: bool = True) -> int:
+    """The program. ``resumed``: this process replaced a runner of the same run that shed the
+    model SDK. ``hardened``: ``hardening.forbid_dumps()`` worked."""
+    environ = dict(os.environ)
+    args = parse_args(argv, environ)
+    # The run's private variables leave os.environ now: no child inherits them by accident.
+    # A re-exec passes them on explicitly.
+    private = {key: os.environ.pop(key) for key in hardening.PRIVATE_ENV if key in os.environ}
+    token = private.get("NANOCLAW_PROXY_TOKEN", "")
+    setup_logging("agent-runner", args.log_level, secrets=[token] if token else [])
+    log = logger.bind(component="main")
+    run_id = private.get("NANOCLAW_RUN_ID", "")
+    session = SessionPaths(args.session_root)
+    try:
+        config = decode_runner_config((session.root / "runner.json").read_bytes())
+    except (OSError, DecodeError) as exc:
+        log.error("cannot read the runner config: {}", exc)
+        return EXIT_CONFIG
+    if not run_id:
+        log.error("NANOCLAW_RUN_ID is not set")
+        return EXIT_CONFIG
+    if config.provider == "anthropic" and not token:
+        log.error("NANOCLAW_PROXY_TOKEN is not set")
+        return EXIT_CONFIG
+    if not hardened:
+        log.warning("cannot make the process non-dumpable: tools may read its environment")
+    paths = RunnerPaths(
+        session=session,
+        workspace=args.workspace,
+        proxy_socket=args.proxy_socket or Path(config.proxy_socket),
+    )
+    heartbeat = Heartbeat(session.heartbeat, config.heartbeat_interval_s).start()
+    stop = GracefulStop().install()
+    if resumed:
+        # The old process blocked stop signals for the exec; one that came meanwhile is
+        # delivered now, to the handler just installed.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    watcher = ChangeWatcher(session.inbound_db)
+    # A signal writes a byte here, which ends the loop's wait at once.
+    signal.set_wakeup_fd(watcher.wake_fd)
+    log.info(
+        "agent runner {} (provider {}, model {}, inotify {})",
+        "resumed after shedding the model SDK" if resumed else "starting",
+        config.provider,
+        config.model,
+        watcher.uses_inotify,
+        session=config.session_id,
+        run=run_id,
+    )
+    runner = Runner(
+        config=config,
+        paths=paths,
+        run_id=run_id,
+        provider=make_provider(config, paths, token, stop),
+        stop=stop.event,
+        watcher=watcher,
+        resumed=resumed,
+    )
+    try:
+        shedding = runner.run()
+    except Exception:
+        log.exception("agent runner died")
+        return 1
+    finally:
+        signal.set_wakeup_fd(-1)
+        heartbeat.stop()
+    if shedding:
+        return reexec(stop, session.heartbeat, private)
+    log.info("agent runner stopped")
+    return 0
+
+
+def reexec(stop: GracefulStop, heartbeat: Path, private: dict[str, str]) -> int:
+    """Replace this process with a fresh runner (``shed``); returns only when that is not
+    possible (an exit code)."""
+    log = logger.bind(component="main")
+    # Blocked across the exec (the mask is inherited): a SIGTERM now waits for the new
+    # process's handler instead of killing it half-started. The main thread is the only one
+    # left (the heartbeat's has stopped), so no other thread can take the signal meanwhile.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if stop.stopping:  # a stop came while the loop wound down: honour it, no new process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        log.info("agent runner stopped")
+        return 0
+    # The last beat of this process; the new one beats first thing (__main__).
+    with contextlib.suppress(OSError):
+        shed.touch_heartbeat(heartbeat)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        shed.reexec(shed.reexec_environment(os.environ, private=private, heartbeat=heartbeat))
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        # Exiting lets the host start a fresh run when work comes; nothing is in hand.
+        log.error("cannot re-exec the runner ({}); exiting", exc)
+        return 1
