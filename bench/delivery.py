@@ -13,8 +13,11 @@ second with exponential gaps, and stamps each row right after its commit returne
 Latency = frame arrival − commit (same host clock, ``time.time``). The frame arrives within
 a millisecond of the adapter call, so this bounds "commit → adapter call" from above.
 RSS = the delivery process's ``VmRSS``/``VmHWM`` from ``/proc``, sampled every 0.2 s.
+``--paths`` first runs the paths that once loaded the sandbox into delivery: an approved
+``install_packages`` (the image build runs a stand-in ``podman`` that exits 0, first on the
+process's PATH) and an agent-to-agent message to a stopped session.
 
-    .venv/bin/python bench/delivery.py [--sessions 50] [--rate 2] [--seconds 20]
+    .venv/bin/python bench/delivery.py [--sessions 50] [--rate 2] [--seconds 20] [--paths]
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.channels import cli_protocol as wire
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sessions import ensure_session_files, refresh_projections
-from nanoclaw_common.states import EngageMode
+from nanoclaw_common.states import ApprovalStatus, DestinationType, EngageMode, Role
 from nanoclaw_common.store import CentralStore, OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
-from nanoclaw_common.store.rows import Session
+from nanoclaw_common.store.rows import PendingApproval, Session
 
 SCRIPT = Path(sys.executable).parent / "nanoclaw-delivery"
 
@@ -99,6 +102,63 @@ def setup(home: Path, sessions: int) -> tuple[Layout, list[Session]]:
     return layout, made
 
 
+def run_paths(layout: Layout, source: Session) -> None:
+    """An approved install_packages and an agent-to-agent message for delivery to apply."""
+    central = CentralStore(layout.central_db)
+    try:
+        central.upsert_user("cli:owner", "cli", "Owner")
+        central.grant_role("cli:owner", Role.OWNER)
+        helper = central.create_agent_group("Helper", "helper")
+        central.add_destination(source.agent_group_id, "helper", DestinationType.AGENT, helper.id)
+        now = int(time.time() * 1000)
+        central.create_pending_approval(
+            PendingApproval(
+                approval_id="appr-bench",
+                session_id=source.id,
+                agent_group_id=source.agent_group_id,
+                request_id="out-bench",
+                action="install_packages",
+                payload=m.encode_text(m.InstallPackages(apt=["jq"])),
+                approver_user_id="cli:owner",
+                channel_type=None,
+                platform_id=None,
+                platform_message_id=None,
+                status=ApprovalStatus.PENDING,
+                title="Install Packages Request",
+                options_json="[]",
+                created_at_ms=now,
+                expires_at_ms=None,
+            )
+        )
+        central.decide_approval("appr-bench", "cli:owner", "approve")
+    finally:
+        central.close()
+    store = OutboundStore(layout.session(source.agent_group_id, source.id).outbound_db)
+    store.insert_message(
+        NewOutbound(content=m.SendText(text="hi"), channel_type="agent", platform_id=helper.id)
+    )
+    store.close()
+
+
+def paths_done(layout: Layout) -> bool:
+    central = CentralStore(layout.central_db)
+    try:
+        helper = central.find_agent_group("helper")
+        landed = helper is not None and central.newest_active_session(helper.id) is not None
+        return landed and central.list_pending_approvals() == []
+    finally:
+        central.close()
+
+
+def fake_podman(folder: Path) -> Path:
+    """A ``podman`` that accepts any command: the bench measures delivery, not a build."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "podman"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    return folder
+
+
 def writer(  # noqa: PLR0917 - a thread target takes its arguments positionally
     layout: Layout,
     session: Session,
@@ -153,7 +213,9 @@ def main() -> None:
         help="configured channels (cli is always on); others load their client libraries",
     )
     parser.add_argument(
-        "--wake", action="store_true", help="make delivery wake a session first (loads podman-py)"
+        "--paths",
+        action="store_true",
+        help="first make delivery apply an approval and an agent-to-agent message",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -168,6 +230,7 @@ def main() -> None:
             NANOCLAW_LOG_LEVEL="WARNING",
             NANOCLAW_ENV_FILE=str(home / "none.env"),
             PYTHONUNBUFFERED="1",
+            PATH=f"{fake_podman(Path(tmp) / 'bin')}{os.pathsep}{os.environ.get('PATH', '')}",
         )
         for name in ("TELEGRAM_BOT_TOKEN", "SLACK_BOT_TOKEN"):
             env.pop(name, None)
@@ -183,17 +246,14 @@ def main() -> None:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(SCRIPT)], env=env, stderr=log, stdout=log)
         time.sleep(1.5)  # start-up (imports, adapters): not part of the measurement
-        if args.wake:
-            # A row to a chat the agent may not use: refused, the agent gets a note, and the
-            # note wakes its session, which loads the sandbox (podman-py) into delivery.
-            store = OutboundStore(
-                layout.session(sessions[0].agent_group_id, sessions[0].id).outbound_db
-            )
-            store.insert_message(
-                NewOutbound(content=m.SendText(text="x"), channel_type="cli", platform_id="nope")
-            )
-            store.close()
-            time.sleep(1.5)
+        if args.paths:
+            run_paths(layout, sessions[0])
+            deadline = time.time() + 20
+            while not paths_done(layout):
+                if time.time() > deadline:
+                    raise SystemExit(f"delivery did not apply the paths:\n{log_path.read_text()}")
+                time.sleep(0.1)
+            time.sleep(1.0)
         idle_rss, _ = memory(proc.pid)
         cpu_start = cpu_seconds(proc.pid)
 
@@ -233,7 +293,7 @@ def main() -> None:
     figures = {
         "sessions": args.sessions,
         "adapters": args.adapters,
-        "woke": args.wake,
+        "paths_run": args.paths,
         "rows": len(commits),
         "rows_per_s": round(len(commits) / args.seconds, 1),
         "missing": missing,

@@ -36,7 +36,7 @@ from nanoclaw_common.store.rows import AgentGroup, Session
 from nanoclaw_delivery.acl import AGENT_CHANNEL, check_agent
 from nanoclaw_delivery.files import stage_files
 from nanoclaw_delivery.job import Job
-from nanoclaw_delivery.notify import note_agent, wake
+from nanoclaw_delivery.notify import note_agent
 from nanoclaw_delivery.outcome import Denied, Sent
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -136,7 +136,7 @@ async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
     _grant(job, child, source, "parent")
     for each in central.list_sessions(agent_group_id=source.id, status=SessionStatus.ACTIVE):
         refresh_projections(central, layout, each, job.inbound if each.id == session.id else None)
-    await note_agent(
+    note_agent(
         deps,
         session,
         job.inbound,
@@ -263,5 +263,6 @@ async def send_to_agent(job: Job, content: m.ChatOperation) -> Sent:
         refresh_projections(deps.central, deps.layout, landing, inbound)
     finally:
         inbound.close()
-    await wake(deps, landing)
+    # No wake from here: the row is due (trigger=1), so a running target sees it at once and
+    # the sweeper wakes a stopped one on its next pass (docs/delivery.md, "Who wakes what").
     return Sent(a2a_id)

@@ -12,12 +12,15 @@ Request (an outbound system row, handled like any other delivery):
 
 Decision (``ApprovalWatcher``, a loop in delivery): the router records a click with
 ``CentralStore.decide_approval``, which counts it only from an approver. Delivery then applies
-``approved`` rows (packages: the sandbox rebuilds the group's image and records the packages;
-MCP servers: merged into ``container_configs.mcp_servers``; then the group's containers restart
-and the agent gets an ``on_wake`` note), tells the agent about ``rejected`` ones, turns
+``approved`` rows (packages: ``deps.images`` builds the group's image with the podman command
+line and records the packages; MCP servers: merged into ``container_configs.mcp_servers``),
+gives the agent an ``on_wake`` note and writes a restart request for each running or starting
+session of the group, which the sweeper carries out (it stops runs older than the request;
+the due note then wakes a fresh run). It tells the agent about ``rejected`` ones, turns
 undecided rows past ``expires_at_ms`` into ``expired`` (a timeout is a deny), and deletes the
-row. A crash before the delete applies it again: the build and the MCP merge are idempotent
-and note ids are derived from the approval id.
+row. A crash before the delete applies it again: the build and the MCP merge are idempotent,
+note ids are derived from the approval id, and a repeated restart request at worst restarts
+the group's runs once more.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from nanoclaw_delivery.acl import origin_chat
 from nanoclaw_delivery.agents import stable_id
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
-from nanoclaw_delivery.notify import note_agent, reach_first, wake
+from nanoclaw_delivery.notify import note_agent, reach_first
 from nanoclaw_delivery.outcome import Denied, Sent
 
 log = logger.bind(component="delivery")
@@ -232,7 +235,7 @@ class ApprovalWatcher:
         if approval.status == ApprovalStatus.REJECTED:
             log.info("approval {} rejected by {}", approval.approval_id, who)
             await self._mark_card(approval, f"❌ Rejected by {who}")
-            await note_agent(
+            note_agent(
                 deps,
                 session,
                 inbound,
@@ -243,7 +246,7 @@ class ApprovalWatcher:
         if approval.status == ApprovalStatus.EXPIRED:
             await self._mark_card(approval, "⌛ Expired: no decision (treated as a rejection)")
             hours = deps.settings.approval_timeout_s / 3600
-            await note_agent(
+            note_agent(
                 deps,
                 session,
                 inbound,
@@ -257,12 +260,12 @@ class ApprovalWatcher:
         try:
             action = m.decode_outbound_content(approval.payload)
         except DecodeError as exc:
-            await note_agent(deps, session, inbound, note_id, f"Approved, but unreadable: {exc}")
+            note_agent(deps, session, inbound, note_id, f"Approved, but unreadable: {exc}")
             return
         if isinstance(action, m.InstallPackages):
             await self._install(approval, session, inbound, action, note_id)
         elif isinstance(action, m.AddMcpServer):
-            await self._add_mcp(approval, session, inbound, action, note_id)
+            self._add_mcp(approval, session, inbound, action, note_id)
 
     async def _install(
         self,
@@ -275,14 +278,14 @@ class ApprovalWatcher:
         deps, group_id = self.deps, approval.agent_group_id or session.agent_group_id
         listed = describe(action)[2]
         try:
-            # The sandbox merges these with the group's earlier packages and records both
+            # The builder merges these with the group's earlier packages and records both
             # the packages and the new image tag only when the build succeeds.
             tag = await deps.offload.slow(
-                deps.groups.build_group_image, group_id, list(action.apt), list(action.pip)
+                deps.images.build_group_image, group_id, list(action.apt), list(action.pip)
             )
         except Exception as exc:
             log.error("image rebuild for group {} failed: {!r}", group_id, exc)
-            await note_agent(
+            note_agent(
                 deps,
                 session,
                 inbound,
@@ -292,7 +295,8 @@ class ApprovalWatcher:
             )
             return
         log.info("group {} image rebuilt as {}", group_id, tag)
-        await self._restart_with_note(
+        self._restart_with_note(
+            approval,
             session,
             inbound,
             note_id,
@@ -300,7 +304,7 @@ class ApprovalWatcher:
             " available and tell the user the result.",
         )
 
-    async def _add_mcp(
+    def _add_mcp(
         self,
         approval: PendingApproval,
         session: Session,
@@ -317,7 +321,8 @@ class ApprovalWatcher:
             "env": dict(action.env),
         }
         deps.central.update_container_config(group_id, mcp_servers=json.dumps(servers))
-        await self._restart_with_note(
+        self._restart_with_note(
+            approval,
             session,
             inbound,
             note_id,
@@ -325,19 +330,30 @@ class ApprovalWatcher:
             " the result.",
         )
 
-    async def _restart_with_note(
-        self, session: Session, inbound: InboundStore, note_id: str, text: str
+    def _restart_with_note(
+        self,
+        approval: PendingApproval,
+        session: Session,
+        inbound: InboundStore,
+        note_id: str,
+        text: str,
     ) -> None:
+        """Tell the agent with a note only a fresh run reads, and ask the sweeper to replace
+        the group's runs that predate the change (delivery holds no sandbox)."""
         deps = self.deps
-        # on_wake: only the fresh run started below reads it (the old run must not).
-        await note_agent(deps, session, inbound, note_id, text, on_wake=True)
-        try:
-            restarted = await deps.offload.quick(deps.groups.restart_group, session.agent_group_id)
-        except Exception as exc:
-            log.error("restart of group {} failed: {!r}", session.agent_group_id, exc)
-            restarted = 0
-        log.info("restarted {} container(s) of group {}", restarted, session.agent_group_id)
-        await wake(deps, session)
+        group_id = approval.agent_group_id or session.agent_group_id
+        # on_wake: an old run (old image or config) must not answer it. It is also a trigger,
+        # so a stopped session is woken for it by the sweeper, with the new config.
+        note_agent(deps, session, inbound, note_id, text, on_wake=True)
+        restarting = deps.central.request_group_restart(
+            group_id, f"approval {approval.approval_id} ({approval.action})", now=deps.clock()
+        )
+        log.info(
+            "asked the sweeper to restart {} run(s) of group {}",
+            len(restarting),
+            group_id,
+            session=session.id,
+        )
 
     async def _mark_card(self, approval: PendingApproval, text: str) -> None:
         """Best effort: show the outcome on the card (the decision stands either way)."""

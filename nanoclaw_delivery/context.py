@@ -1,14 +1,20 @@
 """What every part of delivery needs, gathered once in ``main()`` (or a test) and passed down.
 
-Delivery talks to the outside world through four doors, each injectable:
+Delivery talks to the outside world through three doors, each injectable:
 - ``adapters``: the channels' outbound halves (tests: real adapters against fake servers, or
   a recording adapter);
-- ``waker``: starts a session's container (``Sandbox`` in production);
-- ``groups``: rebuilds a group's image and restarts its containers after an approval;
+- ``images``: builds a group's image after an approved ``install_packages`` (the podman
+  command line; ``nanoclaw_common.sandbox.group_image``);
 - ``clock``: the current time in epoch ms (tests pass a settable clock; nothing sleeps).
 
-Podman calls block for a long time (an image build takes minutes), so they run on worker
-threads through ``Offload``; the event loop keeps delivering for every other session.
+Delivery never starts or stops a container, and never imports podman-py (about 10 MB of RSS):
+it commits rows (``trigger=1``) into a session's ``inbound.db`` and the running runner sees
+them at once (inotify), while the sweeper wakes a stopped session with due rows on its next
+pass (about a second). Restarts after an approval are ``restart_requests`` rows in
+``central.db`` that the sweeper carries out.
+
+An image build blocks for minutes, so it runs on a worker thread through ``Offload``; the
+event loop keeps delivering for every other session.
 """
 
 from __future__ import annotations
@@ -26,23 +32,18 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
-from nanoclaw_common.wake import Waker
 
 T = TypeVar("T")
 Clock = Callable[[], int]
 
 
-class GroupControl(Protocol):
-    """The sandbox's rebuild/restart primitives, as delivery uses them."""
+class ImageBuilder(Protocol):
+    """Builds a group's image after an approval (``GroupImageBuilder`` in production)."""
 
     def build_group_image(self, agent_group_id: str, apt: Sequence[str], pip: Sequence[str]) -> str:
         """Build the group's image with these packages added to the ones it already has,
         record the packages and the tag in ``container_configs`` (only on success), and
         return the tag. Raises on failure (the message is shown to the agent)."""
-
-    def restart_group(self, agent_group_id: str) -> int:
-        """Stop the group's running containers and start them again (fresh runs, so
-        ``on_wake`` rows are seen). Returns how many were restarted."""
 
 
 class Offload:
@@ -51,10 +52,8 @@ class Offload:
 
     def __init__(self, *, inline: bool = False, db_threads: int = 8) -> None:
         self.inline = inline
-        # A few threads for wakes and restarts (a slow container start must not hold up
-        # another session's wake; the sandbox serializes wakes of one session itself, with a
-        # file lock), one for image builds (minutes long; must not hold up wakes).
-        self._quick = None if inline else ThreadPoolExecutor(4, thread_name_prefix="sandbox")
+        # One thread for image builds: minutes long, rare, and never two at once for the
+        # same install (the second would only wait for podman's storage lock).
         self._slow = None if inline else ThreadPoolExecutor(1, thread_name_prefix="build")
         # Session-DB writes: each commit of a rollback-journal file waits for fsyncs (about a
         # millisecond, far more on a busy disk). In the loop's thread those waits would add up
@@ -67,18 +66,13 @@ class Offload:
             return func(*args)
         return await asyncio.get_running_loop().run_in_executor(self._db, func, *args)
 
-    async def quick(self, func: Callable[..., T], *args: object) -> T:
-        if self._quick is None:
-            return func(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._quick, func, *args)
-
     async def slow(self, func: Callable[..., T], *args: object) -> T:
         if self._slow is None:
             return func(*args)
         return await asyncio.get_running_loop().run_in_executor(self._slow, func, *args)
 
     def close(self) -> None:
-        for pool in (self._quick, self._slow, self._db):
+        for pool in (self._slow, self._db):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
@@ -129,8 +123,7 @@ class Deps:
     layout: Layout
     central: CentralStore
     adapters: Mapping[str, ChannelAdapter]
-    waker: Waker
-    groups: GroupControl
+    images: ImageBuilder
     offload: Offload
     clock: Clock = now_ms
     counters: Counters = field(default_factory=Counters)

@@ -403,7 +403,7 @@ class SessionWorker:
             log.error("MESSAGE DROPPED (failed) {}: {}", where, reason, **ids)
             note = f"Your message #{row.seq} {where} could not be delivered: {reason}."
         await self.deps.offload.db(self.flush_new)
-        await note_agent(
+        note_agent(
             self.deps,
             self.session,
             self.inbound,

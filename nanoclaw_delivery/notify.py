@@ -40,7 +40,7 @@ class Reach(msgspec.Struct, frozen=True):
     chat: MessagingGroup
 
 
-async def note_agent(
+def note_agent(
     deps: Deps,
     session: Session,
     inbound: InboundStore,
@@ -50,8 +50,11 @@ async def note_agent(
     rate_limited: bool = False,
     on_wake: bool = False,
 ) -> bool:
-    """Write a system note into the session and wake it when the note is a trigger. Returns
-    whether the note was new."""
+    """Write a system note into the session; returns whether the note was new.
+
+    Nothing is woken from here: a trigger note is a due row, which the running runner sees
+    at once (inotify on ``inbound.db``) and which makes the sweeper wake a stopped session on
+    its next pass. ``on_wake`` notes are taken only by a run's first poll."""
     now = deps.clock()
     trigger = True
     if rate_limited:
@@ -70,26 +73,14 @@ async def note_agent(
     )
     if result.created:
         log.info(
-            "system note {} to the agent (trigger={}): {}",
+            "system note {} to the agent (trigger={}, on_wake={}): {}",
             note_id,
             int(trigger),
+            int(on_wake),
             text,
             session=session.id,
         )
-    if result.created and trigger and not on_wake:
-        await wake(deps, session)
     return result.created
-
-
-async def wake(deps: Deps, session: Session) -> bool:
-    """Refresh the session's projections and wake its container (off the event loop)."""
-    try:
-        return bool(await deps.offload.quick(deps.waker.wake, session))
-    except Exception as exc:
-        # Waker contract: False on trouble, never raises. Guard anyway: the note is written,
-        # and the sweeper wakes sessions with due trigger rows.
-        log.warning("wake failed: {!r}", exc, session=session.id)
-        return False
 
 
 def _channel_of(user_id: str) -> tuple[str, str] | None:

@@ -37,6 +37,7 @@ def _noteworthy(report: PassReport) -> bool:
         or report.stopped_idle
         or report.settled
         or report.woken
+        or report.restarted
         or report.deferred
         or report.orphans_removed
         or report.recurrences

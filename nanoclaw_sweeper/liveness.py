@@ -18,6 +18,7 @@ import enum
 import msgspec
 
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.states import ContainerStatus
 
 
 class Verdict(enum.StrEnum):
@@ -105,3 +106,33 @@ def plan_capacity(
     free = max(0, max_containers - running)
     to_stop = idle_running[: max(0, len(wanted) - free)]
     return wanted[: free + len(to_stop)], to_stop
+
+
+class RestartAction(enum.StrEnum):
+    STOP = "stop"  # the run predates the request: stop it; due work then wakes a fresh run
+    WAIT = "wait"  # a run may be starting and not visible in Podman yet: look next pass
+    DROP = "drop"  # nothing to restart: not running, or the run began after the request
+
+
+def judge_restart(
+    requested_at_ms: int,
+    *,
+    running: bool,
+    container_status: str,
+    run_started_at_ms: int | None,
+    policy: Policy,
+    now: int,
+) -> RestartAction:
+    """What to do about a session's restart request (written after an approval changed its
+    group's image or MCP config). A run that started at or after the request read the new
+    config already; only an older run needs replacing."""
+    if run_started_at_ms is not None and run_started_at_ms >= requested_at_ms:
+        return RestartAction.DROP
+    if running:
+        return RestartAction.STOP
+    if (
+        container_status == ContainerStatus.STARTING
+        and now - (run_started_at_ms or 0) < policy.spawn_grace_ms
+    ):
+        return RestartAction.WAIT
+    return RestartAction.DROP

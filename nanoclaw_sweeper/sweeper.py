@@ -8,6 +8,16 @@ Per session, in this order:
 then capacity (wake within ``max_containers``, stopping idle containers for room) and orphan
 reaping (this install's containers whose session is gone or closed).
 
+Before all that, restart requests (``restart_requests``, written by delivery after an approval
+changed a group's image or MCP config; delivery never talks to Podman): a running session
+whose run started before its request is stopped, so the same pass (or the next, once the
+stopped run's claims are settled) wakes a fresh run for the due ``on_wake`` note.
+
+The sweeper is also who wakes a stopped session for rows delivery writes (agent-to-agent
+messages, system notes): delivery only commits them with ``trigger=1``; a running runner sees
+them through inotify, and a stopped session's ``inbound.db`` changed, so the next pass opens it
+and finds due work.
+
 A quiet, stopped session costs two ``stat`` calls per pass: it is only opened when one of its
 files changed or when its next scheduled row falls due. That keeps a pass over 1,000 sessions
 cheap enough to run every second, so due work is woken within about a second.
@@ -32,7 +42,16 @@ from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import ContainerStatus, SessionStatus
 from nanoclaw_common.store import CentralStore, InboundStore, OutboundReader, rows
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
-from nanoclaw_sweeper.liveness import KILLS, Observation, Policy, Verdict, judge, plan_capacity
+from nanoclaw_sweeper.liveness import (
+    KILLS,
+    Observation,
+    Policy,
+    RestartAction,
+    Verdict,
+    judge,
+    judge_restart,
+    plan_capacity,
+)
 from nanoclaw_sweeper.recurrence import next_occurrence
 
 log = logger.bind(component="sweeper")
@@ -66,6 +85,7 @@ class PassReport(msgspec.Struct, kw_only=True):
     stopped_idle: list[str] = []
     settled: list[str] = []
     woken: list[str] = []
+    restarted: list[str] = []  # stopped for a restart request (a fresh run follows)
     deferred: list[str] = []  # due work waiting for a container slot
     orphans_removed: list[str] = []
 
@@ -99,6 +119,8 @@ class Sweeper:
     def sweep(self, now: int) -> PassReport:
         report = PassReport()
         live = {c.session_id: c for c in self.sandbox.running()}
+        self._restart_requested(live, now, report)
+        # Listed after the restarts, so a session stopped just now is seen as stopped.
         sessions = self.central.list_sessions(status=SessionStatus.ACTIVE)
         report.sessions = len(sessions)
         wanted: list[rows.Session] = []
@@ -117,6 +139,37 @@ class Sweeper:
         self._wake_within_capacity(wanted, len(live), idle_running, report, now)
         self._reap_orphans({s.id for s in sessions}, report)
         return report
+
+    def _restart_requested(
+        self, live: dict[str, RunningContainer], now: int, report: PassReport
+    ) -> None:
+        """Carry out restart requests; ``live`` loses the sessions stopped here. A request
+        is deleted only after its stop returned: a Podman error leaves it for the next pass."""
+        for request in self.central.list_restart_requests():
+            session = self.central.get_session(request.session_id)
+            action = RestartAction.DROP
+            if session is not None and session.status == SessionStatus.ACTIVE:
+                action = judge_restart(
+                    request.requested_at_ms,
+                    running=session.id in live,
+                    container_status=session.container_status,
+                    run_started_at_ms=session.run_started_at_ms,
+                    policy=self.policy,
+                    now=now,
+                )
+            if action is RestartAction.WAIT:
+                continue
+            if action is RestartAction.STOP and session is not None:
+                log.info(
+                    "restarting the run: {}", request.reason, session=session.id, run=session.run_id
+                )
+                self.sandbox.stop(session.id)  # TERM, bounded wait, KILL; marks it stopped
+                del live[session.id]
+                # Examine it in this pass whatever its files say: its due note (or any pending
+                # row) wakes the fresh run.
+                self._seen.pop(session.id, None)
+                report.restarted.append(session.id)
+            self.central.clear_restart_request(request.session_id, request.requested_at_ms)
 
     def _worth_examining(self, session: rows.Session, paths: SessionPaths, now: int) -> bool:
         seen = self._seen.setdefault(session.id, _Seen())
@@ -179,6 +232,10 @@ class Sweeper:
             )
             seen = self._seen.setdefault(session.id, _Seen())
             seen.next_due_ms = inbound.next_due_after(now)
+            if verdict is Verdict.SETTLE or verdict in KILLS:
+                # Settling pushed the claimed rows back; other rows may be due already (a
+                # restart's on_wake note), and no file will change to say so: look next pass.
+                seen.next_due_ms = now
         finally:
             inbound.close()
         # Recorded after our own writes (ack sync, settling), so they do not count as news.

@@ -58,6 +58,14 @@ class Counts(msgspec.Struct, frozen=True):
     pending_approvals: int
 
 
+class RestartRequest(msgspec.Struct, frozen=True):
+    """A session whose run must be replaced by a fresh one (migration 0050)."""
+
+    session_id: str
+    requested_at_ms: int
+    reason: str
+
+
 class CentralStore:
     """Verb-named methods over ``central.db``. Callers never see SQL or cursors."""
 
@@ -1138,6 +1146,55 @@ class CentralStore:
                 (key, stamp),
             )
             return True
+
+    # -- restart requests -----------------------------------------------------------------
+
+    def request_group_restart(
+        self, agent_group_id: str, reason: str, *, now: int | None = None
+    ) -> list[str]:
+        """Ask the sweeper to restart the group's running or starting containers (after an
+        approval changed the group's image or MCP config); returns their session ids. A
+        stopped session needs none: its next run reads the new config anyway. A newer request
+        replaces an older one of the same session."""
+        stamp = now or now_ms()
+        with self.db.write():
+            session_ids = [
+                str(found[0])
+                for found in self.db.all(
+                    "SELECT id FROM sessions WHERE agent_group_id = ? AND status = 'active'"
+                    " AND container_status <> 'stopped' ORDER BY created_at_ms",
+                    (agent_group_id,),
+                )
+            ]
+            for session_id in session_ids:
+                self.db.execute(
+                    "INSERT INTO restart_requests (session_id, requested_at_ms, reason)"
+                    " VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET"
+                    " requested_at_ms = max(requested_at_ms, excluded.requested_at_ms),"
+                    " reason = excluded.reason",
+                    (session_id, stamp, reason),
+                )
+        return session_ids
+
+    def list_restart_requests(self) -> list[RestartRequest]:
+        return [
+            RestartRequest(str(session_id), int(requested_at_ms), str(reason))
+            for session_id, requested_at_ms, reason in self.db.all(
+                "SELECT session_id, requested_at_ms, reason FROM restart_requests"
+                " ORDER BY requested_at_ms, session_id"
+            )
+        ]
+
+    def clear_restart_request(self, session_id: str, requested_at_ms: int) -> bool:
+        """Delete the session's request if it is not newer than ``requested_at_ms`` (the one
+        the caller acted on); a request written meanwhile stays for the next pass. True when
+        deleted."""
+        with self.db.write():
+            self.db.execute(
+                "DELETE FROM restart_requests WHERE session_id = ? AND requested_at_ms <= ?",
+                (session_id, requested_at_ms),
+            )
+            return self.db.changes() > 0
 
     # -- overview -------------------------------------------------------------------------
 

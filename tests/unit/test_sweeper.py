@@ -1,4 +1,5 @@
-"""The sweeper's passes over real session DBs, with a recording fake sandbox and `now`."""
+"""The sweeper's passes over real session DBs, with a recording fake sandbox and `now`; and the
+restart requests it carries out for delivery (the store verbs, the decision, the pass)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.paths import Layout, SessionPaths
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.states import ContainerStatus
 from nanoclaw_common.store import (
     CentralStore,
     InboundReader,
@@ -20,6 +22,7 @@ from nanoclaw_common.store import (
     OutboundStore,
     rows,
 )
+from nanoclaw_sweeper.liveness import Policy, RestartAction, judge_restart
 from nanoclaw_sweeper.sweeper import Sweeper
 
 T0 = 1_800_000_000_000
@@ -41,6 +44,7 @@ class FakeSandbox:
     calls: list[tuple[str, str]] = field(default_factory=list)
     now: int = T0
     runs: int = 0
+    stop_error: Exception | None = None  # raised by the next stop (Podman trouble)
 
     def start(self, session: rows.Session) -> str:
         self.runs += 1
@@ -59,6 +63,9 @@ class FakeSandbox:
 
     def stop(self, session_id: str, timeout_s: float = 10.0) -> None:
         self.calls.append(("stop", session_id))
+        if self.stop_error is not None:
+            error, self.stop_error = self.stop_error, None
+            raise error
         self.live.pop(session_id, None)
         self.central.set_container_status(session_id, "stopped", now=self.now)
 
@@ -293,3 +300,140 @@ def test_gone_container_is_recorded_stopped(world: World) -> None:
     world.sandbox.live.pop(session.id)  # exited on its own, nothing pending
     world.sweeper.sweep(T0 + 5_000)
     assert world.refreshed(session).container_status == "stopped"
+
+
+# -- restart requests (written by delivery after an approval) -------------------------------
+
+
+def run_session(world: World, at: int) -> tuple[rows.Session, SessionPaths]:
+    """A session whose container started at ``at`` and is beating."""
+    session, paths = world.session()
+    world.sandbox.now = at
+    world.sandbox.start(session)
+    beat(paths, at + 1_000)
+    return world.refreshed(session), paths
+
+
+def test_restart_request_verbs(world: World) -> None:
+    central = world.central
+    running, _ = run_session(world, T0)
+    starting, _ = world.session()
+    central.set_container_status(starting.id, "starting", run_id="run-x", now=T0)
+    world.session()  # stopped: needs no restart
+    other_group = central.create_agent_group("Other", "other", now=T0)
+    elsewhere = central.create_session(other_group.id, None, now=T0)
+    central.set_container_status(elsewhere.id, "starting", run_id="run-y", now=T0)
+    closed, _ = run_session(world, T0)
+    central.close_session(closed.id)
+
+    asked = central.request_group_restart(world.group.id, "approval a", now=T0 + 10)
+    assert sorted(asked) == sorted([running.id, starting.id])
+    assert {
+        (r.session_id, r.requested_at_ms, r.reason) for r in central.list_restart_requests()
+    } == {
+        (running.id, T0 + 10, "approval a"),
+        (starting.id, T0 + 10, "approval a"),
+    }
+    # A newer request replaces the older one; a late writer with an older clock never moves
+    # the time back.
+    central.request_group_restart(world.group.id, "approval b", now=T0 + 20)
+    central.request_group_restart(world.group.id, "approval c", now=T0 + 15)
+    (first, second) = central.list_restart_requests()
+    assert (first.requested_at_ms, second.requested_at_ms) == (T0 + 20, T0 + 20)
+    # Clearing is guarded: a request newer than the one acted on stays.
+    assert not central.clear_restart_request(running.id, T0 + 19)
+    assert central.clear_restart_request(running.id, T0 + 20)
+    assert [r.session_id for r in central.list_restart_requests()] == [starting.id]
+    assert not central.clear_restart_request(running.id, T0 + 20)
+
+
+def test_judge_restart() -> None:
+    policy = Policy(
+        spawn_grace_ms=30_000, heartbeat_timeout_ms=60_000, idle_timeout_ms=1, max_turns=1
+    )
+
+    def judge(running: bool, status: str, started: int | None, now: int = T0 + 1_000) -> str:
+        return judge_restart(
+            T0,
+            running=running,
+            container_status=status,
+            run_started_at_ms=started,
+            policy=policy,
+            now=now,
+        )
+
+    assert judge(True, "running", T0 - 1) is RestartAction.STOP  # the old image's run
+    assert judge(True, "running", T0) is RestartAction.DROP  # started with the new config
+    assert judge(False, "stopped", T0 - 1) is RestartAction.DROP  # next run starts anew
+    assert judge(False, "stopped", None) is RestartAction.DROP
+    # Podman does not list a run that is still being created: wait, within the spawn grace.
+    assert judge(False, "starting", T0 - 1) is RestartAction.WAIT
+    assert judge(False, "starting", T0 - 1, now=T0 - 1 + 30_000) is RestartAction.DROP
+
+
+def test_restart_request_stops_the_old_run_and_the_note_wakes_a_fresh_one(world: World) -> None:
+    session, paths = run_session(world, T0)
+    add_message(paths, "approval-1", on_wake=True)  # delivery's note: due, for a new run only
+    world.central.request_group_restart(world.group.id, "approval 1", now=T0 + 5_000)
+    world.sandbox.now = T0 + 6_000
+    report = world.sweeper.sweep(T0 + 6_000)
+    assert report.restarted == [session.id]
+    assert report.woken == [session.id]  # same pass: the old run left no claims
+    assert world.sandbox.calls == [("stop", session.id), ("wake", session.id)]
+    assert world.sandbox.live[session.id].run_id == "run-2"
+    assert world.central.list_restart_requests() == []
+    # The fresh run started after the request: no second restart.
+    beat(paths, T0 + 7_000)
+    assert world.sweeper.sweep(T0 + 8_000).restarted == []
+
+
+def test_restart_of_a_busy_run_settles_its_claims_then_wakes(world: World) -> None:
+    session, paths = run_session(world, T0)
+    add_message(paths, "m1")
+    claim(paths, "run-1", "m1")
+    add_message(paths, "approval-1", on_wake=True)
+    world.central.request_group_restart(world.group.id, "approval 1", now=T0 + 5_000)
+    report = world.sweeper.sweep(T0 + 6_000)
+    assert (report.restarted, report.settled, report.woken) == ([session.id], [session.id], [])
+    row = inbound_row(paths, "m1")
+    assert (row.status, row.tries) == ("pending", 1)  # interrupted: retried with backoff
+    # Next pass: the claims are settled, the note is due: a fresh run.
+    assert world.sweeper.sweep(T0 + 7_000).woken == [session.id]
+
+
+def test_restart_requests_that_need_nothing_are_dropped(world: World) -> None:
+    stopped, _ = world.session()
+    world.central.set_container_status(stopped.id, "running", now=T0)
+    world.central.request_group_restart(world.group.id, "approval 1", now=T0 + 5_000)
+    world.central.set_container_status(stopped.id, "stopped", now=T0 + 5_500)
+    fresh, _ = run_session(world, T0 + 6_000)  # started after its request
+    world.central.request_group_restart(world.group.id, "approval 2", now=T0 + 6_000)
+    report = world.sweeper.sweep(T0 + 8_000)
+    assert report.restarted == [] and ("stop", fresh.id) not in world.sandbox.calls
+    assert world.central.list_restart_requests() == []
+
+
+def test_a_starting_run_is_restarted_once_podman_lists_it(world: World) -> None:
+    session, paths = world.session()
+    world.central.set_container_status(session.id, "starting", run_id="run-1", now=T0)
+    world.central.request_group_restart(world.group.id, "approval 1", now=T0 + 1_000)
+    report = world.sweeper.sweep(T0 + 2_000)  # not listed by Podman yet, within the grace
+    assert report.restarted == [] and len(world.central.list_restart_requests()) == 1
+    world.sandbox.live[session.id] = FakeContainer(
+        f"nanoclaw-test-{session.id}", session.id, "run-1"
+    )
+    beat(paths, T0 + 2_500)
+    assert world.sweeper.sweep(T0 + 3_000).restarted == [session.id]
+    assert world.refreshed(session).container_status == ContainerStatus.STOPPED
+    assert world.central.list_restart_requests() == []
+
+
+def test_a_failed_stop_keeps_the_request(world: World) -> None:
+    session, _ = run_session(world, T0)
+    world.central.request_group_restart(world.group.id, "approval 1", now=T0 + 5_000)
+    world.sandbox.stop_error = OSError("podman: connection refused")
+    with pytest.raises(OSError, match="connection refused"):
+        world.sweeper.sweep(T0 + 6_000)
+    assert len(world.central.list_restart_requests()) == 1
+    assert world.sweeper.sweep(T0 + 7_000).restarted == [session.id]
+    assert world.central.list_restart_requests() == []

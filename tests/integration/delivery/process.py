@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from nanoclaw_common.settings import Settings
@@ -16,9 +17,12 @@ READY_LINE = "delivery started"
 
 
 class DeliveryProcess:
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -35,6 +39,7 @@ class DeliveryProcess:
         if self.settings.telegram_bot_token:
             env["TELEGRAM_BOT_TOKEN"] = self.settings.telegram_bot_token
             env["TELEGRAM_API_BASE_URL"] = self.settings.telegram_api_base_url
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout_s: float = 20.0) -> DeliveryProcess:

@@ -1,7 +1,8 @@
 """An approval, end to end through real parts: delivery sends the card with the real Telegram
 adapter to the fake Bot API; clicks come back as Telegram callback queries through the real
-router; a member's click does nothing, the approver's click makes delivery rebuild and
-restart the group and tell the agent."""
+router; a member's click does nothing, the approver's click makes delivery rebuild the
+group's image (the podman command line, a stand-in executable here), tell the agent with a
+note for a fresh run, and leave the restart to the sweeper."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels.telegram import TelegramAdapter
+from nanoclaw_common.sandbox.images import group_image_tag
 from nanoclaw_common.states import Role
 from nanoclaw_delivery.service import DeliveryService
 from nanoclaw_router.app import Router
@@ -70,11 +72,10 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
             await until(lambda: fake_telegram.pending_updates() == 0)
             await asyncio.sleep(0.3)  # the router's click handling and a delivery pass
             assert central.get_pending_approval(approval.approval_id).status == "pending"  # type: ignore[union-attr]
-            assert world.groups.builds == []
+            assert world.built() == []
 
-            # The approver clicks: delivery rebuilds, restarts and tells the agent.
+            # The approver clicks: delivery rebuilds and tells the agent.
             fake_telegram.push_callback(APPROVER, card[0].message_id, button, user_id=APPROVER)
-            await until(lambda: world.groups.restarts)
             await until(lambda: central.list_pending_approvals() == [])
         finally:
             await router.stop()
@@ -83,8 +84,9 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
             await outbound.close()
 
     run(scenario())
-    assert world.groups.builds == [(world.group.id, ["jq"], [])]
+    assert world.built() == [(group_image_tag(world.settings.image, world.group.id), ["jq"], [])]
     notes = world.notes()
     assert len(notes) == 1 and "Packages installed (apt: jq)" in notes[0][0]
+    assert notes[0][1:] == (1, 1)  # due, for a fresh run: the sweeper wakes the session
     edits = fake_telegram.sent("editMessageText")
     assert any(f"Approved by telegram:{APPROVER}" in e.text for e in edits)

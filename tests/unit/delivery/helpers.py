@@ -1,19 +1,20 @@
 """Test doubles and a small world for delivery tests: real SQLite files under tmp_path, a
 recording adapter (a real ``ChannelAdapter`` subclass that records instead of calling a
-platform), a settable clock, and recording fakes for the sandbox's wake/rebuild/restart."""
+platform), a settable clock, and the real image builder running a stand-in ``podman``
+executable (a child process that records its arguments)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+import re
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels.base import ChannelAdapter, InboundSink, OutgoingFile
 from nanoclaw_common.paths import Layout, SessionPaths
+from nanoclaw_common.sandbox.group_image import GroupImageBuilder
 from nanoclaw_common.sessions import ensure_session_files, refresh_projections
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import EngageMode, Role
@@ -22,6 +23,7 @@ from nanoclaw_common.store.outbound import NewOutbound, Written
 from nanoclaw_common.store.rows import AgentGroup, MessagingGroup, Session
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.engine import SessionWorker
+from tests.unit.sandbox.fake_podman import FakePodmanCli
 
 T = TypeVar("T")
 NOW = 1_700_000_000_000
@@ -134,49 +136,6 @@ class RecordingAdapter(ChannelAdapter):
         return [c for c in self.calls if not c[1].startswith("dm-")]
 
 
-class FakeWaker:
-    def __init__(self) -> None:
-        self.woken: list[str] = []
-
-    def wake(self, session: Session) -> bool:
-        self.woken.append(session.id)
-        return True
-
-
-class FakeGroups:
-    """Records rebuilds and restarts. Like the real sandbox, a successful build records the
-    merged packages and the tag in ``container_configs`` (its own connection)."""
-
-    def __init__(self, central_db: Path | None = None) -> None:
-        self.central_db = central_db
-        self.builds: list[tuple[str, list[str], list[str]]] = []
-        self.restarts: list[str] = []
-        self.build_error: Exception | None = None
-
-    def build_group_image(self, agent_group_id: str, apt: Sequence[str], pip: Sequence[str]) -> str:
-        self.builds.append((agent_group_id, list(apt), list(pip)))
-        if self.build_error is not None:
-            raise self.build_error
-        tag = f"localhost/nanoclaw-agent-{agent_group_id}:latest"
-        if self.central_db is not None:
-            central = CentralStore(self.central_db)
-            config = central.get_container_config(agent_group_id)
-            assert config is not None
-            old_apt, old_pip = json.loads(config.packages_apt), json.loads(config.packages_pip)
-            central.update_container_config(
-                agent_group_id,
-                image_tag=tag,
-                packages_apt=json.dumps(old_apt + [n for n in apt if n not in old_apt]),
-                packages_pip=json.dumps(old_pip + [n for n in pip if n not in old_pip]),
-            )
-            central.close()
-        return tag
-
-    def restart_group(self, agent_group_id: str) -> int:
-        self.restarts.append(agent_group_id)
-        return 1
-
-
 @dataclass
 class World:
     """One install: an owner, an agent group ``main`` wired to telegram chat 100, a second
@@ -193,8 +152,7 @@ class World:
     outbound: OutboundStore
     clock: Clock
     adapters: dict[str, RecordingAdapter]
-    waker: FakeWaker = field(default_factory=FakeWaker)
-    groups: FakeGroups = field(default_factory=FakeGroups)
+    podman: FakePodmanCli
     _deps: Deps | None = None
 
     @property
@@ -209,8 +167,7 @@ class World:
                 layout=self.layout,
                 central=self.central,
                 adapters=self.adapters,
-                waker=self.waker,
-                groups=self.groups,
+                images=GroupImageBuilder(self.settings, base_env=self.podman.env()),
                 offload=Offload(inline=True),
                 clock=self.clock,
             )
@@ -288,6 +245,35 @@ class World:
             store.close()
         return message_id
 
+    def due(self, session: Session | None = None) -> list[str]:
+        """Ids of the session's rows that would make the sweeper wake a stopped container
+        now (pending, ``trigger=1``, due), oldest first."""
+        store = self.inbound(session)
+        try:
+            now = self.clock()
+            return [
+                row.id
+                for row in store.list_messages()
+                if row.status == "pending"
+                and row.trigger
+                and (row.process_after_ms is None or row.process_after_ms <= now)
+            ]
+        finally:
+            store.close()
+
+    def built(self) -> list[tuple[str, list[str], list[str]]]:
+        """(image tag, apt names, pip names) of every image build, in order."""
+        found = []
+        for tag, containerfile in self.podman.builds():
+            apt = re.search(r"--no-install-recommends (.+?) &&", containerfile)
+            pip = re.search(r"/opt/venv/bin/pip install (.+)$", containerfile, re.MULTILINE)
+            found.append((tag, apt[1].split() if apt else [], pip[1].split() if pip else []))
+        return found
+
+    def restart_requests(self) -> list[tuple[str, str]]:
+        """(session id, reason) of every restart request waiting for the sweeper."""
+        return [(r.session_id, r.reason) for r in self.central.list_restart_requests()]
+
     def new_session(self, group: AgentGroup, chat: MessagingGroup | None) -> Session:
         session = self.central.create_session(group.id, chat.id if chat else None, now=self.clock())
         ensure_session_files(self.layout, session)
@@ -316,7 +302,7 @@ def make_world(settings: Settings, clock: Clock | None = None) -> World:
     outbound = OutboundStore(paths.outbound_db)
     adapters = {"telegram": RecordingAdapter("telegram"), "slack": RecordingAdapter("slack")}
     return World(
-        groups=FakeGroups(layout.central_db),
+        podman=FakePodmanCli.install(settings.home_path.parent / "fake-podman"),
         settings=settings,
         layout=layout,
         central=central,

@@ -43,13 +43,14 @@ def test_admin_creates_an_agent(world: World) -> None:
     theirs = {d.local_name: d.target_id for d in world.central.list_destinations(child.id)}
     assert mine["research-bot"] == child.id
     assert theirs == {"parent": world.group.id}
-    # the calling session's projection already lists it; the agent was told and woken
+    # the calling session's projection already lists it; the agent was told, with a due
+    # note (the sweeper wakes a stopped session for it; delivery never wakes)
     store = world.inbound()
     names = [d.name for d in store.destinations()]
     store.close()
     assert "research-bot" in names
     assert any('message to="research-bot"' in text for text, _t, _w in world.notes())
-    assert world.waker.woken == [world.session.id]
+    assert f"create-agent-{world.delivery(out).seq}" in world.due()
 
 
 def test_scoped_admin_may_create(world: World) -> None:
@@ -164,7 +165,8 @@ def test_agent_message_lands_in_the_target_with_a_return_path(world: World) -> N
     assert content == m.ChatContent(
         text="can you check?", sender_id=f"agent:{world.group.id}", sender_name="Main"
     )
-    assert world.waker.woken == [target.id]
+    # a due trigger row: the target's runner takes it, or the sweeper wakes the target for it
+    assert world.due(target) == [first.id]  # type: ignore[attr-defined]
 
 
 def test_reply_returns_to_the_session_that_asked(world: World) -> None:
@@ -276,7 +278,7 @@ def test_agent_message_is_not_duplicated_after_a_crash(world: World) -> None:
     assert target is not None
     assert len(inbound_rows(world, target)) == 1
     assert world.delivery(out).status == "delivered"
-    assert world.waker.woken == [target.id, target.id]
+    assert world.due(target) == [f"a2a-{world.session.id}-{world.delivery(out).seq}"]
 
 
 def test_create_agent_refused_when_a_member_spoke_in_the_same_batch(world: World) -> None:

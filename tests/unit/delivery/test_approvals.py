@@ -1,6 +1,7 @@
 """install_packages and add_mcp_server: validation, the approval card to the right approver's
-DM, only an approver's click counts, apply on approval (config, rebuild, restart with an
-on_wake note), reject and timeout tell the agent."""
+DM, only an approver's click counts, apply on approval (config, rebuild through the podman
+command line, an on_wake note and restart requests for the sweeper), reject and timeout tell
+the agent."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.errors import RetryLater
-from nanoclaw_common.states import Role
+from nanoclaw_common.sandbox.images import group_image_tag
+from nanoclaw_common.states import ContainerStatus, Role
 from nanoclaw_common.store.rows import PendingApproval
 from nanoclaw_delivery.approvals import ApprovalWatcher
 from tests.unit.delivery.helpers import World, run
@@ -82,19 +84,23 @@ def test_click_by_a_non_approver_is_ignored_then_approval_applies(approvers: Wor
     for outsider in ("telegram:mem", "slack:stranger"):
         assert click(world, approval_id, outsider, "approve") == "unauthorized"
     assert tick(world) == 0
-    assert world.groups.builds == []
+    assert world.built() == []
     assert click(world, approval_id, "telegram:gail", "approve") == "approved"
     assert tick(world) == 1
     config = world.central.get_container_config(world.group.id)
     assert config is not None
     assert json.loads(config.packages_apt) == ["jq"]
     assert json.loads(config.packages_pip) == ["rich"]
-    assert world.groups.builds == [(world.group.id, ["jq"], ["rich"])]
-    assert world.groups.restarts == [world.group.id]
-    assert config.image_tag == f"localhost/nanoclaw-agent-{world.group.id}:latest"
+    tag = group_image_tag(world.settings.image, world.group.id)
+    assert world.built() == [(tag, ["jq"], ["rich"])]
+    assert config.image_tag == tag
     notes = world.notes()
     assert len(notes) == 1 and "Packages installed" in notes[0][0]
-    assert notes[0][2] == 1  # on_wake: only the fresh run sees it
+    assert notes[0][1:] == (1, 1)  # on_wake: only a fresh run sees it; trigger: one is woken
+    # The session is stopped: nothing to restart; the sweeper wakes it for the due note and
+    # the new run starts from the new image.
+    assert world.restart_requests() == []
+    assert world.due() == [f"approval-{approval_id}"]
     edit = world.telegram.calls[-1]
     assert edit[0] == "edit" and "Approved by telegram:gail" in edit[4]
     assert world.central.list_pending_approvals() == []
@@ -104,7 +110,57 @@ def test_click_by_a_non_approver_is_ignored_then_approval_applies(approvers: Wor
     click(world, the_approval(world).approval_id, "telegram:owner", "approve")
     tick(world)
     config = world.central.get_container_config(world.group.id)
-    assert config is not None and json.loads(config.packages_apt) == ["jq", "curl"]
+    assert config is not None and json.loads(config.packages_apt) == ["curl", "jq"]
+    assert world.built()[-1] == (tag, ["curl", "jq"], ["rich"])
+
+
+def test_approval_asks_the_sweeper_to_restart_the_groups_runs(approvers: World) -> None:
+    world = approvers
+    sibling = world.new_session(world.group, world.other_chat)
+    idle = world.new_session(world.group, None)
+    for session in (world.session, sibling):
+        world.central.set_container_status(
+            session.id, ContainerStatus.STARTING, run_id=f"run-{session.id}", now=world.clock()
+        )
+    world.central.set_container_status(sibling.id, ContainerStatus.RUNNING, now=world.clock())
+    install(world)
+    world.drain()
+    approval_id = the_approval(world).approval_id
+    click(world, approval_id, "telegram:owner", "approve")
+    world.clock.advance(1_000)
+    tick(world)
+    # Every run of the group that predates the new image is replaced; the stopped session's
+    # next run starts from it anyway.
+    reason = f"approval {approval_id} (install_packages)"
+    assert sorted(world.restart_requests()) == sorted(
+        [(world.session.id, reason), (sibling.id, reason)]
+    )
+    requested = {r.requested_at_ms for r in world.central.list_restart_requests()}
+    assert requested == {world.clock()}
+    # Only the session that asked is told (with a note its fresh run reads).
+    assert [n[0][:18] for n in world.notes()] == ["Packages installed"]
+    assert world.notes(sibling) == [] and world.notes(idle) == []
+
+
+def test_a_repeated_apply_after_a_crash_only_renews_the_request(approvers: World) -> None:
+    world = approvers
+    world.central.set_container_status(
+        world.session.id, ContainerStatus.STARTING, run_id="run-1", now=world.clock()
+    )
+    world.write(m.AddMcpServer(name="search", command="npx"))
+    world.drain()
+    approval = the_approval(world)
+    click(world, approval.approval_id, "telegram:owner", "approve")
+    decided = world.central.get_pending_approval(approval.approval_id)
+    assert decided is not None
+    watcher = ApprovalWatcher(world.deps)
+    run(watcher.settle(decided))
+    # A crash before the row's delete: the next start applies the same decision again.
+    world.clock.advance(500)
+    run(watcher.settle(decided))
+    assert len(world.central.list_restart_requests()) == 1
+    assert world.central.list_restart_requests()[0].requested_at_ms == world.clock()
+    assert len(world.notes()) == 1
 
 
 def test_reject_tells_the_agent(approvers: World) -> None:
@@ -113,8 +169,9 @@ def test_reject_tells_the_agent(approvers: World) -> None:
     world.drain()
     click(world, the_approval(world).approval_id, "slack:sam", "reject")
     tick(world)
-    assert world.groups.builds == []
+    assert world.built() == []
     assert world.notes() == [("Your install_packages request was rejected by slack:sam.", 1, 0)]
+    assert world.restart_requests() == []
     assert world.central.list_pending_approvals() == []
 
 
@@ -130,13 +187,16 @@ def test_timeout_is_a_deny(approvers: World) -> None:
     # a click after the deadline does not count
     assert click(world, approval.approval_id, "telegram:gail", "approve") == "expired"
     assert tick(world) == 1
-    assert world.groups.builds == []
+    assert world.built() == []
     assert "expired" in world.notes()[0][0]
     assert "Expired" in world.telegram.calls[-1][4]
 
 
 def test_add_mcp_server_updates_the_config_and_restarts(approvers: World) -> None:
     world = approvers
+    world.central.set_container_status(
+        world.session.id, ContainerStatus.STARTING, run_id="run-1", now=world.clock()
+    )
     world.write(m.AddMcpServer(name="search", command="npx", args=["-y", "srv"], env={"K": "v"}))
     world.drain()
     assert the_approval(world).action == "add_mcp_server"
@@ -147,19 +207,25 @@ def test_add_mcp_server_updates_the_config_and_restarts(approvers: World) -> Non
     assert json.loads(config.mcp_servers) == {
         "search": {"command": "npx", "args": ["-y", "srv"], "env": {"K": "v"}}
     }
-    assert world.groups.builds == [] and world.groups.restarts == [world.group.id]
+    assert world.built() == []
+    assert [r[0] for r in world.restart_requests()] == [world.session.id]
     assert 'MCP server "search" added' in world.notes()[0][0]
+    assert world.notes()[0][1:] == (1, 1)
 
 
 def test_build_failure_is_reported(approvers: World) -> None:
     world = approvers
-    world.groups.build_error = RuntimeError("apt: unable to locate package jq")
+    world.central.set_container_status(
+        world.session.id, ContainerStatus.STARTING, run_id="run-1", now=world.clock()
+    )
+    world.podman.fail_with("E: Unable to locate package jq")
     install(world)
     world.drain()
     click(world, the_approval(world).approval_id, "telegram:owner", "approve")
     tick(world)
-    assert world.groups.restarts == []
+    assert world.restart_requests() == []  # the group keeps its image: nothing to restart
     assert "nothing was installed" in world.notes()[0][0]
+    assert "Unable to locate package jq" in world.notes()[0][0]
     config = world.central.get_container_config(world.group.id)
     assert config is not None and config.packages_apt == "[]"
 
@@ -237,7 +303,7 @@ def test_approval_for_a_vanished_session_is_dropped(approvers: World) -> None:
     world.central.db.execute("DELETE FROM sessions")
     world.central.db.execute("PRAGMA foreign_keys=ON")
     tick(world)
-    assert world.groups.builds == []
+    assert world.built() == []
     assert world.central.list_pending_approvals() == []
 
 

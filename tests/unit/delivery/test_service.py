@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from nanoclaw_common import messages as m
+from nanoclaw_common.sandbox.images import group_image_tag
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_delivery.service import DeliveryService
@@ -117,7 +118,7 @@ def test_retry_is_attempted_when_due(world: World) -> None:
 def test_approval_loop_applies_decisions(world: World) -> None:
     world.write(m.InstallPackages(apt=["jq"]))
 
-    async def scenario() -> None:
+    async def scenario() -> str:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
         await until(lambda: world.central.list_pending_approvals() != [])
@@ -125,12 +126,14 @@ def test_approval_loop_applies_decisions(world: World) -> None:
         world.central.decide_approval(
             approval.approval_id, "telegram:owner", "approve", now=world.clock()
         )
-        await until(lambda: world.groups.restarts == [world.group.id])
+        await until(lambda: world.central.list_pending_approvals() == [])
         service.request_stop()
         await runner
+        return approval.approval_id
 
-    run(scenario())
-    assert world.groups.builds == [(world.group.id, ["jq"], [])]
+    approval_id = run(scenario())
+    assert world.built() == [(group_image_tag(world.settings.image, world.group.id), ["jq"], [])]
+    assert world.due() == [f"approval-{approval_id}"]
 
 
 def test_a_broken_session_backs_off_and_does_not_stop_others(world: World) -> None:
