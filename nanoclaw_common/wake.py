@@ -1,6 +1,10 @@
 """The wake contract. ``nanoclaw_common.sandbox.Sandbox`` implements it with Podman; tests use
-a recording fake. Router (new message), sweeper (due work, retries) and delivery
-(agent-to-agent, approvals) call it after refreshing the session's projections."""
+a recording fake. The router (a new message, for the lowest latency) and the sweeper (due
+work, retries, restarts) call it after refreshing the session's projections.
+
+Delivery does not wake: it writes due rows (agent-to-agent messages, notes) and leaves the
+start to the sweeper's next pass (about a second). That keeps podman-py, and its memory, out
+of the delivery process (docs/delivery.md, "Who wakes what")."""
 
 from __future__ import annotations
 
