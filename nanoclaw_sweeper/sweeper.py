@@ -195,6 +195,12 @@ class Sweeper:
         container with nothing pending, since when it has been idle."""
         if not paths.inbound_db.exists():
             return Verdict.OK, None
+        # The files' state is taken *before* reading them: a row another program commits
+        # while this pass reads (delivery's agent-to-agent message, a note) changes the mtime
+        # again, so the next pass looks. Taken after, such a row could go unseen for good.
+        # Our own writes below (ack sync, settling) cost one extra look next pass, no more.
+        inbound_mtime = _mtime_ns(paths.inbound_db)
+        outbound_mtime = _mtime_ns(paths.outbound_db)
         inbound = InboundStore(paths.inbound_db)
         try:
             # A settled run's claims stay in outbound.db until the next run drops them (the
@@ -238,9 +244,8 @@ class Sweeper:
                 seen.next_due_ms = now
         finally:
             inbound.close()
-        # Recorded after our own writes (ack sync, settling), so they do not count as news.
-        seen.inbound_mtime_ns = _mtime_ns(paths.inbound_db)
-        seen.outbound_mtime_ns = _mtime_ns(paths.outbound_db)
+        seen.inbound_mtime_ns = inbound_mtime
+        seen.outbound_mtime_ns = outbound_mtime
         idle_since = None
         if obs.pending == 0 and obs.claims == 0:
             idle_since = max(obs.last_activity_ms or 0, obs.run_started_at_ms or 0)

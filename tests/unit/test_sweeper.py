@@ -437,3 +437,28 @@ def test_a_failed_stop_keeps_the_request(world: World) -> None:
     assert len(world.central.list_restart_requests()) == 1
     assert world.sweeper.sweep(T0 + 7_000).restarted == [session.id]
     assert world.central.list_restart_requests() == []
+
+
+class RacingSweeper(Sweeper):
+    """Another program commits a due row while this pass is still reading the session: after
+    the sweeper counted due rows, before it finishes with the session."""
+
+    racing_paths: SessionPaths | None = None
+
+    def _act(self, session: rows.Session, *args: object, **kwargs: object) -> None:
+        super()._act(session, *args, **kwargs)  # type: ignore[arg-type]
+        if self.racing_paths is not None:
+            paths, self.racing_paths = self.racing_paths, None
+            add_message(paths, "a2a-mid-pass")
+
+
+def test_a_row_committed_during_the_pass_is_seen_next_pass(world: World) -> None:
+    sweeper = RacingSweeper(world.settings, world.central, world.sandbox)
+    session, paths = world.session()
+    add_message(paths, "old")
+    store = InboundStore(paths.inbound_db)
+    store.set_status("old", "completed")
+    store.close()
+    sweeper.racing_paths = paths
+    assert sweeper.sweep(T0).woken == []  # the row landed after the due count was taken
+    assert sweeper.sweep(T0 + 1_000).woken == [session.id]
