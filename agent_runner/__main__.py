@@ -2,9 +2,9 @@
 program (``app``).
 
 The order matters and is why the program's imports wait: until ``forbid_dumps()`` runs, a
-same-uid process could read the proxy token from ``/proc/<pid>/environ``, and the import of
-``app`` takes ~0.15 s. After a re-exec (``shed``) the heartbeat is touched before that import
-too, so the host sees no gap in the beat.
+same-uid process could read this process's ``/proc/<pid>`` entries (its memory, its
+descriptors), and the import of ``app`` takes ~0.15 s. After a re-exec (``shed``) the
+heartbeat is touched before that import too, so the host sees no gap in the beat.
 """
 
 from __future__ import annotations

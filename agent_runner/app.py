@@ -1,11 +1,12 @@
 """``nanoclaw-agent-runner``: the program inside each session's container (``__main__``
 hardens the process first, then calls ``run`` here).
 
-Reads ``<session>/runner.json`` (``RunnerConfig``) and, from the environment, the run id
-(``NANOCLAW_RUN_ID``) and the proxy token (``NANOCLAW_PROXY_TOKEN``, the only credential the
-container holds: it is worth nothing outside the proxy). Both are taken out of ``os.environ``
-at once, so no child process inherits them. Paths default to the container's mounts and can
-be overridden, so the same program runs as a host process in tests:
+Reads ``<session>/runner.json`` (``RunnerConfig``), the run id from the environment
+(``NANOCLAW_RUN_ID``, taken out of ``os.environ`` at once so no child inherits it) and the
+proxy token (the only credential the container holds: it is worth nothing outside the proxy)
+from ``<session>/agent/.proxy-token``, which it unlinks at once (``hardening``). Paths
+default to the container's mounts and can be overridden, so the same program runs as a host
+process in tests, taking its token the same way:
 
     nanoclaw-agent-runner --session-root DIR --workspace DIR [--proxy-socket PATH]
 
@@ -100,13 +101,24 @@ def run(argv: Sequence[str] | None = None, *, resumed: bool = False, hardened: b
     environ = dict(os.environ)
     args = parse_args(argv, environ)
     # The run's private variables leave os.environ now: no child inherits them by accident.
-    # A re-exec passes them on explicitly.
+    # A re-exec passes the run id on explicitly (and the token through a socket of its own).
     private = {key: os.environ.pop(key) for key in hardening.PRIVATE_ENV if key in os.environ}
-    token = private.get("NANOCLAW_PROXY_TOKEN", "")
+    token_fd = private.pop(hardening.TOKEN_FD_ENV, None)
+    session = SessionPaths(args.session_root)
+    # The token first, whatever else fails: the file must not stay for a tool to find. A
+    # resumed process has it from the process it replaced; a file now would be the agent's.
+    token = ""
+    token_problem: str | None = None
+    try:
+        if token_fd is not None:
+            token = hardening.receive_token(token_fd)
+        elif not resumed:
+            token = hardening.take_token_file(session.agent_dir) or ""
+    except hardening.TokenError as exc:
+        token_problem = str(exc)
     setup_logging("agent-runner", args.log_level, secrets=[token] if token else [])
     log = logger.bind(component="main")
     run_id = private.get("NANOCLAW_RUN_ID", "")
-    session = SessionPaths(args.session_root)
     try:
         config = decode_runner_config((session.root / "runner.json").read_bytes())
     except (OSError, DecodeError) as exc:
@@ -115,11 +127,13 @@ def run(argv: Sequence[str] | None = None, *, resumed: bool = False, hardened: b
     if not run_id:
         log.error("NANOCLAW_RUN_ID is not set")
         return EXIT_CONFIG
+    if token_problem:
+        log.warning("proxy token: {}", token_problem)
     if config.provider == "anthropic" and not token:
-        log.error("NANOCLAW_PROXY_TOKEN is not set")
+        log.error("no proxy token (the host writes agent/.proxy-token before each start)")
         return EXIT_CONFIG
     if not hardened:
-        log.warning("cannot make the process non-dumpable: tools may read its environment")
+        log.warning("cannot make the process non-dumpable: tools may read its /proc entries")
     paths = RunnerPaths(
         session=session,
         workspace=args.workspace,
@@ -161,12 +175,12 @@ def run(argv: Sequence[str] | None = None, *, resumed: bool = False, hardened: b
         signal.set_wakeup_fd(-1)
         heartbeat.stop()
     if shedding:
-        return reexec(stop, session.heartbeat, private)
+        return reexec(stop, session.heartbeat, private, token)
     log.info("agent runner stopped")
     return 0
 
 
-def reexec(stop: GracefulStop, heartbeat: Path, private: dict[str, str]) -> int:
+def reexec(stop: GracefulStop, heartbeat: Path, private: dict[str, str], token: str) -> int:
     """Replace this process with a fresh runner (``shed``); returns only when that is not
     possible (an exit code)."""
     log = logger.bind(component="main")
@@ -183,9 +197,16 @@ def reexec(stop: GracefulStop, heartbeat: Path, private: dict[str, str]) -> int:
         shed.touch_heartbeat(heartbeat)
     sys.stdout.flush()
     sys.stderr.flush()
+    token_fd = hardening.pass_token(token) if token else None
     try:
-        shed.reexec(shed.reexec_environment(os.environ, private=private, heartbeat=heartbeat))
+        shed.reexec(
+            shed.reexec_environment(
+                os.environ, private=private, heartbeat=heartbeat, token_fd=token_fd
+            )
+        )
     except OSError as exc:
+        if token_fd is not None:
+            os.close(token_fd)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         # Exiting lets the host start a fresh run when work comes; nothing is in hand.
         log.error("cannot re-exec the runner ({}); exiting", exc)

@@ -1,7 +1,7 @@
-"""Compaction: when the conversation nears the model's context window, the model writes a
-summary, the full transcript is archived to the group folder
-(``/workspace/conversations/<YYYY-MM-DD>-<slug>.md``, upstream-container.md §6.6), and the
-summary replaces the messages.
+"""Compaction: when the conversation reaches ``RunnerConfig.compact_at_tokens`` (or nears a
+smaller model's context window), the model writes a summary, the full transcript is archived
+to the group folder (``/workspace/conversations/<YYYY-MM-DD>-<slug>.md``,
+upstream-container.md §6.6), and the summary replaces the messages.
 
 The summary call sends the same system prompt and tools as every other call (a request whose
 history holds tool blocks must define tools, and the shared prefix is served from the prompt
@@ -47,7 +47,8 @@ CONTEXT_WINDOWS: dict[str, int] = {
 }
 DEFAULT_CONTEXT_WINDOW = 200_000
 _DATE_SUFFIX = re.compile(r"-\d{8}$")
-# Compact at ~82% of the window (upstream's 165k of 200k), leaving room for the summary call.
+# Whatever compact_at_tokens says, compact by ~82% of the window (upstream's 165k of 200k):
+# the rest is the safety margin for the summary call's own input and output.
 COMPACT_RATIO = 0.825
 
 
@@ -55,8 +56,10 @@ def context_window(model: str) -> int:
     return CONTEXT_WINDOWS.get(_DATE_SUFFIX.sub("", model), DEFAULT_CONTEXT_WINDOW)
 
 
-def compact_threshold(model: str) -> int:
-    return int(context_window(model) * COMPACT_RATIO)
+def compact_threshold(model: str, compact_at_tokens: int) -> int:
+    """The estimated input size (tokens) at which the conversation is compacted: the
+    configured cost cap, or the model's window less the safety margin when that is lower."""
+    return min(compact_at_tokens, int(context_window(model) * COMPACT_RATIO))
 
 
 def slugify(text: str) -> str:

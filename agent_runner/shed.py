@@ -3,16 +3,18 @@
 Importing ``anthropic`` costs ~60 MB of RSS (its pydantic types) that Python never gives
 back, which puts a runner that has called the model above its 80 MB idle target. So after
 ``RunnerConfig.shed_after_s`` with nothing to do, a runner that has the SDK loaded replaces
-itself with a fresh copy (``os.execve``: same pid, same argv, same environment, so the
-container and the run go on), which starts small and imports the SDK again at its next model
-call (~1.5 s). Nothing is lost: the conversation is saved (fsynced) after every change, acks
-and outbound rows are committed as they happen, and shedding waits for a moment with no
-work in hand.
+itself with a fresh copy (``os.execve``: same pid, same argv, same environment plus the run's
+private variables, so the container and the run go on), which starts small and imports the
+SDK again at its next model call (~1.5 s). Nothing is lost: the conversation is saved
+(fsynced) after every change, acks and outbound rows are committed as they happen, and
+shedding waits for a moment with no work in hand.
 
 The exec protocol:
 - before: the loop ends and tears down (MCP servers closed, DBs closed), stop signals are
   blocked (the mask survives the exec, so a SIGTERM in between waits for the new process's
-  handler instead of killing it mid-start), the heartbeat is touched, and logs are flushed;
+  handler instead of killing it mid-start), the heartbeat is touched, logs are flushed, and
+  the proxy token goes into an inherited socket (``hardening.pass_token``: the token file is
+  gone, and the environment is no place for it);
 - the new process finds ``NANOCLAW_REEXEC`` (the heartbeat's path) in its environment:
   ``__main__`` touches the heartbeat before its imports, removes the variable (it goes no
   further, not to tools), and the runner resumes the run (``OutboundStore.resume_run``)
@@ -30,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
+
+from agent_runner.hardening import TOKEN_FD_ENV
 
 REEXEC_ENV = "NANOCLAW_REEXEC"
 SDK_MODULE = "anthropic"
@@ -74,11 +78,17 @@ def sdk_loaded() -> bool:
 
 
 def reexec_environment(
-    environ: Mapping[str, str], *, private: Mapping[str, str], heartbeat: Path
+    environ: Mapping[str, str],
+    *,
+    private: Mapping[str, str],
+    heartbeat: Path,
+    token_fd: int | None = None,
 ) -> dict[str, str]:
     """The new process's environment: the one we were started with (``environ`` plus the
-    ``private`` variables ``main()`` took out of it) and the marker naming the heartbeat."""
-    return {**environ, **private, REEXEC_ENV: str(heartbeat)}
+    ``private`` variables ``main()`` took out of it), the marker naming the heartbeat and,
+    when there is a token, the number of the inherited socket that holds it."""
+    marker = {} if token_fd is None else {TOKEN_FD_ENV: str(token_fd)}
+    return {**environ, **private, REEXEC_ENV: str(heartbeat), **marker}
 
 
 def reexec(environment: Mapping[str, str]) -> NoReturn:

@@ -11,7 +11,7 @@ until the model ends its turn. Along the way:
 - when the turn ends with nothing delivered since the last push but with scratchpad text,
   one nudge asks for wrapped output; unknown destinations get one note naming the real ones.
   Only one such correction per stretch, so a model that never wraps cannot loop;
-- before each call, a conversation near the context window is compacted;
+- before each call, a conversation past ``compaction.compact_threshold`` is compacted;
 - a turn stops after ``max_turns_per_batch`` model calls (a runaway loop).
 
 The system prompt and the tool list carry cache breakpoints, and so does the newest message,
@@ -87,7 +87,9 @@ class TurnEngine:
         self.ctx = ctx
         self.paths = paths
         self.follow_ups = follow_ups
-        self.threshold = compaction.compact_threshold(ctx.config.model)
+        self.threshold = compaction.compact_threshold(
+            ctx.config.model, ctx.config.compact_at_tokens
+        )
         self.calls = 0  # model calls in this run
         self.batch_calls = 0  # ... in the current turn; container_state.turns mirrors it
 

@@ -44,7 +44,11 @@ sys.path.insert(0, str(REPO))  # tests.fakes, for --anthropic
 from agent_runner.watch import ChangeWatcher  # noqa: E402
 from nanoclaw_common import messages  # noqa: E402
 from nanoclaw_common.paths import Layout, SessionPaths  # noqa: E402
-from nanoclaw_common.runner_config import RunnerConfig, encode_runner_config  # noqa: E402
+from nanoclaw_common.runner_config import (  # noqa: E402
+    RunnerConfig,
+    encode_runner_config,
+    write_proxy_token,
+)
 from nanoclaw_common.sessions import ensure_session_files, refresh_projections  # noqa: E402
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound  # noqa: E402
 from nanoclaw_common.store.outbound import OutboundReader  # noqa: E402
@@ -176,12 +180,8 @@ def host_runner(
     )
     group = central.get_agent_group(session.agent_group_id)
     assert group is not None
-    env = {
-        **os.environ,
-        "NANOCLAW_RUN_ID": run_id,
-        "NANOCLAW_PROXY_TOKEN": token,
-        "NANOCLAW_LOG_LEVEL": "WARNING",
-    }
+    write_proxy_token(paths.agent_dir, token)  # as Sandbox.wake does
+    env = {**os.environ, "NANOCLAW_RUN_ID": run_id, "NANOCLAW_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen(
         [
             sys.executable,

@@ -56,6 +56,7 @@ DEFAULT_HOME: Final = "./data"
 # A webhook secret shorter than this is refused: it is guessable, and ``secrets()`` (the log
 # redaction and leak guard) ignores values this short, so it could show up in logs.
 MIN_WEBHOOK_SECRET_CHARS: Final = 8
+MIN_COMPACT_AT_TOKENS: Final = 10_000
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -103,6 +104,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # -- runner
     max_messages_per_prompt: int = 10
     runner_shed_after_s: float = 120.0  # idle runner drops the model SDK (re-exec); 0: never
+    # The conversation is compacted at about this many input tokens (or nearer a smaller
+    # model's window): every call pays for its whole input, so a 1M window is a cost trap.
+    runner_compact_at_tokens: int = 165_000
 
     # -- delivery
     delivery_max_attempts: int = 6
@@ -178,6 +182,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 problems.append(f"{env_name(name)} must be positive")
         if self.runner_shed_after_s < 0:
             problems.append(f"{env_name('runner_shed_after_s')} must not be negative")
+        if self.runner_compact_at_tokens < MIN_COMPACT_AT_TOKENS:
+            # Below this the summary and the prompt around it leave little room for talk:
+            # every few messages would pay for a summary call.
+            problems.append(
+                f"{env_name('runner_compact_at_tokens')} must be at least {MIN_COMPACT_AT_TOKENS}"
+            )
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s * 2:
             problems.append("heartbeat_timeout_s must exceed twice heartbeat_interval_s")
         short = sorted(

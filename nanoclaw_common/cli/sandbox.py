@@ -17,6 +17,7 @@ from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import images, runtime, service
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.store import CentralStore
 
 
 @click.group()
@@ -37,13 +38,85 @@ def image_build(ctx: CliContext, offline: bool, base_image: str | None, tag: str
     conf = runtime.ensure_containers_conf(ctx.layout)
     if conf is not None:
         _step(f"podman settings for this machine: {conf}")
+    env = runtime.podman_env(conf)
     try:
-        base = images.build_agent_image(
-            target, runtime.podman_env(conf), _progress, base=base_image, offline=offline
-        )
+        base = images.build_agent_image(target, env, _progress, base=base_image, offline=offline)
     except NanoclawError as exc:
         raise click.ClickException(str(exc)) from None
     _step(f"built {target} from {base} in {time.monotonic() - started:.0f}s")
+    # Group images are built FROM the `image` setting; another tag leaves them as they are.
+    if target == ctx.settings.image and ctx.layout.central_db.exists():
+        _note_outdated(outdated_group_images(ctx.store(), target, env), target)
+
+
+class GroupImage(msgspec.Struct, frozen=True):
+    """A group's own image (``container_configs.image_tag``) that is not built on the
+    current agent image."""
+
+    agent_group_id: str
+    name: str
+    tag: str
+    missing: bool  # no such image: the group's sessions cannot start at all
+
+
+def outdated_group_images(
+    central: CentralStore, agent_image: str, env: dict[str, str]
+) -> list[GroupImage]:
+    """Group images whose layers do not start with ``agent_image``'s: they were built FROM
+    an earlier agent image and run its agent runner, which may not understand what this
+    host writes. Missing images are listed too."""
+    base = image_layers(agent_image, env)
+    if base is None:
+        return []
+    found: list[GroupImage] = []
+    for group in central.list_agent_groups():
+        config = central.get_container_config(group.id)
+        if config is None or not config.image_tag:
+            continue
+        layers = image_layers(config.image_tag, env)
+        if layers is None or not built_on(base, layers):
+            found.append(GroupImage(group.id, group.name, config.image_tag, layers is None))
+    return found
+
+
+def image_layers(image: str, env: dict[str, str]) -> list[str] | None:
+    """The image's layer digests, bottom first; None when Podman does not have it."""
+    try:
+        done = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", image],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        return msgspec.json.decode(done.stdout, type=list[str])
+    except msgspec.DecodeError:
+        return None
+
+
+def built_on(base_layers: list[str], layers: list[str]) -> bool:
+    """An image built FROM the base starts with the base's layers (a rebuild of the base
+    that changed anything has different ones)."""
+    return len(layers) >= len(base_layers) and layers[: len(base_layers)] == base_layers
+
+
+def _note_outdated(outdated: list[GroupImage], agent_image: str) -> None:
+    if not outdated:
+        return
+    _step(
+        f"note: {len(outdated)} group image(s) are not built on this {agent_image} and run an"
+        " older agent runner; rebuild them (a group's image is rebuilt FROM the agent image"
+        " when its next install_packages is approved):"
+    )
+    for image_ in outdated:
+        state = "missing" if image_.missing else "built from an older agent image"
+        click.echo(f"    {image_.name} ({image_.agent_group_id}): {image_.tag} ({state})")
 
 
 def _step(text: str) -> None:

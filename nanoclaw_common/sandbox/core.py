@@ -6,7 +6,8 @@ container already running under the session's name means "nothing to do". Starti
 
 1. settle the previous run's leftover ``processing`` claims (settle.py);
 2. a fresh run id, ``<session>/runner.json`` written atomically, a per-run proxy token (only
-   its sha256 is stored), the stale heartbeat removed;
+   its sha256 is stored; the token itself goes to ``agent/.proxy-token`` for the runner to
+   take, never into the container's environment), the stale heartbeat removed;
 3. the writable folders handed to the container user (ownership.py);
 4. ``sessions.container_status = starting`` with the run id, then create and start.
 
@@ -25,7 +26,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
@@ -42,9 +43,15 @@ from nanoclaw_common.errors import NanoclawError, Refused
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.messages import system_note
 from nanoclaw_common.paths import CONTAINER, Layout, SessionPaths, safe_component
-from nanoclaw_common.runner_config import McpServer, RunnerConfig, encode_runner_config
+from nanoclaw_common.runner_config import (
+    McpServer,
+    RunnerConfig,
+    discard_proxy_token,
+    encode_runner_config,
+    write_proxy_token,
+)
 from nanoclaw_common.sandbox import images, mounts, runtime, spec
-from nanoclaw_common.sandbox.ownership import hand_over
+from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID, hand_over
 from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.sandbox.settle import settle_leftover_claims
 from nanoclaw_common.sessions import ensure_session_files
@@ -97,12 +104,21 @@ class ContainerInfo(msgspec.Struct, frozen=True):
 class Sandbox:
     """Implements ``nanoclaw_common.wake.Waker`` with Podman.
 
-    ``command`` replaces the image's command (the agent runner) for tests and benchmarks."""
+    ``command`` replaces the image's command (the agent runner) for tests and benchmarks;
+    ``new_token`` makes each run's proxy token (tests pass one that remembers what it made,
+    to look for it inside the container)."""
 
-    def __init__(self, settings: Settings, *, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        command: Sequence[str] | None = None,
+        new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+    ) -> None:
         self.settings = settings
         self.layout = Layout(settings.home_path)
         self.command = list(command) if command is not None else None
+        self.new_token = new_token
         self.rootless = os.geteuid() != 0
         self._local = threading.local()
         self._opened: list[CentralStore | podman.PodmanClient] = []
@@ -183,8 +199,11 @@ class Sandbox:
         runner = self.runner_config(session, group, config)
         proxy = self._proxy_mount(runner)
         run_id = new_id("run", now)
-        token = secrets.token_urlsafe(32)
+        token = self.new_token()
         write_atomic(paths.root / RUNNER_FILE, encode_runner_config(runner))
+        write_proxy_token(
+            paths.agent_dir, token, owner=None if self.rootless else (AGENT_UID, AGENT_GID)
+        )
         paths.heartbeat.unlink(missing_ok=True)
         if not self.rootless:
             hand_over(paths.agent_dir)
@@ -194,7 +213,7 @@ class Sandbox:
             image=self.image_for(config),
             command=self.command,
             labels=spec.labels(self.settings.install, session.id, group.id, run_id),
-            env=spec.run_env(run_id, token, self.settings.tz),
+            env=spec.run_env(run_id, self.settings.tz),
             mounts=mounts.session_mounts(
                 paths, group_dir, proxy, self._extra_mounts(config, group_dir, session)
             ),
@@ -207,7 +226,11 @@ class Sandbox:
             hashlib.sha256(token.encode()).hexdigest(), session.id, group.id, run_id, now=now
         )
         central.set_container_status(session.id, ContainerStatus.STARTING, run_id=run_id, now=now)
-        return self._start(run, session)
+        try:
+            return self._start(run, session)
+        except BaseException:
+            discard_proxy_token(paths.agent_dir)  # revoked already; no runner will take it
+            raise
 
     def _start(self, run: spec.RunSpec, session: Session) -> bool:
         try:
@@ -268,6 +291,7 @@ class Sandbox:
             heartbeat_interval_s=self.settings.heartbeat_interval_s,
             max_turns_per_batch=self.settings.max_turns_per_batch,
             shed_after_s=self.settings.runner_shed_after_s,
+            compact_at_tokens=self.settings.runner_compact_at_tokens,
             proxy_socket=str(CONTAINER.proxy_socket),
             mcp_servers=_mcp_servers(config, group.id),
             script_path=(

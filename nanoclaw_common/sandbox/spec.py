@@ -61,10 +61,11 @@ def labels(install: str, session_id: str, agent_group_id: str, run_id: str) -> d
     }
 
 
-def run_env(run_id: str, proxy_token: str, tz: str) -> dict[str, str]:
-    """Everything the container gets from the environment. No credential: the proxy token
-    only names the session to the proxy, which holds the real key."""
-    return {"NANOCLAW_RUN_ID": run_id, "NANOCLAW_PROXY_TOKEN": proxy_token, "TZ": tz}
+def run_env(run_id: str, tz: str) -> dict[str, str]:
+    """Everything the container gets from the environment: nothing secret. The container's
+    environment is PID 1's, and ``/proc/1/environ`` is readable by the agent user, so the
+    per-run proxy token goes through ``agent/.proxy-token`` instead (runner_config.py)."""
+    return {"NANOCLAW_RUN_ID": run_id, "TZ": tz}
 
 
 def create_kwargs(spec: RunSpec) -> dict[str, Any]:

@@ -77,17 +77,43 @@ def box_settings(
     )
 
 
+class Tokens:
+    """Makes the proxy tokens of this test's sandboxes (``Sandbox(new_token=...)``) as the
+    default does, and remembers them: a test looks for them inside the container."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    def __call__(self) -> str:
+        token = secrets.token_urlsafe(32)
+        self.made.append(token)
+        return token
+
+    @property
+    def last(self) -> str:
+        assert self.made, "no run was started"
+        return self.made[-1]
+
+
+@pytest.fixture
+def tokens() -> Tokens:
+    return Tokens()
+
+
 SandboxFactory = Callable[..., Sandbox]
 
 
 @pytest.fixture
-def make_sandbox(box_settings: Settings, podman_service: PodmanService) -> Iterator[SandboxFactory]:
+def make_sandbox(
+    box_settings: Settings, podman_service: PodmanService, tokens: Tokens
+) -> Iterator[SandboxFactory]:
     """``make_sandbox(command=None)`` runs the real agent runner; ``SLEEP`` (the default) a
-    process that just stays up. Every container of this test's install is removed after."""
+    process that just stays up. Proxy tokens come from ``tokens``. Every container of this
+    test's install is removed after."""
     made: list[Sandbox] = []
 
     def factory(command: Sequence[str] | None = SLEEP, settings: Settings | None = None) -> Sandbox:
-        box = Sandbox(settings or box_settings, command=command)
+        box = Sandbox(settings or box_settings, command=command, new_token=tokens)
         made.append(box)
         return box
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from nanoclaw_common.cli import cli
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import runtime
 from nanoclaw_common.sandbox.service import socket_answers
+from nanoclaw_common.store import CentralStore
 from tests.sandbox.conftest import wait_until
 
 pytestmark = pytest.mark.podman
@@ -55,6 +57,43 @@ def test_image_build_reuses_the_offline_base(home: Path, agent_image: str) -> No
     assert result.exit_code == 0, result.output
     assert "using the cached offline base localhost/nanoclaw-base:latest" in result.output
     assert f"built {agent_image} from localhost/nanoclaw-base:latest" in result.output
+
+
+def test_image_build_names_group_images_on_an_older_agent_image(
+    home: Path, agent_image: str, central: CentralStore
+) -> None:
+    """Group images are built FROM the agent image; after a rebuild of it, those on an older
+    one (or missing) are listed so the operator rebuilds them."""
+    env = runtime.podman_env(runtime.ensure_containers_conf(Layout(home)))
+    build = ["--home", str(home), "image", "build", "--offline"]
+    # A first build brings the agent image up to this checkout (so the second one, below, is
+    # a cache hit and keeps its layers).
+    first = CliRunner().invoke(cli, build)
+    assert first.exit_code == 0, first.output
+    repository = f"localhost/nanoclaw-test-{secrets.token_hex(4)}"
+    fresh, stale, gone = (f"{repository}:{name}" for name in ("fresh", "stale", "gone"))
+    podman_cli(env, "tag", agent_image, fresh)
+    # An image with one unrelated layer stands for one built on an older agent image.
+    podman_cli(env, "import", "-", stale, stdin=b"\0" * 10240)  # an empty tar archive
+    try:
+        for name, tag in (("Fresh", fresh), ("Stale", stale), ("Gone", gone), ("Plain", None)):
+            group = central.create_agent_group(name, name.lower())
+            central.update_container_config(group.id, image_tag=tag)
+        result = CliRunner().invoke(cli, build)
+    finally:
+        for tag in (fresh, stale):
+            podman_cli(env, "rmi", tag)
+    assert result.exit_code == 0, result.output
+    assert f"note: 2 group image(s) are not built on this {agent_image}" in result.output
+    note = result.output.split("note: ", 1)[1].splitlines()
+    listed = [line.strip() for line in note[1:] if line.strip()]
+    assert [line.split(" (", 1)[0] for line in listed] == ["Gone", "Stale"]
+    assert listed[0].endswith(f"{gone} (missing)")
+    assert listed[1].endswith(f"{stale} (built from an older agent image)")
+
+
+def podman_cli(env: dict[str, str], *argv: str, stdin: bytes | None = None) -> None:
+    subprocess.run(["podman", *argv], env=env, input=stdin, capture_output=True, check=True)
 
 
 def test_podman_service_command(home: Path) -> None:

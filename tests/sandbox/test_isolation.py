@@ -3,9 +3,11 @@ model): what it can and cannot reach (DESIGN.md §7)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 
+import podman
 import pytest
 
 from nanoclaw_common.paths import Layout
@@ -18,6 +20,7 @@ from tests.sandbox.conftest import (
     FakeProxy,
     SandboxFactory,
     SessionFactory,
+    Tokens,
     wait_until,
 )
 
@@ -188,28 +191,65 @@ def test_unmounted_host_paths_cannot_be_read(
     assert json.loads(out.splitlines()[-1]) == ["agent", "inbound.db", "inbox", "runner.json"]
 
 
-def test_the_api_key_is_nowhere_in_the_container(
-    running: tuple[Sandbox, rows.Session], central: CentralStore, layout: Layout
+def test_no_process_environment_holds_the_token_or_the_key(
+    running: tuple[Sandbox, rows.Session], tokens: Tokens, central: CentralStore
 ) -> None:
+    """Every /proc/<pid>/environ a process in the container can read: its own (a ``podman
+    exec`` gets the container's environment, as PID 1 does), the init's and nothing else (the
+    runner is non-dumpable). None holds the run's proxy token or the API key."""
     box, session = running
     assert box.settings.anthropic_api_key == CANARY_KEY
-    # Not in any process's environment (the runner's, the init's, ours)...
+    token = tokens.last
+    # The token the runner was given is the one the proxy knows, for this run.
+    found = central.find_proxy_token(hashlib.sha256(token.encode()).hexdigest())
+    fresh = central.get_session(session.id)
+    assert found is not None and fresh is not None
+    assert (found.session_id, found.run_id) == (session.id, fresh.run_id)
     code, out, err = python(
         box,
         session,
-        "import os\n"
+        "import json, os\n"
+        "seen = {}\n"
         "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
         "    try:\n"
         "        env = open(f'/proc/{pid}/environ', 'rb').read()\n"
-        "    except OSError:\n"
+        "    except OSError as exc:\n"
+        "        seen[pid] = [cmd[1:3] == [b'-m', b'agent_runner'], exc.errno]\n"
         "        continue\n"
-        f"    print(pid, {CANARY_KEY.encode()!r} in env, b'ANTHROPIC_API_KEY' in env)\n",
+        "    names = [v.split(b'=', 1)[0].decode() for v in env.split(b'\\0') if v]\n"
+        f"    seen[pid] = [{token.encode()!r} in env, {CANARY_KEY.encode()!r} in env, names]\n"
+        "print(os.getpid(), json.dumps(seen))\n",
     )
     assert code == 0, err
-    assert len(out.splitlines()) >= 3  # init, runner, this exec
-    assert all(line.split()[1:] == ["False", "False"] for line in out.splitlines())
-    # ...nor in any file it can see (the root filesystem, the mounts). A control string the
-    # host put in the group folder proves the search does find what is there.
+    me, listing = out.split(" ", 1)
+    seen = json.loads(listing)
+    readable = {pid: entry for pid, entry in seen.items() if len(entry) == 3}
+    assert set(readable) == {"1", me}, seen  # the init and this exec, not the runner
+    for pid, (has_token, has_key, names) in readable.items():
+        assert not has_token and not has_key, (pid, names)
+        assert "NANOCLAW_RUN_ID" in names and "PATH" in names  # a real environment, read
+        assert not any(name.startswith("ANTHROPIC_") for name in names), names
+        assert "NANOCLAW_PROXY_TOKEN" not in names
+    [runner] = [entry for pid, entry in seen.items() if pid not in readable]
+    assert runner == [True, errno.EACCES]  # the runner is there; its entries are closed
+    # Podman's record of the container holds nothing secret either.
+    with podman.PodmanClient(base_url=box.settings.podman_socket_url) as client:
+        env = client.containers.get(box.container_name(session.id)).attrs["Config"]["Env"]
+    assert not any(token in item or CANARY_KEY in item for item in env), env
+
+
+def test_no_file_the_container_sees_holds_the_token_or_the_key(
+    running: tuple[Sandbox, rows.Session], tokens: Tokens, central: CentralStore, layout: Layout
+) -> None:
+    """The runner took ``agent/.proxy-token`` and unlinked it: once it has started, the token
+    is in no file the container can see (the root filesystem, the mounts, /tmp), and the API
+    key never was. A control string the host put in the group folder proves the search does
+    find what is there."""
+    box, session = running
+    token = tokens.last
+    paths = layout.session(session.agent_group_id, session.id)
+    assert [p.name for p in paths.agent_dir.iterdir() if "proxy-token" in p.name] == []
     control = b"NANOCLAW-CONTROL-" + CANARY_KEY[-8:].encode()[::-1]
     group = central.get_agent_group(session.agent_group_id)
     assert group is not None
@@ -218,36 +258,30 @@ def test_the_api_key_is_nowhere_in_the_container(
         box,
         session,
         "import os\n"
-        "seen = found = controls = 0\n"
+        "seen = key = tok = controls = 0\n"
         "for top, dirs, files in os.walk('/'):\n"
         "    if top == '/':\n"
         "        dirs[:] = [d for d in dirs if d not in ('proc', 'sys', 'dev')]\n"
         "    for name in files:\n"
         "        path = os.path.join(top, name)\n"
         "        try:\n"
-        "            with open(path, 'rb') as handle:\n"
+        "            with open(path, 'rb', opener=lambda p, f: os.open(p, f | os.O_NONBLOCK))"
+        " as handle:\n"
         "                data = handle.read()\n"
-        f"            found += {CANARY_KEY.encode()!r} in data\n"
+        f"            key += {CANARY_KEY.encode()!r} in data\n"
+        f"            tok += {token.encode()!r} in data\n"
         f"            controls += {control!r} in data\n"
         "            seen += 1\n"
         "        except OSError:\n"
         "            pass\n"
-        "print(seen, found, controls)\n",
+        "print(seen, key, tok, controls)\n",
     )
     assert code == 0, err
-    seen, found, controls = map(int, out.split())
-    assert seen > 1000 and controls == 1 and found == 0
-    # The container's configuration holds only the run id, a proxy token and TZ.
-    code, out, _ = python(box, session, "import os; print(sorted(os.environ))")
-    assert "ANTHROPIC_API_KEY" not in out
-    # The token in the container is the one the proxy knows (by hash), for this run.
-    code, token, _ = python(box, session, "import os; print(os.environ['NANOCLAW_PROXY_TOKEN'])")
-    found = central.find_proxy_token(hashlib.sha256(token.strip().encode()).hexdigest())
-    fresh = central.get_session(session.id)
-    assert found is not None and fresh is not None
-    assert (found.session_id, found.run_id) == (session.id, fresh.run_id)
-    paths = layout.session(session.agent_group_id, session.id)
+    seen, key, tok, controls = map(int, out.split())
+    assert seen > 1000 and controls == 1
+    assert (key, tok) == (0, 0)
     assert CANARY_KEY not in (paths.root / "runner.json").read_text()
+    assert token not in (paths.root / "runner.json").read_text()
 
 
 def test_limits_apply(running: tuple[Sandbox, rows.Session]) -> None:

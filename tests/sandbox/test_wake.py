@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import stat
 import threading
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -17,13 +19,15 @@ import pytest
 
 from nanoclaw_common.messages import ChatContent, decode_inbound_content
 from nanoclaw_common.paths import Layout
+from nanoclaw_common.runner_config import PROXY_TOKEN_FILE
 from nanoclaw_common.sandbox import Sandbox, StopOutcome
+from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 from nanoclaw_common.sandbox.service import PodmanService
 from nanoclaw_common.sandbox.settle import failure_note_id
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundStore, rows
 from nanoclaw_common.store.runs import RunLedger
-from tests.sandbox.conftest import SLEEP, SandboxFactory, SessionFactory, wait_until
+from tests.sandbox.conftest import SLEEP, SandboxFactory, SessionFactory, Tokens, wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -234,6 +238,27 @@ def test_wake_returns_false_when_podman_cannot_start_it(
     assert containers_of(box, session) == []
     fresh = central.get_session(session.id)
     assert fresh is not None and fresh.container_status == "stopped"
+    # The run's token (revoked) is not left in the session's folder.
+    agent_dir = box.layout.session(session.agent_group_id, session.id).agent_dir
+    assert not (agent_dir / PROXY_TOKEN_FILE).exists()
+
+
+def test_wake_leaves_the_token_for_the_runner_only(
+    make_sandbox: SandboxFactory, make_session: SessionFactory, tokens: Tokens
+) -> None:
+    """What the runner finds in agent/.proxy-token (SLEEP does not take it): this run's token,
+    readable by the container user only."""
+    box = make_sandbox()
+    session = make_session()
+    assert box.wake(session)
+    path = box.layout.session(session.agent_group_id, session.id).agent_dir / PROXY_TOKEN_FILE
+    info = path.lstat()
+    assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+    owner = (os.getuid(), os.getgid()) if box.rootless else (AGENT_UID, AGENT_GID)
+    assert (info.st_uid, info.st_gid) == owner
+    assert path.read_text() == tokens.last
+    code, out, err = box.exec_in(session.id, ["cat", "/session/agent/.proxy-token"])
+    assert (code, out) == (0, tokens.last), err  # the container user can read it
 
 
 def test_wake_waits_for_the_proxy(

@@ -23,7 +23,7 @@ import msgspec
 
 from nanoclaw_common import messages
 from nanoclaw_common.paths import Layout, SessionPaths
-from nanoclaw_common.runner_config import RunnerConfig, encode_runner_config
+from nanoclaw_common.runner_config import RunnerConfig, encode_runner_config, write_proxy_token
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
 from nanoclaw_common.store.outbound import OutboundReader
@@ -205,13 +205,19 @@ def rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def start_runner(agent: AgentSession, *, log_name: str = "runner.log") -> RunnerProcess:
+def start_runner(
+    agent: AgentSession, *, log_name: str = "runner.log", token_file: bool = True
+) -> RunnerProcess:
+    """Start the runner as ``Sandbox.wake`` starts a container: the run id in the environment,
+    the run's proxy token in ``agent/.proxy-token`` (which the runner takes and unlinks;
+    ``token_file=False`` leaves it out)."""
     log_path = agent.home / "logs" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if token_file:
+        write_proxy_token(agent.paths.agent_dir, agent.token)
     environ = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "ANTHROPIC_"))},
         "NANOCLAW_RUN_ID": agent.run_id,
-        "NANOCLAW_PROXY_TOKEN": agent.token,
         "NANOCLAW_LOG_LEVEL": "DEBUG",
     }
     command = [sys.executable, "-m", "agent_runner", "--session-root", str(agent.paths.root)]

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+from agent_runner.app import EXIT_CONFIG
 from agent_runner.conversation import INTERRUPTED
 from nanoclaw_common import messages
 from nanoclaw_common.store import CentralStore, NewInbound
@@ -58,6 +59,8 @@ def test_a_turn_with_bash_and_send_message(
         wait_until(lambda: ack_status(agent, message_id) == "completed", what="the ack")
         assert texts(agent) == ["working on it", "All done: hello from bash"]
         assert (agent.workspace / "note.txt").read_text() == "hello from bash\n"
+        # The runner took its token from agent/.proxy-token and removed the file.
+        assert sorted(p.name for p in agent.paths.agent_dir.iterdir() if "token" in p.name) == []
 
         first, second, third = fake_api.wait_for_requests(3)
         # The proxy put the real key in; the runner only ever had its token.
@@ -293,3 +296,12 @@ def test_heartbeat_beats_through_a_long_tool_call(
         wait_until(lambda: ack_status(agent, message_id) == "completed")
     finally:
         assert runner.terminate() == 0, runner.log()
+
+
+def test_without_its_token_file_the_runner_refuses_to_start(
+    proxy: Proxy, agent: AgentSession
+) -> None:
+    write_config(agent, proxy.socket, model=MODEL)
+    runner = start_runner(agent, token_file=False)
+    assert runner.process.wait(20) == EXIT_CONFIG
+    assert "no proxy token (the host writes agent/.proxy-token before each start)" in runner.log()

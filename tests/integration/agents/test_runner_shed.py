@@ -6,6 +6,7 @@ conversation intact, as the same run."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -84,6 +85,14 @@ def test_an_idle_runner_sheds_the_sdk_and_goes_on(
         assert (resumed.run_id, resumed.started_at_ms) == (agent.run_id, started.started_at_ms)
         assert resumed.run_id == started.run_id and resumed.current_tool is None
         assert time.time() - agent.paths.heartbeat.stat().st_mtime < 2
+        # The token crossed the exec in an inherited socket: the new program's environment
+        # (what /proc/<pid>/environ shows for its whole life) names the socket, not the token.
+        try:
+            exec_env = Path(f"/proc/{pid}/environ").read_bytes()
+        except PermissionError:
+            assert os.geteuid() != 0  # not root: closed to us too (the runner is non-dumpable)
+        else:
+            assert b"NANOCLAW_TOKEN_FD=" in exec_env and agent.token.encode() not in exec_env
 
         second = send_chat(agent, "what is my name?")
         wait_until(lambda: ack_status(agent, second) == "completed", what="the second ack")

@@ -46,7 +46,7 @@ for line in sys.stdin:
             result = {"content": [{"type": "text", "text": "echo: " + args.get("text", "")}]}
         elif name == "env":
             import os
-            seen = os.environ.get("NANOCLAW_PROXY_TOKEN", "-") + " "
+            seen = os.environ.get("NANOCLAW_TOKEN_FD", "-") + " "
             seen += os.environ.get("NANOCLAW_RUN_ID", "-") + " "
             seen += os.environ.get("DEMO_SETTING", "-")
             result = {"content": [{"type": "text", "text": seen}]}
@@ -70,7 +70,7 @@ def server(tmp_path: Path) -> McpServer:
 def test_client_lists_and_calls_tools(
     server: McpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NANOCLAW_PROXY_TOKEN", "tok-secret")
+    monkeypatch.setenv("NANOCLAW_TOKEN_FD", "7")
     monkeypatch.setenv("NANOCLAW_RUN_ID", "run-9")
     client = McpClient("demo", server, tmp_path)
     try:
@@ -78,7 +78,7 @@ def test_client_lists_and_calls_tools(
         assert [t["name"] for t in client.tools] == ["echo", "fail", "hang", "env"]
         assert client.call("echo", {"text": "hi"}) == ("echo: hi", False)
         assert client.call("fail", {}) == ("it broke", True)
-        assert client.call("env", {}) == ("- - on", False)  # no token or run id; its own env
+        assert client.call("env", {}) == ("- - on", False)  # no token socket or run id; its own env
         with pytest.raises(McpError, match="did not answer in time"):
             client.call("hang", {}, timeout_s=0.2)
     finally:

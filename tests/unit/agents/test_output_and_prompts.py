@@ -166,7 +166,10 @@ def test_context_windows_cover_current_models_with_a_safe_fallback() -> None:
     for model in ("claude-sonnet-7", "claude-opus-4-1", "anthropic.claude-sonnet-5-v1:0", ""):
         assert context_window(model) == DEFAULT_CONTEXT_WINDOW == 200_000
     assert min(CONTEXT_WINDOWS.values()) == DEFAULT_CONTEXT_WINDOW
-    assert compact_threshold("claude-sonnet-5") == 825_000
+    # The window less its safety margin caps compact_at_tokens; the cost cap usually wins.
+    assert compact_threshold("claude-sonnet-5", 2_000_000) == 825_000
+    assert compact_threshold("claude-sonnet-5", 165_000) == 165_000
+    assert compact_threshold("claude-sonnet-5", 400_000) == 400_000
 
 
 def test_summary_title_slug_and_threshold() -> None:
@@ -176,5 +179,8 @@ def test_summary_title_slug_and_threshold() -> None:
     )
     assert split_summary("no title") == (None, "no title")
     assert slugify("  Hello, World! -- 2026 ") == "hello-world-2026"
-    assert compact_threshold("claude-sonnet-4-5") == 165_000
+    assert compact_threshold("claude-sonnet-4-5", 165_000) == 165_000
+    assert compact_threshold("claude-sonnet-4-5", 400_000) == 165_000  # a 200k window
+    assert compact_threshold("claude-unknown-9", 400_000) == 165_000  # the fallback window
+    assert compact_threshold("claude-sonnet-4-5", 10_000) == 10_000
     assert json.dumps(prompts.compacted_opening("S", mid_turn=True)).count("Continue") == 1

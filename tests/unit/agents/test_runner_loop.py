@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable
 
+from agent_runner.model import Usage
 from agent_runner.runner import select_batch
 from nanoclaw_common import messages
 from nanoclaw_common.store import NewInbound
@@ -155,6 +156,34 @@ def test_compact_command(session: Session, make_runner: Make) -> None:
     assert state.state.compactions == 1
     assert "We talked about milk." in json.dumps(state.messages)
     assert (session.paths.workspace / "conversations").is_dir()
+
+
+def test_compaction_at_the_cost_cap_not_near_a_1m_window(
+    session: Session, make_runner: Make
+) -> None:
+    """claude-sonnet-5 has a 1M window; compaction still comes at compact_at_tokens (the
+    estimate after a call that read 170k tokens is above the default 165k)."""
+    big = Usage(input_tokens=20_000, cache_read_input_tokens=150_000)
+    summary = say("Title: Big\nA long talk.")
+    harness = make_runner(say('<message to="main">ok</message>', usage=big), summary, OK)
+    session.chat("first")
+    harness.step()
+    session.chat("second")
+    harness.step()
+    assert harness.provider.requests[1].tool_choice == {"type": "none"}  # the summary call
+    assert harness.runner.conversation.state.compactions == 1
+    assert session.texts() == ["ok", "ok"]
+    # With a higher cap the same conversation is not compacted.
+    roomy = make_runner(
+        say('<message to="main">ok</message>', usage=big), OK, compact_at_tokens=500_000
+    )
+    roomy.runner.conversation.clear()
+    session.chat("third")
+    roomy.step()
+    session.chat("fourth")
+    roomy.step()
+    assert [r.tool_choice for r in roomy.provider.requests] == [None, None]
+    assert roomy.runner.conversation.state.compactions == 0
 
 
 def test_unwrapped_output_gets_exactly_one_nudge(session: Session, make_runner: Make) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from agent_runner.hardening import TOKEN_FD_ENV
 from agent_runner.shed import (
     REEXEC_ENV,
     Activity,
@@ -74,20 +75,24 @@ def test_sdk_loaded_looks_at_the_imported_modules(monkeypatch: pytest.MonkeyPatc
     assert sdk_loaded() is True
 
 
-def test_the_reexec_environment_carries_the_run_and_the_marker(tmp_path: Path) -> None:
+def test_the_reexec_environment_carries_the_run_and_the_markers(tmp_path: Path) -> None:
     heartbeat = tmp_path / "agent" / "heartbeat"
     env = reexec_environment(
         {"PATH": "/usr/bin", "TZ": "UTC"},
-        private={"NANOCLAW_PROXY_TOKEN": "tok", "NANOCLAW_RUN_ID": "run-1"},
+        private={"NANOCLAW_RUN_ID": "run-1"},
         heartbeat=heartbeat,
+        token_fd=7,
     )
+    # The token itself is not there: only the number of the socket that holds it.
     assert env == {
         "PATH": "/usr/bin",
         "TZ": "UTC",
-        "NANOCLAW_PROXY_TOKEN": "tok",
         "NANOCLAW_RUN_ID": "run-1",
         REEXEC_ENV: str(heartbeat),
+        TOKEN_FD_ENV: "7",
     }
+    no_token = reexec_environment({}, private={"NANOCLAW_RUN_ID": "run-1"}, heartbeat=heartbeat)
+    assert TOKEN_FD_ENV not in no_token  # the scripted model has none to pass
 
 
 def test_touch_heartbeat_creates_and_refreshes_but_follows_no_symlink(tmp_path: Path) -> None:

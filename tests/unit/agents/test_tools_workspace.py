@@ -44,11 +44,11 @@ def test_bash_runs_in_the_workspace(session: Session, ctx: ToolContext) -> None:
 def test_bash_hides_the_runs_private_variables(
     ctx: ToolContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NANOCLAW_PROXY_TOKEN", "tok-123")
+    monkeypatch.setenv("NANOCLAW_TOKEN_FD", "7")
     monkeypatch.setenv("NANOCLAW_RUN_ID", "run-9")
     monkeypatch.setenv("NANOCLAW_REEXEC", "/session/agent/heartbeat")
     monkeypatch.setenv("DEMO_SETTING", "kept")
-    command = 'echo "[$NANOCLAW_PROXY_TOKEN][$NANOCLAW_RUN_ID][$NANOCLAW_REEXEC][$DEMO_SETTING]"'
+    command = 'echo "[$NANOCLAW_TOKEN_FD][$NANOCLAW_RUN_ID][$NANOCLAW_REEXEC][$DEMO_SETTING]"'
     assert run(ctx, "bash", command=command) == "[][][][kept]"
 
 

@@ -18,7 +18,7 @@ def make_spec(**overrides: object) -> spec.RunSpec:
         "image": "localhost/nanoclaw-agent:latest",
         "command": None,
         "labels": spec.labels("inst", "sess-1", "ag-1", "run-1"),
-        "env": spec.run_env("run-1", "token-abc", "Europe/Paris"),
+        "env": spec.run_env("run-1", "Europe/Paris"),
         "mounts": [Mount("bind", "/h/s", "/session", read_only=True)],
         "memory_mb": 512,
         "cpus": 1.5,
@@ -68,12 +68,9 @@ def test_identity_and_environment() -> None:
         "nanoclaw.group": "ag-1",
         "nanoclaw.run": "run-1",
     }
-    # The environment is exactly this: no credential, nothing inherited from the host.
-    assert kwargs["environment"] == {
-        "NANOCLAW_RUN_ID": "run-1",
-        "NANOCLAW_PROXY_TOKEN": "token-abc",
-        "TZ": "Europe/Paris",
-    }
+    # The environment is exactly this: nothing secret (PID 1's environ is readable inside),
+    # nothing inherited from the host. The proxy token goes through agent/.proxy-token.
+    assert kwargs["environment"] == {"NANOCLAW_RUN_ID": "run-1", "TZ": "Europe/Paris"}
     assert kwargs["mounts"] == [
         {"type": "bind", "source": "/h/s", "target": "/session", "read_only": True}
     ]
