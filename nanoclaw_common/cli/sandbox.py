@@ -16,6 +16,7 @@ from nanoclaw_common.cli.output import console, print_json, print_table
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import images, runtime, service
+from nanoclaw_common.sandbox.group_image import build_recorded_group_image
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
 
@@ -29,8 +30,13 @@ def image() -> None:
 @click.option("--offline", is_flag=True, help="Skip the registry; use the debootstrap base.")
 @click.option("--base", "base_image", help="Build FROM this image instead of choosing one.")
 @click.option("--tag", "tag", help="Image name to build (default: the `image` setting).")
+@click.option(
+    "--groups", is_flag=True, help="Also rebuild group images not built on the new agent image."
+)
 @pass_context
-def image_build(ctx: CliContext, offline: bool, base_image: str | None, tag: str | None) -> None:
+def image_build(
+    ctx: CliContext, offline: bool, base_image: str | None, tag: str | None, groups: bool
+) -> None:
     """Build the agent image, fully offline when no image registry is reachable."""
     target = tag or ctx.settings.image
     ctx.layout.home.mkdir(parents=True, exist_ok=True)
@@ -46,7 +52,38 @@ def image_build(ctx: CliContext, offline: bool, base_image: str | None, tag: str
     _step(f"built {target} from {base} in {time.monotonic() - started:.0f}s")
     # Group images are built FROM the `image` setting; another tag leaves them as they are.
     if target == ctx.settings.image and ctx.layout.central_db.exists():
-        _note_outdated(outdated_group_images(ctx.store(), target, env), target)
+        outdated = outdated_group_images(ctx.store(), target, env)
+        if groups:
+            _rebuild_groups(ctx, outdated, target)
+        else:
+            _note_outdated(outdated, target)
+
+
+def _rebuild_groups(ctx: CliContext, outdated: list[GroupImage], agent_image: str) -> None:
+    """Rebuild each group image FROM the new agent image with the packages it already has
+    (a group image holds everything ever approved for the group)."""
+    central = ctx.store()
+    for stale in outdated:
+        config = central.get_container_config(stale.agent_group_id)
+        if config is not None and config.packages_apt == "[]" and config.packages_pip == "[]":
+            # Nothing was ever installed for it: it needs no image of its own.
+            central.update_container_config(stale.agent_group_id, image_tag=None)
+            _step(f"{stale.name} ({stale.agent_group_id}) uses the agent image again")
+            continue
+        _step(f"rebuilding the image of {stale.name} ({stale.agent_group_id})")
+        try:
+            tag = build_recorded_group_image(
+                ctx.store(),
+                ctx.layout,
+                stale.agent_group_id,
+                agent_image=agent_image,
+                apt=[],
+                pip=[],
+                out=_progress,
+            )
+        except NanoclawError as exc:
+            raise click.ClickException(f"{stale.name}: {exc}") from None
+        _step(f"built {tag}")
 
 
 class GroupImage(msgspec.Struct, frozen=True):
@@ -111,8 +148,7 @@ def _note_outdated(outdated: list[GroupImage], agent_image: str) -> None:
         return
     _step(
         f"note: {len(outdated)} group image(s) are not built on this {agent_image} and run an"
-        " older agent runner; rebuild them (a group's image is rebuilt FROM the agent image"
-        " when its next install_packages is approved):"
+        " older agent runner; rebuild them with `nanoclaw image build --groups`:"
     )
     for image_ in outdated:
         state = "missing" if image_.missing else "built from an older agent image"

@@ -90,6 +90,44 @@ def test_image_build_names_group_images_on_an_older_agent_image(
     assert [line.split(" (", 1)[0] for line in listed] == ["Gone", "Stale"]
     assert listed[0].endswith(f"{gone} (missing)")
     assert listed[1].endswith(f"{stale} (built from an older agent image)")
+    assert "nanoclaw image build --groups" in result.output
+
+
+def test_image_build_groups_rebuilds_or_releases_outdated_group_images(
+    home: Path, agent_image: str, central: CentralStore
+) -> None:
+    """--groups: a group with packages gets its image rebuilt FROM the new agent image (with
+    the packages it had); a group with none goes back to the agent image."""
+    env = runtime.podman_env(runtime.ensure_containers_conf(Layout(home)))
+    build = ["--home", str(home), "image", "build", "--offline"]
+    repository = f"localhost/nanoclaw-test-{secrets.token_hex(4)}"
+    tools = central.create_agent_group("Tools", "tools")
+    central.update_container_config(
+        tools.id, image_tag=f"{repository}:tools", packages_apt='["jq"]'
+    )
+    bare = central.create_agent_group("Bare", "bare")
+    central.update_container_config(bare.id, image_tag=f"{repository}:bare")
+    rebuilt = CliRunner().invoke(cli, [*build, "--groups"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "rebuilding the image of Tools" in rebuilt.output
+    assert f"Bare ({bare.id}) uses the agent image again" in rebuilt.output
+    tools_tag = central.get_container_config(tools.id).image_tag  # type: ignore[union-attr]
+    try:
+        assert tools_tag and tools_tag != f"{repository}:tools"
+        assert central.get_container_config(bare.id).image_tag is None  # type: ignore[union-attr]
+        jq = subprocess.run(
+            ["podman", "run", "--rm", "--network", "none", tools_tag, "jq", "--version"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert jq.returncode == 0 and jq.stdout.startswith("jq-"), jq.stderr
+        again = CliRunner().invoke(cli, build)
+        assert again.exit_code == 0 and "note:" not in again.output
+    finally:
+        if tools_tag:
+            podman_cli(env, "rmi", "--force", tools_tag)
 
 
 def podman_cli(env: dict[str, str], *argv: str, stdin: bytes | None = None) -> None:
