@@ -41,7 +41,6 @@ from podman.errors import NotFound, PodmanError
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NanoclawError, Refused
 from nanoclaw_common.ids import new_id
-from nanoclaw_common.messages import system_note
 from nanoclaw_common.paths import CONTAINER, Layout, SessionPaths, safe_component
 from nanoclaw_common.runner_config import (
     McpServer,
@@ -50,14 +49,14 @@ from nanoclaw_common.runner_config import (
     encode_runner_config,
     write_proxy_token,
 )
-from nanoclaw_common.sandbox import images, mounts, runtime, spec
+from nanoclaw_common.sandbox import mounts, spec
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID, hand_over
 from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.sandbox.settle import settle_leftover_claims
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.states import ContainerStatus, SessionStatus
-from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
+from nanoclaw_common.states import ContainerStatus
+from nanoclaw_common.store import CentralStore, InboundStore
 from nanoclaw_common.store.rows import AgentGroup, ContainerConfig, Session
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
 
@@ -420,80 +419,6 @@ class Sandbox:
         with suppress(PodmanError, OSError, Refused):
             self.remove(name)
 
-    # -- approvals: per-group images and restarts ------------------------------------------
-
-    def build_group_image(
-        self,
-        agent_group_id: str,
-        apt: Sequence[str],
-        pip: Sequence[str],
-        out: images.Output | None = None,
-    ) -> str:
-        """Build the group's image with its approved packages (the earlier ones too) ``FROM``
-        the agent image, record it in ``container_configs``, and return the tag. Blocking:
-        minutes for big packages. Raises ``Refused`` for bad names and ``ImageBuildError``."""
-        central = self._central()
-        config = central.get_container_config(agent_group_id)
-        if config is None:
-            raise Refused(f"no container config for agent group {agent_group_id}")
-        old_apt = msgspec.json.decode(config.packages_apt, type=list[str])
-        old_pip = msgspec.json.decode(config.packages_pip, type=list[str])
-        apt_names, pip_names = images.check_packages([*old_apt, *apt], [*old_pip, *pip])
-        tag = images.group_image_tag(self.settings.image, agent_group_id)
-        env = runtime.podman_env(runtime.ensure_containers_conf(self.layout))
-        images.build_group_image(
-            self.settings.image, tag, apt=apt_names, pip=pip_names, env=env, out=out or _log_line
-        )
-        central.update_container_config(
-            agent_group_id,
-            image_tag=tag,
-            packages_apt=msgspec.json.encode(apt_names).decode(),
-            packages_pip=msgspec.json.encode(pip_names).decode(),
-        )
-        log.info("group image built: {}", tag, group=agent_group_id)
-        return tag
-
-    def restart_group(self, agent_group_id: str, note: str | None = None) -> int:
-        """Restart the group's running containers (after new packages or config). Each active
-        session first gets ``note`` as an ``on_wake`` system note, which only the new run's
-        first poll can take. Returns how many sessions were restarted."""
-        central = self._central()
-        restarted = 0
-        for info in self.running():
-            if info.agent_group_id != agent_group_id:
-                continue
-            session = central.get_session(info.session_id)
-            if session is None or session.status != SessionStatus.ACTIVE:
-                continue
-            if note:
-                self._note_on_wake(session, note)
-            self.stop(session.id)
-            fresh = central.get_session(session.id)
-            if fresh is not None and self.wake(fresh):
-                restarted += 1
-        return restarted
-
-    def _note_on_wake(self, session: Session, note: str) -> None:
-        paths = self.layout.session(session.agent_group_id, session.id)
-        inbound = InboundStore(paths.inbound_db)
-        try:
-            routing = inbound.routing()
-            now = now_ms()
-            inbound.insert_message(
-                NewInbound(
-                    id=new_id("restart", now),
-                    content=system_note(note),
-                    timestamp_ms=now,
-                    channel_type=routing.channel_type,
-                    platform_id=routing.platform_id,
-                    thread_id=routing.thread_id,
-                    on_wake=True,
-                ),
-                now=now,
-            )
-        finally:
-            inbound.close()
-
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -584,7 +509,3 @@ def _mcp_servers(config: ContainerConfig | None, agent_group_id: str) -> dict[st
     except msgspec.DecodeError as exc:
         log.warning("ignoring invalid mcp_servers: {}", exc, group=agent_group_id)
         return {}
-
-
-def _log_line(line: str) -> None:
-    log.debug("{}", line)

@@ -1,6 +1,6 @@
 """``Sandbox.wake`` / ``stop`` / listing against real Podman: idempotence under concurrency
 (threads and processes), stop escalation, settling leftover claims, failures that return
-False, allowlisted extra mounts, group restarts and images."""
+False, allowlisted extra mounts, restarts through the sweeper and group images."""
 
 from __future__ import annotations
 
@@ -17,16 +17,19 @@ import msgspec
 import podman
 import pytest
 
-from nanoclaw_common.messages import ChatContent, decode_inbound_content
+from nanoclaw_common.clock import now_ms
+from nanoclaw_common.messages import ChatContent, decode_inbound_content, system_note
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.runner_config import PROXY_TOKEN_FILE
 from nanoclaw_common.sandbox import Sandbox, StopOutcome
+from nanoclaw_common.sandbox.group_image import build_recorded_group_image
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 from nanoclaw_common.sandbox.service import PodmanService
 from nanoclaw_common.sandbox.settle import failure_note_id
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundStore, rows
 from nanoclaw_common.store.runs import RunLedger
+from nanoclaw_sweeper.sweeper import Sweeper
 from tests.sandbox.conftest import SLEEP, SandboxFactory, SessionFactory, Tokens, wait_until
 
 pytestmark = pytest.mark.podman
@@ -333,40 +336,64 @@ def test_orphans_and_remove(make_sandbox: SandboxFactory, make_session: SessionF
     assert [info.session_id for info in box.running()] == [keep.id]
 
 
-def test_restart_group_leaves_a_note_for_the_new_run(
+def test_a_restart_request_gives_a_fresh_run_that_sees_the_note(
     make_sandbox: SandboxFactory,
     make_session: SessionFactory,
     central: CentralStore,
     layout: Layout,
+    box_settings: Settings,
 ) -> None:
+    """After an approval, delivery writes an on_wake note and a restart request; the sweeper
+    (here with the real Sandbox) stops the running container and wakes a fresh run. Other
+    groups' containers are left alone."""
     box = make_sandbox()
     session = make_session()
-    bystander = make_session()
+    bystander = make_session()  # its own group
     assert box.wake(session) and box.wake(bystander)
     before = central.get_session(session.id)
     untouched = central.get_session(bystander.id)
-    assert box.restart_group(session.agent_group_id, "Packages installed: jq") == 1
-    after = central.get_session(session.id)
-    assert before is not None and after is not None and after.run_id != before.run_id
-    assert central.get_session(bystander.id) == untouched
+    assert before is not None and untouched is not None
+    note_time = now_ms()
     inbound = InboundStore(layout.session(session.agent_group_id, session.id).inbound_db)
-    [note] = [row for row in inbound.list_messages() if row.on_wake]
-    content = decode_inbound_content(note.content)
-    assert isinstance(content, ChatContent) and content.text == "Packages installed: jq"
-    assert content.sender_id == "system" and note.channel_type == "cli"
+    inbound.insert_message(
+        NewInbound(
+            id="restart-note",
+            content=system_note("Packages installed: jq"),
+            timestamp_ms=note_time,
+            on_wake=True,
+        )
+    )
     inbound.close()
+    assert central.request_group_restart(session.agent_group_id, "install_packages") == [session.id]
+    report = Sweeper(box_settings, central, box).sweep(now_ms())
+    assert report.restarted == [session.id]
+    assert report.woken == [session.id]
+    after = central.get_session(session.id)
+    assert after is not None and after.run_id != before.run_id
+    assert [c.session_id for c in box.running()].count(session.id) == 1
+    assert central.get_session(bystander.id) == untouched
+    assert central.list_restart_requests() == []
 
 
 def test_group_image_with_packages(
     make_sandbox: SandboxFactory,
     make_session: SessionFactory,
     central: CentralStore,
+    layout: Layout,
     podman_service: PodmanService,
 ) -> None:
     box = make_sandbox()
     session = make_session()
     lines: list[str] = []
-    tag = box.build_group_image(session.agent_group_id, ["jq"], ["six"], out=lines.append)
+    tag = build_recorded_group_image(
+        central,
+        layout,
+        session.agent_group_id,
+        agent_image=box.settings.image,
+        apt=["jq"],
+        pip=["six"],
+        out=lines.append,
+    )
     try:
         config = central.get_container_config(session.agent_group_id)
         assert config is not None and config.image_tag == tag
