@@ -11,10 +11,18 @@ Unknown sender (§7.4): under ``request_approval`` a stranger's engaging message
 group's approver an Allow/Deny card; Allow makes them a member and replays the message.
 
 Only the designated approver or someone with admin privilege over the group may click; any
-other click is ignored. The original event is kept (without attachment data) and replayed
-through the whole router after approval. Every step is idempotent, so a click re-sent after a
-crash repeats nothing: the wiring and membership inserts are guarded, rows are inserted by
-their idempotent ids, and the pending row is deleted last.
+other click is ignored. The original event is kept and replayed through the whole router
+after approval: its text in the pending row, its attachments (up to ``MAX_HELD_BYTES``
+together; a note names any left out) in ``held_attachments`` (migration 0021), deleted with
+the pending row. Every step is idempotent, so a click re-sent after a crash repeats nothing:
+the wiring and membership inserts are guarded, rows are inserted by their idempotent ids,
+and the pending row is deleted last.
+
+Registration cards are rate limited, because anyone can DM the bot or add it to a group and
+each new chat would otherwise reach the owner: at most one card per chat per hour and
+``REGISTRATION_CARDS_PER_HOUR`` in all (``CentralStore.claim_notice`` /
+``claim_notice_slot``). A mention that gets no card for that reason is recorded as a
+``registration_rate_limited`` drop; the chat's next mention after the wait asks again.
 
 Defaults for a connected chat (a deliberate change from upstream, whose non-threaded groups
 got ``pattern '.'`` and answered every message): a DM engages on everything; a group engages
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
 import msgspec
@@ -38,7 +47,9 @@ from nanoclaw_common.ids import new_id
 from nanoclaw_common.messages import (
     AskQuestion,
     InboundEvent,
+    IncomingAttachment,
     QuestionOption,
+    convert_as,
     decode_event,
     encode_text,
 )
@@ -51,6 +62,7 @@ from nanoclaw_common.states import (
     UnknownSenderPolicy,
 )
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.central import HeldFile
 from nanoclaw_common.store.rows import (
     MessagingGroup,
     PendingChannelApproval,
@@ -67,6 +79,10 @@ NEW_AGENT: Final = "new_agent"
 REJECT: Final = "reject"
 APPROVE: Final = "approve"
 MAX_AGENT_NAME: Final = 64
+MAX_HELD_BYTES: Final = 10_000_000  # attachments kept with one pending approval
+HOUR_MS: Final = 3_600_000
+REGISTRATION_CHAT_INTERVAL_MS: Final = HOUR_MS  # one registration card per chat per hour
+REGISTRATION_CARDS_PER_HOUR: Final = 10  # all chats together
 
 Replay = Callable[[InboundEvent], Awaitable[None]]
 
@@ -88,14 +104,49 @@ def decode_options(options_json: str) -> list[QuestionOption]:
         raise DecodeError(f"stored card options are invalid: {exc}") from None
 
 
-def stored_event(event: InboundEvent) -> str:
-    """The event as kept for replay: attachment data is not kept in the central DB."""
-    if not event.attachments:
-        return encode_text(event)
-    names = ", ".join(a.name for a in event.attachments)
-    note = f"[attachments not kept while waiting for approval: {names}]"
-    text = f"{event.text}\n{note}" if event.text else note
-    return encode_text(msgspec.structs.replace(event, text=text[:100_000], attachments=[]))
+class Registration(StrEnum):
+    """What ``request_registration`` did about an unknown chat."""
+
+    SENT = "sent"  # a card is queued for an approver
+    PENDING = "pending"  # a card went out already and waits for an answer
+    RATE_LIMITED = "rate_limited"  # too many cards lately (this chat, or all together)
+    NOBODY = "nobody"  # no agent group, or no approver we can reach
+
+
+def hold_event(event: InboundEvent) -> tuple[str, list[HeldFile]]:
+    """The event as kept for replay: its JSON without attachment data (``original_event``)
+    and the attachments, up to ``MAX_HELD_BYTES`` together. Files over that are left out and
+    named in a note in the text, so the agent knows."""
+    held: list[HeldFile] = []
+    left_out: list[str] = []
+    total = 0
+    for item in event.attachments:
+        if total + len(item.data) > MAX_HELD_BYTES:
+            left_out.append(item.name)
+            continue
+        total += len(item.data)
+        held.append(HeldFile(item.name, item.kind, item.mime_type, item.data))
+    text = event.text
+    if left_out:
+        note = f"[attachments not kept while waiting for approval: {', '.join(left_out)}]"
+        text = f"{text}\n{note}" if text else note
+    kept = msgspec.structs.replace(event, text=text[:100_000], attachments=[])
+    return encode_text(kept), held
+
+
+def restore_event(original_event: str, held: list[HeldFile]) -> InboundEvent:
+    """The event to replay: the stored one with its held attachments (``DecodeError`` if
+    either is unreadable)."""
+    event = decode_event(original_event)
+    files = [
+        convert_as(
+            {"name": h.name, "data": h.data, "kind": h.kind, "mime_type": h.mime_type},
+            IncomingAttachment,
+            "held attachment",
+        )
+        for h in held
+    ]
+    return msgspec.structs.replace(event, attachments=files) if files else event
 
 
 def chat_description(chat: MessagingGroup) -> str:
@@ -163,18 +214,21 @@ class Approvals:
 
     # -- registration ---------------------------------------------------------------------
 
-    async def request_registration(self, event: InboundEvent, chat: MessagingGroup) -> None:
+    async def request_registration(self, event: InboundEvent, chat: MessagingGroup) -> Registration:
         if self.central.get_channel_approval(chat.id) is not None:
-            return  # a card is out already
+            return Registration.PENDING  # a card is out already
         groups = self.central.list_agent_groups()
         if not groups:
             log.warning("registration for {} skipped: no agent groups", chat.id, chat=chat.id)
-            return
+            return Registration.NOBODY
         reference = groups[0]
         reach = await self.reach(self.central.pick_approvers(reference.id), chat.channel_type)
         if reach is None:
             log.warning("registration for {} skipped: no reachable approver", chat.id)
-            return
+            return Registration.NOBODY
+        if not self._registration_allowed(chat.id):
+            log.warning("registration card for {} not sent: rate limited", chat.id, chat=chat.id)
+            return Registration.RATE_LIMITED
         if len(groups) == 1:
             first = QuestionOption(
                 label=f"Connect to {reference.name}",
@@ -206,25 +260,43 @@ class Approvals:
             question = (
                 f"{who} sent your bot a DM on {chat.channel_type}. How would you like to handle it?"
             )
+        original, held = hold_event(event)
         created = self.central.create_channel_approval(
             PendingChannelApproval(
                 messaging_group_id=chat.id,
                 agent_group_id=reference.id,
-                original_event=stored_event(event),
+                original_event=original,
                 approver_user_id=reach.user_id,
                 awaiting_name=0,
                 title=title,
                 options_json=encode_text(options),
                 created_at_ms=self.clock(),
-            )
+            ),
+            held,
         )
         if not created:
-            return
+            return Registration.PENDING
         card = AskQuestion(question_id=chat.id, title=title, question=question, options=options)
         self.outbox.queue_question(
             f"reg-{chat.id}", reach.channel_type, reach.platform_id, None, card
         )
         log.info("registration card for {} sent to {}", chat.id, reach.user_id, chat=chat.id)
+        return Registration.SENT
+
+    def _registration_allowed(self, chat_id: str) -> bool:
+        """One card per chat per hour and ``REGISTRATION_CARDS_PER_HOUR`` in all. The
+        chat's claim is released when the overall limit refuses, so that chat is not
+        kept waiting for a card it never got."""
+        now = self.clock()
+        chat_key = f"registration-card:{chat_id}"
+        if not self.central.claim_notice(chat_key, REGISTRATION_CHAT_INTERVAL_MS, now=now):
+            return False
+        if self.central.claim_notice_slot(
+            "registration-cards", REGISTRATION_CARDS_PER_HOUR, HOUR_MS, now=now
+        ):
+            return True
+        self.central.release_notice(chat_key)
+        return False
 
     def authorized(self, clicker: str, approver: str, agent_group_id: str) -> bool:
         return clicker == approver or self.central.has_admin_privilege(clicker, agent_group_id)
@@ -306,7 +378,9 @@ class Approvals:
         self, approval: PendingChannelApproval, agent_group_id: str, by: str
     ) -> None:
         chat_id = approval.messaging_group_id
-        event = decode_event(approval.original_event)
+        event = restore_event(
+            approval.original_event, self.central.held_files(channel_approval_id=chat_id)
+        )
         chat = self.central.get_messaging_group(chat_id)
         if chat is None:
             self.central.delete_channel_approval(chat_id)
@@ -390,6 +464,7 @@ class Approvals:
         ]
         approval_id = new_id("nsa", self.clock())
         title = "👤 New sender"
+        original, held = hold_event(event)
         created = self.central.create_sender_approval(
             PendingSenderApproval(
                 id=approval_id,
@@ -397,12 +472,13 @@ class Approvals:
                 agent_group_id=group.id,
                 sender_identity=event.sender_id,
                 sender_name=event.sender_name or None,
-                original_event=stored_event(event),
+                original_event=original,
                 approver_user_id=reach.user_id,
                 title=title,
                 options_json=encode_text(options),
                 created_at_ms=self.clock(),
-            )
+            ),
+            held,
         )
         if not created:
             return
@@ -428,7 +504,10 @@ class Approvals:
             return "unauthorized"
         if value == APPROVE:
             try:
-                event = decode_event(approval.original_event)
+                event = restore_event(
+                    approval.original_event,
+                    self.central.held_files(sender_approval_id=approval.id),
+                )
             except DecodeError as exc:
                 log.error("sender approval {} unreadable: {}", approval.id, exc)
                 self.central.delete_sender_approval(approval.id)

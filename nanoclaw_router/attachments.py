@@ -24,11 +24,13 @@ import stat
 from dataclasses import dataclass, field
 from typing import Final
 
+from nanoclaw_common.channels.common import MAX_MESSAGE_ATTACHMENT_BYTES
 from nanoclaw_common.ids import is_safe_id
 from nanoclaw_common.messages import Attachment, IncomingAttachment
 from nanoclaw_common.paths import SessionPaths
 
-MAX_MESSAGE_BYTES: Final = 50_000_000
+# The adapters stop downloading at the same cap; this holds for events from anywhere else.
+MAX_MESSAGE_BYTES: Final = MAX_MESSAGE_ATTACHMENT_BYTES
 MAX_NAME_CHARS: Final = 100
 _UNSAFE = re.compile(r"[^\w.+ -]+")  # letters of any script stay; bidi controls, slashes go
 _EXTENSIONS: Final = {

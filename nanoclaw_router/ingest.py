@@ -5,8 +5,9 @@ then wake the sessions and start their typing indicators.
 Exactly-once: a row's id is ``<platform message id>:<agent group id>`` and the insert ignores
 an id that exists. ``route`` returns only after every row of the event is committed; the
 adapter acknowledges the platform after that. A re-sent event therefore changes nothing —
-except that its session is woken again if the first attempt died before waking it (the
-session's container is still ``stopped``).
+except that its session is woken again if the first attempt died before waking it: the
+session's container is ``stopped`` and the row still waits for the agent (not yet settled
+by a run). A re-send that arrives after a run answered the row wakes nothing.
 
 Button clicks (``handle_action``) are resolved here too; see docs/internals.md, "Button
 clicks (router)".
@@ -40,6 +41,7 @@ from nanoclaw_common.paths import Layout
 from nanoclaw_common.states import (
     ContainerStatus,
     EngageMode,
+    IgnoredMessagePolicy,
     SessionMode,
     UnknownSenderPolicy,
 )
@@ -52,7 +54,7 @@ from nanoclaw_common.store.rows import (
     PendingSenderApproval,
     Session,
 )
-from nanoclaw_router.approvals import Approvals, decode_options
+from nanoclaw_router.approvals import Approvals, Registration, decode_options
 from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
 from nanoclaw_router.outbox import OutboxSender
@@ -158,7 +160,7 @@ class Ingest:
             queued = await self._plan_and_queue(event, adapter)
         stored = await self._committed(queued)
         self.faults.crash("after_commit")
-        woken = self._after_commit(event, stored)
+        woken = await self._after_commit(event, stored)
         if self.faults.armed("before_ack"):
             await asyncio.gather(*woken)
             self.faults.crash("before_ack")
@@ -184,9 +186,14 @@ class Ingest:
         wirings = self.facts.wirings(chat.id)
         if not wirings:
             if event.is_mention and chat.denied_at_ms is None:
-                self._drop(event, chat, DropReason.NO_AGENT_WIRED, None, None)
-                await self.approvals.request_registration(event, chat)
+                outcome = await self.approvals.request_registration(event, chat)
                 self.facts.clear()  # it may have created the approver's DM chat
+                reason = (
+                    DropReason.REGISTRATION_RATE_LIMITED
+                    if outcome is Registration.RATE_LIMITED
+                    else DropReason.NO_AGENT_WIRED
+                )
+                self._drop(event, chat, reason, None, None)
             return []
         self._remember_sender(event)
         view = self._view(event, chat, wirings, adapter)
@@ -226,8 +233,15 @@ class Ingest:
             group = wiring.agent_group_id
             exists = self.facts.group_exists(group)
             active = False
-            if exists and wiring.engage_mode == EngageMode.MENTION_STICKY and chat.is_group:
-                per_thread = threads and wiring.session_mode != SessionMode.AGENT_SHARED
+            per_thread = threads and wiring.session_mode != SessionMode.AGENT_SHARED
+            # Needed for mention-sticky, and for accumulating into a thread (context never
+            # opens a thread's session: see routing.plan_route).
+            wanted = wiring.engage_mode == EngageMode.MENTION_STICKY or (
+                per_thread
+                and event.thread_id is not None
+                and wiring.ignored_message_policy == IgnoredMessagePolicy.ACCUMULATE
+            )
+            if exists and wanted and chat.is_group:
                 thread = event.thread_id if per_thread else None
                 active = self.facts.session(group, chat.id, thread, newest=False) is not None
             known, admin = self.facts.access(event.sender_id, group) if exists else (False, False)
@@ -301,18 +315,15 @@ class Ingest:
             log.info("new session ({})", mode, session=session.id, group=group, chat=chat.id)
         return session
 
-    def _after_commit(
+    async def _after_commit(
         self, event: InboundEvent, stored: list[Stored]
     ) -> list[asyncio.Future[bool]]:
         woken = []
         for item in stored:
             if not item.trigger:
                 continue
-            if not item.result.created:
-                # A re-send. Wake only if the first attempt died before it woke the session.
-                current = self.central.get_session(item.session.id)
-                if current is None or current.container_status != ContainerStatus.STOPPED:
-                    continue
+            if not item.result.created and not await self._woken_too_early(item):
+                continue
             woken.append(self.wakes.request(item.session.id))
             if self.typing is not None:
                 self.typing.start(
@@ -324,6 +335,16 @@ class Ingest:
                     message_id=item.row_id,
                 )
         return woken
+
+    async def _woken_too_early(self, item: Stored) -> bool:
+        """For a re-sent row: did the first attempt die before it woke the session? Only
+        then does the re-send wake. The container is still ``stopped`` and the row still
+        waits for the agent; a stopped container whose run already answered the row (a
+        re-send that arrives after the run ended) needs no wake."""
+        current = self.central.get_session(item.session.id)
+        if current is None or current.container_status != ContainerStatus.STOPPED:
+            return False
+        return await self.writer.still_pending(item.session, item.row_id)
 
     def _touch(self, session_id: str) -> None:
         now = self.clock()

@@ -14,7 +14,9 @@ Per wiring, highest priority first (reference §3 step 8, with DESIGN §3 winnin
 3. If it does not engage and the wiring accumulates: store the message as context
    (``trigger=0``, never wakes), but only if the sender would have passed the gates. A
    stranger's chatter is never stored (upstream stored it; we think a ``strict`` chat means
-   strangers are not read at all).
+   strangers are not read at all). Context goes into a thread's per-thread session only if
+   that session exists: on Slack every top-level channel message is a thread of its own, and
+   chatter must not open a session per message.
 
 Decisions we made differently from the reference, on purpose:
 - An invalid ``engage_pattern`` never engages (upstream: engages everything). It is recorded
@@ -62,7 +64,8 @@ class DropReason(StrEnum):
     COMMAND_FILTERED = "command_filtered"
     COMMAND_DENIED = "command_denied"
     INVALID_PATTERN = "invalid_pattern"
-    INVALID_INPUT = "invalid_input"  # undecodable platform input
+    INVALID_INPUT = "invalid_input"  # undecodable platform input, or an unsigned request
+    REGISTRATION_RATE_LIMITED = "registration_rate_limited"  # too many cards: no card sent
     MISSING_AGENT_GROUP = "missing_agent_group"
 
 
@@ -80,7 +83,9 @@ class WiringView:
     group_exists: bool = True
     sender_known: bool = False  # member, admin of the group, global admin or owner
     sender_admin: bool = False  # owner, global admin or admin of the group
-    active_session: bool = False  # for mention-sticky: a session exists for this thread
+    # A session exists for this group, chat and thread. Looked up for mention-sticky, and
+    # for context in a thread (per-thread sessions); False when not looked up.
+    active_session: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,12 @@ def plan_route(event: InboundEvent, view: ChatView) -> Plan:
             blocked_command = command_class is CommandClass.FILTER or (
                 command_class is CommandClass.ADMIN and not wiring_view.sender_admin
             )
-            if allowed and in_scope and not blocked_command:
+            new_thread = (
+                mode == SessionMode.PER_THREAD
+                and event.thread_id is not None
+                and not wiring_view.active_session
+            )
+            if allowed and in_scope and not blocked_command and not new_thread:
                 plan.deliveries.append(Deliver(wiring, mode, trigger=False))
     if not plan.deliveries and not plan.drops:
         plan.drops.append(Drop(DropReason.NO_AGENT_ENGAGED))

@@ -27,7 +27,13 @@ from loguru import logger
 from nanoclaw_common.messages import ChatContent, IncomingAttachment
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sessions import ensure_session_files
-from nanoclaw_common.store import InboundStore, InsertResult, NewInbound
+from nanoclaw_common.store import (
+    InboundReader,
+    InboundStore,
+    InsertResult,
+    NewInbound,
+    OutboundReader,
+)
 from nanoclaw_common.store.rows import Session
 from nanoclaw_router.attachments import save_attachments
 
@@ -144,6 +150,30 @@ class SessionWriter:
                 row = msgspec.structs.replace(row, content=content)
             rows.append(row)
         return store.insert_messages(rows)
+
+    async def still_pending(self, session: Session, row_id: str) -> bool:
+        """True when the row waits for the agent: ``pending`` in ``messages_in`` and not
+        completed or failed by a run in ``outbound.db`` (the sweeper copies acks into
+        ``messages_in`` only on its next pass). Reads on fresh connections, on the pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._still_pending, session, row_id)
+
+    def _still_pending(self, session: Session, row_id: str) -> bool:
+        paths = self.layout.session(session.agent_group_id, session.id)
+        inbound = InboundReader(paths.inbound_db)
+        try:
+            row = inbound.get_message(row_id)
+        finally:
+            inbound.close()
+        if row is None or row.status != "pending":
+            return False
+        if not paths.outbound_db.exists():
+            return True  # no run ever opened it
+        outbound = OutboundReader(paths.outbound_db)
+        try:
+            return row_id not in outbound.settled_ids()
+        finally:
+            outbound.close()
 
     def evict_idle(self) -> None:
         """Close the least recently used stores over the cap (called on the loop)."""

@@ -104,11 +104,16 @@ class CliAdapter(ChannelAdapter):
 
     async def handle_line(self, line: bytes, sink: InboundSink) -> wire.Answer:
         """One request line → its answer. A decode problem is a refusal (and a recorded
-        drop); a sink failure is a refusal the client retries."""
+        drop); a sink failure, or a drop that could not be recorded, is a ``not committed``
+        refusal the client retries (it is never acknowledged)."""
         try:
             request = wire.decode_request(line)
         except DecodeError as exc:
-            await sink.on_invalid(CHANNEL, PLATFORM_ID, str(exc))
+            try:
+                await sink.on_invalid(CHANNEL, PLATFORM_ID, str(exc))
+            except Exception as record_exc:
+                log.warning("invalid chat line not recorded: {}", record_exc)
+                return wire.Refusal(id="", error=f"not committed: {record_exc}")
             return wire.Refusal(id="", error=str(exc))
         try:
             if isinstance(request, wire.SendMessage):
@@ -137,7 +142,13 @@ class CliAdapter(ChannelAdapter):
             await sink.on_action(action)
             return wire.Ack(id=request.question_id)
         except DecodeError as exc:
-            await sink.on_invalid(CHANNEL, PLATFORM_ID, str(exc))
+            try:
+                await sink.on_invalid(CHANNEL, PLATFORM_ID, str(exc))
+            except Exception as record_exc:
+                log.warning("invalid chat message not recorded: {}", record_exc)
+                return wire.Refusal(
+                    id=getattr(request, "id", ""), error=f"not committed: {record_exc}"
+                )
             return wire.Refusal(id=getattr(request, "id", ""), error=str(exc))
         except Exception as exc:
             log.warning("chat message not committed: {}", exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -27,6 +28,10 @@ from nanoclaw_common.messages import (
 
 # Telegram caps callback_data at 64 bytes; Slack's button value at 2,000 characters.
 MAX_BUTTON_DATA: Final = 64
+# All attachments of one message together. The router enforces it again when it saves them
+# (``nanoclaw_router.attachments``); adapters enforce it while downloading, so a message with
+# many files never holds more than this in memory.
+MAX_MESSAGE_ATTACHMENT_BYTES: Final = 50_000_000
 _TOKEN_PREFIX: Final = "#"
 _BUTTON = re.compile(r"^(?P<token>[^|]{1,200})\|(?P<index>\d{1,2})$")
 
@@ -115,3 +120,26 @@ def parse_webhook_text(text: str) -> WebhookBody:
         return msgspec.json.decode(text, type=WebhookBody)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise DecodeError(f"invalid webhook event text: {exc}") from None
+
+
+@dataclass
+class Backoff:
+    """Capped exponential delays for retrying something that must not be given up: a
+    commit the router could not make, a download that failed on the network. The delay
+    doubles with each consecutive failure up to ``max_s`` and starts over after a success
+    (``reset``)."""
+
+    base_s: float = 0.5
+    max_s: float = 30.0
+    factor: float = 2.0
+    failures: int = 0
+
+    def next_delay_s(self) -> float:
+        # The exponent is capped: past the cap the delay is max_s anyway, and a float
+        # power of a large exponent would overflow.
+        delay = min(self.max_s, self.base_s * self.factor ** min(self.failures, 64))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0

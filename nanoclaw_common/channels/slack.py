@@ -2,14 +2,25 @@
 
 Inbound, either or both:
 - Socket Mode (``SLACK_APP_TOKEN``): each envelope is acknowledged on the websocket only after
-  its rows are committed; an unacknowledged envelope is re-sent by Slack.
+  its rows are committed. One that could not be committed is retried here with a capped
+  exponential backoff while the connection lives, and is never acknowledged before it went
+  through; a crash leaves it unacknowledged, so Slack re-sends it.
 - Events API over HTTP (``slack_events_port``): ``POST /slack/events`` for event callbacks and
   interactivity payloads. The signing secret and a five-minute timestamp window are checked
-  before anything is parsed; the 200 goes out after the commit, so a crash makes Slack retry.
+  before anything is parsed (a refusal is a 401 and a recorded drop); the 200 goes out after
+  the commit, and a 500 when it could not be committed, so Slack retries.
+
+Slack hands one message over more than once: as ``message`` and as ``app_mention`` when it
+mentions us, and again when an acknowledgement came late. Each message id is routed once per
+process (``_once``): a copy waits for the first attempt and is acknowledged after it, without
+routing again (no second drop record); a failed attempt is forgotten, so the next copy tries.
 
 Ids: chat = the channel id (``C…``, ``G…``, ``D…`` for DMs); users ``slack:<user id>``;
-message = ``<channel>_<ts>`` (outbound methods accept a bare ts too); thread = ``thread_ts``
-(a top-level message has no thread; replies to it are in thread ``<its ts>``).
+message = ``<channel>_<ts>`` (outbound methods accept a bare ts too). Thread: in a channel
+every top-level message starts its own thread (thread id = its ``ts``; replies carry it as
+``thread_ts``), so the agent answers in that thread and the thread's follow-ups reach the
+same per-thread session. A DM is one conversation: no thread unless the person replied in
+one (``thread_ts``).
 Slack has no typing indicator for bots outside assistant threads: ``set_typing`` does nothing.
 """
 
@@ -18,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -38,6 +50,8 @@ from nanoclaw_common.channels.base import (
     card_fallback_text,
 )
 from nanoclaw_common.channels.common import (
+    MAX_MESSAGE_ATTACHMENT_BYTES,
+    Backoff,
     button_data,
     make_action,
     make_event,
@@ -52,6 +66,12 @@ T = TypeVar("T")
 
 CHANNEL: Final = "slack"
 EVENTS_PATH: Final = "/slack/events"
+EVENTS_PLATFORM_ID: Final = "events-api"  # where refused HTTP requests are recorded
+SEEN_MESSAGES: Final = 4096  # message ids remembered for deduplication (``_once``)
+RETRY_BASE_S: Final = 0.5  # a Socket Mode envelope that was not committed: first retry
+RETRY_MAX_S: Final = 30.0
+DOWNLOAD_CHUNK: Final = 64 * 1024
+Sleep = Callable[[float], Awaitable[None]]
 # Errors that will not go away by retrying the same request.
 PERMANENT_ERRORS: Final = frozenset(
     {
@@ -118,6 +138,8 @@ class SlackAdapter(ChannelAdapter):
         signing_secret: str = "",
         events_host: str = "127.0.0.1",
         events_port: int = 0,
+        sleep: Sleep = asyncio.sleep,
+        max_message_bytes: int = MAX_MESSAGE_ATTACHMENT_BYTES,
     ) -> None:
         self.bot_token = bot_token
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -133,6 +155,10 @@ class SlackAdapter(ChannelAdapter):
         self._names: dict[str, str] = {}
         self._chat_names: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Message id -> its first routing attempt, oldest first (see ``_once``).
+        self._seen: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
+        self._sleep = sleep  # tests record the retry delays instead of waiting them out
+        self.max_message_bytes = max_message_bytes  # all of one message's files together
         self.bound_port = 0  # the Events API port actually bound (tests bind port 0)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -213,8 +239,10 @@ class SlackAdapter(ChannelAdapter):
 
     async def handle_frame(self, client: Any, raw: str, sink: InboundSink) -> None:
         """One Socket Mode frame. The envelope is acknowledged after the commit; a decode
-        problem is recorded and acknowledged (poison is never re-sent); a sink failure is
-        not acknowledged, so Slack re-sends."""
+        problem is recorded and acknowledged (poison is never re-sent). A failure to commit
+        (or to record the drop) is never acknowledged: it is retried with a capped
+        exponential backoff while this connection lives, and after that left to Slack,
+        which re-sends what was not acknowledged."""
         try:
             envelope = sp.decode_envelope(raw)
         except DecodeError as exc:
@@ -222,6 +250,30 @@ class SlackAdapter(ChannelAdapter):
             return
         if envelope.type in ("hello", "disconnect") or envelope.envelope_id is None:
             return
+        backoff = Backoff(base_s=RETRY_BASE_S, max_s=RETRY_MAX_S)
+        while True:
+            try:
+                await self._handle_envelope(envelope, sink)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._socket is not client:
+                    # The inbound half stopped (or this is not our live connection):
+                    # not acknowledged, so Slack re-sends it to the next connection.
+                    log.warning("envelope {} not committed ({})", envelope.envelope_id, exc)
+                    return
+                delay = backoff.next_delay_s()
+                log.warning(
+                    "envelope {} not committed ({}); retrying in {}s",
+                    envelope.envelope_id,
+                    exc,
+                    delay,
+                )
+                await self._sleep(delay)
+        await client.send_socket_mode_response({"envelope_id": envelope.envelope_id})
+
+    async def _handle_envelope(self, envelope: sp.Envelope, sink: InboundSink) -> None:
         try:
             if envelope.type == "events_api":
                 await self.handle_callback(sp.decode_callback(envelope.payload), sink)
@@ -231,7 +283,6 @@ class SlackAdapter(ChannelAdapter):
                 await sink.on_invalid(CHANNEL, "unknown", f"unsupported envelope {envelope.type!r}")
         except DecodeError as exc:
             await sink.on_invalid(CHANNEL, _channel_of(envelope.payload), str(exc))
-        await client.send_socket_mode_response({"envelope_id": envelope.envelope_id})
 
     async def handle_callback(self, callback: sp.EventCallback, sink: InboundSink) -> None:
         if callback.type != "event_callback":
@@ -244,6 +295,9 @@ class SlackAdapter(ChannelAdapter):
             )
             return
         message = sp.decode_message_event(callback.event)
+        await self._once(f"{message.channel}_{message.ts}", lambda: self._route(message, sink))
+
+    async def _route(self, message: sp.MessageEvent, sink: InboundSink) -> None:
         lock = self._locks.setdefault(message.channel, asyncio.Lock())
         # One channel's messages reach the router in arrival order: each is handed over
         # (the sink call started) before the next one's files are fetched; the commit is
@@ -253,6 +307,29 @@ class SlackAdapter(ChannelAdapter):
             handed = None if event is None else asyncio.ensure_future(sink.on_event(event))
         if handed is not None:
             await handed
+
+    async def _once(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` for message ``key`` unless an attempt for it already succeeded in
+        this process. A copy that arrives while an attempt is in flight waits for it: if it
+        succeeded, the copy is done (and may be acknowledged); if it failed, the copy makes
+        its own attempt. Raises what ``work`` raises."""
+        while (earlier := self._seen.get(key)) is not None:
+            await asyncio.wait({earlier})
+            if not earlier.cancelled() and earlier.exception() is None:
+                self._seen.move_to_end(key)
+                return
+            if self._seen.get(key) is earlier:
+                del self._seen[key]
+        attempt = asyncio.ensure_future(work())
+        self._seen[key] = attempt
+        while len(self._seen) > SEEN_MESSAGES:
+            self._seen.popitem(last=False)
+        try:
+            await attempt
+        except BaseException:
+            if self._seen.get(key) is attempt:
+                del self._seen[key]
+            raise
 
     async def handle_interaction(self, raw: Any, sink: InboundSink) -> None:
         payload = sp.decode_block_actions(raw)
@@ -289,7 +366,12 @@ class SlackAdapter(ChannelAdapter):
         text = message.text
         if notes:
             text = "\n".join([text, *notes]) if text else "\n".join(notes)
-        direct = message.channel_type == "im"
+        # app_mention events carry no channel_type; a DM's channel id starts with D.
+        direct = message.channel_type == "im" or (
+            message.channel_type is None and message.channel.startswith("D")
+        )
+        # In a channel every top-level message is the root of its own thread.
+        thread = message.thread_ts if direct else (message.thread_ts or message.ts)
         mention = (
             direct
             or message.type == "app_mention"
@@ -303,7 +385,7 @@ class SlackAdapter(ChannelAdapter):
             sender_name=await self._user_name(message.user),
             text=text,
             timestamp_ms=_ts_ms(message.ts),
-            thread_id=message.thread_ts,
+            thread_id=thread,
             is_mention=mention,
             is_group=not direct,
             attachments=attachments,
@@ -311,8 +393,13 @@ class SlackAdapter(ChannelAdapter):
         )
 
     async def _download(self, files: list[sp.SlackFile]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The message's files, within the size limit per file and per message (checked
+        while reading, so an oversized file is never held whole). A file Slack refuses for
+        good is left out with a note; a network error or a 5xx/429 raises ``RetryLater``
+        (the event is not acknowledged and comes again)."""
         found: list[dict[str, Any]] = []
         notes: list[str] = []
+        budget = self.max_message_bytes  # what the message's files may still take
         for item in files:
             name = item.name or item.id
             url = item.url_private_download or item.url_private
@@ -320,6 +407,9 @@ class SlackAdapter(ChannelAdapter):
                 notes.append(
                     f"[attachment {name} not downloaded: {item.size} bytes is over the limit]"
                 )
+                continue
+            if item.size is not None and item.size > budget:
+                notes.append(f"[attachment {name} not downloaded: the message is too large]")
                 continue
             if not url or self._session is None:
                 notes.append(f"[attachment {name} not downloaded: no download link]")
@@ -329,17 +419,21 @@ class SlackAdapter(ChannelAdapter):
                 notes.append(f"[attachment {name} not downloaded: unexpected file host]")
                 continue
             headers = {"Authorization": f"Bearer {self.bot_token}"}
+            limit = min(MAX_ATTACHMENT_BYTES, budget)
             try:
                 async with self._session.get(url, headers=headers) as response:
+                    if response.status == 429 or response.status >= 500:
+                        raise RetryLater(f"slack file download: HTTP {response.status}")
                     if response.status != 200:
                         notes.append(f"[attachment {name} not downloaded: HTTP {response.status}]")
                         continue
-                    data = await response.content.read(MAX_ATTACHMENT_BYTES + 1)
-            except aiohttp.ClientError as exc:
+                    data = await _read_limited(response, limit)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise RetryLater(f"slack file download failed: {exc}") from None
-            if len(data) > MAX_ATTACHMENT_BYTES:
+            if data is None:
                 notes.append(f"[attachment {name} not downloaded: over the size limit]")
                 continue
+            budget -= len(data)
             kind = "image" if item.mimetype.startswith("image/") else "file"
             found.append(
                 {"name": name, "data": data, "kind": kind, "mime_type": item.mimetype or None}
@@ -397,7 +491,7 @@ class SlackAdapter(ChannelAdapter):
         self, request: web.Request, sink: InboundSink, *, now_s: float | None = None
     ) -> web.StreamResponse:
         body = await request.read()
-        ok = bool(self.signing_secret) and sp.signature_ok(
+        ok = bool(self.signing_secret.strip()) and sp.signature_ok(
             self.signing_secret,
             body,
             request.headers.get("X-Slack-Request-Timestamp"),
@@ -405,9 +499,12 @@ class SlackAdapter(ChannelAdapter):
             time.time() if now_s is None else now_s,
         )
         if not ok:
-            # Unauthenticated: refuse without touching the database (no write amplification
-            # for whoever finds the URL).
+            # Unauthenticated: refused before anything is parsed. The refusal is recorded
+            # (one counter row per reason, so a flood costs an upsert each, no new rows).
             log.warning("refused Events API request: bad signature or stale timestamp")
+            await _record_refusal(
+                sink, "refused Events API request: bad signature or stale timestamp"
+            )
             return web.Response(status=401, text="invalid signature")
         try:
             if request.content_type == "application/x-www-form-urlencoded":
@@ -420,7 +517,12 @@ class SlackAdapter(ChannelAdapter):
                 return web.json_response({"challenge": callback.challenge or ""})
             await self.handle_callback(callback, sink)
         except DecodeError as exc:
-            await sink.on_invalid(CHANNEL, "unknown", str(exc))
+            try:
+                await sink.on_invalid(CHANNEL, "unknown", str(exc))
+            except Exception as record_exc:
+                # The drop is the commit for a poison event: without it, no 4xx either.
+                log.warning("invalid event not recorded ({}); Slack will retry", record_exc)
+                return web.Response(status=500, text="not committed")
             return web.Response(status=400, text=str(exc))
         except Exception as exc:
             log.warning("event not committed ({}); Slack will retry", exc)
@@ -550,6 +652,28 @@ class SlackAdapter(ChannelAdapter):
         if not channel_id:
             raise RetryLater("conversations.open returned no channel")
         return str(channel_id)
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it grows past ``limit`` (the rest is not read).
+    ``content.read(n)`` would return whatever happens to be buffered, not the body."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _record_refusal(sink: InboundSink, reason: str) -> None:
+    """Record an unauthenticated request as a drop; it is refused whether or not that works
+    (there is nothing to retry: it was not a message of ours)."""
+    try:
+        await sink.on_invalid(CHANNEL, EVENTS_PLATFORM_ID, reason)
+    except Exception as exc:
+        log.warning("could not record a refused request: {}", exc)
 
 
 def _ts_ms(ts: str) -> int:

@@ -146,8 +146,13 @@ def decode_block_actions(raw: Any) -> BlockActions:
 def signature_ok(
     secret: str, body: bytes, timestamp: str | None, signature: str | None, now_s: float
 ) -> bool:
-    """Slack's request signature, and the timestamp within five minutes of ``now_s``."""
-    if not timestamp or not signature or not timestamp.isdigit() or len(timestamp) > 12:
+    """Slack's request signature, and the timestamp within five minutes of ``now_s``.
+    Header values are untrusted text: anything but ASCII digits in the timestamp, or a
+    non-ASCII signature (``hmac.compare_digest`` raises ``TypeError`` on those), is simply
+    not a valid signature."""
+    if not timestamp or not signature or len(timestamp) > 12 or len(signature) > 200:
+        return False
+    if not (timestamp.isascii() and timestamp.isdigit() and signature.isascii()):
         return False
 
     class _Fixed(Clock):

@@ -5,9 +5,19 @@ committed. Telegram deletes updates only when a later ``getUpdates`` names a hig
 so a crash before that re-delivers them and the idempotent insert ignores the copies. We
 never ask Telegram to drop pending updates at start-up.
 
+An update is skipped (the offset moves past it) only when it is handled: committed, or
+undecodable and recorded as a drop. An update the router could not commit (``database is
+locked``, a full disk) or whose file could not be fetched (a network error) is never
+skipped: it and everything after it are fetched again, after a capped exponential backoff,
+until it goes through. A file Telegram refuses for good (gone, too big: a ``BadRequest``) is
+left out with a note in the message's text; the message itself is kept.
+
 Ids (all safe as one path component, unique across chats):
 - chat (platform id): the chat id as text, e.g. ``-1001234``; users: ``telegram:<user id>``;
-  a user's DM chat id equals their user id, so ``open_dm`` returns the handle.
+  a user's DM chat id equals their user id, so ``open_dm`` returns the handle. A message sent
+  on behalf of a chat (a channel, or an anonymous group admin) comes from
+  ``telegram:chat<that chat's id>``: its ``from`` is a placeholder user that many senders
+  share, so approving it would approve them all.
 - message: ``t<chat id>_<message id>``; outbound methods also accept a bare message id.
 - thread: the forum topic's ``message_thread_id`` (plain groups have no threads).
 """
@@ -20,6 +30,7 @@ import datetime as dtm
 import functools
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from loguru import logger
@@ -34,6 +45,8 @@ from nanoclaw_common.channels.base import (
     OutgoingFile,
 )
 from nanoclaw_common.channels.common import (
+    MAX_MESSAGE_ATTACHMENT_BYTES,
+    Backoff,
     button_data,
     clean_text,
     make_action,
@@ -49,8 +62,23 @@ T = TypeVar("T")
 
 CHANNEL: Final = "telegram"
 POLL_TIMEOUT_S: Final = 25
-MAX_UPDATE_FAILURES: Final = 5  # then the update is recorded as a drop and skipped
-BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
+BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)  # getMe / getUpdates failures
+# An update that was not committed is fetched again after this backoff (doubling per
+# consecutive failed batch). Never given up: Telegram keeps it until we confirm it.
+RETRY_BASE_S: Final = 0.5
+RETRY_MAX_S: Final = 30.0
+LOUD_AFTER_FAILURES: Final = 5  # consecutive failed batches before it is logged as an error
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The outcome of one ``getUpdates`` page: the offset to confirm next, and the updates
+    that were not handled (they, and everything after the first of them, come again)."""
+
+    offset: int | None
+    failed: list[int] = field(default_factory=list)
 
 
 def message_number(message_id: str) -> int:
@@ -89,10 +117,22 @@ class TelegramAdapter(ChannelAdapter):
     supports_threads = True  # forum topics only; plain groups never carry a thread id
     supports_cards = False
 
-    def __init__(self, token: str, base_url: str, *, poll_timeout_s: int = POLL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        token: str,
+        base_url: str,
+        *,
+        poll_timeout_s: int = POLL_TIMEOUT_S,
+        retry: Backoff | None = None,
+        sleep: Sleep = asyncio.sleep,
+        max_message_bytes: int = MAX_MESSAGE_ATTACHMENT_BYTES,
+    ) -> None:
         self.token = token
+        self.max_message_bytes = max_message_bytes  # all of one message's files together
         self.base_url = base_url.rstrip("/")
         self.poll_timeout_s = poll_timeout_s
+        self.retry = retry or Backoff(base_s=RETRY_BASE_S, max_s=RETRY_MAX_S)
+        self._sleep = sleep  # tests record the delays instead of waiting them out
         self._bot: Bot | None = None
         self._requests: list[HTTPXRequest] = []
         self._bot_id = 0
@@ -145,7 +185,6 @@ class TelegramAdapter(ChannelAdapter):
     async def run_inbound(self, sink: InboundSink) -> None:
         await self._identify()
         offset: int | None = None
-        failures: dict[int, int] = {}
         errors = 0
         while True:
             kwargs: dict[str, Any] = {
@@ -171,14 +210,31 @@ class TelegramAdapter(ChannelAdapter):
                 delay = BACKOFF_S[min(errors, len(BACKOFF_S) - 1)]
                 errors += 1
                 log.warning("getUpdates failed ({}); retrying in {}s", exc, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             if not isinstance(raw, list):
                 log.warning("getUpdates returned {} instead of a list", type(raw).__name__)
-                await asyncio.sleep(BACKOFF_S[0])
+                await self._sleep(BACKOFF_S[0])
                 continue
-            if raw:
-                offset = await self.process_batch(raw, sink, offset, failures)
+            if not raw:
+                continue
+            batch = await self.process_batch(raw, sink, offset)
+            offset = batch.offset
+            if not batch.failed:
+                self.retry.reset()
+                continue
+            # Not committed: the next getUpdates would hand the same updates back at once,
+            # so wait first, longer each time the same trouble repeats.
+            delay = self.retry.next_delay_s()
+            loud = self.retry.failures >= LOUD_AFTER_FAILURES
+            (log.error if loud else log.warning)(
+                "{} update(s) not handled, from update {}; fetching them again in {}s (attempt {})",
+                len(batch.failed),
+                min(batch.failed),
+                delay,
+                self.retry.failures,
+            )
+            await self._sleep(delay)
 
     async def _identify(self) -> None:
         """getMe, retried: mentions are recognised by the bot's id and username."""
@@ -196,23 +252,21 @@ class TelegramAdapter(ChannelAdapter):
                 delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
                 attempt += 1
                 log.warning("getMe failed ({}); retrying in {}s", exc, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
 
-    async def process_batch(
-        self,
-        raw: list[Any],
-        sink: InboundSink,
-        offset: int | None,
-        failures: dict[int, int],
-    ) -> int | None:
-        """Hand one ``getUpdates`` batch to the sink; return the next offset to confirm.
+    async def process_batch(self, raw: list[Any], sink: InboundSink, offset: int | None) -> Batch:
+        """Hand one ``getUpdates`` page to the sink; return the next offset to confirm.
 
         Each chat's updates are prepared in order (decoding, downloads) and handed to the
         sink in that order, without waiting for one commit before the next hand-over: the
         router keeps a chat's rows in arrival order and commits them together. Different
-        chats run concurrently. The offset moves past an update only when its rows are
-        committed (or it was recorded as a drop); a failed update and everything after it
-        is fetched again next time, where the copies are deduplicated.
+        chats run concurrently.
+
+        The offset moves past an update only when it is handled: its rows are committed, or
+        it could not be decoded and that drop is recorded. Anything else (the sink could not
+        commit, a download failed on the network, the drop could not be recorded) leaves the
+        offset at the first such update: it and every later one are fetched again, and the
+        copies of those already committed are deduplicated by their row ids.
         """
         by_chat: dict[str, list[tuple[int, Any]]] = {}
         top = offset
@@ -220,24 +274,13 @@ class TelegramAdapter(ChannelAdapter):
             try:
                 update_id = tu.update_id_of(item)
             except DecodeError as exc:
-                await sink.on_invalid(CHANNEL, "unknown", str(exc))
+                # Without an id the update can be neither confirmed nor fetched again.
+                await self._record_invalid(sink, "unknown", str(exc))
                 continue
             top = max(top or 0, update_id + 1)
             by_chat.setdefault(_chat_key(item), []).append((update_id, item))
 
         failed: list[int] = []
-
-        async def failure(update_id: int, item: Any, exc: Exception) -> bool:
-            """Count a failure; True when the update should be retried (fetched again)."""
-            count = failures.get(update_id, 0) + 1
-            failures[update_id] = count
-            if count >= MAX_UPDATE_FAILURES:
-                log.error("update {} failed {} times, skipping: {}", update_id, count, exc)
-                await sink.on_invalid(CHANNEL, _chat_key(item), f"gave up: {exc}")
-                failures.pop(update_id, None)
-                return False
-            log.warning("update {} not committed ({}); will be re-fetched", update_id, exc)
-            return True
 
         async def run_chat(items: list[tuple[int, Any]]) -> None:
             handed: list[tuple[int, Any, asyncio.Future[None]]] = []
@@ -246,25 +289,40 @@ class TelegramAdapter(ChannelAdapter):
                     call = await self.prepare_update(item, sink)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # a download failed: retry from here on
-                    if await failure(update_id, item, exc):
-                        failed.extend(uid for uid, _ in items[position:])
-                        break
-                    continue
+                except Exception as exc:
+                    # Transient (a download failed): this update and the chat's later ones
+                    # are fetched again, so the chat's order is kept.
+                    log.warning("update {} not prepared ({}); fetched again", update_id, exc)
+                    failed.extend(uid for uid, _ in items[position:])
+                    break
                 if call is not None:
                     handed.append((update_id, item, asyncio.ensure_future(call)))
             for update_id, item, future in handed:
                 try:
                     await future
-                    failures.pop(update_id, None)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:
-                    if await failure(update_id, item, exc):
+                except DecodeError as exc:
+                    # The router found the event undecodable: poison, recorded as a drop.
+                    if not await self._record_invalid(sink, _chat_key(item), str(exc)):
                         failed.append(update_id)
+                except Exception as exc:
+                    log.warning("update {} not committed ({}); fetched again", update_id, exc)
+                    failed.append(update_id)
 
         await asyncio.gather(*(run_chat(items) for items in by_chat.values()))
-        return min(failed) if failed else top
+        return Batch(min(failed), sorted(failed)) if failed else Batch(top)
+
+    async def _record_invalid(self, sink: InboundSink, platform_id: str, reason: str) -> bool:
+        """Record a drop; False (logged) when even that could not be committed."""
+        try:
+            await sink.on_invalid(CHANNEL, platform_id, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("could not record an invalid update ({}): {}", reason[:200], exc)
+            return False
+        return True
 
     async def handle_update(self, raw: Any, sink: InboundSink) -> None:
         """Route one update and wait for it. Decoding problems become recorded drops; sink
@@ -333,17 +391,22 @@ class TelegramAdapter(ChannelAdapter):
         quote = None
         if reply is not None:
             quote = {
-                "sender": tu.display_name(reply.from_),
+                "sender": (
+                    tu.chat_title(reply.sender_chat)
+                    if reply.sender_chat is not None
+                    else tu.display_name(reply.from_)
+                ),
                 "text": clean_text(reply.text or reply.caption, 4_000),
                 "id": our_message_id(chat.id, reply.message_id),
             }
         thread = message.message_thread_id if message.is_topic_message else None
+        sender_id, sender_name = _sender_of(message)
         return make_event(
             channel_type=CHANNEL,
             platform_id=str(chat.id),
             message_id=our_message_id(chat.id, message.message_id),
-            sender_id=f"telegram:{sender.id}" if sender else f"telegram:chat{chat.id}",
-            sender_name=tu.display_name(sender) or tu.chat_title(chat),
+            sender_id=sender_id,
+            sender_name=sender_name,
             text=text,
             timestamp_ms=message.date * 1000,
             thread_id=None if thread is None else str(thread),
@@ -377,23 +440,32 @@ class TelegramAdapter(ChannelAdapter):
                 wanted.append((ref.file_id, name, kind, ref.mime_type or None, ref.file_size))
         files: list[dict[str, Any]] = []
         notes: list[str] = []
+        budget = self.max_message_bytes  # what the message's files may still take
         for file_id, name, kind, mime, size in wanted:
             if size is not None and size > MAX_ATTACHMENT_BYTES:
                 notes.append(f"[attachment {name} not downloaded: {size} bytes is over the limit]")
                 continue
-            data = await self._download(file_id, name, notes)
+            if size is not None and size > budget:
+                notes.append(f"[attachment {name} not downloaded: the message is too large]")
+                continue
+            data = await self._download(file_id, name, notes, min(MAX_ATTACHMENT_BYTES, budget))
             if data is not None:
+                budget -= len(data)
                 files.append({"name": name, "data": data, "kind": kind, "mime_type": mime})
         return files, notes
 
-    async def _download(self, file_id: str, name: str, notes: list[str]) -> bytes | None:
+    async def _download(
+        self, file_id: str, name: str, notes: list[str], limit: int
+    ) -> bytes | None:
+        """The file's bytes, or None with a note when Telegram refuses it for good. A
+        network error, a timeout or flood control raises: the update is fetched again."""
         try:
             handle = await self.bot.get_file(file_id)
             data = bytes(await handle.download_as_bytearray())
-        except error.BadRequest as exc:  # e.g. "file is too big": permanent, note it and go on
+        except error.BadRequest as exc:  # "file is too big", "invalid file_id": permanent
             notes.append(f"[attachment {name} not downloaded: {exc.message}]")
             return None
-        if len(data) > MAX_ATTACHMENT_BYTES:
+        if len(data) > limit:
             notes.append(f"[attachment {name} not downloaded: over the size limit]")
             return None
         return data
@@ -480,6 +552,16 @@ class TelegramAdapter(ChannelAdapter):
 
     async def open_dm(self, user_handle: str) -> str:
         return user_handle  # a private chat's id is the user's id
+
+
+def _sender_of(message: tu.Message) -> tuple[str, str]:
+    """(sender id, display name). A message on behalf of a chat is that chat's."""
+    if message.sender_chat is not None:
+        on_behalf = message.sender_chat
+        return f"telegram:chat{on_behalf.id}", tu.chat_title(on_behalf) or str(on_behalf.id)
+    if message.from_ is not None:
+        return f"telegram:{message.from_.id}", tu.display_name(message.from_)
+    return f"telegram:chat{message.chat.id}", tu.chat_title(message.chat)
 
 
 def _chat_key(raw: Any) -> str:

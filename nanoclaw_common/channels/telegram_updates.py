@@ -72,6 +72,7 @@ class FileRef(Loose, frozen=True):
 class ReplyTo(Loose, frozen=True):
     message_id: int
     from_: User | None = msgspec.field(default=None, name="from")
+    sender_chat: Chat | None = None
     text: Text = ""
     caption: Text = ""
 
@@ -81,6 +82,11 @@ class Message(Loose, frozen=True):
     chat: Chat
     date: int
     from_: User | None = msgspec.field(default=None, name="from")
+    # Set when the message is sent on behalf of a chat: a channel posting into its linked
+    # group, a user posting as a channel, or an anonymous group admin. ``from`` then holds a
+    # placeholder user shared by everyone doing the same (Channel_Bot, GroupAnonymousBot), so
+    # the sender's identity is this chat, never ``from``.
+    sender_chat: Chat | None = None
     message_thread_id: int | None = None
     is_topic_message: bool = False
     text: Text | None = None

@@ -5,8 +5,13 @@ terminal, and sends messages to the router on ``run/cli.sock``. A message id is 
 re-sent until the router acknowledges it, so a router restart neither loses nor doubles it.
 
 ``--message TEXT`` sends one message and exits when the turn is over: the agent acked the
-message (``processing_ack`` completed or failed) and every reply it wrote has reached a final
-delivery state — or when ``--timeout`` passes (exit status 1).
+message (``processing_ack`` completed or failed) and every reply to it has reached a final
+delivery state — or when ``--timeout`` passes (exit status 1). A reply to it is a ``chat``
+row addressed to this terminal, written after the message (higher seq) and answering it or a
+later row (``in_reply_to``); replies to other chats of an ``agent-shared`` session, or to an
+earlier terminal message, are none of this turn's business. ``TurnWatch`` follows them
+incrementally: each check reads only the outbound rows it has not seen, and only when a file
+changed (``PRAGMA data_version``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -31,10 +37,15 @@ from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import CentralStore, InboundReader, OutboundReader
+from nanoclaw_common.store.rows import OutboundRow
 
 FINAL_DELIVERY: Final = frozenset({"delivered", "failed", "denied"})
 SEND_RETRY_S: Final = 0.5
 POLL_S: Final = 0.1
+PAGE: Final = 500  # outbound rows read per query
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass
@@ -130,21 +141,26 @@ async def listen(path: Path, terminal: Terminal) -> asyncio.AbstractServer:
         os.umask(old_umask)
 
 
-async def request(layout: Layout, item: wire.Request, deadline: float) -> wire.Answer:
+async def request(
+    layout: Layout,
+    item: wire.Request,
+    deadline: float,
+    *,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+) -> wire.Answer:
     """Send one request to the router, retrying (same id) until answered or the deadline."""
     path = wire.router_socket(layout)
     last_error = "the router is not running"
-    while time.monotonic() < deadline:
+    while clock() < deadline:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(path)), max(0.1, deadline - time.monotonic())
+                asyncio.open_unix_connection(str(path)), max(0.1, deadline - clock())
             )
             try:
                 writer.write(wire.encode_line(item))
                 await writer.drain()
-                line = await asyncio.wait_for(
-                    reader.readline(), max(0.1, deadline - time.monotonic())
-                )
+                line = await asyncio.wait_for(reader.readline(), max(0.1, deadline - clock()))
             finally:
                 writer.close()
             answer = wire.decode_answer(line)
@@ -154,64 +170,164 @@ async def request(layout: Layout, item: wire.Request, deadline: float) -> wire.A
                 return answer
         except (OSError, TimeoutError, DecodeError) as exc:
             last_error = str(exc) or exc.__class__.__name__
-        await asyncio.sleep(SEND_RETRY_S)
+        await sleep(SEND_RETRY_S)
     return wire.Refusal(id="", error=f"no answer from the router: {last_error}")
 
 
-def turn_over(central: CentralStore, layout: Layout, message_id: str) -> bool:
-    """The agent acked the message and every reply reached a final delivery state."""
-    chat = central.find_messaging_group(CHANNEL, PLATFORM_ID)
-    if chat is None:
-        return False
-    found = False
-    for wiring in central.list_wirings(chat.id):
-        row_id = f"{message_id}:{wiring.agent_group_id}"
-        for session in central.list_sessions(agent_group_id=wiring.agent_group_id):
-            paths = layout.session(session.agent_group_id, session.id)
-            if not paths.inbound_db.exists() or not paths.outbound_db.exists():
-                continue
-            inbound = InboundReader(paths.inbound_db)
-            try:
-                if inbound.get_message(row_id) is None:
+@dataclass
+class Tracked:
+    """One row of this client's message (one per wired agent group) in its session."""
+
+    row_id: str
+    seq: int
+    inbound: InboundReader
+    outbound: OutboundReader | None = None
+    outbound_path: Path | None = None
+    settled: bool = False  # the agent acked the row completed or failed
+    frozen: bool = False  # replies read after the ack: later rows are later turns'
+    cursor: int = 0  # outbound seq read up to
+    replies: list[str] = field(default_factory=list)  # ours, not yet in a final state
+    versions: tuple[int, int] = (-1, -1)  # data_version of (inbound, outbound) last looked at
+
+    def close(self) -> None:
+        self.inbound.close()
+        if self.outbound is not None:
+            self.outbound.close()
+
+
+class TurnWatch:
+    """Is the turn of one terminal message over? ``over()`` is called every poll; it finds
+    the message's rows once, then reads only what changed: new outbound rows after its
+    cursor, the delivery state of this turn's replies that are not final yet, and the ack
+    of the message until it is settled."""
+
+    def __init__(self, central: CentralStore, layout: Layout, message_id: str) -> None:
+        self.central = central
+        self.layout = layout
+        self.message_id = message_id
+        self.tracked: list[Tracked] = []
+        self.rows_read = 0  # outbound rows read, for tests: each is read once
+
+    def over(self) -> bool:
+        if not self.tracked:
+            self.tracked = self._locate()
+            if not self.tracked:
+                return False
+        done = True
+        for item in self.tracked:
+            done = self._advance(item) and done
+        return done
+
+    def close(self) -> None:
+        for item in self.tracked:
+            item.close()
+        self.tracked = []
+
+    def _locate(self) -> list[Tracked]:
+        """The message's rows (``<message id>:<agent group id>``): committed before the
+        router acknowledged, so normally found on the first check."""
+        chat = self.central.find_messaging_group(CHANNEL, PLATFORM_ID)
+        if chat is None:
+            return []
+        found: list[Tracked] = []
+        for wiring in self.central.list_wirings(chat.id):
+            row_id = f"{self.message_id}:{wiring.agent_group_id}"
+            for session in self.central.list_sessions(agent_group_id=wiring.agent_group_id):
+                paths = self.layout.session(session.agent_group_id, session.id)
+                if not paths.inbound_db.exists():
                     continue
-                found = True
-                outbound = OutboundReader(paths.outbound_db)
-                try:
-                    if row_id not in outbound.settled_ids():
-                        return False
-                    replies = [
-                        r for r in outbound.messages_after(0, limit=100_000) if r.kind == "chat"
-                    ]
-                finally:
-                    outbound.close()
-                for reply in replies:
-                    delivery = inbound.get_delivery(reply.id)
-                    if delivery is None or delivery.status not in FINAL_DELIVERY:
-                        return False
-            finally:
-                inbound.close()
-    return found
+                inbound = InboundReader(paths.inbound_db)
+                row = inbound.get_message(row_id)
+                if row is None:
+                    inbound.close()
+                    continue
+                found.append(Tracked(row_id, row.seq, inbound, outbound_path=paths.outbound_db))
+                break
+        return found
+
+    def _advance(self, item: Tracked) -> bool:
+        """Read what changed for one row; True when its part of the turn is over."""
+        if item.outbound is None:
+            if item.outbound_path is None or not item.outbound_path.exists():
+                return False  # no run has opened the session yet
+            item.outbound = OutboundReader(item.outbound_path)
+        versions = (item.inbound.data_version(), item.outbound.data_version())
+        if versions == item.versions:
+            return item.settled and not item.replies
+        item.versions = versions
+        # The runner writes its replies before it acks, so once the ack is seen, one more
+        # read of new rows has every reply of this turn.
+        if not item.settled:
+            item.settled = item.row_id in item.outbound.settled_ids()
+        if not item.frozen:
+            self._read_replies(item)
+            item.frozen = item.settled
+        item.replies = [reply for reply in item.replies if not self._final(item, reply)]
+        return item.settled and not item.replies
+
+    def _read_replies(self, item: Tracked) -> None:
+        assert item.outbound is not None
+        while True:
+            page = item.outbound.messages_after(item.cursor, limit=PAGE)
+            self.rows_read += len(page)
+            for row in page:
+                item.cursor = row.seq
+                if self._answers(item, row):
+                    item.replies.append(row.id)
+            if len(page) < PAGE:
+                return
+
+    def _answers(self, item: Tracked, row: OutboundRow) -> bool:
+        """A reply of this turn: text for this terminal, written after the message, not
+        answering an earlier row."""
+        if row.kind != "chat" or (row.channel_type, row.platform_id) != (CHANNEL, PLATFORM_ID):
+            return False
+        if row.seq < item.seq:
+            return False
+        if row.in_reply_to is None or row.in_reply_to == item.row_id:
+            return True
+        answered = item.inbound.get_message(row.in_reply_to)
+        return answered is None or answered.seq >= item.seq
+
+    def _final(self, item: Tracked, reply_id: str) -> bool:
+        delivery = item.inbound.get_delivery(reply_id)
+        return delivery is not None and delivery.status in FINAL_DELIVERY
 
 
 async def one_message(
-    layout: Layout, central: CentralStore, text: str, timeout_s: float, terminal: Terminal
+    layout: Layout,
+    central: CentralStore,
+    text: str,
+    timeout_s: float,
+    terminal: Terminal,
+    *,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
 ) -> int:
-    deadline = time.monotonic() + timeout_s
+    """Send ``text``, wait for its turn to be over; the exit status (1: refused, timed out
+    or superseded)."""
+    deadline = clock() + timeout_s
     message_id = new_id("cli")
     answer = await request(
         layout,
         wire.SendMessage(id=message_id, text=text, sender_name=getpass.getuser()),
         deadline,
+        clock=clock,
+        sleep=sleep,
     )
     if isinstance(answer, wire.Refusal):
         print(f"error: {answer.error}", file=sys.stderr)
         return 1
-    while time.monotonic() < deadline:
-        if terminal.superseded.is_set():
-            return 1
-        if turn_over(central, layout, message_id):
-            return 0
-        await asyncio.sleep(POLL_S)
+    watch = TurnWatch(central, layout, message_id)
+    try:
+        while clock() < deadline:
+            if terminal.superseded.is_set():
+                return 1
+            if watch.over():
+                return 0
+            await sleep(POLL_S)
+    finally:
+        watch.close()
     print(f"no complete reply within {timeout_s:g}s", file=sys.stderr)
     return 1
 
@@ -271,6 +387,9 @@ async def run_chat(
     message: str | None,
     timeout_s: float,
     save_dir: Path,
+    *,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
 ) -> int:
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     terminal = Terminal(save_dir=save_dir, interactive=message is None)
@@ -278,7 +397,9 @@ async def run_chat(
     server = await listen(path, terminal)
     try:
         if message is not None:
-            return await one_message(layout, central, message, timeout_s, terminal)
+            return await one_message(
+                layout, central, message, timeout_s, terminal, clock=clock, sleep=sleep
+            )
         return await interactive(layout, terminal)
     finally:
         server.close()

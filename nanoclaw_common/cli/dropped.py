@@ -1,9 +1,11 @@
 """``nanoclaw dropped``: the audit of messages the router did not deliver to any agent.
 
 One line per (chat, reason) with a counter: ``no_agent_wired`` (a mention in an unwired chat),
-``no_agent_engaged``, ``unknown_sender_strict`` / ``unknown_sender_request_approval``,
+``registration_rate_limited`` (the same, but the owner got too many registration cards
+lately), ``no_agent_engaged``, ``unknown_sender_strict`` / ``unknown_sender_request_approval``,
 ``sender_not_known``, ``command_filtered`` / ``command_denied``, ``invalid_pattern``,
-``invalid_input`` (undecodable platform input) and ``missing_agent_group``.
+``invalid_input`` (undecodable platform input, or a webhook / Slack Events API request with a
+bad signature) and ``missing_agent_group``.
 
 - ``dropped list [--limit N]`` (newest first), ``dropped remove CHAT [--reason R]``,
   ``dropped clear``. ``add`` has no meaning here: only the router records drops.

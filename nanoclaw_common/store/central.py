@@ -66,6 +66,15 @@ class RestartRequest(msgspec.Struct, frozen=True):
     reason: str
 
 
+class HeldFile(msgspec.Struct, frozen=True):
+    """An attachment kept with a pending sender or channel approval (migration 0021)."""
+
+    name: str
+    kind: str
+    mime_type: str | None
+    data: bytes
+
+
 class CentralStore:
     """Verb-named methods over ``central.db``. Callers never see SQL or cursors."""
 
@@ -902,15 +911,21 @@ class CentralStore:
             self.db.execute("DELETE FROM pending_approvals WHERE approval_id = ?", (approval_id,))
             return self.db.changes() == 1
 
-    def create_sender_approval(self, approval: rows.PendingSenderApproval) -> bool:
-        """False when one is already pending for this chat and sender (the dedup)."""
+    def create_sender_approval(
+        self, approval: rows.PendingSenderApproval, held: list[HeldFile] | None = None
+    ) -> bool:
+        """False when one is already pending for this chat and sender (the dedup). ``held``
+        (the message's attachments) is stored with it, in the same transaction."""
         with self.db.write():
             self.db.execute(
                 f"INSERT OR IGNORE INTO pending_sender_approvals"
                 f" ({columns(rows.PendingSenderApproval)}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 msgspec.structs.astuple(approval),
             )
-            return self.db.changes() == 1
+            if self.db.changes() != 1:
+                return False
+            self._hold("sender_approval_id", approval.id, held or [])
+            return True
 
     def get_sender_approval(self, approval_id: str) -> rows.PendingSenderApproval | None:
         return self._row(rows.PendingSenderApproval, "WHERE id = ?", (approval_id,))
@@ -932,14 +947,52 @@ class CentralStore:
             self.db.execute("DELETE FROM pending_sender_approvals WHERE id = ?", (approval_id,))
             return self.db.changes() == 1
 
-    def create_channel_approval(self, approval: rows.PendingChannelApproval) -> bool:
+    def create_channel_approval(
+        self, approval: rows.PendingChannelApproval, held: list[HeldFile] | None = None
+    ) -> bool:
+        """False when one is pending for this chat already. ``held`` as for senders."""
         with self.db.write():
             self.db.execute(
                 f"INSERT OR IGNORE INTO pending_channel_approvals"
                 f" ({columns(rows.PendingChannelApproval)}) VALUES (?,?,?,?,?,?,?,?)",
                 msgspec.structs.astuple(approval),
             )
-            return self.db.changes() == 1
+            if self.db.changes() != 1:
+                return False
+            self._hold("channel_approval_id", approval.messaging_group_id, held or [])
+            return True
+
+    def _hold(
+        self,
+        column: Literal["sender_approval_id", "channel_approval_id"],
+        key: str,
+        held: list[HeldFile],
+    ) -> None:
+        for position, item in enumerate(held):
+            self.db.execute(
+                f"INSERT INTO held_attachments ({column}, position, name, kind, mime_type, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, position, item.name, item.kind, item.mime_type, item.data),
+            )
+
+    def held_files(
+        self, *, sender_approval_id: str | None = None, channel_approval_id: str | None = None
+    ) -> list[HeldFile]:
+        """The attachments kept with a pending approval, in message order (deleted with the
+        approval: ON DELETE CASCADE)."""
+        column, key = (
+            ("sender_approval_id", sender_approval_id)
+            if sender_approval_id is not None
+            else ("channel_approval_id", channel_approval_id)
+        )
+        return [
+            HeldFile(str(name), str(kind), None if mime is None else str(mime), bytes(data))
+            for name, kind, mime, data in self.db.all(
+                f"SELECT name, kind, mime_type, data FROM held_attachments WHERE {column} = ?"
+                " ORDER BY position",
+                (key,),
+            )
+        ]
 
     def get_channel_approval(self, messaging_group_id: str) -> rows.PendingChannelApproval | None:
         return self._row(
@@ -1146,6 +1199,38 @@ class CentralStore:
                 (key, stamp),
             )
             return True
+
+    def claim_notice_slot(
+        self, key: str, slots: int, interval_ms: int, *, now: int | None = None
+    ) -> bool:
+        """Rate limit of ``slots`` per ``interval_ms``: True (and record it) when one of the
+        keys ``<key>#0`` … ``<key>#<slots-1>`` is free (never used, or used longer ago than
+        ``interval_ms``); one transaction."""
+        stamp = now or now_ms()
+        with self.db.write():
+            used = {
+                str(found_key): int(last)
+                for found_key, last in self.db.all(
+                    "SELECT key, last_sent_ms FROM notices WHERE key >= ? AND key < ?",
+                    (f"{key}#", f"{key}$"),
+                )
+            }
+            for slot in range(slots):
+                slot_key = f"{key}#{slot}"
+                last = used.get(slot_key)
+                if last is None or stamp - last >= interval_ms:
+                    self.db.execute(
+                        "INSERT INTO notices (key, last_sent_ms, suppressed) VALUES (?, ?, 0)"
+                        " ON CONFLICT (key) DO UPDATE SET last_sent_ms = excluded.last_sent_ms",
+                        (slot_key, stamp),
+                    )
+                    return True
+            return False
+
+    def release_notice(self, key: str) -> None:
+        """Forget a ``claim_notice`` (the notice it allowed was not sent after all)."""
+        with self.db.write():
+            self.db.execute("DELETE FROM notices WHERE key = ?", (key,))
 
     # -- restart requests -----------------------------------------------------------------
 

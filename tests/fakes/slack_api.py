@@ -59,6 +59,7 @@ class State:
     connections: int = 0
     uploads: dict[str, bytes] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    file_failures: dict[str, list[int]] = field(default_factory=dict)  # file id -> statuses
     users: dict[str, str] = field(default_factory=dict)
     channels: dict[str, str] = field(default_factory=dict)
     raw_frames: list[str] = field(default_factory=list)
@@ -107,6 +108,10 @@ class FakeSlack:
     def add_file(self, file_id: str, data: bytes) -> str:
         self.server.call(self.state.files.__setitem__, file_id, data)
         return f"{self.server.url}/files/{file_id}"
+
+    def fail_file(self, file_id: str, *statuses: int) -> None:
+        """The next downloads of ``file_id`` answer these HTTP statuses, in order."""
+        self.server.call(lambda: self.state.file_failures.setdefault(file_id, []).extend(statuses))
 
     def uploads(self) -> dict[str, bytes]:
         return self.server.call(lambda: dict(self.state.uploads))
@@ -246,7 +251,11 @@ class FakeSlack:
     async def _download(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
             return web.Response(status=403)
-        data = self.state.files.get(request.match_info["file_id"])
+        file_id = request.match_info["file_id"]
+        failures = self.state.file_failures.get(file_id)
+        if failures:
+            return web.Response(status=failures.pop(0))
+        data = self.state.files.get(file_id)
         return web.Response(status=404) if data is None else web.Response(body=data)
 
     async def _params(self, request: web.Request) -> dict[str, Any]:

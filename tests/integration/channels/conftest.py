@@ -12,6 +12,7 @@ import apsw
 import pytest
 
 from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.messages import ActionEvent, InboundEvent
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundReader
@@ -32,6 +33,46 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         await asyncio.sleep(0.02)
+
+
+class FlakySink:
+    """The router, behind a database that is locked for the first ``failures`` commits
+    (``apsw.BusyError``, what SQLite raises when ``busy_timeout`` runs out). ``on_refuse``
+    runs at each refusal (to look at the platform at that moment)."""
+
+    def __init__(
+        self, router: Router, failures: int, on_refuse: Callable[[], None] | None = None
+    ) -> None:
+        self.router = router
+        self.failures = failures
+        self.on_refuse = on_refuse
+        self.refused: list[str] = []
+
+    async def on_event(self, event: InboundEvent) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.refused.append(event.message_id)
+            if self.on_refuse is not None:
+                self.on_refuse()
+            raise apsw.BusyError("database is locked")
+        await self.router.on_event(event)
+
+    async def on_action(self, action: ActionEvent) -> None:
+        await self.router.on_action(action)
+
+    async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+        await self.router.on_invalid(channel_type, platform_id, reason)
+
+
+class Delays:
+    """Stands in for ``asyncio.sleep`` in an adapter: records each backoff, waits none."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    async def __call__(self, delay_s: float) -> None:
+        self.seen.append(delay_s)
+        await asyncio.sleep(0)
 
 
 class Live:

@@ -24,6 +24,7 @@ from nanoclaw_common.messages import (
     decode_inbound_content,
     encode_text,
 )
+from nanoclaw_common.store import InboundReader
 from nanoclaw_common.store.rows import PendingQuestion
 from nanoclaw_router.app import Router
 from tests.fakes.slack_api import (
@@ -36,7 +37,7 @@ from tests.fakes.slack_api import (
     post_event,
     sign,
 )
-from tests.integration.channels.conftest import Live, eventually
+from tests.integration.channels.conftest import Delays, FlakySink, Live, eventually
 from tests.integration.router.conftest import free_port
 
 
@@ -104,8 +105,17 @@ def test_socket_mode_messages_threads_dms_and_files(live: Live, slack: FakeSlack
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     assert sorted(texts(live)) == ["<@UBOT> summarize", "here is a file", "in the thread <@UBOT>"]
-    threads = sorted(s.thread_id or "" for s in live.sessions() if s.messaging_group_id)
-    assert len(threads) == 3  # top level, the thread, the DM
+    # The top-level mention opened its own thread; the reply in it joined the same session.
+    channel = next(s for s in live.sessions() if s.thread_id is not None)
+    rows = live.rows(channel)
+    assert [r.thread_id for r in rows] == [channel.thread_id] * 2
+    assert rows[0].id.startswith(f"C1_{channel.thread_id}:")
+    dm = next(s for s in live.sessions() if s.thread_id is None)
+    assert [r.thread_id for r in live.rows(dm)] == [None]
+    assert len(live.sessions()) == 2
+    # The app_mention copy of the mention was not routed a second time, and the channel
+    # message without a mention was counted once.
+    assert {d.reason: d.message_count for d in live.central.list_drops()} == {"no_agent_engaged": 1}
     dm_row = next(r for r in live.rows() if r.platform_id == "DU7")
     content = decode_inbound_content(dm_row.content)
     assert isinstance(content, ChatContent) and content.sender_name == "Grace"
@@ -143,7 +153,9 @@ def test_socket_mode_bad_frames_are_recorded_and_acked(live: Live, slack: FakeSl
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     invalid = sum(d.message_count for d in live.central.list_drops() if d.reason == "invalid_input")
-    assert invalid >= 4
+    # One per bad envelope. The frame that is not JSON never reaches us: slack-sdk parses
+    # every frame before calling listeners, and logs and skips what it cannot parse.
+    assert invalid == 4
 
 
 def test_block_actions_answer_questions(live: Live, slack: FakeSlack) -> None:
@@ -227,9 +239,10 @@ def test_events_api_checks_signatures_and_timestamps(live: Live, slack: FakeSlac
 
     live.run({"slack": adapter}, scenario)
     assert texts(live) == ["signed and fresh"]
-    # Unauthenticated requests leave no trace in the database.
-    reasons = {d.reason for d in live.central.list_drops()}
-    assert reasons == {"invalid_input"}  # only the signed-but-malformed body
+    # The three refused requests are counted on one row; the signed-but-malformed body on
+    # its own.
+    drops = {(d.platform_id, d.reason): d.message_count for d in live.central.list_drops()}
+    assert drops == {("events-api", "invalid_input"): 3, ("unknown", "invalid_input"): 1}
 
 
 def test_events_api_interactivity(live: Live, slack: FakeSlack) -> None:
@@ -428,3 +441,218 @@ def test_files_are_fetched_only_from_slack_hosts(slack: FakeSlack) -> None:
         assert notes == ["[attachment x.txt not downloaded: unexpected file host]"]
 
     asyncio.run(main())
+
+
+# -- threads --------------------------------------------------------------------------------
+
+
+def test_each_top_level_message_is_its_own_thread(live: Live, slack: FakeSlack) -> None:
+    """In a channel a top-level message starts a thread: the agent's session is that
+    thread's, its replies go into the thread, and the thread's follow-ups reach the same
+    session (mention-sticky: no mention needed once the agent is in the thread). Another
+    top-level message is another thread, so a mention never sticks to the whole channel.
+    A DM is one conversation without threads."""
+    group = live.group()
+    live.wire("slack", "C1", group, engage_mode="mention-sticky")
+    live.wire("slack", "DU7", group, is_group=False)
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: slack.connections() == 1)
+        root = slack.message_event("C1", "<@UBOT> plan the launch", user="U7")
+        slack.push_socket_event(root)
+        slack.push_socket_event(
+            slack.message_event("C1", "and the budget", user="U8", thread_ts=root["ts"])
+        )
+        slack.push_socket_event(slack.message_event("C1", "lunch anyone?", user="U7"))
+        slack.push_socket_event(
+            slack.message_event("C1", "/clear", user="U9", thread_ts=root["ts"])
+        )
+        slack.push_socket_event(slack.message_event("DU7", "hi", user="U7", channel_type="im"))
+        slack.push_socket_event(slack.message_event("DU7", "again", user="U7", channel_type="im"))
+        await eventually(lambda: len(live.rows()) == 4, what="four rows")
+        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
+        await eventually(lambda: slack.calls("chat.postMessage"), what="the denial")
+        live.root_ts = root["ts"]  # type: ignore[attr-defined]
+
+    live.run({"slack": socket_adapter(slack)}, scenario)
+    root_ts = live.root_ts  # type: ignore[attr-defined]
+    [thread] = [s for s in live.sessions() if s.thread_id is not None]
+    assert thread.thread_id == root_ts
+    assert [(r.thread_id, r.trigger) for r in live.rows(thread)] == [(root_ts, 1), (root_ts, 1)]
+    # The agent answers where the session routes: the thread.
+    paths = live.layout.session(group.id, thread.id)
+    reader = InboundReader(paths.inbound_db)
+    try:
+        assert (reader.routing().platform_id, reader.routing().thread_id) == ("C1", root_ts)
+    finally:
+        reader.close()
+    [dm] = [s for s in live.sessions() if s.thread_id is None]
+    assert [r.thread_id for r in live.rows(dm)] == [None, None]
+    # "lunch anyone?" is a top-level message, a thread of its own where nobody mentioned
+    # the agent: not engaged. The "/clear" in the agent's thread engages (sticky) and is
+    # denied to a non-admin; the denial goes into the thread.
+    drops = {d.reason: d.message_count for d in live.central.list_drops()}
+    assert drops == {"no_agent_engaged": 1, "command_denied": 1}
+    [denial] = slack.calls("chat.postMessage")
+    assert denial.params["channel"] == "C1" and "Permission denied" in denial.params["text"]
+    assert denial.params["thread_ts"] == root_ts
+
+
+def test_context_never_opens_a_thread_session(live: Live, slack: FakeSlack) -> None:
+    """``accumulate`` keeps unmentioned messages as context, but only for a thread the
+    agent is in: top-level chatter (each message a thread of its own) is not stored."""
+    group = live.group()
+    live.wire("slack", "C1", group, engage_mode="mention", ignored_message_policy="accumulate")
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: slack.connections() == 1)
+        root = slack.message_event("C1", "<@UBOT> hello", user="U7")
+        slack.push_socket_event(root)
+        await eventually(lambda: len(live.rows()) == 1)
+        slack.push_socket_event(
+            slack.message_event("C1", "side remark", user="U8", thread_ts=root["ts"])
+        )
+        slack.push_socket_event(slack.message_event("C1", "unrelated chatter", user="U8"))
+        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
+        await eventually(lambda: len(live.rows()) == 2, what="the context row")
+
+    live.run({"slack": socket_adapter(slack)}, scenario)
+    [session] = live.sessions()
+    assert [(r.trigger, r.thread_id == session.thread_id) for r in live.rows(session)] == [
+        (1, True),
+        (0, True),
+    ]
+    assert {d.reason: d.message_count for d in live.central.list_drops()} == {"no_agent_engaged": 1}
+
+
+def test_a_mention_delivered_twice_is_routed_once(live: Live, slack: FakeSlack) -> None:
+    """Slack sends ``message`` and ``app_mention`` for one mention. A stranger's mention in
+    a strict channel is one drop, not two."""
+    group = live.group()
+    live.wire("slack", "C1", group, engage_mode="mention", policy="strict")
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: slack.connections() == 1)
+        mention = slack.message_event("C1", "<@UBOT> let me in", user="UX")
+        slack.push_socket_event(mention)
+        slack.push_socket_event({**mention, "type": "app_mention"})
+        await eventually(lambda: len(slack.acked()) == 2, what="both copies acked")
+
+    live.run({"slack": socket_adapter(slack)}, scenario)
+    drops = {d.reason: d.message_count for d in live.central.list_drops()}
+    assert drops == {"unknown_sender_strict": 1}
+    assert live.rows() == []
+
+
+# -- commit failures ------------------------------------------------------------------------
+
+
+def test_socket_mode_retries_a_failed_commit_and_acks_only_after_it(
+    live: Live, slack: FakeSlack
+) -> None:
+    group = live.group()
+    live.wire("slack", "C1", group)
+    delays = Delays()
+    adapter = SlackAdapter(BOT_TOKEN, slack.api_url, app_token=APP_TOKEN, sleep=delays)
+    acked_while_failing: list[list[str]] = []
+
+    async def scenario(router: Router) -> None:
+        await adapter.start()
+        sink = FlakySink(router, 7, on_refuse=lambda: acked_while_failing.append(slack.acked()))
+        inbound = asyncio.create_task(adapter.run_inbound(sink))
+        try:
+            await eventually(lambda: slack.connections() == 1)
+            envelope = slack.push_socket_event(slack.message_event("C1", "hold on"))
+            await eventually(lambda: len(live.rows()) == 1, what="the retried message")
+            await eventually(lambda: slack.acked() == [envelope], what="one ack")
+        finally:
+            inbound.cancel()
+            await asyncio.gather(inbound, return_exceptions=True)
+            await adapter.close()
+
+    live.run({}, scenario)
+    assert acked_while_failing == [[]] * 7  # never acknowledged before the commit
+    assert delays.seen == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert texts(live) == ["hold on"]
+    assert live.central.list_drops() == []
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def test_files_are_capped_per_message_while_downloading(slack: FakeSlack) -> None:
+    from nanoclaw_common.channels import slack_payloads as sp
+
+    big = bytes(range(256)) * 2_000  # 512,000 bytes: many chunks on the wire
+
+    async def main() -> None:
+        adapter = SlackAdapter(BOT_TOKEN, slack.api_url, max_message_bytes=big_budget)
+        await adapter.start()
+        try:
+            files = [
+                sp.SlackFile(id="F1", name="a.txt", url_private=slack.add_file("F1", b"a" * 600)),
+                # Declares a size over what is left: not downloaded at all.
+                sp.SlackFile(
+                    id="F2", name="b.txt", size=600, url_private=slack.add_file("F2", b"b" * 600)
+                ),
+                # Declares nothing and is too big for what is left: reading stops there.
+                sp.SlackFile(id="F3", name="c.txt", url_private=slack.add_file("F3", b"c" * 600)),
+                sp.SlackFile(id="F4", name="d.txt", url_private=slack.add_file("F4", b"d" * 300)),
+            ]
+            found, notes = await adapter._download(files)
+            assert [f["name"] for f in found] == ["a.txt", "d.txt"]
+            assert notes == [
+                "[attachment b.txt not downloaded: the message is too large]",
+                "[attachment c.txt not downloaded: over the size limit]",
+            ]
+            adapter.max_message_bytes = len(big)
+            [whole], _ = await adapter._download(
+                [sp.SlackFile(id="F5", name="big.bin", url_private=slack.add_file("F5", big))]
+            )
+            assert whole["data"] == big  # read to the end, not whatever was buffered
+        finally:
+            await adapter.close()
+
+    big_budget = 1000
+    asyncio.run(main())
+
+
+def test_a_file_host_error_is_retryable_a_refusal_is_a_note(slack: FakeSlack) -> None:
+    from nanoclaw_common.channels import slack_payloads as sp
+
+    async def main() -> None:
+        adapter = socket_adapter(slack)
+        await adapter.start()
+        try:
+            url = slack.add_file("F1", b"ok")
+            for status in (503, 429):
+                slack.fail_file("F1", status)
+                with pytest.raises(RetryLater):
+                    await adapter._download([sp.SlackFile(id="F1", name="x.txt", url_private=url)])
+            slack.fail_file("F1", 403)
+            found, notes = await adapter._download(
+                [sp.SlackFile(id="F1", name="x.txt", url_private=url)]
+            )
+            assert found == [] and notes == ["[attachment x.txt not downloaded: HTTP 403]"]
+        finally:
+            await adapter.close()
+
+    asyncio.run(main())
+
+
+def test_events_api_non_ascii_signature_is_a_clean_401(live: Live, slack: FakeSlack) -> None:
+    group = live.group()
+    live.wire("slack", "C2", group)
+    adapter = events_adapter(slack)
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: adapter.bound_port, what="the events server")
+        url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
+        body = event_body(slack.message_event("C2", "x"))
+        status, _ = await asyncio.to_thread(post_event, url, body, signature="v0=" + "é" * 64)
+        assert status == 401
+
+    live.run({"slack": adapter}, scenario)
+    [drop] = live.central.list_drops()
+    assert (drop.platform_id, drop.reason) == ("events-api", "invalid_input")
+    assert live.rows() == []

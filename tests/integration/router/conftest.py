@@ -98,6 +98,33 @@ class RouterProcess:
             self.proc.wait(10)
 
 
+class Delivery:
+    """``nanoclaw-delivery`` as a real process, logging to ``<home>/delivery.log``."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.log_path = home / "delivery.log"
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nanoclaw_delivery"],
+                env={"NANOCLAW_DELIVERY_BACKOFF_BASE_S": "0.2", **env},
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(20)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 class World:
     """A data folder, its central DB, and helpers to look at sessions."""
 

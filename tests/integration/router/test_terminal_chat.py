@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,13 @@ from nanoclaw_common.channels.cli import CliAdapter
 from nanoclaw_common.errors import RetryLater
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import CentralStore, InboundReader
-from tests.integration.router.conftest import REPO, RouterProcess, World, wait_until
+from tests.integration.router.conftest import (
+    REPO,
+    Delivery,
+    RouterProcess,
+    World,
+    wait_until,
+)
 from tests.integration.router.standin_agent import StandinAgent
 
 BIN = Path(sys.executable).parent
@@ -33,23 +40,6 @@ def nanoclaw(
         text=True,
         timeout=timeout,
     )
-
-
-class Delivery:
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
-        self.log = home / "delivery.log"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nanoclaw_delivery"],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=out,
-            )
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(20)
 
 
 @pytest.mark.slow
@@ -206,3 +196,79 @@ def test_registration_answered_in_the_terminal(world: World, router: RouterProce
     [row] = world.all_rows()
     assert row.id.endswith(f":{group.id}") and row.platform_id == "local"
     assert any("New direct message" in line for line in lines)
+
+
+class FakeClock:
+    """``time.monotonic`` and ``asyncio.sleep`` for the chat client: sleeping moves the
+    clock instead of waiting (the loop still turns, so the router keeps working)."""
+
+    def __init__(self) -> None:
+        self.now_s = 1_000.0
+        self.slept_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    async def sleep(self, delay_s: float) -> None:
+        self.now_s += delay_s
+        self.slept_s += delay_s
+        await asyncio.sleep(0)
+
+
+def test_chat_message_gives_up_after_its_timeout(
+    short_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The router takes the message (a committed row) but no agent ever answers: after
+    ``--timeout`` the client says so and exits 1. No real time passes waiting for it."""
+    from nanoclaw_common.cli.chat import run_chat
+    from nanoclaw_common.settings import Settings
+    from nanoclaw_router.app import Router
+    from tests.fakes.recording import MemoryWaker
+
+    settings = Settings(home=str(short_home), install_id="test").validate()
+    layout = Layout(short_home)
+    layout.ensure()
+    central = CentralStore.open(layout.central_db)
+    group = central.create_agent_group("Main", central.unique_folder("Main"))
+    chat = central.create_messaging_group("cli", "local", unknown_sender_policy="public")
+    central.create_wiring(chat.id, group.id, engage_mode="pattern", engage_pattern=".")
+    clock = FakeClock()
+
+    async def main() -> int:
+        router = Router(
+            settings, central, {"cli": CliAdapter(layout)}, MemoryWaker(layout.central_db)
+        )
+        await router.start()
+        try:
+            await wait_for_socket(wire.router_socket(layout))
+            return await run_chat(
+                layout,
+                central,
+                "anyone?",
+                7.5,
+                short_home / "downloads",
+                clock=clock,
+                sleep=clock.sleep,
+            )
+        finally:
+            await router.stop()
+
+    try:
+        started = time.monotonic()
+        code = asyncio.run(main())
+        elapsed = time.monotonic() - started
+        [session] = central.list_sessions()  # the router took it: a session and a row
+    finally:
+        central.close()
+    assert code == 1
+    assert capsys.readouterr().err.strip().endswith("no complete reply within 7.5s")
+    assert clock.slept_s > 7.4  # polled until the (fake) deadline
+    assert elapsed < 7.5  # the client never really waited its timeout out
+    assert session.agent_group_id == group.id
+
+
+async def wait_for_socket(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline, "the router's socket never appeared"
+        await asyncio.sleep(0.01)

@@ -321,3 +321,130 @@ def test_approvals_replay_with_fresh_facts(harness: Harness) -> None:
     assert harness.click(sender_card.question_id, 0, user="chat:owner") == "approved"
     replayed = [s for s in harness.sessions(group) if s.messaging_group_id == strict.id]
     assert replayed and [r.id for r in harness.rows(replayed[0])] == [f"z1:{group.id}"]
+
+
+# -- attachments kept with a pending approval -----------------------------------------------
+
+
+def _saved_files(harness: Harness, session_id: str) -> dict[str, bytes]:
+    from nanoclaw_common.messages import ChatContent
+
+    found = harness.central.get_session(session_id)
+    assert found is not None
+    root = harness.layout.session(found.agent_group_id, found.id).root
+    files: dict[str, bytes] = {}
+    for row in harness.rows(session_id):
+        content = decode_inbound_content(row.content)
+        assert isinstance(content, ChatContent)
+        for attachment in content.attachments:
+            assert attachment.local_path is not None
+            files[attachment.name] = (root / attachment.local_path).read_bytes()
+    return files
+
+
+def test_a_strangers_attachments_survive_the_approval(harness: Harness) -> None:
+    group = harness.group("Main")
+    harness.owner("chat:owner")
+    harness.wire(harness.chat_row(policy="request_approval"), group)
+    harness.send(
+        "here is my report",
+        sender="chat:newbie",
+        message_id="att-1",
+        attachments=[
+            {"name": "report.pdf", "data": b"%PDF-1.7 numbers", "kind": "file"},
+            {"name": "chart.png", "data": b"\x89PNG", "kind": "image", "mime_type": "image/png"},
+        ],
+    )
+    card = _card(harness)
+    assert harness.click(card.question_id, 0, user="chat:owner") == "approved"
+    [session] = harness.sessions(group)
+    assert _saved_files(harness, session.id) == {
+        "report.pdf": b"%PDF-1.7 numbers",
+        "chart.png": b"\x89PNG",
+    }
+    # Kept only while the approval waits: deleted with it.
+    assert harness.central.held_files(sender_approval_id=card.question_id) == []
+
+
+def test_a_new_chats_attachments_survive_the_registration(harness: Harness) -> None:
+    group = harness.group("Main")
+    harness.owner("chat:owner")
+    harness.send(
+        "@bot look",
+        chat="dm9",
+        group=False,
+        mention=True,
+        sender="chat:ann",
+        attachments=[{"name": "photo.jpg", "data": b"\xff\xd8 jpeg", "kind": "image"}],
+    )
+    card = _card(harness)
+    assert harness.central.held_files(channel_approval_id=card.question_id) != []
+    assert harness.click(card.question_id, 0, user="chat:owner") == "connected"
+    [session] = harness.sessions(group)
+    assert _saved_files(harness, session.id) == {"photo.jpg": b"\xff\xd8 jpeg"}
+    assert harness.central.held_files(channel_approval_id=card.question_id) == []
+
+
+def test_held_attachments_are_size_limited(harness: Harness) -> None:
+    from nanoclaw_common.messages import ChatContent
+    from nanoclaw_router.approvals import MAX_HELD_BYTES
+
+    group = harness.group("Main")
+    harness.owner("chat:owner")
+    harness.wire(harness.chat_row(policy="request_approval"), group)
+    part = MAX_HELD_BYTES // 2 + 1  # two of these do not fit together
+    harness.send(
+        "three files",
+        sender="chat:newbie",
+        attachments=[
+            {"name": "one.bin", "data": b"1" * part},
+            {"name": "two.bin", "data": b"2" * part},
+            {"name": "small.txt", "data": b"fits"},
+        ],
+    )
+    card = _card(harness)
+    held = harness.central.held_files(sender_approval_id=card.question_id)
+    assert [h.name for h in held] == ["one.bin", "small.txt"]
+    harness.click(card.question_id, 0, user="chat:owner")
+    [session] = harness.sessions(group)
+    [row] = harness.rows(session)
+    content = decode_inbound_content(row.content)
+    assert isinstance(content, ChatContent)
+    assert [a.name for a in content.attachments] == ["one.bin", "small.txt"]
+    assert "[attachments not kept while waiting for approval: two.bin]" in content.text
+
+
+# -- registration rate limits ---------------------------------------------------------------
+
+
+def test_registration_cards_are_rate_limited_per_chat_and_overall(harness: Harness) -> None:
+    from nanoclaw_router.approvals import HOUR_MS, REGISTRATION_CARDS_PER_HOUR
+
+    harness.group("Main")
+    harness.owner("chat:owner")
+    clock = {"now": 1_800_000_000_000}
+    harness.router.ingest.approvals.clock = lambda: clock["now"]
+    # Strangers open one DM after another: the owner gets the first ten cards this hour.
+    for n in range(REGISTRATION_CARDS_PER_HOUR + 3):
+        harness.send("hi", chat=f"dm{n}", group=False, mention=True, sender=f"chat:s{n}")
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == REGISTRATION_CARDS_PER_HOUR
+    assert harness.drops() == {"no_agent_wired": 10, "registration_rate_limited": 3}
+    # A refused chat is not kept waiting for the card it never got: an hour later its
+    # next message asks, like a new chat's.
+    clock["now"] += HOUR_MS
+    harness.send("hello?", chat="dm11", group=False, mention=True, sender="chat:s11")
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == REGISTRATION_CARDS_PER_HOUR + 1
+    # The same chat again after its card was answered (rejected, then the denial lifted by
+    # an admin): at most one card per chat per hour.
+    card = _card(harness)
+    assert harness.click(card.question_id, 2, user="chat:owner") == "rejected"
+    chat = harness.central.find_messaging_group("chat", "dm11")
+    assert chat is not None
+    harness.central.set_messaging_group_denied(chat.id, None)
+    harness.router.ingest.facts.clear()
+    harness.send("me again", chat="dm11", group=False, mention=True, sender="chat:s11")
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == REGISTRATION_CARDS_PER_HOUR + 1
+    assert harness.drops()["registration_rate_limited"] == 4

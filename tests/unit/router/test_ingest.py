@@ -63,6 +63,39 @@ def test_a_resent_event_wakes_when_the_first_attempt_never_did(harness: Harness)
     assert harness.waker.wakes == [session.id]
 
 
+def test_a_resent_event_after_the_run_answered_it_wakes_nothing(harness: Harness) -> None:
+    """The first attempt woke the session, the run answered the row and stopped; then the
+    platform re-sends (its acknowledgement was lost). The container is ``stopped`` again,
+    but the row is settled: waking would start a run with nothing to do."""
+    from nanoclaw_common.states import ContainerStatus
+    from nanoclaw_common.store import OutboundStore
+
+    group = harness.group()
+    harness.wire(harness.chat_row(), group)
+    event = harness.event("once", message_id="dup3")
+    [stored] = harness.route(event)
+    [session] = harness.sessions(group)
+    assert harness.waker.wakes == [session.id]
+    paths = harness.layout.session(group.id, session.id)
+    outbound = OutboundStore(paths.outbound_db)
+    try:
+        outbound.claim([stored.row_id], "run-1")
+        outbound.complete([stored.row_id], "run-1")  # messages_in still says pending
+    finally:
+        outbound.close()
+    harness.central.set_container_status(session.id, ContainerStatus.STOPPED)
+    [again] = harness.route(event)
+    assert not again.result.created
+    assert harness.waker.wakes == [session.id]  # still one
+    # A re-sent row that still waits for the agent does wake a stopped session (the first
+    # attempt died before its wake).
+    second = harness.event("twice", message_id="dup4")
+    harness.route(second)
+    harness.central.set_container_status(session.id, ContainerStatus.STOPPED)
+    harness.route(second)
+    assert harness.waker.wakes == [session.id] * 3
+
+
 def test_chatter_in_an_unknown_chat_leaves_no_trace(harness: Harness) -> None:
     harness.group()
     harness.owner()

@@ -84,6 +84,27 @@ def test_accumulate_stores_context_without_waking(harness: Harness) -> None:
     assert [r.trigger for r in harness.rows(session)] == [0, 1]
 
 
+def test_context_goes_only_into_threads_the_agent_is_in(harness: Harness) -> None:
+    """On a threaded platform a group's sessions are per thread; context for a thread
+    without a session would open one per message (on Slack every top-level message is a
+    thread of its own), so it is kept only where the agent already is."""
+    group = harness.group()
+    harness.wire(
+        harness.chat_row(channel="threads"),
+        group,
+        engage_mode="mention",
+        ignored_message_policy="accumulate",
+    )
+    assert harness.send("chatter", channel="threads", thread="t0") == []
+    assert harness.sessions(group) == []
+    [engaged] = harness.send("@bot go", channel="threads", thread="t1", mention=True)
+    [context] = harness.send("by the way", channel="threads", thread="t1")
+    assert not context.trigger and context.session.id == engaged.session.id
+    assert harness.send("elsewhere", channel="threads", thread="t2") == []
+    assert [s.thread_id for s in harness.sessions(group)] == ["t1"]
+    assert harness.drops() == {"no_agent_engaged": 2}
+
+
 def test_fan_out_follows_priority_and_gives_each_group_its_own_copy(harness: Harness) -> None:
     low, high = harness.group("Low"), harness.group("High")
     chat = harness.chat_row()

@@ -108,6 +108,9 @@ def test_every_message_is_stored_or_accounted_for(situation: tuple[InboundEvent,
             assert source.sender_admin
         if not delivery.trigger:
             assert delivery.wiring.ignored_message_policy == "accumulate"
+            # Context never opens a thread's session (a Slack message is a thread).
+            if delivery.session_mode == "per-thread" and event.thread_id is not None:
+                assert source.active_session
         if delivery.wiring.engage_pattern == "(broken":
             raise AssertionError("an invalid pattern engaged")
     for denial in plan.denials:
