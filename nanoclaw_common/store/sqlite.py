@@ -41,6 +41,10 @@ class Database:
             flags = apsw.SQLITE_OPEN_READWRITE
             if create:
                 flags |= apsw.SQLITE_OPEN_CREATE
+        if mode is not Mode.CENTRAL:
+            # Session files sit in folders the container can write: a planted symlink must
+            # not steer a (root) host process to another database, such as central.db.
+            flags |= apsw.SQLITE_OPEN_NOFOLLOW
         self.conn = apsw.Connection(str(self.path), flags=flags)
         self.conn.setbusytimeout(BUSY_TIMEOUT_MS)
         # Double-quoted strings are identifiers, never literals: a typo must fail loudly.

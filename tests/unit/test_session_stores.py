@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import apsw
@@ -20,6 +21,7 @@ from nanoclaw_common.store import (
     rows,
 )
 from nanoclaw_common.store.inbound import next_even
+from nanoclaw_common.store.migrations import schema_text
 from nanoclaw_common.store.outbound import next_odd
 
 NOW = 1_700_000_000_000
@@ -56,7 +58,9 @@ def test_parity_helpers() -> None:
 def test_session_dbs_use_rollback_journal(inbound: InboundStore, outbound: OutboundStore) -> None:
     assert inbound.db.scalar("PRAGMA journal_mode") == "delete"
     assert outbound.db.scalar("PRAGMA journal_mode") == "delete"
-    assert inbound.db.scalar("PRAGMA user_version") == 1
+    declared = re.search(r"PRAGMA user_version = (\d+)", schema_text("inbound.sql"))
+    assert declared is not None
+    assert inbound.db.scalar("PRAGMA user_version") == int(declared[1])
 
 
 def test_create_session_files_is_idempotent(tmp_path: Path) -> None:
@@ -462,3 +466,19 @@ def test_host_reads_outbound_read_only(outbound: OutboundStore, tmp_path: Path) 
     with pytest.raises(apsw.ReadOnlyError):
         reader.db.execute("DELETE FROM messages_out")
     reader.close()
+
+
+def test_session_dbs_refuse_symlinks(tmp_path: Path) -> None:
+    """A container could plant agent/outbound.db -> ../../../central.db; neither the host's
+    reader nor a writer may follow it."""
+    target = tmp_path / "central.db"
+    InboundStore(target).close()
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "outbound.db").symlink_to(target)
+    with pytest.raises(apsw.CantOpenError):
+        OutboundReader(agent / "outbound.db")
+    with pytest.raises(apsw.CantOpenError):
+        OutboundStore(agent / "outbound.db")
+    with pytest.raises(apsw.CantOpenError):
+        InboundReader(agent / "outbound.db")
