@@ -100,6 +100,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idle_timeout_s: float = 1800.0
     max_tries: int = 5
     max_turns_per_batch: int = 50
+    tool_ceiling_s: float = 900.0  # a tool call without a declared timeout is hung after this
+    claim_ceiling_s: float = 1800.0  # a batch in work longer than this (no long tool) is hung
 
     # -- runner
     max_messages_per_prompt: int = 10
@@ -177,6 +179,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "heartbeat_interval_s",
             "heartbeat_timeout_s",
             "delivery_backoff_base_s",
+            "tool_ceiling_s",
+            "claim_ceiling_s",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{env_name(name)} must be positive")

@@ -9,6 +9,10 @@ Why each rule exists (reference/pain-points.md §3.1.4):
 - A heartbeat older than the run's start belongs to an earlier run and counts as none.
 - Claims belong to a run id: a dead run's leftovers are settled (retry with backoff, or failed),
   never held against the run that replaced it.
+- Because the heartbeat proves only that the process lives, a tool or a turn that hangs (a
+  blocked read, a runaway regex, a model loop) needs its own limit: wall-clock ceilings on the
+  tool in flight and on the oldest claim, widened by the tool's declared timeout (a long
+  bash command or a question waiting for its answer is not a hang).
 """
 
 from __future__ import annotations
@@ -27,12 +31,22 @@ class Verdict(enum.StrEnum):
     KILL_NO_HEARTBEAT = "kill-no-heartbeat"  # spawn grace passed without any heartbeat
     KILL_STALE = "kill-stale-heartbeat"  # the runner stopped beating: hung or dead
     KILL_TURNS = "kill-turn-ceiling"  # a runaway tool loop
+    KILL_TOOL_TIME = "kill-tool-ceiling"  # one tool call ran far past any declared timeout
+    KILL_CLAIM_TIME = "kill-claim-ceiling"  # a batch has been in work for too long
     STOP_IDLE = "stop-idle"  # nothing pending and no activity for the idle timeout
     SETTLE = "settle"  # stopped, but a run left processing claims: retry or fail them
     WAKE = "wake"  # stopped, and due work is waiting
 
 
-KILLS = frozenset({Verdict.KILL_NO_HEARTBEAT, Verdict.KILL_STALE, Verdict.KILL_TURNS})
+KILLS = frozenset(
+    {
+        Verdict.KILL_NO_HEARTBEAT,
+        Verdict.KILL_STALE,
+        Verdict.KILL_TURNS,
+        Verdict.KILL_TOOL_TIME,
+        Verdict.KILL_CLAIM_TIME,
+    }
+)
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +54,9 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_ms: int
     idle_timeout_ms: int
     max_turns: int
+    tool_ceiling_ms: int = 900_000  # a tool with no declared timeout
+    claim_ceiling_ms: int = 1_800_000  # a batch, unless a tool declared longer
+    ceiling_grace_ms: int = 60_000  # past a declared timeout, before we call it hung
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -48,6 +65,8 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_timeout_ms=int(settings.heartbeat_timeout_s * 1000),
             idle_timeout_ms=int(settings.idle_timeout_s * 1000),
             max_turns=settings.max_turns_per_batch,
+            tool_ceiling_ms=int(settings.tool_ceiling_s * 1000),
+            claim_ceiling_ms=int(settings.claim_ceiling_s * 1000),
         )
 
 
@@ -61,6 +80,9 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True):
     due: int  # pending trigger rows whose time has come
     pending: int  # pending rows at all (due or not, claimed or not)
     turns: int  # model turns in the current run (container_state.turns)
+    tool_started_at_ms: int | None = None  # the tool in flight (container_state), if any
+    tool_declared_timeout_ms: int | None = None  # what that tool said it may take
+    oldest_claim_ms: int | None = None  # the current run's oldest processing claim
     last_activity_ms: int | None  # newest of: inbound write, ack, outbound write, heartbeat start
 
 
@@ -88,10 +110,33 @@ def _judge_running(obs: Observation, policy: Policy, now: int) -> Verdict:
         return Verdict.KILL_STALE
     if obs.turns > policy.max_turns:
         return Verdict.KILL_TURNS
+    ceiling = _hang_verdict(obs, policy, now)
+    if ceiling is not None:
+        return ceiling
     idle_since = max(obs.last_activity_ms or 0, started)
     if obs.pending == 0 and obs.claims == 0 and now - idle_since >= policy.idle_timeout_ms:
         return Verdict.STOP_IDLE
     return Verdict.OK
+
+
+def _hang_verdict(obs: Observation, policy: Policy, now: int) -> Verdict | None:
+    declared = obs.tool_declared_timeout_ms or 0
+    tool_deadline = None
+    if obs.tool_started_at_ms is not None:
+        tool_deadline = (
+            obs.tool_started_at_ms + max(policy.tool_ceiling_ms, declared) + policy.ceiling_grace_ms
+        )
+        if now > tool_deadline:
+            return Verdict.KILL_TOOL_TIME
+    if obs.oldest_claim_ms is not None:
+        claim_deadline = obs.oldest_claim_ms + policy.claim_ceiling_ms
+        if tool_deadline is not None and declared:
+            # A tool that declared a long timeout (bash, a question) may outlive the batch
+            # ceiling; it is judged by its own deadline above.
+            claim_deadline = max(claim_deadline, tool_deadline)
+        if now > claim_deadline:
+            return Verdict.KILL_CLAIM_TIME
+    return None
 
 
 def plan_capacity(

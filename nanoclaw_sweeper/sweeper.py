@@ -219,6 +219,8 @@ class Sweeper:
             finally:
                 if outbound:
                     outbound.close()
+            # Tool and claim times count only when they belong to the run Podman is running.
+            current = state if state and running and state.run_id == session.run_id else None
             obs = Observation(
                 running=running,
                 run_started_at_ms=session.run_started_at_ms,
@@ -227,6 +229,12 @@ class Sweeper:
                 due=inbound.count_due(now=now),
                 pending=inbound.count_pending(),
                 turns=state.turns if state and state.run_id == session.run_id else 0,
+                tool_started_at_ms=current.tool_started_at_ms if current else None,
+                tool_declared_timeout_ms=current.tool_declared_timeout_ms if current else None,
+                oldest_claim_ms=min(
+                    (c.status_changed_ms for c in claims if c.run_id == session.run_id),
+                    default=None,
+                ),
                 last_activity_ms=max(
                     [t for t in (inbound.last_written_ms(), out_activity) if t is not None],
                     default=None,

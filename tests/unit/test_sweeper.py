@@ -462,3 +462,21 @@ def test_a_row_committed_during_the_pass_is_seen_next_pass(world: World) -> None
     sweeper.racing_paths = paths
     assert sweeper.sweep(T0).woken == []  # the row landed after the due count was taken
     assert sweeper.sweep(T0 + 1_000).woken == [session.id]
+
+
+def test_a_hung_tool_gets_its_run_stopped_and_the_message_retried(world: World) -> None:
+    session, paths = world.session()
+    add_message(paths, "m1")
+    run_id = world.sandbox.start(session)
+    store = OutboundStore(paths.outbound_db)
+    store.start_run(run_id, now=T0)
+    store.claim(["m1"], run_id, now=T0 + 1_000)
+    store.set_tool("grep", now=T0 + 2_000)  # and it never returns
+    store.close()
+    ceiling = int(world.settings.tool_ceiling_s * 1000) + 60_000
+    now = T0 + 2_000 + ceiling + 1
+    beat(paths, now - 500)  # the heartbeat thread is still alive
+    report = world.sweeper.sweep(now)
+    assert report.killed == [session.id]
+    row = inbound_row(paths, "m1")
+    assert (row.status, row.tries) == ("pending", 1)

@@ -164,3 +164,38 @@ def test_invalid_cron_is_refused() -> None:
         validate_cron("every day at nine")
     with pytest.raises(Refused):
         next_occurrence("61 * * * *", T0, "UTC", T0)
+
+
+def test_a_hung_tool_is_killed_though_the_heartbeat_is_fresh() -> None:
+    """The heartbeat thread beats while the main thread is stuck in a tool (a FIFO read, a
+    runaway regex): the tool's own wall-clock ceiling catches it."""
+    start = T0 + 2_000
+    now = start + POLICY.tool_ceiling_ms + POLICY.ceiling_grace_ms
+    hung = running(heartbeat_ms=now - 1_000, tool_started_at_ms=start, oldest_claim_ms=start)
+    assert judge(hung, POLICY, now) is Verdict.OK
+    assert judge(hung, POLICY, now + 1) is Verdict.KILL_TOOL_TIME
+
+
+def test_a_declared_long_tool_is_not_a_hang() -> None:
+    """`bash` with a 2-hour timeout, or a question waiting a day, widens both ceilings."""
+    start = T0 + 2_000
+    declared = 2 * 3_600_000
+    now = start + declared + POLICY.ceiling_grace_ms
+    long_tool = running(
+        heartbeat_ms=now - 1_000,
+        tool_started_at_ms=start,
+        tool_declared_timeout_ms=declared,
+        oldest_claim_ms=start,
+    )
+    assert judge(long_tool, POLICY, now) is Verdict.OK
+    assert judge(long_tool, POLICY, now + 1) is Verdict.KILL_TOOL_TIME
+
+
+def test_a_batch_in_work_too_long_is_killed() -> None:
+    """No tool in flight, but the batch has been claimed for longer than the ceiling: a model
+    loop that never finishes its turn."""
+    claimed = T0 + 2_000
+    now = claimed + POLICY.claim_ceiling_ms
+    looping = running(heartbeat_ms=now - 1_000, oldest_claim_ms=claimed)
+    assert judge(looping, POLICY, now) is Verdict.OK
+    assert judge(looping, POLICY, now + 1) is Verdict.KILL_CLAIM_TIME
