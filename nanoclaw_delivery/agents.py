@@ -225,13 +225,15 @@ async def send_to_agent(job: Job, content: m.ChatOperation) -> Sent:
         raise Denied("only text, files and cards can be sent to an agent", notify_owner=False)
     target = check_agent(deps.central, session, row.platform_id)
     text = content.text if isinstance(content, m.SendText) else card_fallback_text(content)
-    job.guard_texts(text)
     names = list(content.files) if isinstance(content, m.SendText) else []
+    job.guard_texts(text, *names)
     files = stage_files(job.paths, row.id, names, job.staging)
     job.guard_files([f.path for f in files])
     limiter = deps.a2a_limiter
     assert limiter is not None
-    if not limiter.allow(session.agent_group_id, target.id, deps.clock()):
+    # A message counts once, on its first attempt: a retry (a crash, a full disk) is the
+    # same message and must not use up the pair's budget, or refuse itself.
+    if job.attempt == 1 and not limiter.allow(session.agent_group_id, target.id, deps.clock()):
         raise Denied(
             f"rate limit: more than {limiter.limit} messages to agent group {target.id}"
             " within a minute (a loop?)"

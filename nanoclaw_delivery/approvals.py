@@ -7,8 +7,13 @@ Request (an outbound system row, handled like any other delivery):
 3. the first approver with a reachable DM, preferring the channel type of the session's chat
    (``notify.reach_first``); nobody reachable right now → retry; nobody reachable at all →
    ``denied``;
-4. a ``pending_approvals`` row (id derived from the outbound row, so a re-run finds it) and a
-   question card in the approver's DM; the row is ``delivered`` with the card's id.
+4. a ``pending_approvals`` row and a question card in the approver's DM; the row is
+   ``delivered``. The approval's id is random (128 bits, ``unguessable_id``) and is the
+   card's question id: a container cannot compute it, and it is never written where the
+   container can read it (``inbound.db``). A re-run after a crash finds the row by its
+   request (session and outbound row id) and does not send a card whose platform id was
+   recorded. The router counts a click only on that card: the chat and platform message
+   recorded here (docs/delivery.md, "Cards and clicks").
 
 Decision (``ApprovalWatcher``, a loop in delivery): the router records a click with
 ``CentralStore.decide_approval``, which counts it only from an approver. Delivery then applies
@@ -36,13 +41,14 @@ from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.states import ApprovalStatus
 from nanoclaw_common.store import InboundStore
+from nanoclaw_common.store.central import unguessable_id
 from nanoclaw_common.store.rows import PendingApproval, Session
 from nanoclaw_delivery.acl import origin_chat
-from nanoclaw_delivery.agents import stable_id
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.notify import note_agent, reach_first
 from nanoclaw_delivery.outcome import Denied, Sent
+from nanoclaw_delivery.text import redact
 
 log = logger.bind(component="delivery")
 
@@ -112,20 +118,30 @@ def describe(action: SelfMod) -> tuple[str, str, str]:
 # -- request --------------------------------------------------------------------------------
 
 
+def guard(job: Job, action: SelfMod) -> None:
+    """The leak guard over every string of the request: names go on the approval card and
+    into the image build, MCP commands, arguments and environment into the group's config.
+    Checked before validation, so no refusal reason can quote a secret."""
+    if isinstance(action, m.InstallPackages):
+        job.guard_texts(*action.apt, *action.pip, action.reason)
+    else:
+        job.guard_texts(
+            action.name, action.command, *action.args, *action.env.keys(), *action.env.values()
+        )
+
+
 async def request(job: Job, action: SelfMod) -> Sent:
+    guard(job, action)
     if isinstance(action, m.InstallPackages):
         validate_packages(action)
-        job.guard_texts(action.reason)
     else:
         validate_mcp(action)
-        job.guard_texts(action.command, *action.args, *action.env.values())
     deps, session = job.deps, job.session
     central = deps.central
     name, title, summary = describe(action)
-    approval_id = stable_id("appr", f"{session.id}:{job.row.id}", job.row.timestamp_ms)
-    existing = central.get_pending_approval(approval_id)
+    existing = central.find_pending_approval_for(session.id, job.row.id)
     if existing is not None and existing.platform_message_id:
-        return Sent(existing.platform_message_id)  # the card went out before a crash
+        return Sent(None)  # the card went out before a crash
     approvers = central.pick_approvers(session.agent_group_id)
     if not approvers:
         raise Denied(f"{name}: no owner or admin is configured to approve it")
@@ -139,6 +155,7 @@ async def request(job: Job, action: SelfMod) -> Sent:
     if isinstance(action, m.InstallPackages) and action.reason:
         question += f"\nReason: {action.reason}"
     now = deps.clock()
+    approval_id = existing.approval_id if existing else unguessable_id("appr", now)
     if existing is None:
         central.create_pending_approval(
             PendingApproval(
@@ -173,7 +190,9 @@ async def request(job: Job, action: SelfMod) -> Sent:
         session=session.id,
         message=job.row.id,
     )
-    return Sent(sent or approval_id)
+    # No id in the delivery record: inbound.db is readable by the container, and the card's
+    # ids are what a look-alike card would need.
+    return Sent(None)
 
 
 def _verb(action: SelfMod) -> str:
@@ -367,7 +386,7 @@ class ApprovalWatcher:
                 approval.platform_id,
                 None,
                 approval.platform_message_id,
-                f"{approval.title}\n\n{text}",
+                redact(f"{approval.title}\n\n{text}", self.deps.secrets()),
             )
         except Exception as exc:
             log.warning("could not update approval card {}: {!r}", approval.approval_id, exc)

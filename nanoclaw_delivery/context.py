@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
@@ -35,6 +35,10 @@ from nanoclaw_common.store import CentralStore
 
 T = TypeVar("T")
 Clock = Callable[[], int]
+
+# How long a reply to the terminal chat keeps being retried while no ``nanoclaw chat`` is
+# attached (docs/delivery.md, "States"): the user may have closed it for the night.
+TERMINAL_PATIENCE_S: Final = 24 * 3600.0
 
 
 class ImageBuilder(Protocol):
@@ -80,7 +84,9 @@ class Offload:
 class PairLimiter:
     """Agent-to-agent rate limit: at most ``limit`` messages per ``window_ms`` for each
     (source group, target group) pair. In memory: a restart forgets the window, which at
-    worst lets one extra burst through; the point is to break runaway ping-pong loops."""
+    worst lets one extra burst through; the point is to break runaway ping-pong loops.
+    A message counts once: the caller asks only on a row's first attempt, so retries of one
+    message do not use up the pair's budget."""
 
     def __init__(self, limit: int, window_ms: int = 60_000) -> None:
         self.limit = limit
@@ -118,6 +124,16 @@ class Counters:
 
 
 @dataclass
+class NoticeState:
+    """Whether an owner-notice pass runs now, and whether another was asked for meanwhile
+    (``notify.send_owner_notices``): plain flags, not a lock, because tests drive one Deps
+    from several event loops."""
+
+    running: bool = False
+    again: bool = False
+
+
+@dataclass
 class Deps:
     settings: Settings
     layout: Layout
@@ -129,14 +145,17 @@ class Deps:
     counters: Counters = field(default_factory=Counters)
     a2a_limiter: PairLimiter | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    notices: NoticeState = field(default_factory=NoticeState)
+    terminal_patience_s: float = TERMINAL_PATIENCE_S
 
     def __post_init__(self) -> None:
         if self.a2a_limiter is None:
             self.a2a_limiter = PairLimiter(self.settings.a2a_max_per_minute)
 
     async def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run best-effort work (an owner notice: a DM that may take seconds) beside the
-        session's drain instead of inside it. Inline when ``offload`` is (tests)."""
+        """Run work that may take seconds (a pass over the owner-notice queue: DMs) beside
+        the session's drain instead of inside it. Inline when ``offload`` is (tests). The
+        work must be durable on its own: a SIGKILL loses the task, not what it was for."""
         if self.offload.inline:
             await coro
             return

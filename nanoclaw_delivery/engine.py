@@ -18,15 +18,26 @@ reported to the agent (a system note), to the owner (a rate-limited notice) and 
 
 Ordering: rows go out in seq order. A row waiting for a retry holds back later rows *to the
 same address* (so a chat never sees message 3 before message 2), but not rows to other
-addresses or system actions.
+addresses or system actions. A row with no routing goes to the session's own chat, so it has
+that chat's address: it cannot overtake (or be overtaken by) a row that names the chat.
+
+A drain goes until it is caught up: new rows are read a page at a time
+(``READ_PAGE_ROWS``) and open deliveries are paged through (``OPEN_PAGE_ROWS``), so a backlog
+of any size (a session that wrote thousands of rows while delivery was down) is worked off
+without waiting for another commit to poke the session.
+
+Every reason delivery stores (``last_error``) or writes into a note, a notice or the log is
+redacted by the leak guard first: reasons quote the container (a chat id, a file name) and
+platforms (an error message), either of which may carry a configured secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from loguru import logger
 
@@ -35,18 +46,26 @@ from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundStore, OutboundReader
-from nanoclaw_common.store.rows import Delivery, OutboundRow, Session
+from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_delivery import agents, approvals, files, operations, tasks
 from nanoclaw_delivery.acl import AGENT_CHANNEL, is_agent_row
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
-from nanoclaw_delivery.notify import note_agent, notify_owner
+from nanoclaw_delivery.notify import note_agent, queue_owner_notice, send_owner_notices
 from nanoclaw_delivery.outcome import Denied, Sent
+from nanoclaw_delivery.text import contains_secret, redact
 
 log = logger.bind(component="delivery")
 
 Address = tuple[str, str] | None
 
+READ_PAGE_ROWS: Final = 500  # new outbound rows read per query
+OPEN_PAGE_ROWS: Final = 1000  # open deliveries read per query
+TERMINAL_CHANNEL: Final = "cli"
+# The terminal's user may simply have closed ``nanoclaw chat``: a reply waits for the next
+# one for ``Deps.terminal_patience_s`` (a day; not just the attempt budget's minute),
+# retried at most this far apart so it shows soon after a terminal attaches.
+TERMINAL_RETRY_MAX_S: Final = 30.0
 
 _SETTLED = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.DENIED})
 
@@ -56,10 +75,16 @@ def backoff_ms(attempt: int, base_s: float, max_s: float) -> int:
     return int(min(max_s, base_s * (2 ** max(0, attempt - 1))) * 1000)
 
 
-def address_of(row: OutboundRow, content: m.OutboundContent | None) -> Address:
-    """The ordering key: chat rows and agent messages by destination; system actions None."""
+def address_of(
+    row: OutboundRow, content: m.OutboundContent | None, origin: MessagingGroup | None = None
+) -> Address:
+    """The ordering key: chat rows and agent messages by destination; system actions None.
+    A row with no routing goes to ``origin`` (the session's chat), so it gets that chat's
+    key: the same key as a row that names the chat explicitly."""
     if content is not None and not isinstance(content, m.CHAT_OPERATIONS):
         return None
+    if not row.channel_type and not row.platform_id and origin is not None:
+        return (origin.channel_type, origin.platform_id)
     return (row.channel_type or "", row.platform_id or "")
 
 
@@ -76,7 +101,12 @@ class SessionWorker:
         self._rows: dict[str, OutboundRow] = {}
         self._unrecorded: list[tuple[str, int]] = []
         self._swept = False
+        self._origin: MessagingGroup | None = None
+        self._origin_known = False
         self.stopping: Callable[[], bool] = lambda: False
+        # Page sizes: attributes so a test can walk many pages with a few rows.
+        self.read_page_rows = READ_PAGE_ROWS
+        self.open_page_rows = OPEN_PAGE_ROWS
 
     # The session's two connections are opened on first use and closed by ``release()``
     # between drains: each costs about 120 KB (SQLite's page cache and statements), which
@@ -113,7 +143,8 @@ class SessionWorker:
     # -- tracking --------------------------------------------------------------------------
 
     def read_new(self) -> list[OutboundRow]:
-        """Rows the container committed since we last looked, not tracked yet. ``PRAGMA
+        """Rows the container committed since we last looked, not tracked yet, at most
+        ``READ_PAGE_ROWS`` (a full page means more may wait: the drain reads again). ``PRAGMA
         data_version`` changes only when another connection commits, so an idle session costs
         one pragma per poke. The rows are recorded as ``pending`` by the first write of the
         drain (usually the first attempt's ``begin_attempt``, in the same transaction)."""
@@ -121,14 +152,21 @@ class SessionWorker:
         if version == self._seen_version and not self._unrecorded:
             return []
         watermark = max([self.inbound.delivery_watermark(), *(s for _i, s in self._unrecorded)])
-        batch = self.outbound.messages_after(watermark, limit=500)
+        batch = self.outbound.messages_after(watermark, limit=self.read_page_rows)
         for row in batch:
             self._rows[row.id] = row
             self._unrecorded.append((row.id, row.seq))
             log.debug("tracked seq={}", row.seq, session=self.session.id, message=row.id)
-        if len(batch) < 500:
+        if len(batch) < self.read_page_rows:
             self._seen_version = version
         return batch
+
+    def origin(self) -> MessagingGroup | None:
+        """The session's own chat (looked up once: a session's chat never changes)."""
+        if not self._origin_known and self.session.messaging_group_id is not None:
+            self._origin = self.deps.central.get_messaging_group(self.session.messaging_group_id)
+        self._origin_known = True
+        return self._origin
 
     def flush_new(self) -> None:
         """Record rows read but not yet recorded (before any other write of the drain)."""
@@ -169,84 +207,127 @@ class SessionWorker:
         return removed
 
     async def drain(self) -> int | None:
-        """Take every due row as far as it goes now. Returns when to look again (epoch ms of
-        the earliest future retry), or None when nothing is waiting."""
+        """Take every due row as far as it goes now, until caught up. Returns when to look
+        again (epoch ms of the earliest future retry), or None when nothing is waiting."""
         db = self.deps.offload.db
+        next_due: int | None = None
         try:
-            return await self._drain(db)
+            while True:
+                due, more = await self._drain(db)
+                if due is not None:
+                    next_due = _earliest(next_due, due)
+                # A full page of new rows: more were committed than one read takes. Go on
+                # now; nothing else would poke this session (the container may be done).
+                if not more or self.stopping():
+                    return next_due
         finally:
             await db(self.flush_new)
 
-    async def _drain(self, db: Callable[..., Awaitable[Any]]) -> int | None:
+    async def _drain(self, db: Callable[..., Awaitable[Any]]) -> tuple[int | None, bool]:
+        """One pass: open deliveries page by page, then the rows read now. Returns (earliest
+        future retry, whether a full page of new rows was read)."""
         fresh = await db(self.read_new)
         if not self._swept:
             self._swept = True
             await db(self.sweep_outbox)
-        opened: list[Delivery] = await db(self.inbound.open_deliveries)
-        stamp = self.deps.clock()
-        # Rows read but not recorded yet take part as pending (they are recorded with the
-        # first write below).
-        opened += [
-            Delivery(row.id, row.seq, DeliveryStatus.PENDING, 0, None, None, None, stamp, stamp)
-            for row in fresh
-        ]
         held: set[Address] = set()
         next_due: int | None = None
-        for delivery in opened:
+        after_seq = 0
+        while not self.stopping():
+            page: list[Delivery] = await db(
+                lambda after=after_seq: self.inbound.open_deliveries(
+                    after_seq=after, limit=self.open_page_rows
+                )
+            )
+            for delivery in page:
+                if self.stopping():
+                    break
+                due = await self._consider(delivery, held)
+                if due is not None:
+                    next_due = _earliest(next_due, due)
+            if len(page) < self.open_page_rows:
+                break
+            after_seq = page[-1].seq
+        stamp = self.deps.clock()
+        # Rows read but not recorded yet take part as pending (they are recorded with the
+        # first write below, or at the end of the pass). Their seqs are above every recorded
+        # one, so seq order holds.
+        for row in fresh:
             if self.stopping():
                 break
-            row = self._row(delivery.message_out_id)
-            if row is None:  # vanished from outbound.db (a wiped session): nothing to send
-                await self._finish(delivery, DeliveryStatus.FAILED, error="outbound row is gone")
-                continue
-            content = _peek(row)
-            address = address_of(row, content)
-            now = self.deps.clock()
-            waiting = (
-                delivery.status == DeliveryStatus.RETRY and (delivery.next_attempt_at_ms or 0) > now
+            delivery = Delivery(
+                row.id, row.seq, DeliveryStatus.PENDING, 0, None, None, None, stamp, stamp
             )
-            if waiting:
-                assert delivery.next_attempt_at_ms is not None
-                next_due = _earliest(next_due, delivery.next_attempt_at_ms)
-                deferred = (row.deliver_after_ms or 0) > now
-                if address is not None and not deferred:
-                    held.add(address)
-                continue
-            if address is not None and address in held:
-                continue
-            if (row.deliver_after_ms or 0) > now:
-                # Scheduled for later: parked as a retry with no attempt counted; it holds
-                # nothing back (a later row is not "behind" a message meant for tomorrow).
-                await self._finish(
-                    delivery, DeliveryStatus.RETRY, next_attempt_at_ms=row.deliver_after_ms
-                )
-                log.info(
-                    "deferred until {}",
-                    row.deliver_after_ms,
-                    session=self.session.id,
-                    message=row.id,
-                    seq=row.seq,
-                )
-                assert row.deliver_after_ms is not None
-                next_due = _earliest(next_due, row.deliver_after_ms)
-                continue
-            settled = await self.process(delivery, row)
-            if settled is not None:
-                next_due = _earliest(next_due, settled)
-                if address is not None:
-                    held.add(address)
-        return next_due
+            due = await self._consider(delivery, held)
+            if due is not None:
+                next_due = _earliest(next_due, due)
+        # The next pass reads after these (the watermark is what is recorded).
+        if self._unrecorded:
+            await db(self.flush_new)
+        return next_due, len(fresh) >= self.read_page_rows
 
-    async def process(self, delivery: Delivery, row: OutboundRow) -> int | None:
+    async def _consider(self, delivery: Delivery, held: set[Address]) -> int | None:
+        """Take one open row as far as it goes now (or leave it: not due, or held behind an
+        earlier row to the same address). Returns its next due time, if it has one."""
+        row = self._row(delivery.message_out_id)
+        if row is None:
+            # Vanished from outbound.db (a wiped or replaced session file): nothing can be
+            # sent, and that is reported like any other failure.
+            await self._report(
+                delivery,
+                None,
+                DeliveryStatus.FAILED,
+                "its outbound row is gone from outbound.db (the session's files were"
+                " replaced or wiped)",
+            )
+            return None
+        content = _peek(row)
+        address = address_of(row, content, self.origin())
+        now = self.deps.clock()
+        waiting = (
+            delivery.status == DeliveryStatus.RETRY and (delivery.next_attempt_at_ms or 0) > now
+        )
+        if waiting:
+            assert delivery.next_attempt_at_ms is not None
+            deferred = (row.deliver_after_ms or 0) > now
+            if address is not None and not deferred:
+                held.add(address)
+            return delivery.next_attempt_at_ms
+        if address is not None and address in held:
+            return None
+        if (row.deliver_after_ms or 0) > now:
+            # Scheduled for later: parked as a retry with no attempt counted; it holds
+            # nothing back (a later row is not "behind" a message meant for tomorrow).
+            await self._finish(
+                delivery, DeliveryStatus.RETRY, next_attempt_at_ms=row.deliver_after_ms
+            )
+            log.info(
+                "deferred until {}",
+                row.deliver_after_ms,
+                session=self.session.id,
+                message=row.id,
+                seq=row.seq,
+            )
+            return row.deliver_after_ms
+        settled = await self.process(delivery, row, address)
+        if settled is not None and address is not None:
+            held.add(address)
+        return settled
+
+    async def process(
+        self, delivery: Delivery, row: OutboundRow, address: Address = None
+    ) -> int | None:
         """One attempt at one row, with one ``except`` arm per outcome. Returns the next
-        attempt time when the row went (back) to ``retry``."""
+        attempt time when the row went (back) to ``retry``. ``address`` is the row's
+        ordering key (``address_of``); a row to the terminal is patient (see ``_retry``)."""
         deps = self.deps
         ids = {"session": self.session.id, "message": row.id, "seq": row.seq}
         max_attempts = deps.settings.delivery_max_attempts
+        patient = address is not None and address[0] == TERMINAL_CHANNEL
         if delivery.status == DeliveryStatus.SENDING:
             deps.counters.resent_after_restart += 1
             log.warning("found in sending after a restart: sending again", **ids)
-            if delivery.attempts >= max_attempts:
+            if delivery.attempts >= max_attempts and not patient:
                 # The last allowed attempt was cut short; its result is unknown. Stop here
                 # rather than exceed the limit (a platform that kills us each time must not
                 # loop forever).
@@ -282,14 +363,21 @@ class SessionWorker:
             await self._report(delivery, row, DeliveryStatus.FAILED, exc.reason)
             return None
         except RetryLater as exc:
-            return await self._retry(delivery, row, attempt, exc.reason, exc.delay_s)
+            return await self._retry(
+                delivery, row, attempt, exc.reason, exc.delay_s, patient=patient
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Unclassified errors are retryable (an adapter bug or a network error type we
             # do not know); the attempt limit bounds them.
-            log.opt(exception=exc).warning("attempt {} raised {!r}", attempt, exc, **ids)
-            return await self._retry(delivery, row, attempt, repr(exc), None)
+            # The traceback helps with adapter bugs, but only when it quotes no secret
+            # (an error text can hold a request URL with the bot token).
+            shown = exc if not self._quotes_secret(exc) else None
+            log.opt(exception=shown).warning(
+                "attempt {} raised {}", attempt, self._redact(repr(exc)), **ids
+            )
+            return await self._retry(delivery, row, attempt, repr(exc), None, patient=patient)
         finally:
             deps.counters.in_flight -= 1
             files.discard(job.staging)
@@ -347,11 +435,42 @@ class SessionWorker:
             # Settled rows are never read again by this worker: keep the cache bounded.
             self._rows.pop(delivery.message_out_id, None)
 
+    def _redact(self, text: str) -> str:
+        return redact(text, self.deps.secrets())
+
+    def _quotes_secret(self, exc: BaseException) -> bool:
+        text = "".join(traceback.format_exception(exc))
+        return contains_secret([text], self.deps.secrets())
+
     async def _retry(
-        self, delivery: Delivery, row: OutboundRow, attempt: int, reason: str, delay_s: float | None
+        self,
+        delivery: Delivery,
+        row: OutboundRow,
+        attempt: int,
+        reason: str,
+        delay_s: float | None,
+        *,
+        patient: bool = False,
     ) -> int | None:
+        """Back to ``retry``, or ``failed`` when out of attempts. A ``patient`` row (to the
+        terminal) is not bounded by attempts but by ``terminal_patience_s`` from when it was
+        first seen, retried at most ``TERMINAL_RETRY_MAX_S`` apart."""
         settings = self.deps.settings
-        if attempt >= settings.delivery_max_attempts:
+        reason = self._redact(reason)
+        now = self.deps.clock()
+        max_s = settings.delivery_backoff_max_s
+        if patient:
+            max_s = min(max_s, TERMINAL_RETRY_MAX_S)
+            waited_ms = now - delivery.created_at_ms
+            if waited_ms >= int(self.deps.terminal_patience_s * 1000):
+                await self._report(
+                    delivery,
+                    row,
+                    DeliveryStatus.FAILED,
+                    f"gave up after {attempt} attempts in {waited_ms // 1000} s: {reason}",
+                )
+                return None
+        elif attempt >= settings.delivery_max_attempts:
             await self._report(
                 delivery,
                 row,
@@ -360,12 +479,10 @@ class SessionWorker:
             )
             return None
         if delay_s is not None:
-            wait_ms = int(min(max(delay_s, 0.0), settings.delivery_backoff_max_s) * 1000)
+            wait_ms = int(min(max(delay_s, 0.0), max_s) * 1000)
         else:
-            wait_ms = backoff_ms(
-                attempt, settings.delivery_backoff_base_s, settings.delivery_backoff_max_s
-            )
-        due = self.deps.clock() + wait_ms
+            wait_ms = backoff_ms(attempt, settings.delivery_backoff_base_s, max_s)
+        due = now + wait_ms
         await self._finish(delivery, DeliveryStatus.RETRY, error=reason, next_attempt_at_ms=due)
         self.deps.counters.retried += 1
         log.warning(
@@ -382,38 +499,50 @@ class SessionWorker:
     async def _report(
         self,
         delivery: Delivery,
-        row: OutboundRow,
+        row: OutboundRow | None,
         status: DeliveryStatus,
         reason: str,
         *,
         notify_owner: bool = True,
     ) -> None:
         """Settle a row as failed or denied, and make sure people hear about it. The agent's
-        note is written *before* the row is settled: a crash in between re-runs the row, and
-        the note's id (derived from the seq) keeps it single; the other order could settle a
-        row nobody was told about."""
-        ids = {"session": self.session.id, "message": row.id, "seq": row.seq}
-        where = _describe_destination(row)
+        note and the owner's notice are written *before* the row is settled: a crash in
+        between re-runs the row, and their ids (derived from the seq) keep them single; the
+        other order could settle a row nobody was told about. ``row`` is None when the
+        outbound row itself is gone. The reason is redacted before it goes anywhere."""
+        seq = delivery.seq
+        ids = {"session": self.session.id, "message": delivery.message_out_id, "seq": seq}
+        reason = self._redact(reason)
+        where = self._redact(_describe_destination(row))  # the container named it
         if status == DeliveryStatus.DENIED:
             self.deps.counters.denied += 1
             log.warning("MESSAGE DROPPED (denied) {}: {}", where, reason, **ids)
-            note = f"Your message #{row.seq} {where} was refused and not delivered: {reason}."
+            note = f"Your message #{seq} {where} was refused and not delivered: {reason}."
         else:
             self.deps.counters.failed += 1
             log.error("MESSAGE DROPPED (failed) {}: {}", where, reason, **ids)
-            note = f"Your message #{row.seq} {where} could not be delivered: {reason}."
+            note = f"Your message #{seq} {where} could not be delivered: {reason}."
         await self.deps.offload.db(self.flush_new)
         note_agent(
             self.deps,
             self.session,
             self.inbound,
-            f"delivery-{row.seq}-{status}",
+            f"delivery-{seq}-{status}",
             note,
             rate_limited=True,
         )
+        if notify_owner:
+            queue_owner_notice(
+                self.deps,
+                self.session.agent_group_id,
+                f"delivery:{self.session.id}:{seq}:{status}",
+                owner_notice_text(self.session, seq, status, reason),
+            )
         await self._finish(delivery, status, error=reason)
         if notify_owner:
-            await self.deps.spawn(notify_owner_about(self.deps, self.session, row, status, reason))
+            # Sent beside the drain (a DM may take seconds); the queue row makes it survive
+            # a crash, and the service's notice loop retries it.
+            await self.deps.spawn(_send_notices(self.deps))
 
     def _remove_outbox(self, row: OutboundRow) -> None:
         # Never a reason to re-send: the row is already delivered.
@@ -428,14 +557,18 @@ class SessionWorker:
             )
 
 
-async def notify_owner_about(
-    deps: Deps, session: Session, row: OutboundRow, status: str, reason: str
-) -> None:
-    text = (
+def owner_notice_text(session: Session, seq: int, status: str, reason: str) -> str:
+    return (
         f"NanoClaw: a message from agent group {session.agent_group_id} (session {session.id},"
-        f" #{row.seq}) was {status}: {reason}. See `nanoclaw deliveries --failed`."
+        f" #{seq}) was {status}: {reason}. See `nanoclaw deliveries list --failed`."
     )
-    await notify_owner(deps, session.agent_group_id, text)
+
+
+async def _send_notices(deps: Deps) -> None:
+    try:
+        await send_owner_notices(deps)
+    except Exception as exc:  # the queue keeps the notice; the notice loop tries again
+        log.opt(exception=exc).error("owner notice pass failed: {!r}", exc)
 
 
 def _peek(row: OutboundRow) -> m.OutboundContent | None:
@@ -449,7 +582,9 @@ def _earliest(current: int | None, candidate: int) -> int:
     return candidate if current is None else min(current, candidate)
 
 
-def _describe_destination(row: OutboundRow) -> str:
+def _describe_destination(row: OutboundRow | None) -> str:
+    if row is None:
+        return "(its content is gone)"
     if row.kind == "system":
         return "(a system action)"
     if row.channel_type == AGENT_CHANNEL:

@@ -12,7 +12,9 @@ from nanoclaw_common.store import InboundStore
 from nanoclaw_common.store.rows import OutboundRow, Session
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.outcome import Denied
-from nanoclaw_delivery.text import bytes_contain_secret, contains_secret
+from nanoclaw_delivery.text import bytes_contain_secret, contains_secret, redact
+
+LEAK_REASON = "leak guard: the request contains a configured secret"
 
 
 @dataclass
@@ -38,15 +40,23 @@ class Job:
             raise RetryLater(f"the {channel_type} adapter is not connected")
         return adapter
 
-    def guard_texts(self, *texts: str) -> None:
-        """The leak guard: refuse a reply that contains a configured secret."""
-        if contains_secret(texts, self.deps.secrets()):
-            raise Denied("leak guard: the reply contains a configured secret")
+    def guard_texts(self, *texts: str | None) -> None:
+        """The leak guard: refuse a request in which any string that would leave the host
+        (text, names, ids, options) contains a configured secret. The reason never quotes
+        the string."""
+        if contains_secret([t for t in texts if t], self.deps.secrets()):
+            raise Denied(LEAK_REASON)
 
     def guard_files(self, paths: list[Path]) -> None:
+        """The leak guard for files: their names and their bytes."""
         secrets = self.deps.secrets()
         if not secrets:
             return
-        for path in paths:
+        self.guard_texts(*(path.name for path in paths))
+        for index, path in enumerate(paths, start=1):
             if bytes_contain_secret(path.read_bytes(), secrets):
-                raise Denied(f"leak guard: file {path.name!r} contains a configured secret")
+                raise Denied(f"leak guard: attached file #{index} contains a configured secret")
+
+    def redact(self, text: str) -> str:
+        """``text`` with configured secrets blanked (for reasons that quote the container)."""
+        return redact(text, self.deps.secrets())

@@ -9,6 +9,16 @@ A note about a failed or refused message is a *trigger* (it wakes the agent) at 
 ``AGENT_NOTE_TRIGGER_INTERVAL_MS`` per session; more notes inside that window are context
 only (``trigger=0``). Otherwise an agent that keeps writing to a forbidden destination would
 be woken by each refusal and loop.
+
+Owner notices are durable: ``queue_owner_notice`` writes one into ``central.owner_notices``
+(its id derived from its cause) before the row it is about is settled, and
+``send_owner_notices`` (after each report, and from the service's notice loop, so a restart
+resumes) sends due ones with backoff. One notice per agent group per
+``owner_notice_interval_s``: the window starts when a send **succeeded**, so a failed send
+never silences the group; notices inside the window of one sent are marked suppressed.
+
+Every text written here passes the leak guard's redaction: notes and notices quote refusal
+reasons, which may quote the container or a platform error.
 """
 
 from __future__ import annotations
@@ -23,11 +33,16 @@ from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import system_note
 from nanoclaw_common.store import InboundStore, NewInbound
+from nanoclaw_common.store.central import OwnerNotice
 from nanoclaw_common.store.rows import MessagingGroup, Session
 from nanoclaw_delivery.context import Deps
+from nanoclaw_delivery.text import redact
 
 AGENT_NOTE_TRIGGER_INTERVAL_MS: Final = 60_000
 OWNER_NOTICE_TIMEOUT_S: Final = 15.0
+NOTICE_RETRY_BASE_MS: Final = 5_000  # an unsent notice is retried after 5 s, 10 s, 20 s…
+NOTICE_RETRY_MAX_MS: Final = 600_000  # …at most 10 minutes apart…
+NOTICE_MAX_AGE_MS: Final = 24 * 3600 * 1000  # …for a day, then it is given up (logged)
 
 log = logger.bind(component="delivery")
 
@@ -56,6 +71,7 @@ def note_agent(
     at once (inotify on ``inbound.db``) and which makes the sweeper wake a stopped session on
     its next pass. ``on_wake`` notes are taken only by a run's first poll."""
     now = deps.clock()
+    text = redact(text, deps.secrets())
     trigger = True
     if rate_limited:
         trigger = deps.central.claim_notice(
@@ -146,26 +162,97 @@ async def reach_first(deps: Deps, user_ids: list[str], prefer_channel: str | Non
     return None
 
 
-async def notify_owner(deps: Deps, agent_group_id: str, text: str) -> bool:
-    """One notice per group per ``owner_notice_interval_s`` to the first reachable owner's
-    DM; further problems inside the window are counted (``notices.suppressed``) and only
-    logged. Best effort: the problem is also in ``nanoclaw deliveries`` and the log."""
-    now = deps.clock()
-    interval_ms = int(deps.settings.owner_notice_interval_s * 1000)
-    if not deps.central.claim_notice(f"delivery-owner:{agent_group_id}", interval_ms, now=now):
-        log.info("owner notice suppressed (rate limit)", group=agent_group_id)
-        return False
-    owners = deps.central.owners()
+def owner_notice_key(agent_group_id: str) -> str:
+    """The rate-limit key (``notices``) of a group's owner notices."""
+    return f"delivery-owner:{agent_group_id}"
+
+
+def queue_owner_notice(deps: Deps, agent_group_id: str, notice_id: str, text: str) -> bool:
+    """Queue a notice for the owner (redacted); False when it was queued already."""
+    queued = deps.central.queue_owner_notice(
+        notice_id, agent_group_id, redact(text, deps.secrets()), now=deps.clock()
+    )
+    if queued:
+        log.info("owner notice {} queued", notice_id, group=agent_group_id)
+    return queued
+
+
+async def send_owner_notices(deps: Deps) -> int:
+    """Send the due owner notices; returns how many went out. One pass at a time: a call
+    while a pass runs asks that pass to look again instead (reports and the service's
+    notice loop both call this)."""
+    if deps.notices.running:
+        deps.notices.again = True
+        return 0
+    deps.notices.running = True
+    sent = 0
     try:
-        reach = await reach_first(deps, owners, None)
+        while True:
+            deps.notices.again = False
+            sent += await _notice_pass(deps)
+            if not deps.notices.again:
+                return sent
+    finally:
+        deps.notices.running = False
+
+
+async def _notice_pass(deps: Deps) -> int:
+    central = deps.central
+    interval_ms = int(deps.settings.owner_notice_interval_s * 1000)
+    seen: set[str] = set()
+    sent = 0
+    for notice in central.list_owner_notices("pending"):
+        group = notice.agent_group_id
+        now = deps.clock()
+        key = owner_notice_key(group)
+        last = central.last_notice_ms(key)
+        if last is not None and now - last < interval_ms:
+            # Inside the window of a notice that went out (maybe a moment ago, in this pass).
+            central.suppress_owner_notice(notice.id, key, now=now)
+            log.info("owner notice {} suppressed (rate limit)", notice.id, group=group)
+            continue
+        if group in seen:
+            continue  # one notice per group in flight: the oldest decides the window
+        seen.add(group)
+        if notice.next_attempt_at_ms > now:
+            continue  # waiting for its retry; later notices of the group wait behind it
+        if await _send_notice(deps, notice, key):
+            sent += 1
+    return sent
+
+
+async def _send_notice(deps: Deps, notice: OwnerNotice, key: str) -> bool:
+    central = deps.central
+    group = notice.agent_group_id
+    # Redacted again at the door: the owner's DM is a platform message like any other.
+    text = redact(notice.text, deps.secrets())
+    try:
+        reach = await reach_first(deps, central.owners(), None)
         if reach is None:
-            log.warning("no reachable owner for a delivery notice", group=agent_group_id)
+            central.fail_owner_notice(notice.id, "no reachable owner", now=deps.clock())
+            log.warning("owner notice {} not sent: no reachable owner", notice.id, group=group)
             return False
         await asyncio.wait_for(
             reach.adapter.send_text(reach.chat.platform_id, None, text), OWNER_NOTICE_TIMEOUT_S
         )
-    except Exception as exc:
-        log.warning("owner notice not sent: {!r}", exc, group=agent_group_id)
+    except PermanentFailure as exc:
+        reason = redact(exc.reason, deps.secrets())
+        central.fail_owner_notice(notice.id, reason, now=deps.clock())
+        log.warning("owner notice {} failed for good: {}", notice.id, reason, group=group)
         return False
-    log.info("owner notice sent to {}", reach.user_id, group=agent_group_id)
+    except Exception as exc:
+        # Retryable (a platform outage, a timeout after which it may or may not have
+        # arrived, an adapter bug): try again later, for a day.
+        now = deps.clock()
+        reason = redact(repr(exc), deps.secrets())
+        if now - notice.created_at_ms >= NOTICE_MAX_AGE_MS:
+            central.fail_owner_notice(notice.id, f"gave up after a day: {reason}", now=now)
+            log.warning("owner notice {} given up: {}", notice.id, reason, group=group)
+            return False
+        wait_ms = min(NOTICE_RETRY_MAX_MS, NOTICE_RETRY_BASE_MS * 2 ** min(notice.attempts, 20))
+        central.retry_owner_notice(notice.id, reason, now + wait_ms, now=now)
+        log.warning("owner notice {} not sent yet: {}", notice.id, reason, group=group)
+        return False
+    central.owner_notice_sent(notice.id, key, now=deps.clock())
+    log.info("owner notice {} sent to {}", notice.id, reach.user_id, group=group)
     return True

@@ -1,11 +1,26 @@
 """Chat operations (kind ``chat``): text with files, edit, reaction, question cards and
 display cards, each sent through the destination channel's adapter after the ACL and the
-leak guard passed."""
+leak guard passed.
+
+A reply that takes several platform messages (a long text split into chunks, then one
+message per file) is sent as **parts**, and every part the platform accepted is recorded
+(``deliveries.chunks_sent``) before the next one is sent. A retry (a 429 on chunk 3) or a
+restart resumes at the first part not accepted, so chunks 1 and 2 are never shown twice;
+the first part's platform id is kept as the row's id.
+
+Question cards are keyed on the host: the card's buttons carry ``aq-<hash of session and the
+agent's question id>``, never the id the container chose, so an agent's card can never carry
+the id of a host card (an install approval, a chat registration) and a click on it can only
+ever answer the agent's own question. The answer still reaches the agent under its own id
+(``pending_questions.agent_question_id``, which the router writes back).
+"""
 
 from __future__ import annotations
 
+import hashlib
+
 from nanoclaw_common import messages as m
-from nanoclaw_common.channels.base import ChannelAdapter, card_fallback_text
+from nanoclaw_common.channels.base import ChannelAdapter, OutgoingFile, card_fallback_text
 from nanoclaw_common.errors import DecodeError, RetryLater
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store.rows import PendingQuestion
@@ -15,21 +30,26 @@ from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
 from nanoclaw_delivery.text import split_text, truncate
 
+Part = tuple[str, list[OutgoingFile] | None]
+
 
 async def send_chat(job: Job, content: m.ChatOperation) -> Sent:
     central = job.deps.central
     address = chat_address(central, job.session, job.row)
+    # The thread id may come from the row (the container): it goes to the platform too.
+    job.guard_texts(address.thread_id)
     check_chat(central, job.session, address)
     adapter = job.adapter(address.channel_type)
     if isinstance(content, m.SendText):
         return await _send_text(job, adapter, address, content)
     if isinstance(content, m.EditMessage):
-        job.guard_texts(content.text)
+        job.guard_texts(content.text, content.message_id)
         target = _platform_message_id(job, content.message_id)
         text = truncate(content.text, adapter.text_limit)
         await adapter.edit_text(address.platform_id, address.thread_id, target, text)
         return Sent(target)
     if isinstance(content, m.AddReaction):
+        job.guard_texts(content.emoji, content.message_id)
         target = _platform_message_id(job, content.message_id)
         await adapter.add_reaction(address.platform_id, address.thread_id, target, content.emoji)
         return Sent(target)
@@ -41,22 +61,37 @@ async def send_chat(job: Job, content: m.ChatOperation) -> Sent:
 async def _send_text(
     job: Job, adapter: ChannelAdapter, address: ChatAddress, content: m.SendText
 ) -> Sent:
-    job.guard_texts(content.text)
+    job.guard_texts(content.text, *content.files)
     chunks = split_text(content.text, adapter.text_limit)
     files = stage_files(job.paths, job.row.id, list(content.files), job.staging)
     job.guard_files([f.path for f in files])
     if not chunks and not files:
         raise Denied("empty message: no text and no files", notify_owner=False)
-    if not chunks:
-        return Sent(await adapter.send_text(address.platform_id, address.thread_id, "", files))
-    first: str | None = None
-    for index, chunk in enumerate(chunks):
-        # Files ride on the first chunk only; a long text continues in plain messages.
-        sent = await adapter.send_text(
-            address.platform_id, address.thread_id, chunk, files if index == 0 else None
-        )
+    # Text first, then one message per file: each is a part of its own, so a failed upload
+    # of file 2 is retried alone.
+    parts: list[Part] = [(chunk, None) for chunk in chunks]
+    parts += [("", [item]) for item in files]
+    return await send_parts(job, adapter, address, parts)
+
+
+async def send_parts(
+    job: Job, adapter: ChannelAdapter, address: ChatAddress, parts: list[Part]
+) -> Sent:
+    """Send the parts not accepted yet, recording each accepted one before the next: a
+    retry or a restart resumes after the last recorded part. The last part is not recorded
+    on its own: the row's ``delivered`` follows it at once. Returns the first part's id."""
+    done = job.inbound.parts_sent(job.row.id) if len(parts) > 1 else 0
+    first = job.inbound.platform_message_id(job.row.id) if done else None
+    for index, (text, files) in enumerate(parts):
+        if index < done:
+            continue
+        sent = await adapter.send_text(address.platform_id, address.thread_id, text, files)
         if index == 0:
             first = sent
+        if index < len(parts) - 1:
+            job.inbound.record_part(
+                job.row.id, index + 1, sent if index == 0 else None, now=job.deps.clock()
+            )
     return Sent(first)
 
 
@@ -100,13 +135,29 @@ def _target_user(job: Job, address: ChatAddress) -> str | None:
     return content.sender_id
 
 
+def host_question_id(session_id: str, agent_question_id: str) -> str:
+    """The key of an agent's question on the host and on the card's buttons: derived from
+    the session (so a re-run finds it, and two sessions never share one) and prefixed
+    ``aq-`` (no host card id starts so). 35 characters: fits Telegram's button data."""
+    digest = hashlib.sha256(f"{session_id}\x00{agent_question_id}".encode()).hexdigest()
+    return f"aq-{digest[:32]}"
+
+
 async def _send_question(
     job: Job, adapter: ChannelAdapter, address: ChatAddress, content: m.AskQuestion
 ) -> Sent:
     labels = [o.label for o in content.options] + [o.selected_label or "" for o in content.options]
-    job.guard_texts(content.title, content.question, *labels)
+    job.guard_texts(content.question_id, content.title, content.question, *labels)
     central = job.deps.central
-    existing = central.get_pending_question(content.question_id)
+    if central.is_card_id(content.question_id):
+        # Only a container that read a host card's id somewhere and tries to pass its own
+        # card off as that one does this; the host key below would defuse it anyway.
+        raise Denied(
+            f"question id {content.question_id!r} is the id of a pending approval or"
+            " registration card"
+        )
+    key = host_question_id(job.session.id, content.question_id)
+    existing = central.get_pending_question(key)
     if existing is not None and existing.session_id != job.session.id:
         raise Denied(f"question id {content.question_id!r} is already in use")
     if existing is None:
@@ -114,7 +165,7 @@ async def _send_question(
         # Written before the send: a click can arrive before our post-send bookkeeping.
         central.create_pending_question(
             PendingQuestion(
-                question_id=content.question_id,
+                question_id=key,
                 session_id=job.session.id,
                 message_out_id=job.row.id,
                 channel_type=address.channel_type,
@@ -126,11 +177,19 @@ async def _send_question(
                 options_json=m.encode_text(content.options),
                 created_at_ms=now,
                 expires_at_ms=now + content.timeout_s * 1000,
-            )
+            ),
+            agent_question_id=content.question_id,
         )
-    sent = await adapter.send_question(address.platform_id, address.thread_id, content)
+    card = m.AskQuestion(
+        question_id=key,
+        title=content.title,
+        question=content.question,
+        options=content.options,
+        timeout_s=content.timeout_s,
+    )
+    sent = await adapter.send_question(address.platform_id, address.thread_id, card)
     if sent is not None:
-        central.set_question_platform_message(content.question_id, sent)
+        central.set_question_platform_message(key, sent)
     return Sent(sent)
 
 
@@ -151,9 +210,4 @@ async def _send_card(
     chunks = split_text(card_fallback_text(content), adapter.text_limit)
     if not chunks:
         raise Denied("empty card: no title, text or fallback", notify_owner=False)
-    first: str | None = None
-    for index, chunk in enumerate(chunks):
-        sent = await adapter.send_text(address.platform_id, address.thread_id, chunk)
-        if index == 0:
-            first = sent
-    return Sent(first)
+    return await send_parts(job, adapter, address, [(chunk, None) for chunk in chunks])

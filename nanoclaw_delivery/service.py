@@ -7,6 +7,10 @@ Watching: sessions whose container is not stopped or was active within
 ``SESSION_REFRESH_S``, plus any session that still has open deliveries (a retry due later).
 At start-up every active session is drained once, so rows left by a crash or written while
 delivery was down are found whatever their age.
+
+Beside the sessions run the approval watcher and the owner-notice loop (queued notices in
+``central.owner_notices`` are sent when due, so a notice queued before a crash goes out
+after the restart).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from nanoclaw_common.store.rows import Session
 from nanoclaw_delivery.approvals import ApprovalWatcher
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.engine import SessionWorker
+from nanoclaw_delivery.notify import send_owner_notices
 from nanoclaw_delivery.watch import (
     IN_Q_OVERFLOW,
     WATCHED_PREFIX,
@@ -42,6 +47,9 @@ APPROVAL_POLL_S: Final = 0.1  # central.db data_version probe; full pass at leas
 IDLE_DROP_S: Final = 5.0  # a session no longer live and with nothing open is dropped after this
 RELEASE_IDLE_S: Final = 5.0  # a session quiet this long closes its connections
 STOP_GRACE_S: Final = 20.0  # finish in-flight attempts at most this long after SIGTERM
+NOTICE_POLL_S: Final = 1.0  # due owner notices (retries, and those left by a restart)
+NOTICE_KEEP_MS: Final = 7 * 24 * 3600 * 1000  # settled owner notices are kept a week
+NOTICE_PURGE_S: Final = 3600.0
 
 
 class Tracked:
@@ -87,6 +95,7 @@ class DeliveryService:
         helpers = [
             asyncio.create_task(self._scan_loop(), name="scan"),
             asyncio.create_task(self._approval_loop(), name="approvals"),
+            asyncio.create_task(self._notice_loop(), name="notices"),
         ]
         try:
             await self.stopped.wait()
@@ -288,3 +297,23 @@ class DeliveryService:
             except Exception as exc:
                 log.opt(exception=exc).error("approval pass failed: {!r}", exc)
             await asyncio.sleep(APPROVAL_POLL_S)
+
+    # -- owner notices ---------------------------------------------------------------------
+
+    async def _notice_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_purge = 0.0
+        while not self.stop.stopping:
+            try:
+                central = self.deps.central
+                due = central.next_owner_notice_ms()
+                if due is not None and due <= self.deps.clock():
+                    await send_owner_notices(self.deps)
+                if loop.time() - last_purge >= NOTICE_PURGE_S:
+                    last_purge = loop.time()
+                    central.purge_owner_notices(before_ms=self.deps.clock() - NOTICE_KEEP_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.opt(exception=exc).error("owner notice pass failed: {!r}", exc)
+            await asyncio.sleep(NOTICE_POLL_S)

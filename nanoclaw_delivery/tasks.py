@@ -93,6 +93,21 @@ def change(job: Job, action: TaskAction) -> Sent:
         changed, verb = inbound.resume_task(action.task_id), "resume_task"
     else:
         changed, verb = inbound.cancel_task(action.task_id), "cancel_task"
-    if not changed:
+    if not changed and not already_done(action, inbound.task_statuses(action.task_id)):
         raise Denied(f"{verb}: no live task matched id {action.task_id!r}", notify_owner=False)
     return Sent(action.task_id)
+
+
+def already_done(action: TaskAction, statuses: set[str]) -> bool:
+    """Whether the task is already where the action would put it. A row re-run after a crash
+    (its change applied, ``delivered`` not yet recorded) finds nothing left to change; that
+    is success, not a refusal: pausing a paused task, resuming one that is pending, and
+    cancelling one with no live occurrence left (cancelled or finished: it will not run
+    again). ``statuses`` are the series' occurrences' (empty: no such task)."""
+    if isinstance(action, m.PauseTask):
+        return "paused" in statuses and "pending" not in statuses
+    if isinstance(action, m.ResumeTask):
+        return "pending" in statuses and "paused" not in statuses
+    if isinstance(action, m.CancelTask):
+        return bool(statuses) and not statuses & {"pending", "paused"}
+    return False

@@ -1,4 +1,5 @@
-"""Text helpers: splitting a long reply at the platform's limit, and the leak guard.
+"""Text helpers: splitting a long reply at the platform's limit, and the leak guard (block a
+reply that contains a configured secret; redact secrets from reasons and notes).
 
 Pure functions, no I/O: the engine calls them before any platform call.
 """
@@ -59,3 +60,17 @@ def contains_secret(texts: Iterable[str], secrets: Sequence[str]) -> bool:
 
 def bytes_contain_secret(data: bytes, secrets: Sequence[str]) -> bool:
     return any(secret.encode() in data for secret in secrets)
+
+
+REDACTED = "[redacted secret]"
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every configured secret replaced by ``REDACTED``. Longest first, so a
+    secret that contains another is replaced whole. Used on every string delivery writes
+    somewhere a person or the container can read (a refusal reason, a note, a notice,
+    ``last_error``) that may quote what the container or a platform said."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text

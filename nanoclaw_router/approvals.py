@@ -276,7 +276,9 @@ class Approvals:
         )
         if not created:
             return Registration.PENDING
-        card = AskQuestion(question_id=chat.id, title=title, question=question, options=options)
+        # A random card id, not the chat's: the id is what a look-alike card would need.
+        card_id = self.central.channel_approval_card(chat.id) or chat.id
+        card = AskQuestion(question_id=card_id, title=title, question=question, options=options)
         self.outbox.queue_question(
             f"reg-{chat.id}", reach.channel_type, reach.platform_id, None, card
         )
@@ -336,7 +338,7 @@ class Approvals:
             reach = await self.dm_of(approval.approver_user_id)
             if reach is not None:
                 card = AskQuestion(
-                    question_id=chat_id,
+                    question_id=self.central.channel_approval_card(chat_id) or chat_id,
                     title=title,
                     question="Which agent should handle this channel?",
                     options=options,

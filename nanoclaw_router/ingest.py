@@ -55,6 +55,7 @@ from nanoclaw_common.store.rows import (
     Session,
 )
 from nanoclaw_router.approvals import Approvals, Registration, decode_options
+from nanoclaw_router.clicks import HostCard, card_messages, clicked_on
 from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
 from nanoclaw_router.outbox import OutboxSender
@@ -407,16 +408,16 @@ class Ingest:
         if not token.startswith("#"):
             return (
                 self.central.get_pending_approval(token)
-                or self.central.get_channel_approval(token)
+                or self.central.find_channel_approval_by_card(token)
                 or self.central.get_sender_approval(token)
                 or self.central.get_pending_question(token)
             )
         for approval in self.central.list_pending_approvals("pending"):
             if matches_token(approval.approval_id, token):
                 return approval
-        for channel in self.central.list_channel_approvals():
-            if matches_token(channel.messaging_group_id, token):
-                return channel
+        for card_id in self.central.list_channel_approval_cards():
+            if matches_token(card_id, token):
+                return self.central.find_channel_approval_by_card(card_id)
         for sender in self.central.list_sender_approvals():
             if matches_token(sender.id, token):
                 return sender
@@ -437,6 +438,8 @@ class Ingest:
         if target is None:
             log.info("click on an unknown or settled card {}", action.question_id)
             return "gone"
+        if not isinstance(target, PendingQuestion) and not self._on_the_card(target, action):
+            return "not_on_card"
         try:
             options = decode_options(target.options_json)
         except DecodeError as exc:
@@ -466,6 +469,32 @@ class Ingest:
             self._edit_card(action, target.title, option)
         return outcome
 
+    def _on_the_card(self, card: HostCard, action: ActionEvent) -> bool:
+        """A click counts for an approval or a registration only when made on its card
+        (``clicks``); any other is refused and recorded as a drop."""
+        if isinstance(card, PendingApproval):
+            card_id = card.approval_id
+        elif isinstance(card, PendingSenderApproval):
+            card_id = card.id
+        else:
+            card_id = self.central.channel_approval_card(card.messaging_group_id) or ""
+        if clicked_on(action, card_messages(self.central, card, card_id)):
+            return True
+        self.central.record_drop(
+            action.channel_type,
+            action.platform_id,
+            DropReason.CLICK_NOT_ON_CARD,
+            user_id=action.user_id,
+            detail=f"a click for card {card_id} on message {action.platform_message_id}",
+            now=self.clock(),
+        )
+        log.warning(
+            "refused a click by {} for card {}: not made on that card",
+            action.user_id,
+            card_id,
+        )
+        return False
+
     async def _answer_question(
         self, question: PendingQuestion, action: ActionEvent, option: QuestionOption
     ) -> str:
@@ -486,10 +515,12 @@ class Ingest:
         if session is None:
             self.central.delete_pending_question(question.question_id)
             return "gone"
+        # Delivery keys an agent's question on the host; the agent waits for its own id.
+        asked_as = self.central.agent_question_id(question.question_id) or question.question_id
         row = NewInbound(
             id=f"qr-{question.question_id}",
             content=QuestionResponse(
-                question_id=question.question_id,
+                question_id=asked_as,
                 selected_option=option.value,
                 user_id=action.user_id,
             ),

@@ -67,6 +67,7 @@ class DropReason(StrEnum):
     INVALID_INPUT = "invalid_input"  # undecodable platform input, or an unsigned request
     REGISTRATION_RATE_LIMITED = "registration_rate_limited"  # too many cards: no card sent
     MISSING_AGENT_GROUP = "missing_agent_group"
+    CLICK_NOT_ON_CARD = "click_not_on_card"  # a click for an approval card, made elsewhere
 
 
 class CommandClass(StrEnum):

@@ -35,9 +35,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
   attempts             INTEGER NOT NULL DEFAULT 0,
   next_attempt_at_ms   INTEGER,
   last_error           TEXT,
-  platform_message_id  TEXT,
+  platform_message_id  TEXT,                    -- the first part's id (kept from the first part on)
   created_at_ms        INTEGER NOT NULL,
-  updated_at_ms        INTEGER NOT NULL
+  updated_at_ms        INTEGER NOT NULL,
+  -- Parts (text chunks, then files) the platform accepted, across attempts: a retry resumes
+  -- at the next part instead of sending the accepted ones again (user_version 2).
+  chunks_sent          INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS idx_deliveries_status ON deliveries (status, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS idx_deliveries_seq ON deliveries (seq);
@@ -60,4 +63,5 @@ CREATE TABLE IF NOT EXISTS session_routing (
   thread_id     TEXT
 );
 
-PRAGMA user_version = 1;
+-- 1: the first version; 2: deliveries.chunks_sent (InboundStore upgrades a version-1 file).
+PRAGMA user_version = 2;

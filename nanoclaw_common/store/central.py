@@ -8,6 +8,7 @@ opens its own ``CentralStore`` after start-up; a store is never shared across pr
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +35,30 @@ from nanoclaw_common.store.sqlite import Database, Mode, columns
 R = TypeVar("R", bound=rows.Row)
 
 ApprovalClick = Literal["approved", "rejected", "unauthorized", "expired", "gone"]
+
+
+def unguessable_id(prefix: str, now: int | None = None) -> str:
+    """``<prefix>-<ms>-<32 hex>``: 128 random bits, for ids that authorize something (a card
+    whose click approves a change). ``ids.new_id``'s 41 bits are for uniqueness, not secrecy.
+    At most 51 characters for a 4-letter prefix, so it fits Telegram's 64-byte button data
+    as it is."""
+    stamp = now_ms() if now is None else now
+    return f"{prefix}-{stamp}-{secrets.token_hex(16)}"
+
+
+class OwnerNotice(msgspec.Struct, frozen=True):
+    """A queued notice to the owner about a failed or refused message (migration 0032)."""
+
+    id: str
+    agent_group_id: str
+    text: str
+    status: str
+    attempts: int
+    next_attempt_at_ms: int
+    last_error: str | None
+    created_at_ms: int
+    updated_at_ms: int
+
 
 _NAME_RUN = re.compile(r"[^a-z0-9]+")
 
@@ -805,15 +830,34 @@ class CentralStore:
 
     # -- pending questions ----------------------------------------------------------------
 
-    def create_pending_question(self, question: rows.PendingQuestion) -> bool:
-        """Insert unless it exists (a delivery retry re-inserts); True when inserted."""
+    def create_pending_question(
+        self, question: rows.PendingQuestion, *, agent_question_id: str | None = None
+    ) -> bool:
+        """Insert unless it exists (a delivery retry re-inserts); True when inserted.
+        ``agent_question_id``: the id the agent asked with, when the row is keyed on the host
+        (the answer goes back under the agent's id; migration 0031)."""
         with self.db.write():
             self.db.execute(
                 f"INSERT OR IGNORE INTO pending_questions ({columns(rows.PendingQuestion)})"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 msgspec.structs.astuple(question),
             )
-            return self.db.changes() == 1
+            if self.db.changes() != 1:
+                return False
+            if agent_question_id is not None:
+                self.db.execute(
+                    "UPDATE pending_questions SET agent_question_id = ? WHERE question_id = ?",
+                    (agent_question_id, question.question_id),
+                )
+            return True
+
+    def agent_question_id(self, question_id: str) -> str | None:
+        """The id the agent asked ``question_id`` with (None: keyed by the agent's own id)."""
+        value = self.db.scalar(
+            "SELECT agent_question_id FROM pending_questions WHERE question_id = ?",
+            (question_id,),
+        )
+        return None if value is None else str(value)
 
     def get_pending_question(self, question_id: str) -> rows.PendingQuestion | None:
         return self._row(rows.PendingQuestion, "WHERE question_id = ?", (question_id,))
@@ -832,6 +876,195 @@ class CentralStore:
 
     def list_pending_questions(self) -> list[rows.PendingQuestion]:
         return self._rows(rows.PendingQuestion, "ORDER BY created_at_ms")
+
+    # -- host card ids (migration 0031) ---------------------------------------------------
+
+    def is_card_id(self, value: str) -> bool:
+        """True when ``value`` names a pending host card: an approval, a sender approval or
+        a chat registration (by its card id or its chat's id). Delivery refuses an agent's
+        question that uses one."""
+        return bool(
+            self.db.scalar(
+                "SELECT EXISTS (SELECT 1 FROM pending_approvals WHERE approval_id = ?1)"
+                " OR EXISTS (SELECT 1 FROM pending_sender_approvals WHERE id = ?1)"
+                " OR EXISTS (SELECT 1 FROM pending_channel_approvals"
+                " WHERE card_id = ?1 OR messaging_group_id = ?1)",
+                (value,),
+            )
+        )
+
+    def find_pending_approval_for(
+        self, session_id: str, request_id: str
+    ) -> rows.PendingApproval | None:
+        """The approval a session's request (an outbound row) created, if any: a re-run of
+        the request after a crash finds it (its id is random, not derived)."""
+        return self._row(
+            rows.PendingApproval,
+            "WHERE session_id = ? AND request_id = ? ORDER BY created_at_ms",
+            (session_id, request_id),
+        )
+
+    def channel_approval_card(self, messaging_group_id: str) -> str | None:
+        """The card id of a chat's pending registration, made (random) on first use; None
+        when no registration is pending for the chat."""
+        known = self.db.scalar(
+            "SELECT card_id FROM pending_channel_approvals WHERE messaging_group_id = ?",
+            (messaging_group_id,),
+        )
+        if known is not None:
+            return str(known)  # the common case needs no write lock
+        with self.db.write():
+            found = self.db.one(
+                "SELECT card_id FROM pending_channel_approvals WHERE messaging_group_id = ?",
+                (messaging_group_id,),
+            )
+            if found is None:
+                return None
+            if found[0] is not None:
+                return str(found[0])
+            card_id = unguessable_id("regc")
+            self.db.execute(
+                "UPDATE pending_channel_approvals SET card_id = ? WHERE messaging_group_id = ?",
+                (card_id, messaging_group_id),
+            )
+            return card_id
+
+    def find_channel_approval_by_card(self, card_id: str) -> rows.PendingChannelApproval | None:
+        return self._row(rows.PendingChannelApproval, "WHERE card_id = ?", (card_id,))
+
+    def list_channel_approval_cards(self) -> list[str]:
+        """The card ids of every pending registration that has one."""
+        return [
+            str(card_id)
+            for (card_id,) in self.db.all(
+                "SELECT card_id FROM pending_channel_approvals WHERE card_id IS NOT NULL"
+            )
+        ]
+
+    def router_card_messages(self, question_id: str) -> list[tuple[str, str, str | None]]:
+        """(channel type, platform id, platform message id) of every card the router sent
+        or is sending with this question id (``router_outbox``, not ``failed``): where a
+        click on it may come from. A card still in flight has no message id yet, but the
+        terminal can show it and take its click before the send returns."""
+        return [
+            (str(channel), str(platform), None if message is None else str(message))
+            for channel, platform, message in self.db.all(
+                "SELECT channel_type, platform_id, platform_message_id FROM router_outbox"
+                " WHERE kind = 'question' AND json_extract(body, '$.question_id') = ?"
+                " AND status != 'failed'",
+                (question_id,),
+            )
+        ]
+
+    # -- owner notices (migration 0032) ---------------------------------------------------
+
+    def queue_owner_notice(
+        self, notice_id: str, agent_group_id: str, text: str, *, now: int | None = None
+    ) -> bool:
+        """Queue a notice for the owner, due now; False when ``notice_id`` is queued already
+        (a re-run after a crash)."""
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "INSERT OR IGNORE INTO owner_notices (id, agent_group_id, text, status,"
+                " attempts, next_attempt_at_ms, created_at_ms, updated_at_ms)"
+                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
+                (notice_id, agent_group_id, text, stamp, stamp, stamp),
+            )
+            return self.db.changes() == 1
+
+    def due_owner_notices(self, *, now: int | None = None, limit: int = 100) -> list[OwnerNotice]:
+        """Pending notices due now, oldest first."""
+        stamp = now_ms() if now is None else now
+        return [
+            OwnerNotice(*r)
+            for r in self.db.all(
+                "SELECT id, agent_group_id, text, status, attempts, next_attempt_at_ms,"
+                " last_error, created_at_ms, updated_at_ms FROM owner_notices"
+                " WHERE status = 'pending' AND next_attempt_at_ms <= ?"
+                " ORDER BY created_at_ms, id LIMIT ?",
+                (stamp, limit),
+            )
+        ]
+
+    def list_owner_notices(self, status: str | None = None) -> list[OwnerNotice]:
+        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        return [
+            OwnerNotice(*r)
+            for r in self.db.all(
+                "SELECT id, agent_group_id, text, status, attempts, next_attempt_at_ms,"
+                f" last_error, created_at_ms, updated_at_ms FROM owner_notices {where}"
+                " ORDER BY created_at_ms, id",
+                params,
+            )
+        ]
+
+    def next_owner_notice_ms(self) -> int | None:
+        value = self.db.scalar(
+            "SELECT min(next_attempt_at_ms) FROM owner_notices WHERE status = 'pending'"
+        )
+        return None if value is None else int(value)
+
+    def last_notice_ms(self, key: str) -> int | None:
+        """When the last notice under rate-limit ``key`` went out (None: never)."""
+        value = self.db.scalar("SELECT last_sent_ms FROM notices WHERE key = ?", (key,))
+        return None if value is None else int(value)
+
+    def owner_notice_sent(self, notice_id: str, key: str, *, now: int | None = None) -> None:
+        """The notice went out: mark it sent and start the rate-limit window of ``key``, in
+        one transaction (the window starts only with a successful send)."""
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "UPDATE owner_notices SET status = 'sent', attempts = attempts + 1,"
+                " last_error = NULL, updated_at_ms = ? WHERE id = ?",
+                (stamp, notice_id),
+            )
+            self.db.execute(
+                "INSERT INTO notices (key, last_sent_ms, suppressed) VALUES (?, ?, 0)"
+                " ON CONFLICT (key) DO UPDATE SET last_sent_ms = excluded.last_sent_ms,"
+                " suppressed = 0",
+                (key, stamp),
+            )
+
+    def suppress_owner_notice(self, notice_id: str, key: str, *, now: int | None = None) -> None:
+        """A notice inside the window of one already sent: not sent, counted under ``key``."""
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "UPDATE owner_notices SET status = 'suppressed', updated_at_ms = ? WHERE id = ?",
+                (stamp, notice_id),
+            )
+            self.db.execute("UPDATE notices SET suppressed = suppressed + 1 WHERE key = ?", (key,))
+
+    def retry_owner_notice(
+        self, notice_id: str, error: str, next_attempt_at_ms: int, *, now: int | None = None
+    ) -> None:
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "UPDATE owner_notices SET attempts = attempts + 1, last_error = ?,"
+                " next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ?",
+                (error[:500], next_attempt_at_ms, stamp, notice_id),
+            )
+
+    def fail_owner_notice(self, notice_id: str, error: str, *, now: int | None = None) -> None:
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "UPDATE owner_notices SET status = 'failed', attempts = attempts + 1,"
+                " last_error = ?, updated_at_ms = ? WHERE id = ?",
+                (error[:500], stamp, notice_id),
+            )
+
+    def purge_owner_notices(self, *, before_ms: int) -> int:
+        """Forget settled notices last changed before ``before_ms``."""
+        with self.db.write():
+            self.db.execute(
+                "DELETE FROM owner_notices WHERE status != 'pending' AND updated_at_ms < ?",
+                (before_ms,),
+            )
+            return self.db.changes()
 
     # -- pending approvals ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
@@ -172,6 +173,17 @@ class InboundReader:
                 return rows.InboundRow(*values)
         return None
 
+    def task_statuses(self, task_id: str) -> set[str]:
+        """The statuses of every occurrence of a task series (empty: no such task)."""
+        return {
+            str(status)
+            for (status,) in self.db.all(
+                "SELECT DISTINCT status FROM messages_in WHERE (id = ?1 OR series_id = ?1)"
+                " AND kind = 'task'",
+                (task_id,),
+            )
+        }
+
     def list_tasks(self, status: str | None = None) -> list[rows.InboundRow]:
         """The newest live row of each task series (pending or paused)."""
         statuses = (status,) if status else ("pending", "paused")
@@ -241,16 +253,27 @@ class InboundReader:
             )
         ]
 
-    def open_deliveries(self, *, limit: int = 1000) -> list[rows.Delivery]:
-        """Deliveries not settled yet (pending, sending, retry), due or not, in seq order."""
+    def open_deliveries(self, *, after_seq: int = 0, limit: int = 1000) -> list[rows.Delivery]:
+        """Deliveries not settled yet (pending, sending, retry), due or not, in seq order,
+        with seq above ``after_seq``: a caller pages through a long backlog by passing the
+        last seq of the previous page."""
         return [
             rows.Delivery(*r)
             for r in self.db.all(
                 f"SELECT {columns(rows.Delivery)} FROM deliveries"
-                " WHERE status IN ('pending', 'sending', 'retry') ORDER BY seq LIMIT ?",
-                (limit,),
+                " WHERE status IN ('pending', 'sending', 'retry') AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (after_seq, limit),
             )
         ]
+
+    def parts_sent(self, message_out_id: str) -> int:
+        """How many parts (text chunks, then files) of a row the platform accepted so far,
+        across attempts (0 for an unknown row)."""
+        value = self.db.scalar(
+            "SELECT chunks_sent FROM deliveries WHERE message_out_id = ?", (message_out_id,)
+        )
+        return 0 if value is None else int(value)
 
     def last_written_ms(self) -> int | None:
         """When the host last wrote a row here (the session's last inbound activity)."""
@@ -289,11 +312,36 @@ class InboundReader:
         return None if value is None else str(value)
 
 
+INBOUND_VERSION: Final = 2  # PRAGMA user_version of schema/inbound.sql
+
+
+def upgrade_inbound(db: Database) -> None:
+    """Bring a file written by an older version up to ``INBOUND_VERSION``, in one write
+    transaction (checked again inside the lock: two host programs may open it at once).
+    Version 2 added ``deliveries.chunks_sent``."""
+    if int(db.scalar("PRAGMA user_version")) >= INBOUND_VERSION:
+        return
+    with db.write():
+        version = int(db.scalar("PRAGMA user_version"))
+        if version >= INBOUND_VERSION:
+            return
+        if version < 2:
+            db.execute("ALTER TABLE deliveries ADD COLUMN chunks_sent INTEGER NOT NULL DEFAULT 0")
+        db.execute(f"PRAGMA user_version = {INBOUND_VERSION}")
+
+
 class InboundStore(InboundReader):
-    """The host's writer. Creates the file and its schema when missing."""
+    """The host's writer. Creates the file and its schema when missing, and upgrades a file
+    an older version wrote."""
 
     def __init__(self, path: Path | str) -> None:
-        super().__init__(path, _db=open_session_db(path, "inbound.sql"))
+        db = open_session_db(path, "inbound.sql")
+        try:
+            upgrade_inbound(db)
+        except BaseException:
+            db.close()
+            raise
+        super().__init__(path, _db=db)
 
     def insert_message(self, new: NewInbound, *, now: int | None = None) -> InsertResult:
         return self.insert_messages([new], now=now)[0]
@@ -513,6 +561,26 @@ class InboundStore(InboundReader):
                 " coalesce(?, platform_message_id), last_error = ?, next_attempt_at_ms = ?,"
                 " updated_at_ms = ? WHERE message_out_id = ?",
                 (status, platform_message_id, error, next_attempt_at_ms, stamp, message_out_id),
+            )
+            if not self.db.changes():
+                raise NotFound(f"delivery {message_out_id} not found")
+
+    def record_part(
+        self,
+        message_out_id: str,
+        parts_sent: int,
+        platform_message_id: str | None = None,
+        *,
+        now: int | None = None,
+    ) -> None:
+        """The platform accepted part ``parts_sent`` (1-based) of a row: a retry resumes
+        after it. ``platform_message_id`` (the first part's) is kept if none is recorded."""
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            self.db.execute(
+                "UPDATE deliveries SET chunks_sent = max(chunks_sent, ?), platform_message_id ="
+                " coalesce(platform_message_id, ?), updated_at_ms = ? WHERE message_out_id = ?",
+                (parts_sent, platform_message_id, stamp, message_out_id),
             )
             if not self.db.changes():
                 raise NotFound(f"delivery {message_out_id} not found")

@@ -1,12 +1,14 @@
 """The real ``nanoclaw-delivery`` process: it delivers through the real adapters, stops
 gracefully on SIGTERM (finishing the item in flight), exits at once on a second signal, and
-after a SIGKILL mid-send re-sends the interrupted row exactly as docs/delivery.md says."""
+after a SIGKILL mid-send re-sends the interrupted row exactly as docs/delivery.md says; an
+owner notice and an approval decided while it was dead survive a SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels import cli_protocol as wire
 from nanoclaw_common.lifecycle import EXIT_ON_SECOND_SIGNAL
-from nanoclaw_common.states import EngageMode
+from nanoclaw_common.states import EngageMode, Role
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_common.store.rows import Session
@@ -172,3 +174,98 @@ def test_a_second_delivery_on_the_same_data_folder_refuses_to_run(
         second.stop()
     delivery.kill()  # SIGKILL releases the lock: a restart is never blocked
     delivery.start()
+
+
+@pytest.fixture
+def terminal_owner(world: World) -> str:
+    """The owner talks to the assistant in the terminal: approval cards and owner notices
+    go there (``cli:local``'s DM is the terminal chat)."""
+    world.central.upsert_user("cli:local", "cli", "Local")
+    world.central.grant_role("cli:local", Role.OWNER)
+    world.central.revoke_role("telegram:owner", Role.OWNER)
+    return "cli:local"
+
+
+def write_content(world: World, session: Session, content: m.OutboundContent, **fields: str) -> str:
+    store = OutboundStore(world.layout.session(session.agent_group_id, session.id).outbound_db)
+    try:
+        return store.insert_message(NewOutbound(content=content, **fields)).id  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+def wait_until(check: Callable[[], object], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached: {what}")
+        time.sleep(0.02)
+
+
+def test_an_owner_notice_survives_a_sigkill(
+    world: World,
+    cli_session: Session,
+    terminal_owner: str,
+    delivery: DeliveryProcess,
+) -> None:
+    """A refused row's owner notice cannot go out (no terminal attached), and delivery is
+    SIGKILLed. The notice was queued in central.db before the row was settled, so the next
+    delivery sends it once a terminal attaches (before: a background task, lost with the
+    process, and its hour claimed before the send)."""
+    delivery.start()
+    out = write_content(
+        world, cli_session, m.SendText(text="psst"), channel_type="telegram", platform_id="200"
+    )
+    wait_status(world, cli_session, out, "denied")
+    delivery.wait_for_log("not sent")  # its first attempt failed: no terminal attached
+    delivery.kill()
+    terminal = FakeTerminal(wire.chat_socket(world.layout)).start()
+    try:
+        delivery.start()
+        wait_until(terminal.texts, "the notice reached the terminal")
+        wait_until(
+            lambda: [n.status for n in world.central.list_owner_notices()] == ["sent"],
+            "the notice is recorded as sent",
+        )
+        [notice] = terminal.texts()
+        assert "was denied" in notice and "nanoclaw deliveries list --failed" in notice
+    finally:
+        terminal.stop()
+
+
+def test_an_approval_decided_while_delivery_was_dead_is_applied(
+    world: World,
+    cli_session: Session,
+    held_terminal: FakeTerminal,
+    terminal_owner: str,
+    delivery: DeliveryProcess,
+) -> None:
+    """docs/delivery.md crash row 15, with a real kill: the card went out, delivery is
+    SIGKILLed, the approver's click is recorded (the router's ``decide_approval``) while
+    delivery is dead; the restarted delivery applies it, tells the agent and edits the
+    card."""
+    delivery.start()
+    write_content(
+        world, cli_session, m.AddMcpServer(name="files", command="npx", args=["files-mcp"])
+    )
+    wait_until(
+        lambda: any(a.platform_message_id for a in world.central.list_pending_approvals()),
+        "the approval card was sent and recorded",
+    )
+    [approval] = world.central.list_pending_approvals()
+    assert any(isinstance(f, wire.QuestionFrame) for f in held_terminal.frames)
+    delivery.kill()
+    decided = world.central.decide_approval(
+        approval.approval_id, terminal_owner, "approve", now=int(time.time() * 1000)
+    )
+    assert decided == "approved"
+    delivery.start()
+    wait_until(lambda: world.central.list_pending_approvals() == [], "the approval was applied")
+    config = world.central.get_container_config(cli_session.agent_group_id)
+    assert config is not None and "files" in json.loads(config.mcp_servers)
+    notes = world.notes(cli_session)
+    assert len(notes) == 1 and 'MCP server "files" added' in notes[0][0]
+    assert any(
+        isinstance(f, wire.EditFrame) and "Approved by cli:local" in f.text
+        for f in held_terminal.frames
+    )

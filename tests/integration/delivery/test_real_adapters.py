@@ -14,6 +14,7 @@ from nanoclaw_common.states import EngageMode
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_common.store.rows import Session
+from nanoclaw_delivery.operations import host_question_id
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.terminal import FakeTerminal
@@ -98,8 +99,9 @@ def test_telegram_operations(world: World, fake_telegram: FakeTelegram) -> None:
     markup = json.loads(markup) if isinstance(markup, str) else markup
     buttons = [row[0] for row in markup["inline_keyboard"]]
     assert [b["text"] for b in buttons] == ["Pizza", "Soup"]
-    assert [b["callback_data"] for b in buttons] == ["q-tg|0", "q-tg|1"]
-    pending = world.central.get_pending_question("q-tg")
+    key = host_question_id(world.session.id, "q-tg")  # the host's key, not the agent's id
+    assert [b["callback_data"] for b in buttons] == [f"{key}|0", f"{key}|1"]
+    pending = world.central.get_pending_question(key)
     assert pending is not None and pending.target_user_id == "telegram:55"
     assert texts[-1] == "Status\n\nall green"  # no cards on telegram: the fallback
 
@@ -230,7 +232,8 @@ def test_slack_operations(world: World, fake_slack: FakeSlack) -> None:
     blocks = question.params["blocks"]
     blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
     values = [e["value"] for e in blocks[1]["elements"]]
-    assert values == ["q-sl|0", "q-sl|1"]
+    key = host_question_id(session.id, "q-sl")
+    assert values == [f"{key}|0", f"{key}|1"]
     card = posts[-1]
     card_blocks = card.params["blocks"]
     card_blocks = json.loads(card_blocks) if isinstance(card_blocks, str) else card_blocks

@@ -50,7 +50,9 @@ class Clock:
 
 class RecordingAdapter(ChannelAdapter):
     """Records every outbound call. ``failures`` are raised, one per call, before recording;
-    ``connected`` False makes delivery treat it as disconnected."""
+    ``fail_at`` raises its error on that call (1-based, counting every call made), e.g. the
+    third chunk of a split text; ``connected`` False makes delivery treat it as
+    disconnected."""
 
     channel_type = "telegram"
 
@@ -67,9 +69,11 @@ class RecordingAdapter(ChannelAdapter):
         self.calls: list[tuple[str, ...]] = []
         self.files: list[list[tuple[str, bytes]]] = []
         self.failures: list[BaseException] = []
+        self.fail_at: dict[int, BaseException] = {}
         self.connected = True
         self.gate: asyncio.Event | None = None  # when set, calls wait for it (a slow platform)
         self._n = 0
+        self._tried = 0
 
     def is_connected(self) -> bool:
         return self.connected
@@ -80,6 +84,9 @@ class RecordingAdapter(ChannelAdapter):
     async def _call(self, *record: str) -> str:
         if self.gate is not None:
             await self.gate.wait()
+        self._tried += 1
+        if self._tried in self.fail_at:
+            raise self.fail_at.pop(self._tried)
         if self.failures:
             raise self.failures.pop(0)
         self._n += 1
@@ -93,8 +100,10 @@ class RecordingAdapter(ChannelAdapter):
         text: str,
         files: list[OutgoingFile] | None = None,
     ) -> str | None:
-        self.files.append([(f.name, f.path.read_bytes()) for f in files or []])
-        return await self._call("text", platform_id, thread_id or "", text)
+        sent = [(f.name, f.path.read_bytes()) for f in files or []]
+        message_id = await self._call("text", platform_id, thread_id or "", text)
+        self.files.append(sent)  # only what was accepted, like ``calls``
+        return message_id
 
     async def edit_text(
         self, platform_id: str, thread_id: str | None, message_id: str, text: str

@@ -317,3 +317,24 @@ def test_create_agent_prompted_by_another_agent_is_refused(world: World) -> None
     out = world.write(m.CreateAgent(request_id="r", name="x"), in_reply_to=first).id
     world.drain()
     assert "agent:ag-other" in world.delivery(out).last_error
+
+
+def test_a_retried_agent_message_counts_once_against_the_pair_limit(world: World) -> None:
+    """20 messages go through; each is then found in ``sending`` again (its attempt was cut
+    short after the limiter let it through, e.g. by a crash or a failed insert). The
+    re-runs are the same messages: they must not use up the pair's budget and refuse
+    themselves."""
+    other = peer(world)
+    outs = [to_agent(world, other, f"ping {n}") for n in range(20)]
+    world.drain()
+    assert {world.delivery(o).status for o in outs} == {"delivered"}
+    store = world.inbound()
+    store.db.execute("UPDATE deliveries SET status = 'sending'")
+    store.close()
+    world.drain()
+    assert {world.delivery(o).status for o in outs} == {"delivered"}
+    assert {world.delivery(o).attempts for o in outs} == {2}
+    # The budget still counts new messages: the 21st inside the minute is refused.
+    late = to_agent(world, other, "one too many")
+    world.drain()
+    assert world.delivery(late).status == "denied"

@@ -6,6 +6,7 @@ the agent."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,9 +14,14 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.errors import RetryLater
 from nanoclaw_common.sandbox.images import group_image_tag
 from nanoclaw_common.states import ContainerStatus, Role
-from nanoclaw_common.store.rows import PendingApproval
+from nanoclaw_common.store.rows import (
+    PendingApproval,
+    PendingChannelApproval,
+    PendingSenderApproval,
+)
+from nanoclaw_delivery.agents import stable_id
 from nanoclaw_delivery.approvals import ApprovalWatcher
-from tests.unit.delivery.helpers import World, run
+from tests.unit.delivery.helpers import SECRET, World, run
 
 
 @pytest.fixture
@@ -61,7 +67,9 @@ def test_card_goes_to_an_approver_on_the_same_channel(approvers: World) -> None:
     assert card[:4] == ("question", "dm-gail", "", approval.approval_id)
     assert card[5] == "approve,reject"
     assert approval.expires_at_ms == world.clock() + 86_400_000
-    assert approval.platform_message_id == world.delivery(out).platform_message_id
+    assert approval.platform_message_id == "telegram-1"  # the card's message, for the router
+    # Nothing about the card where the container can read it (inbound.db).
+    assert world.delivery(out).platform_message_id is None
     assert world.central.get_user_dm("telegram:gail", "telegram") is not None
     assert world.delivery(out).status == "delivered"
 
@@ -308,6 +316,8 @@ def test_approval_for_a_vanished_session_is_dropped(approvers: World) -> None:
 
 
 def test_expired_questions_are_cleaned_up(world: World) -> None:
+    from nanoclaw_delivery.operations import host_question_id
+
     world.write(
         m.AskQuestion(
             question_id="q9",
@@ -318,7 +328,151 @@ def test_expired_questions_are_cleaned_up(world: World) -> None:
         )
     )
     world.drain()
-    assert world.central.get_pending_question("q9") is not None
+    key = host_question_id(world.session.id, "q9")
+    assert world.central.get_pending_question(key) is not None
     world.clock.advance(10_000)
     tick(world)
-    assert world.central.get_pending_question("q9") is None
+    assert world.central.get_pending_question(key) is None
+
+
+# -- card ids a container cannot compute or borrow ------------------------------------------
+
+
+def test_approval_ids_are_random_and_kept_from_the_container(approvers: World) -> None:
+    world = approvers
+    outs = [install(world), install(world)]  # the same request twice
+    world.drain()
+    approvals = world.central.list_pending_approvals()
+    assert len({a.approval_id for a in approvals}) == 2
+    inbound_bytes = world.paths.inbound_db.read_bytes()
+    for approval, out in zip(approvals, outs, strict=True):
+        assert re.fullmatch(r"appr-\d+-[0-9a-f]{32}", approval.approval_id)
+        row = world.outbound.get_message(out)
+        assert row is not None
+        # Not what the container could derive from its own row…
+        assert approval.approval_id != stable_id(
+            "appr", f"{world.session.id}:{out}", row.timestamp_ms
+        )
+        # …and written nowhere it can read (its session's inbound.db).
+        assert approval.approval_id.encode() not in inbound_bytes
+        assert (approval.platform_message_id or "").encode() not in inbound_bytes
+
+
+def test_a_retried_request_keeps_its_approval(approvers: World) -> None:
+    """The card's send fails after the approval row was written: the retry finds the row
+    by its request and sends the card with the same id."""
+    world = approvers
+    world.telegram.fail_at[1] = RetryLater("502")
+    out = install(world)
+    world.drain()
+    first = the_approval(world)
+    assert first.platform_message_id is None and world.delivery(out).status == "retry"
+    world.clock.advance(2_000)
+    world.drain()
+    again = the_approval(world)
+    assert again.approval_id == first.approval_id
+    assert again.platform_message_id is not None
+    assert [c[3] for c in world.telegram.calls if c[0] == "question"] == [first.approval_id]
+
+
+def test_an_agent_question_cannot_reuse_a_host_card_id(approvers: World) -> None:
+    """The look-alike card: "Fun fact? [Yes]" carrying a pending approval's (or a sender
+    approval's, or a registration's) id is refused, and the owner hears of it."""
+    world = approvers
+    install(world)
+    world.drain()
+    approval_id = the_approval(world).approval_id
+
+    def ask(question_id: str) -> str:
+        return world.write(
+            m.AskQuestion(
+                question_id=question_id,
+                title="Fun fact?",
+                question="Did you know octopuses have three hearts?",
+                options=[m.QuestionOption(label="Yes", value="yes")],
+            )
+        ).id
+
+    copied = ask(approval_id)
+    world.drain()
+    assert world.delivery(copied).status == "denied"
+    stranger_chat = world.central.create_messaging_group("telegram", "300", now=world.clock())
+    world.central.create_sender_approval(
+        PendingSenderApproval(
+            id="nsa-1-abc",
+            messaging_group_id=world.home_chat.id,
+            agent_group_id=world.group.id,
+            sender_identity="telegram:999",
+            sender_name=None,
+            original_event="{}",
+            approver_user_id="telegram:owner",
+            title="New sender",
+            options_json="[]",
+            created_at_ms=world.clock(),
+        )
+    )
+    world.central.create_channel_approval(
+        PendingChannelApproval(
+            messaging_group_id=stranger_chat.id,
+            agent_group_id=world.group.id,
+            original_event="{}",
+            approver_user_id="telegram:owner",
+            awaiting_name=0,
+            title="New chat",
+            options_json="[]",
+            created_at_ms=world.clock(),
+        )
+    )
+    card_id = world.central.channel_approval_card(stranger_chat.id)
+    assert card_id is not None
+    asked = [copied, *(ask(taken) for taken in ("nsa-1-abc", stranger_chat.id, card_id))]
+    world.drain()
+    for out in asked:
+        row = world.delivery(out)
+        assert row.status == "denied" and "pending approval or registration" in row.last_error
+    assert [c for c in world.telegram.calls if "Fun fact?" in c] == []
+    assert world.central.list_pending_questions() == []
+    assert any("denied" in c[3] for c in world.telegram.calls if c[1] == "dm-owner")
+
+
+# -- the leak guard over requests -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        m.InstallPackages(pip=[SECRET]),  # a valid pip name: would reach the card and the build
+        m.InstallPackages(apt=[SECRET]),  # an invalid apt name: its refusal quoted it
+        m.InstallPackages(apt=["jq"], reason=f"because {SECRET}"),
+        m.AddMcpServer(name=SECRET, command="npx"),
+        m.AddMcpServer(name="ok", command="npx", args=[f"--key={SECRET}"]),
+        m.AddMcpServer(name="ok", command="npx", env={"API_KEY": SECRET}),
+        m.AddMcpServer(name="ok", command="npx", env={SECRET: "x"}),
+    ],
+)
+def test_leak_guard_covers_every_part_of_a_request(
+    approvers: World, action: m.OutboundContent, log_lines: list[str]
+) -> None:
+    world = approvers
+    out = world.write(action).id
+    world.drain()
+    row = world.delivery(out)
+    assert row.status == "denied" and "leak guard" in row.last_error
+    assert world.central.list_pending_approvals() == []
+    assert [c for c in world.telegram.calls if c[0] == "question"] == []
+    for call in world.telegram.calls + world.adapters["slack"].calls:
+        assert SECRET not in " ".join(call)
+    assert all(SECRET not in text for text, _t, _w in world.notes())
+    assert all(SECRET not in line for line in log_lines)
+
+
+def test_a_build_error_quoting_a_secret_is_redacted(approvers: World) -> None:
+    world = approvers
+    world.podman.fail_with(f"E: 401 from https://user:{SECRET}@mirror.example/debian")
+    install(world)
+    world.drain()
+    click(world, the_approval(world).approval_id, "telegram:owner", "approve")
+    tick(world)
+    [(note, _t, _w)] = world.notes()
+    assert "nothing was installed" in note and "[redacted secret]" in note
+    assert SECRET not in note

@@ -154,3 +154,32 @@ def test_a_broken_session_backs_off_and_does_not_stop_others(world: World) -> No
         return service
 
     run(scenario())
+
+
+def test_a_backlog_longer_than_a_read_page_is_worked_off(world: World) -> None:
+    """A stopped session wrote more rows than one read takes (``READ_PAGE_ROWS``) while
+    delivery was down. Nothing will poke it again (its container is gone): the service
+    must drain it to the end on its own."""
+    total = 600
+    for n in range(total):
+        world.outbound.insert_message(
+            NewOutbound(content=m.SendText(text=f"m{n}")), now=world.clock()
+        )
+
+    async def scenario() -> None:
+        service = DeliveryService(world.deps)
+        runner = asyncio.create_task(service.run())
+        await until(lambda: len(world.telegram.calls) == total, timeout_s=30.0)
+        service.request_stop()
+        await runner
+
+    run(scenario())
+    assert world.telegram.texts() == [f"m{n}" for n in range(total)]
+    store = world.inbound()
+    try:
+        assert {d.status for d in store.list_deliveries()} == {"delivered"}
+    finally:
+        store.close()
+    from nanoclaw_delivery.engine import READ_PAGE_ROWS
+
+    assert total > READ_PAGE_ROWS

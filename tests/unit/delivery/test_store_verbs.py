@@ -1,5 +1,7 @@
-"""The store verbs delivery added: batch recording, open deliveries, operator retry and purge,
-series-wide task verbs (inbound.db); live sessions and approval decisions (central.db)."""
+"""The store verbs delivery added: batch recording, open deliveries (paged), parts progress,
+operator retry and purge, series-wide task verbs, the schema upgrade (inbound.db); live
+sessions, approval decisions, host card ids, router cards and the owner-notice queue
+(central.db)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.errors import NotFound
 from nanoclaw_common.states import Role
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, rows
+from nanoclaw_common.store.migrations import apply_migrations, central_migrations
+from nanoclaw_common.store.router_outbox import RouterOutbox
+from nanoclaw_common.store.sqlite import Database, Mode
 
 NOW = 1_700_000_000_000
 
@@ -228,3 +233,214 @@ def test_messages_between(inbound: InboundStore) -> None:
     inbound.insert_messages([task(f"t{n}") for n in range(5)], now=NOW)  # seq 2, 4, … 10
     assert [r.seq for r in inbound.messages_between(4, 9)] == [4, 6, 8]
     assert inbound.messages_between(9, 4) == []
+
+
+# -- inbound.db: parts, paging, task states, the version-2 upgrade ----------------------------
+
+
+def test_parts_progress_keeps_the_first_parts_id(inbound: InboundStore) -> None:
+    inbound.record_outbounds([("a", 1)], now=NOW)
+    assert inbound.parts_sent("a") == 0
+    inbound.record_part("a", 1, "p-1", now=NOW)
+    inbound.record_part("a", 2, "p-2", now=NOW + 1)  # a later part's id never replaces it
+    inbound.record_part("a", 1, now=NOW + 2)  # progress never goes back
+    assert inbound.parts_sent("a") == 2
+    assert inbound.platform_message_id("a") == "p-1"
+    assert inbound.parts_sent("unknown") == 0
+    with pytest.raises(NotFound):
+        inbound.record_part("unknown", 1, now=NOW)
+
+
+def test_open_deliveries_page_by_seq(inbound: InboundStore) -> None:
+    inbound.record_outbounds([(f"r{n}", 2 * n + 1) for n in range(7)], now=NOW)
+    pages, after = [], 0
+    while page := inbound.open_deliveries(after_seq=after, limit=3):
+        pages.append([d.message_out_id for d in page])
+        after = page[-1].seq
+    assert pages == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]
+
+
+def test_task_statuses_cover_the_series(inbound: InboundStore) -> None:
+    inbound.insert_messages([task("t1"), task("t1-next", series="t1")], now=NOW)
+    assert inbound.task_statuses("t1") == {"pending"}
+    inbound.pause_task("t1")
+    assert inbound.task_statuses("t1") == {"paused"}
+    inbound.cancel_task("t1")
+    assert inbound.task_statuses("t1") == {"completed"}
+    assert inbound.task_statuses("nope") == set()
+
+
+def test_a_version_1_inbound_db_is_upgraded(tmp_path: Path) -> None:
+    """A file written before ``deliveries.chunks_sent`` existed (user_version 1) gains the
+    column, keeps its rows, and says version 2; opening it again changes nothing."""
+    path = tmp_path / "old.db"
+    store = InboundStore(path)
+    store.record_outbounds([("a", 1)], now=NOW)
+    store.db.execute("ALTER TABLE deliveries DROP COLUMN chunks_sent")
+    store.db.execute("PRAGMA user_version = 1")
+    store.close()
+    upgraded = InboundStore(path)
+    try:
+        assert upgraded.db.scalar("PRAGMA user_version") == 2
+        assert (
+            upgraded.db.scalar("SELECT chunks_sent FROM deliveries WHERE message_out_id = 'a'") == 0
+        )
+        from nanoclaw_common.store.inbound import INBOUND_VERSION
+
+        assert INBOUND_VERSION == 2
+        assert upgraded.parts_sent("a") == 0
+        upgraded.record_part("a", 1, "p-1", now=NOW)
+        assert upgraded.get_delivery("a") is not None
+    finally:
+        upgraded.close()
+    again = InboundStore(path)
+    try:
+        assert again.parts_sent("a") == 1
+    finally:
+        again.close()
+
+
+# -- central.db: card ids, router cards, owner notices (migrations 0031, 0032) ----------------
+
+
+def test_unguessable_ids_carry_128_random_bits() -> None:
+    from nanoclaw_common.store.central import unguessable_id
+
+    ids = {unguessable_id("appr", NOW) for _ in range(100)}
+    assert len(ids) == 100
+    for value in ids:
+        prefix, stamp, tail = value.split("-")
+        assert (prefix, stamp, len(tail)) == ("appr", str(NOW), 32)
+        int(tail, 16)
+    assert len(value) + len("|19") <= 64  # Telegram's button data, as it is
+
+
+def test_host_card_ids_are_known(central: CentralStore, roles: str) -> None:
+    row = approval(central, roles, expires=None)
+    assert central.is_card_id("appr-1")
+    assert not central.is_card_id("q-1")
+    assert central.find_pending_approval_for(row.session_id or "", "out-1") == row
+    assert central.find_pending_approval_for(row.session_id or "", "out-2") is None
+    chat = central.create_messaging_group("telegram", "300", now=NOW)
+    assert central.channel_approval_card(chat.id) is None  # nothing pending for it
+    central.create_channel_approval(
+        rows.PendingChannelApproval(chat.id, roles, "{}", "telegram:owner", 0, "t", "[]", NOW)
+    )
+    card = central.channel_approval_card(chat.id)
+    assert card is not None and card.startswith("regc-")
+    assert central.channel_approval_card(chat.id) == card  # made once, then kept
+    assert central.find_channel_approval_by_card(card) is not None
+    assert central.list_channel_approval_cards() == [card]
+    assert central.is_card_id(card) and central.is_card_id(chat.id)
+
+
+def test_agent_questions_keep_the_agents_id(central: CentralStore, roles: str) -> None:
+    session = central.create_session(roles, None, now=NOW)
+    question = rows.PendingQuestion(
+        "aq-1", session.id, "out-1", "telegram", "100", None, None, None, "t", "[]", NOW, None
+    )
+    assert central.create_pending_question(question, agent_question_id="q-mine")
+    assert not central.create_pending_question(question, agent_question_id="q-other")
+    assert central.agent_question_id("aq-1") == "q-mine"
+    assert central.agent_question_id("missing") is None
+
+
+def test_router_card_messages(central: CentralStore) -> None:
+    outbox = RouterOutbox(central)
+    card = m.AskQuestion(
+        question_id="regc-1",
+        title="t",
+        question="?",
+        options=[m.QuestionOption(label="a", value="a")],
+    )
+    body = m.encode_text(card)
+    outbox.enqueue(
+        "reg-1",
+        channel_type="chat",
+        platform_id="owner",
+        thread_id=None,
+        kind="question",
+        body=body,
+        now=NOW,
+    )
+    # In flight: its chat is known, its message not yet (only a terminal click can match).
+    assert central.router_card_messages("regc-1") == [("chat", "owner", None)]
+    outbox.mark_sent("reg-1", "m7", now=NOW)
+    outbox.enqueue(
+        "reg-1-choose",
+        channel_type="chat",
+        platform_id="owner",
+        thread_id=None,
+        kind="question",
+        body=body,
+        now=NOW,
+    )
+    outbox.mark_sent("reg-1-choose", "m9", now=NOW)
+    assert sorted(central.router_card_messages("regc-1")) == [
+        ("chat", "owner", "m7"),
+        ("chat", "owner", "m9"),
+    ]
+    assert central.router_card_messages("regc-2") == []
+    outbox.enqueue(
+        "reg-2",
+        channel_type="chat",
+        platform_id="other",
+        thread_id=None,
+        kind="question",
+        body=m.encode_text(msgspec.structs.replace(card, question_id="regc-2")),
+        now=NOW,
+    )
+    outbox.mark_failed("reg-2", "chat not found", now=NOW)
+    assert central.router_card_messages("regc-2") == []  # never shown: no click can count
+
+
+def test_registrations_pending_before_migration_0031_keep_their_card(tmp_path: Path) -> None:
+    """Their cards went out with the chat's id as the question id: after the upgrade that
+    id is their card id, so those cards still answer."""
+    db = Database(tmp_path / "central.db", Mode.CENTRAL)
+    try:
+        apply_migrations(db, [m for m in central_migrations() if m.version < 31])
+        db.execute(
+            "INSERT INTO agent_groups (id, name, folder, created_at_ms) VALUES ('g', 'G', 'g', 1)"
+        )
+        db.execute(
+            "INSERT INTO messaging_groups (id, channel_type, platform_id, created_at_ms)"
+            " VALUES ('mg-old', 'telegram', '5', 1)"
+        )
+        db.execute(
+            "INSERT INTO pending_channel_approvals (messaging_group_id, agent_group_id,"
+            " original_event, approver_user_id, created_at_ms) VALUES ('mg-old', 'g', '{}', 'u', 1)"
+        )
+        apply_migrations(db)
+    finally:
+        db.close()
+    central = CentralStore.open(tmp_path / "central.db")
+    try:
+        assert central.channel_approval_card("mg-old") == "mg-old"
+    finally:
+        central.close()
+
+
+def test_owner_notice_queue(central: CentralStore) -> None:
+    key = "delivery-owner:g"
+    assert central.queue_owner_notice("n1", "g", "first", now=NOW)
+    assert not central.queue_owner_notice("n1", "g", "again", now=NOW + 1)  # a re-run
+    assert central.queue_owner_notice("n2", "g", "second", now=NOW + 2)
+    assert [n.id for n in central.due_owner_notices(now=NOW + 2)] == ["n1", "n2"]
+    central.retry_owner_notice("n1", "502", NOW + 5_000, now=NOW + 3)
+    assert [n.id for n in central.due_owner_notices(now=NOW + 3)] == ["n2"]
+    assert central.next_owner_notice_ms() == NOW + 2
+    assert central.last_notice_ms(key) is None  # a failed send claims nothing
+    central.owner_notice_sent("n1", key, now=NOW + 5_000)
+    assert central.last_notice_ms(key) == NOW + 5_000
+    central.suppress_owner_notice("n2", key, now=NOW + 5_001)
+    assert central.db.scalar("SELECT suppressed FROM notices WHERE key = ?", (key,)) == 1
+    central.queue_owner_notice("n3", "g", "third", now=NOW + 6_000)
+    central.fail_owner_notice("n3", "no reachable owner", now=NOW + 6_001)
+    assert {n.id: n.status for n in central.list_owner_notices()} == {
+        "n1": "sent",
+        "n2": "suppressed",
+        "n3": "failed",
+    }
+    assert central.purge_owner_notices(before_ms=NOW + 5_001) == 1  # n1 only: older
+    assert [n.id for n in central.list_owner_notices()] == ["n2", "n3"]

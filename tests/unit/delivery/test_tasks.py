@@ -135,3 +135,45 @@ def test_changes_to_unknown_tasks_are_refused_and_reported_to_the_agent(world: W
     assert len(world.notes()) == 5
     # a plain mistake: the owner is not bothered
     assert all(not c[1].startswith("dm-") for c in world.telegram.calls)
+
+
+def _crash_before_delivered(world: World, out_id: str) -> None:
+    """The crash point of docs/delivery.md row 12: the action was applied, ``delivered``
+    was not recorded; the restarted delivery finds the row in ``sending``."""
+    store = world.inbound()
+    store.db.execute("UPDATE deliveries SET status = 'sending' WHERE message_out_id = ?", (out_id,))
+    store.close()
+
+
+def test_pause_resume_cancel_are_idempotent_after_a_crash(world: World) -> None:
+    schedule(world, recurrence="0 9 * * *")
+    world.drain()
+    for action, wanted in (
+        (m.PauseTask(task_id="task-1"), "paused"),
+        (m.ResumeTask(task_id="task-1"), "pending"),
+        (m.CancelTask(task_id="task-1"), "completed"),
+    ):
+        out = world.write(action).id
+        world.drain()
+        assert world.delivery(out).status == "delivered"
+        _crash_before_delivered(world, out)
+        world.drain()  # applied again: nothing left to change, and that is success
+        row = world.delivery(out)
+        assert (row.status, row.attempts) == ("delivered", 2), action
+        assert {s for s, _p, _r in task_rows(world).values()} == {wanted}
+    assert world.notes() == []  # no refusal was reported
+
+
+def test_a_pause_of_a_finished_task_is_still_refused(world: World) -> None:
+    schedule(world)
+    world.drain()
+    cancel = world.write(m.CancelTask(task_id="task-1")).id
+    world.drain()
+    assert world.delivery(cancel).status == "delivered"
+    pause = world.write(m.PauseTask(task_id="task-1")).id
+    resume = world.write(m.ResumeTask(task_id="task-1")).id
+    again = world.write(m.CancelTask(task_id="task-1")).id
+    world.drain()
+    assert world.delivery(pause).status == "denied"  # nothing live to pause
+    assert world.delivery(resume).status == "denied"  # nor to resume
+    assert world.delivery(again).status == "delivered"  # it will not run: already so

@@ -24,6 +24,7 @@ from nanoclaw_router.ingest import Stored
 from tests.fakes.recording import MemoryWaker, RecordingAdapter, ThreadedAdapter
 
 T = TypeVar("T")
+ON_THE_CARD = "<the card's own message>"
 
 
 class Harness:
@@ -145,8 +146,17 @@ class Harness:
         user: str,
         channel: str = "chat",
         chat: str = "owner",
-        message_id: str | None = "m1",
+        message_id: str | None = ON_THE_CARD,
     ) -> str:
+        """A click on the card with ``question_id``: by default on the message the router
+        sent that card as (host cards count only clicks made on them), else ``m1``."""
+        if message_id == ON_THE_CARD:
+            posted = [
+                s.message_id
+                for s in self.chat.of_kind("question") + self.threads.of_kind("question")
+                if s.payload.question_id == question_id
+            ]
+            message_id = posted[-1] if posted else "m1"
         action = make_action(
             channel_type=channel,
             platform_id=chat,

@@ -38,7 +38,9 @@ def test_a_mention_in_an_unknown_chat_asks_the_owner(harness: Harness) -> None:
     card = _card(harness)
     sent = harness.chat.of_kind("question")[-1]
     assert sent.platform_id == "owner" and sent.thread_id is None  # the owner's DM
-    assert card.question_id == chat.id
+    # The card's id is random and stored, not the chat's id (which others can learn).
+    assert card.question_id != chat.id and card.question_id.startswith("regc-")
+    assert harness.central.find_channel_approval_by_card(card.question_id) is not None
     assert [o.value for o in card.options] == [f"connect:{group.id}", "new_agent", "reject"]
     assert "Ops" in card.question
     # While the card is out, more mentions send nothing new.
@@ -285,7 +287,7 @@ def test_approval_clicks_are_recorded_for_delivery(harness: Harness) -> None:
             approver_user_id="chat:owner",
             channel_type="chat",
             platform_id="owner",
-            platform_message_id=None,
+            platform_message_id="m1",  # delivery records the card's message after sending
             status="pending",
             title="Install Packages Request",
             options_json=msgspec.json.encode(options).decode(),
@@ -378,11 +380,13 @@ def test_a_new_chats_attachments_survive_the_registration(harness: Harness) -> N
         attachments=[{"name": "photo.jpg", "data": b"\xff\xd8 jpeg", "kind": "image"}],
     )
     card = _card(harness)
-    assert harness.central.held_files(channel_approval_id=card.question_id) != []
+    chat = harness.central.find_messaging_group("chat", "dm9")
+    assert chat is not None
+    assert harness.central.held_files(channel_approval_id=chat.id) != []
     assert harness.click(card.question_id, 0, user="chat:owner") == "connected"
     [session] = harness.sessions(group)
     assert _saved_files(harness, session.id) == {"photo.jpg": b"\xff\xd8 jpeg"}
-    assert harness.central.held_files(channel_approval_id=card.question_id) == []
+    assert harness.central.held_files(channel_approval_id=chat.id) == []
 
 
 def test_held_attachments_are_size_limited(harness: Harness) -> None:
