@@ -115,6 +115,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     delivery_backoff_base_s: float = 2.0
     delivery_backoff_max_s: float = 300.0
     owner_notice_interval_s: float = 3600.0
+    terminal_patience_s: float = 86400.0  # a terminal reply waits this long for a client
     delivery_recent_s: float = 900.0  # a stopped session's outbound.db is watched this long
     approval_timeout_s: float = 86400.0  # an undecided approval is denied after this
     a2a_max_per_minute: int = 20  # per (source group, target group) pair; more is refused
@@ -181,6 +182,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "delivery_backoff_base_s",
             "tool_ceiling_s",
             "claim_ceiling_s",
+            "terminal_patience_s",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{env_name(name)} must be positive")

@@ -123,6 +123,7 @@ def make_deps(settings: Settings, layout: Layout, central: CentralStore) -> Deps
         adapters=build_builtin_adapters(settings),
         images=GroupImageBuilder(settings),
         offload=Offload(),
+        terminal_patience_s=settings.terminal_patience_s,
     )
 
 
