@@ -15,11 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent_runner import hardening, shed
+from agent_runner import hardening, reaper, shed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     hardened = hardening.forbid_dumps()
+    # Orphans of tool processes come to us, not to the container's init: a tool call's
+    # detached children stay findable, and are killed when the call ends (reaper.py).
+    reaper.become_subreaper()
     # Set only by our own re-exec, and taken out at once so that it reaches no child.
     heartbeat = os.environ.pop(shed.REEXEC_ENV, None)
     if heartbeat:

@@ -31,6 +31,7 @@ from pathlib import Path
 from loguru import logger
 
 from agent_runner import hardening, shed
+from agent_runner.faults import Faults
 from agent_runner.heartbeat import Heartbeat
 from agent_runner.model import Provider
 from agent_runner.paths import RunnerPaths
@@ -127,6 +128,11 @@ def run(argv: Sequence[str] | None = None, *, resumed: bool = False, hardened: b
     if not run_id:
         log.error("NANOCLAW_RUN_ID is not set")
         return EXIT_CONFIG
+    try:
+        faults = Faults.from_environ(environ)
+    except ValueError as exc:
+        log.error("{}", exc)
+        return EXIT_CONFIG
     if token_problem:
         log.warning("proxy token: {}", token_problem)
     if config.provider == "anthropic" and not token:
@@ -165,6 +171,7 @@ def run(argv: Sequence[str] | None = None, *, resumed: bool = False, hardened: b
         stop=stop.event,
         watcher=watcher,
         resumed=resumed,
+        faults=faults,
     )
     try:
         shedding = runner.run()

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from agent_runner.formatter import format_time
 from agent_runner.model import ApiMessage, Block
+from agent_runner.paths import write_replacing
 
 ARCHIVE_TEXT_LIMIT = 2000
 _TITLE = re.compile(r"^\s*Title:\s*(.+)$", re.MULTILINE)
@@ -120,9 +121,7 @@ def archive_transcript(
     body = [f"# {title or 'Conversation'}", "", f"Archived: {stamp}", "", "---", ""]
     for who, text in lines:
         body += [f"**{who}**: {text}", ""]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(body))
-    tmp.replace(path)
+    write_replacing(path, "\n".join(body).encode())
     return path
 
 

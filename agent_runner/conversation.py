@@ -18,6 +18,7 @@ import msgspec
 from loguru import logger
 
 from agent_runner.model import ApiMessage, Block
+from agent_runner.paths import write_replacing
 
 log = logger.bind(component="conversation")
 
@@ -106,12 +107,7 @@ class Conversation:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(msgspec.json.encode(self.state))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_replacing(self.path, msgspec.json.encode(self.state), fsync=True)
 
     def add_user(self, blocks: list[Block]) -> None:
         self.state.messages = with_user(self.state.messages, blocks)

@@ -227,6 +227,14 @@ class McpTools:
     def handles(self, name: str) -> bool:
         return name in self.routes
 
+    def pids(self) -> set[int]:
+        """The server processes: they, and what they run, outlive tool calls."""
+        return {
+            c.process.pid
+            for c in self.clients.values()
+            if c.process is not None and c.process.poll() is None
+        }
+
     def call(self, name: str, arguments: Any) -> tuple[str, bool]:
         client, tool = self.routes[name]
         try:

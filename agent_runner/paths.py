@@ -5,6 +5,8 @@ session folder."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,3 +39,21 @@ class RunnerPaths:
     @property
     def memory_file(self) -> Path:
         return self.workspace / "AGENT.md"
+
+
+def write_replacing(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``path`` whole through ``<name>.tmp`` and a rename. The folders the runner
+    writes to (``agent/``, the workspace) are the agent's to write as well: whatever it may
+    have planted at the temporary name goes first, and the file is then created anew without
+    following a link, so a FIFO there cannot hang the runner and a symlink cannot steer the
+    write elsewhere."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)

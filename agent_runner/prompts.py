@@ -21,9 +21,11 @@ and `web_fetch` tools to reach the web.
 files there. `AGENT.md` in it is your long-term memory: read it, and update it (with the file \
 tools) when you learn something worth keeping.
 - Past conversations are archived under `/workspace/conversations/`.
-- Attachments people send are saved under the session's `inbox/` folder; the message says where.
+- Attachments people send are saved under `/session/inbox/` (read-only); the message says \
+where.
 - Tools: `bash` for commands (with a timeout), `read_file`, `write_file`, `edit_file`, \
-`list_files` and `grep` for files under `/workspace`, and the NanoClaw tools below.
+`list_files` and `grep` for files under `/workspace` (`read_file`, `list_files` and `grep` \
+also read attachments under `/session/inbox/`), and the NanoClaw tools below.
 
 ## NanoClaw tools
 
@@ -147,3 +149,16 @@ def compacted_opening(summary: str, mid_turn: bool) -> str:
             "ends with them). Continue where you left off.</system>"
         )
     return text
+
+
+def retry_note(sent: Sequence[str]) -> str:
+    """Appended to the prompt of a batch an earlier run died on, after it had already sent
+    ``sent`` (one description each) in reply to it."""
+    listed = "\n".join(f"- {item}" for item in sent)
+    return (
+        "<system>These messages are being processed again: your previous attempt was "
+        "interrupted (the agent's container stopped) after you had already sent the "
+        f"following in reply to them:\n{listed}\n"
+        "Those were delivered or are on their way. Do not send them again: carry on from "
+        "where you stopped, and send only what is still missing.</system>"
+    )

@@ -14,8 +14,13 @@ the moment an idle runner sheds the model SDK (``shed``: the loop ends and ``mai
 re-execs the process).
 
 Acks: ``completed`` when the turn ran; ``failed`` when the model call failed (the user was
-told, with the error, in the batch's chat). The host decides about retries only for claims a
-dead run left ``processing``.
+told, with the error, in the batch's chat). The turn's final output and the batch's ack are
+one transaction (``finish``), so a runner killed mid-turn never leaves an answer behind for a
+batch that will be answered again. The host decides about retries only for claims a dead run
+left ``processing``; a retried batch's prompt says what was already sent in reply to it
+(mid-turn sends: ``send_message``, output before a tool call).
+
+``/clear`` and ``/compact`` are honoured only from a person's chat message (``command_of``).
 """
 
 from __future__ import annotations
@@ -27,47 +32,60 @@ from typing import Any
 
 from loguru import logger
 
-from agent_runner import shed
+from agent_runner import prompts, shed
 from agent_runner.compaction import archive_transcript
 from agent_runner.conversation import Conversation
 from agent_runner.destinations import Destinations, Target
+from agent_runner.faults import Faults
 from agent_runner.formatter import decode_content, format_batch, resolve_zone
 from agent_runner.mcp import McpTools
 from agent_runner.model import ModelError, Provider
 from agent_runner.paths import RunnerPaths
+from agent_runner.reaper import ToolProcesses
 from agent_runner.task_script import run_task_script
 from agent_runner.tools import Batch, ToolContext
 from agent_runner.turn import TurnEngine, TurnLimitReached
 from agent_runner.watch import ChangeWatcher
 from nanoclaw_common import messages
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.runner_config import RunnerConfig
+from nanoclaw_common.states import AckStatus
 from nanoclaw_common.store.inbound import InboundReader
 from nanoclaw_common.store.outbound import NewOutbound, OutboundStore
-from nanoclaw_common.store.rows import InboundRow
+from nanoclaw_common.store.rows import InboundRow, OutboundRow
 
 log = logger.bind(component="runner")
 
+RETRY_QUOTE_CHARS = 1500  # of each earlier reply quoted in a retry note
 SCAN_LIMIT = 500  # pending rows looked at per poll (the batch is at most max_messages_per_prompt)
 SAFETY_WAKE_S = 2.0  # longest idle sleep: a missed change event costs at most this
 ERROR_BACKOFF_S = 1.0
 
 
+RUNNER_COMMANDS = frozenset({"/clear", "/compact"})
+
+
 def command_of(row: InboundRow) -> str | None:
-    """The slash command a chat row carries (its first word, lower-cased), if any. An exact
-    word match: upstream's prefix test made ``/clearance`` a /clear [quirk]."""
-    if row.kind != "chat":
+    """The runner command (``/clear``, ``/compact``) a row carries, if any.
+
+    Only a person's chat message can carry one: not an agent-to-agent row (a peer agent,
+    perhaps prompt-injected, must not wipe this agent's conversation), not a system note,
+    not a task or a webhook. The command word is normalized as the router's command gate
+    does: ``/Clear@mybot`` is ``/clear``. An exact word: upstream's prefix test made
+    ``/clearance`` a /clear [quirk]."""
+    if row.kind != "chat" or not row.channel_type or row.channel_type == "agent":
         return None
     content = decode_content(row)
     if not isinstance(content, messages.ChatContent):
         return None
+    if content.sender_id == "system" or content.sender_id.startswith("agent:"):
+        return None
     words = content.text.strip().split(maxsplit=1)
     if not words or not words[0].startswith("/"):
         return None
-    return words[0].lower()
-
-
-RUNNER_COMMANDS = ("/clear", "/compact")
+    command = words[0].lower().split("@", 1)[0]
+    return command if command in RUNNER_COMMANDS else None
 
 
 def has_script(row: InboundRow) -> bool:
@@ -99,6 +117,7 @@ class Runner:
         resumed: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
         sdk_loaded: Callable[[], bool] = shed.sdk_loaded,
+        faults: Faults | None = None,
     ) -> None:
         """``resumed``: this process replaced a runner of the same run that shed the model SDK
         (``shed``); it continues that run instead of starting one."""
@@ -116,6 +135,7 @@ class Runner:
         self._claimed: list[str] = []
         self._monotonic = monotonic
         self._sdk_loaded = sdk_loaded
+        self.faults = faults or Faults()
         self._idle_since_s = monotonic()
         self._due_rows = 0  # the batch size the last poll found
         self._in_turn = False
@@ -135,6 +155,11 @@ class Runner:
             if dropped:
                 log.info("dropped {} claim(s) of earlier runs", dropped, run=self.run_id)
         self.destinations = Destinations(self.inbound)
+        mcp = (
+            McpTools(self.config.mcp_servers, self.paths.workspace)
+            if self.config.mcp_servers
+            else None
+        )
         self.ctx = ToolContext(
             inbound=self.inbound,
             outbound=self.outbound,
@@ -146,9 +171,8 @@ class Runner:
             stop=self.stop,
             wait_for_inbound=self.watcher.wait,
             settled=self.outbound.settled_ids(),
-            mcp=McpTools(self.config.mcp_servers, self.paths.workspace)
-            if self.config.mcp_servers
-            else None,
+            mcp=mcp,
+            processes=ToolProcesses(spare=mcp.pids if mcp is not None else frozenset),
         )
         self.conversation = Conversation.load(self.paths.conversation_file)
         if self.conversation.messages:
@@ -275,14 +299,11 @@ class Runner:
         self.outbound.claim(ids, self.run_id)
         self._claimed += ids
 
-    def settle(self, ids: list[str], *, failed: bool = False) -> None:
+    def settle(self, ids: list[str]) -> None:
+        """Ack rows completed on their own (a task its script skipped)."""
         if not ids:
             return
-        if failed:
-            self.outbound.fail(ids, self.run_id)
-            self.ctx.settled.update(ids)
-        else:
-            self.ctx.ack_completed(ids)
+        self.ctx.ack_completed(ids)
         done = set(ids)
         self._claimed = [i for i in self._claimed if i not in done]
 
@@ -295,11 +316,15 @@ class Runner:
         kinds = ",".join(sorted({r.kind for r in batch}))
         log.info("processing {} message(s), kinds: {}", len(batch), kinds, run=self.run_id)
         reply_to = self.reply_target(batch)
-        self.ctx.batch = Batch(in_reply_to=batch[0].id)
+        triggers = [r.id for r in batch if r.trigger]
+        self.ctx.batch = Batch(
+            in_reply_to=batch[0].id, trigger_id=triggers[-1] if triggers else None
+        )
+        final: list[NewOutbound] = []
         failed = False
         self._in_turn = True
         try:
-            rest = self.run_commands(batch, reply_to)
+            rest = self.run_commands(batch)
             rest, outputs = self.run_task_scripts(rest)
             if rest:
                 prompt = format_batch(
@@ -309,14 +334,15 @@ class Runner:
                     session_root=self.paths.session.root,
                     script_outputs=outputs,
                 )
-                self.engine.run(prompt)
+                note = self.retry_note(rest)
+                final = self.engine.run(f"{prompt}\n\n{note}" if note else prompt)
         except ModelError as exc:
             failed = True
             log.warning("model error: {}", exc.user_message, run=self.run_id)
-            self.notify(reply_to, f"Error: {exc.user_message}")
+            final = self.notice(reply_to, f"Error: {exc.user_message}")
         except TurnLimitReached as exc:
             log.warning("turn limit: {}", exc)
-            self.notify(
+            final = self.notice(
                 reply_to,
                 f"Error: I stopped after {exc.calls} steps without finishing. Ask again to "
                 "continue, or narrow the request.",
@@ -324,7 +350,7 @@ class Runner:
         except Exception as exc:
             failed = True
             log.exception("batch failed")
-            self.notify(
+            final = self.notice(
                 reply_to,
                 f"Error: the agent hit an internal error ({type(exc).__name__}). The details "
                 "are in the agent's log.",
@@ -334,8 +360,60 @@ class Runner:
             self._idle_since_s = self._monotonic()
             if failed:
                 self.failures += 1
-            self.settle(list(self._claimed), failed=failed)
+            self.finish(final, failed=failed)
             log.info("completed {} message(s)", len(batch), run=self.run_id)
+
+    def finish(self, final: list[NewOutbound], *, failed: bool) -> None:
+        """Write the batch's final output and ack everything this batch claimed, in one
+        transaction. Sent mid-turn (tools, output before a tool call) is already written;
+        if the runner dies before this commit, the batch is retried and its retry prompt
+        names what was sent (``retry_note``)."""
+        ids = list(self._claimed)
+        self.faults.crash("before_batch_ack")
+        written = self.outbound.write_and_ack(
+            final,
+            ids,
+            AckStatus.FAILED if failed else AckStatus.COMPLETED,
+            run_id=self.run_id,
+            min_seq=self.inbound.max_seq(),
+        )
+        for row in written:
+            log.info("message written", message=row.id, seq=row.seq)
+        self.ctx.settled.update(ids)
+        self._claimed = []
+
+    def retry_note(self, rows: Sequence[InboundRow]) -> str | None:
+        """For a batch an earlier run died on (``tries`` > 0): what the session already sent
+        in reply to its rows, so the model does not send it twice."""
+        if not any(r.tries for r in rows):
+            return None
+        sent = self.outbound.replies_to(r.id for r in rows)
+        if not sent:
+            return None
+        log.info("retried batch: {} reply row(s) already sent", len(sent), run=self.run_id)
+        return prompts.retry_note([self.describe_sent(r) for r in sent])
+
+    def describe_sent(self, row: OutboundRow) -> str:
+        """One line about an outbound row, for ``retry_note``."""
+        where = "the current conversation"
+        if row.channel_type and row.platform_id:
+            where = self.destinations.origin_name(row.channel_type, row.platform_id) or where
+        try:
+            content = messages.decode_outbound_content(row.content)
+        except DecodeError:
+            return f"a {row.kind} row to {where}"
+        if isinstance(content, messages.SendText):
+            files = f" with file(s) {', '.join(content.files)}" if content.files else ""
+            return f'to {where}{files}: "{clip(content.text, RETRY_QUOTE_CHARS)}"'
+        if isinstance(content, messages.AskQuestion):
+            return f'a question to {where}: "{clip(content.question, RETRY_QUOTE_CHARS)}"'
+        if isinstance(content, messages.SendCard):
+            return f'a card to {where}: "{clip(content.card.title, RETRY_QUOTE_CHARS)}"'
+        if isinstance(content, messages.EditMessage):
+            return f"an edit of message {content.message_id}"
+        if isinstance(content, messages.AddReaction):
+            return f"a :{content.emoji}: reaction to message {content.message_id}"
+        return f"a {content.__struct_config__.tag} request"
 
     def reply_target(self, batch: Sequence[InboundRow]) -> Target | None:
         """Where notices about this batch go: the oldest row's chat, else the session's."""
@@ -344,38 +422,51 @@ class Runner:
             return Target("(batch)", first.channel_type, first.platform_id, first.thread_id)
         return self.destinations.session_target()
 
-    def notify(self, target: Target | None, text: str) -> None:
+    def notice(self, target: Target | None, text: str) -> list[NewOutbound]:
+        """A notice for the user, as a row to write (none when there is nowhere to send it)."""
         if target is None:
             log.warning("no chat to tell: {}", text)
-            return
-        self.ctx.write(
+            return []
+        return [
             NewOutbound(
                 content=messages.SendText(text=text[: messages.MAX_TEXT_CHARS]),
                 channel_type=target.channel_type,
                 platform_id=target.platform_id,
                 thread_id=target.thread_id,
             )
-        )
+        ]
 
-    def run_commands(self, batch: list[InboundRow], reply_to: Target | None) -> list[InboundRow]:
-        """Handle ``/clear`` and ``/compact``; returns the rows left to prompt. Rows older
-        than a ``/clear`` belong to the cleared conversation and are acked unprompted."""
-        commands = [(i, command_of(r)) for i, r in enumerate(batch)]
-        clears = [i for i, c in commands if c == "/clear"]
-        rest = batch
-        if clears:
-            last = clears[-1]
-            self.clear_conversation()
-            self.notify(reply_to, "Session cleared.")
-            self.settle([r.id for r in batch[: last + 1]])
-            rest = batch[last + 1 :]
-        compacts = [r for r in rest if command_of(r) == "/compact"]
-        if compacts:
-            done = self.engine.compact(force=True)
-            self.notify(reply_to, "Conversation compacted." if done else "Nothing to compact yet.")
-            self.settle([r.id for r in compacts])
-            rest = [r for r in rest if r not in compacts]
-        return rest
+    def run_commands(self, batch: list[InboundRow]) -> list[InboundRow]:
+        """Handle ``/clear`` and ``/compact`` (in batch order); returns the rows left to
+        prompt. As upstream, the other rows of the batch, those before a ``/clear`` too, are
+        answered afterwards, in the fresh conversation: a message is never acked unanswered.
+        Each command's notice goes to its own chat, written with the commands' acks."""
+        commands = [(row, command_of(row)) for row in batch]
+        done = [row for row, command in commands if command]
+        if not done:
+            return batch
+        notices: list[NewOutbound] = []
+        for row, command in commands:
+            target = (
+                Target("(command)", row.channel_type, row.platform_id, row.thread_id)
+                if row.channel_type and row.platform_id
+                else self.destinations.session_target()
+            )
+            if command == "/clear":
+                self.clear_conversation()
+                notices += self.notice(target, "Session cleared.")
+            elif command == "/compact":
+                compacted = self.engine.compact(force=True)
+                notices += self.notice(
+                    target, "Conversation compacted." if compacted else "Nothing to compact yet."
+                )
+        ids = [row.id for row in done]
+        self.outbound.write_and_ack(
+            notices, ids, AckStatus.COMPLETED, run_id=self.run_id, min_seq=self.inbound.max_seq()
+        )
+        self.ctx.settled.update(ids)
+        self._claimed = [i for i in self._claimed if i not in set(ids)]
+        return [row for row, command in commands if not command]
 
     def clear_conversation(self) -> None:
         archived = archive_transcript(
@@ -397,7 +488,9 @@ class Runner:
             if not isinstance(content, messages.TaskContent) or not content.script:
                 kept.append(row)
                 continue
-            result = run_task_script(content.script, self.paths.workspace, row.id)
+            result = run_task_script(
+                content.script, self.paths.workspace, row.id, self.ctx.processes
+            )
             if result.wake:
                 kept.append(row)
                 outputs[row.id] = result.data
@@ -412,7 +505,7 @@ class Runner:
         rows = self.pending(now=None, first_poll=False)
         batch = select_batch(rows, self.config.max_messages_per_prompt)
         # Commands and scripted tasks need the loop's handling: they wait for the next batch.
-        if not batch or any(command_of(r) in RUNNER_COMMANDS or has_script(r) for r in batch):
+        if not batch or any(command_of(r) or has_script(r) for r in batch):
             return None
         self.claim(batch)
         log.info("pushing {} follow-up message(s) into the turn", len(batch))
@@ -422,3 +515,7 @@ class Runner:
             lookup=self.destinations.origin_name,
             session_root=self.paths.session.root,
         )
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

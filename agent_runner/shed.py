@@ -100,8 +100,12 @@ def reexec(environment: Mapping[str, str]) -> NoReturn:
 
 def touch_heartbeat(path: Path) -> None:
     """One heartbeat write (``Heartbeat`` uses it too). Here so that the re-exec'd process
-    can beat first thing, before it imports anything heavy. Raises OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    can beat first thing, before it imports anything heavy. Raises OSError. ``agent/`` is
+    writable by tools too: no link is followed, and a FIFO there fails at once (ENXIO)
+    instead of blocking the open."""
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644
+    )
     try:
         os.utime(fd)
     finally:

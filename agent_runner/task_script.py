@@ -12,6 +12,7 @@ from typing import Any
 
 from loguru import logger
 
+from agent_runner.reaper import ToolProcesses
 from agent_runner.tools.shell import run_command
 
 log = logger.bind(component="task-script")
@@ -38,8 +39,19 @@ def parse_script_output(stdout: str) -> ScriptResult:
     return ScriptResult(decision["wakeAgent"], decision.get("data"))
 
 
-def run_task_script(script: str, cwd: Path, task_id: str) -> ScriptResult:
-    stdout, code = run_command(script, str(cwd), SCRIPT_TIMEOUT_S, merge_stderr=False)
+def run_task_script(
+    script: str, cwd: Path, task_id: str, processes: ToolProcesses | None = None
+) -> ScriptResult:
+    """Run the script; with ``processes``, whatever it started is killed when it ends."""
+    if processes is not None:
+        processes.begin()
+    try:
+        stdout, code = run_command(
+            script, str(cwd), SCRIPT_TIMEOUT_S, merge_stderr=False, processes=processes
+        )
+    finally:
+        if processes is not None:
+            processes.sweep()
     if code is None:
         log.warning("task {} script timed out after {}s; skipping", task_id, SCRIPT_TIMEOUT_S)
         return ScriptResult(False)

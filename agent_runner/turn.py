@@ -185,9 +185,11 @@ class TurnEngine:
 
     # -- output ---------------------------------------------------------------------------
 
-    def dispatch(self, text: str) -> tuple[list[str], str]:
-        """Send the ``<message to>`` blocks of ``text``: (unknown destinations, scratchpad)."""
+    def plan(self, text: str) -> tuple[list[NewOutbound], list[str], str]:
+        """The rows the ``<message to>`` blocks of ``text`` make, not yet written; the
+        unknown destinations; the scratchpad."""
         parsed = parse_output(text)
+        planned: list[NewOutbound] = []
         unknown: list[str] = []
         for block in parsed.blocks:
             entry = self.ctx.destinations.find(block.to)
@@ -204,27 +206,36 @@ class TurnEngine:
                 log.info('empty <message to="{}"> block, nothing to send', block.to)
                 continue
             target, in_reply_to = addressed
-            for part in split_text(block.body, messages.MAX_TEXT_CHARS):
-                written = self.ctx.write(
-                    NewOutbound(
-                        content=messages.SendText(text=part),
-                        channel_type=target.channel_type,
-                        platform_id=target.platform_id,
-                        thread_id=target.thread_id,
-                        in_reply_to=in_reply_to,
-                    )
+            planned += [
+                NewOutbound(
+                    content=messages.SendText(text=part),
+                    channel_type=target.channel_type,
+                    platform_id=target.platform_id,
+                    thread_id=target.thread_id,
+                    in_reply_to=in_reply_to,
                 )
-                log.info("message to {} written", block.to, message=written.id, seq=written.seq)
-            self.ctx.batch.delivered = True
+                for part in split_text(block.body, messages.MAX_TEXT_CHARS)
+            ]
         if parsed.scratchpad:
             log.debug("scratchpad: {}", parsed.scratchpad[:500])
-        return unknown, parsed.scratchpad
+        return planned, unknown, parsed.scratchpad
+
+    def send(self, planned: list[NewOutbound]) -> None:
+        """Write rows at once: output that comes before more work (a tool call, a note)."""
+        for new in planned:
+            written = self.ctx.write(new)
+            log.info("message written", message=written.id, seq=written.seq)
+        if planned:
+            self.ctx.batch.delivered = True
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self, prompt: str) -> None:
-        """Answer ``prompt``. Raises ``ModelError`` or ``TurnLimitReached``; everything
-        already sent stays sent, and the conversation keeps what happened."""
+    def run(self, prompt: str) -> list[NewOutbound]:
+        """Answer ``prompt``: the turn's final output rows, **not yet written**. The caller
+        writes them together with the batch's ack (``OutboundStore.write_and_ack``), so a
+        runner killed in between never leaves an answer whose batch will be answered again.
+        Raises ``ModelError`` or ``TurnLimitReached``; everything already sent stays sent,
+        and the conversation keeps what happened."""
         if self.ctx.mcp is not None:
             self.ctx.mcp.start()  # first turn only: their tools join the list from now on
         self.conversation.add_user_text(prompt)
@@ -250,22 +261,26 @@ class TurnEngine:
                     continue
                 raise
             self.conversation.add_assistant(response.content, response.usage.context_tokens)
-            new_unknown, scratchpad = self.dispatch(response.text())
+            planned, new_unknown, scratchpad = self.plan(response.text())
             unknown += new_unknown
             if response.stop_reason == "tool_use":
+                self.send(planned)
                 if self._run_tools(response):
                     corrected, unknown = False, []  # new messages: a new stretch
                 continue
             if response.stop_reason == "pause_turn":
+                self.send(planned)
                 continue  # a server tool paused; sending the response back resumes it
+            delivered = self.ctx.batch.delivered or bool(planned)
             note = None
             if not corrected and unknown:
                 note = prompts.unknown_destinations_note(unknown, self.ctx.destinations.all())
-            elif not corrected and not self.ctx.batch.delivered and scratchpad:
+            elif not corrected and not delivered and scratchpad:
                 log.warning('agent output had no <message to="..."> blocks; nudging once')
                 note = prompts.nudge(self.ctx.destinations.all())
             if note is None:
-                return
+                return planned
+            self.send(planned)
             corrected = True
             unknown = []
             self.conversation.add_user_text(note)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from nanoclaw_common import packages
 from nanoclaw_common.errors import DecodeError
 
 # Limits. Platform limits are smaller (Telegram 4096 chars, Slack 40k); these bound memory and
@@ -28,7 +29,7 @@ MAX_ATTACHMENTS: Final = 20
 MAX_NAME_CHARS: Final = 255
 MAX_ID_CHARS: Final = 200
 MAX_OPTIONS: Final = 20
-MAX_PACKAGES: Final = 20
+MAX_PACKAGES: Final = packages.MAX_PACKAGES  # names per request, apt and pip together
 
 Text = Annotated[str, Meta(max_length=MAX_TEXT_CHARS)]
 Name = Annotated[str, Meta(max_length=MAX_NAME_CHARS)]
@@ -193,10 +194,15 @@ class CreateAgent(Strict, frozen=True, tag="create_agent"):
     instructions: Text | None = None
 
 
-PackageName = Annotated[str, Meta(min_length=1, max_length=128)]
+PackageName = Annotated[str, Meta(min_length=1, max_length=packages.MAX_NAME_CHARS)]
 
 
 class InstallPackages(Strict, frozen=True, tag="install_packages"):
+    """Bounds the row's size only (each list at most ``MAX_PACKAGES``, names at most
+    ``packages.MAX_NAME_CHARS``). The request's rules (names, ``MAX_PACKAGES`` in total) are
+    ``packages.check_request``'s: applied when the request is judged, a refusal tells the
+    agent which rule it broke, where a decoding error would only say the row is malformed."""
+
     apt: Annotated[list[PackageName], Meta(max_length=MAX_PACKAGES)] = []
     pip: Annotated[list[PackageName], Meta(max_length=MAX_PACKAGES)] = []
     reason: ShortText = ""

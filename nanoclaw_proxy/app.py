@@ -3,7 +3,9 @@
 Per request:
 1. The credential the SDK sent (``x-api-key``, or ``Authorization: Bearer``) is a per-run
    token; its sha256 names the session and agent group (``CentralStore.find_proxy_token``).
-   Unknown or missing: 401.
+   Missing, malformed, unknown or revoked: 401. Valid tokens are cached, malformed ones
+   refused without a lookup, and a process whose unknown tokens keep failing gets 429s
+   without lookups (``tokens``): the one database thread is not there for junk.
 2. Only the Messages API is forwarded (``/v1/messages``, ``/v1/messages/count_tokens``,
    ``/v1/models``): a container has no business elsewhere on the account.
 3. A ``/v1/messages`` call is refused (429, ``x-should-retry: false`` so the SDK does not
@@ -11,7 +13,8 @@ Per request:
 4. Every incoming credential and hop-by-hop header is dropped, the real key is set as
    ``x-api-key``, and the request goes to ``ANTHROPIC_BASE_URL``. The response (SSE included)
    is streamed back chunk by chunk while ``UsageMeter`` reads the token counts, which are
-   added to the group's day in ``token_usage``.
+   added to the group's day in ``token_usage``. Response headers that identify the account
+   (``anthropic-organization-id`` and the like) do not reach the container.
 
 Errors are Anthropic-shaped (``{"type":"error","error":{"type","message"}}``), so the SDK
 raises its usual exceptions and the runner relays the message to the user. Nothing here logs
@@ -21,9 +24,15 @@ a header, a body or a key: log lines carry the session, the path, the status and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import math
+import re
+import socket
+import struct
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +45,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store.central import CentralStore
 from nanoclaw_common.store.rows import ProxyToken
-from nanoclaw_proxy import metering
+from nanoclaw_proxy import metering, tokens
 
 log = logger.bind(component="proxy")
 
@@ -48,6 +57,7 @@ ALLOWED = (
     ("GET", "/v1/models"),
 )
 HEALTH_PATH = "/nanoclaw/health"
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # Hop-by-hop headers (RFC 9110 §7.6.1) and what we set ourselves.
 _HOP = frozenset(
@@ -67,6 +77,9 @@ _HOP = frozenset(
 )
 _CREDENTIALS = frozenset({"authorization", "x-api-key", "cookie"})
 _RESPONSE_DROP = _HOP | {"content-encoding", "set-cookie"}
+# Response headers naming the account behind the key: the container has no business knowing
+# whose key it is (request ids and rate-limit headers stay: they identify nothing).
+_IDENTIFYING = re.compile(r"organi[sz]ation|workspace-id|account-id", re.IGNORECASE)
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state")
 
@@ -97,6 +110,30 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def downstream_headers(upstream: Any) -> dict[str, str]:
+    """The upstream response's headers the container gets."""
+    return {
+        name: value
+        for name, value in upstream.items()
+        if name.lower() not in _RESPONSE_DROP and not _IDENTIFYING.search(name)
+    }
+
+
+def peer_key(request: web.Request) -> Hashable:
+    """Who is calling: the peer process of the Unix socket (``SO_PEERCRED``, its pid as this
+    process sees it), else the connection itself."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            pid, _uid, _gid = _PEERCRED.unpack(creds)
+            return ("pid", pid)
+        except OSError:
+            pass
+    return ("connection", id(transport))
+
+
 def upstream_headers(incoming: Any, api_key: str) -> dict[str, str]:
     headers = {
         name: value
@@ -120,6 +157,12 @@ class ProxyState:
         self.central: CentralStore | None = None
         self.http: aiohttp.ClientSession | None = None
         self.now_ms: Callable[[], int] = now_ms
+        self.monotonic: Callable[[], float] = time.monotonic
+        self.cache = tokens.TokenCache()
+        self.limiter = tokens.FailureLimiter()
+        # lookups, cache_hits, malformed, rate_limited, revoked_in_cache (logged at close).
+        self.stats: Counter[str] = Counter()
+        self._watch: asyncio.Task[None] | None = None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -137,18 +180,80 @@ class ProxyState:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600),
             auto_decompress=True,
         )
+        self._watch = asyncio.create_task(self.watch_tokens())
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         if self.http is not None:
             await self.http.close()
         await self.db(self._close)
         self.executor.shutdown(wait=True)
+        log.info("token checks: {}", dict(sorted(self.stats.items())) or "none")
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def authenticate(self, token: str, peer: Hashable) -> ProxyToken | int | None:
+        """The token's row; None when unknown or revoked; or, when ``peer`` has used up
+        its failed lookups, the seconds it must wait (no lookup made)."""
+        digest = token_hash(token)
+        now = self.monotonic()
+        found = self.cache.get(digest, now)
+        if found is not None:
+            self.stats["cache_hits"] += 1
+            return found
+        wait_s = self.limiter.retry_after_s(peer, now)
+        if wait_s > 0:
+            self.stats["rate_limited"] += 1
+            return max(1, math.ceil(wait_s))
+        self.stats["lookups"] += 1
+        found, version = await self.db(self.lookup, digest)
+        if found is None:
+            self.limiter.failed(peer, self.monotonic())
+            return None
+        self.cache.put(digest, found, now=self.monotonic(), version=version)
+        return found
+
+    async def watch_tokens(self) -> None:
+        """Re-check cached tokens whenever central.db changed, so a revoked token stops
+        working within ``REVALIDATE_S`` (its entry would otherwise live ``CACHE_TTL_S``)."""
+        while True:
+            await asyncio.sleep(tokens.REVALIDATE_S)
+            self.cache.prune(self.monotonic())
+            if not len(self.cache):
+                continue
+            try:
+                version, found = await self.db(self.recheck, self.cache.versions())
+            except Exception:
+                log.exception("re-checking cached tokens failed")
+                continue
+            gone = self.cache.confirm(found, version)
+            if gone:
+                self.stats["revoked_in_cache"] += gone
+                log.info("{} cached token(s) revoked or replaced", gone)
 
     # -- central.db, in the worker thread -------------------------------------------------
 
-    def lookup(self, digest: str) -> ProxyToken | None:
+    def lookup(self, digest: str) -> tuple[ProxyToken | None, int]:
+        """The token's row, and central.db's data version read just before it (a change
+        after that version makes the cache re-check the token)."""
         assert self.central is not None
-        return self.central.find_proxy_token(digest)
+        version = self.central.db.data_version()
+        return self.central.find_proxy_token(digest), version
+
+    def recheck(self, cached: dict[str, int]) -> tuple[int, dict[str, ProxyToken | None]]:
+        """(central.db's data version, the current row of each cached token (``cached``:
+        hash -> the version it was confirmed at) confirmed at another version). Nothing is
+        looked up when nothing changed."""
+        assert self.central is not None
+        version = self.central.db.data_version()
+        return version, {
+            digest: self.central.find_proxy_token(digest)
+            for digest, confirmed in cached.items()
+            if confirmed != version
+        }
 
     def budget_refusal(self, group_id: str, now: int) -> str | None:
         """The refusal message when the group is over its budget today, else None."""
@@ -183,7 +288,20 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return error_response(
             401, "authentication_error", "NanoClaw proxy: the request carries no session token."
         )
-    found = await state.db(state.lookup, token_hash(token))
+    if not tokens.well_formed(token):
+        state.stats["malformed"] += 1
+        return error_response(
+            401, "authentication_error", "NanoClaw proxy: malformed session token."
+        )
+    found = await state.authenticate(token, peer_key(request))
+    if isinstance(found, int):
+        return error_response(
+            429,
+            "rate_limit_error",
+            "NanoClaw proxy: too many requests with unknown session tokens from this process; "
+            f"retry in {found} s.",
+            headers={"retry-after": str(found)},
+        )
     if found is None:
         log.warning("refused a request with an unknown token: {} {}", request.method, request.path)
         return error_response(
@@ -229,8 +347,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         )
     meter = metering.UsageMeter(upstream.headers.get("content-type", ""))
     response = web.StreamResponse(
-        status=upstream.status,
-        headers={k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP},
+        status=upstream.status, headers=downstream_headers(upstream.headers)
     )
     complete = False
     try:

@@ -2,10 +2,8 @@
 (upstream-container.md §5.5, §5.6). Each writes a ``kind='system'`` row and returns at once;
 the host authorizes from central DB roles (install and MCP go through an approval card) and
 tells the agent the outcome later. The checks here are a courtesy that gives the model a
-precise error; the host applies the same rules again.
-
-Package names: apt names as Debian policy allows them; pip names as PEP 508 names only —
-no version specifiers, extras, URLs or shell characters (the host installs exactly the name).
+precise error; the host applies the same rules again (package names: the shared
+``nanoclaw_common.packages``, so the tool never accepts what the host refuses).
 """
 
 from __future__ import annotations
@@ -16,34 +14,20 @@ from typing import Any
 import msgspec
 
 from agent_runner.tools.base import Tool, ToolContext, ToolError, schema, string
-from nanoclaw_common import messages
+from nanoclaw_common import messages, packages
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.store.outbound import NewOutbound
 
-APT_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,127}$")
-PIP_NAME = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]{0,126}[A-Za-z0-9])$")
 MCP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def check_packages(apt: list[str], pip: list[str]) -> None:
-    """Raise ``ToolError`` unless the request is 1..MAX_PACKAGES well-formed names."""
-    if not apt and not pip:
-        raise ToolError("At least one apt or pip package is required")
-    if len(apt) + len(pip) > messages.MAX_PACKAGES:
-        raise ToolError(f"Maximum {messages.MAX_PACKAGES} packages per request")
-    for name in apt:
-        if not APT_NAME.match(name):
-            raise ToolError(
-                f'Invalid apt package name: "{name}". Only lowercase letters, digits, and .+- '
-                "allowed."
-            )
-    for name in pip:
-        if not PIP_NAME.match(name):
-            raise ToolError(
-                f'Invalid pip package name: "{name}". A plain project name: no version '
-                "specifiers, extras, URLs or shell characters."
-            )
+    """Raise ``ToolError`` unless the request passes ``packages.check_request``."""
+    try:
+        packages.check_request(apt, pip)
+    except packages.InvalidPackages as exc:
+        raise ToolError(str(exc)) from None
 
 
 # -- create_agent -------------------------------------------------------------------------
@@ -137,7 +121,7 @@ TOOLS: list[Tool[Any]] = [
     Tool(
         "install_packages",
         f"Ask an administrator to install system (apt) or Python (pip) packages into your "
-        f"container permanently; at most {messages.MAX_PACKAGES} names, no versions.",
+        f"container permanently; at most {packages.MAX_PACKAGES} names in total, no versions.",
         schema(
             {
                 "apt": {"type": "array", "items": {"type": "string"}, "description": "apt names."},

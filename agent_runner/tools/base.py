@@ -21,12 +21,16 @@ import msgspec
 
 from agent_runner.destinations import Destinations
 from agent_runner.mcp import McpTools
+from agent_runner.reaper import ToolProcesses
 from nanoclaw_common.paths import CONTAINER, SessionPaths
 from nanoclaw_common.runner_config import RunnerConfig
 from nanoclaw_common.store.inbound import InboundReader
 from nanoclaw_common.store.outbound import NewOutbound, OutboundStore, Written
 
 T = TypeVar("T", bound=msgspec.Struct)
+
+# The grep tool's hard limit: its search runs in a child process killed after this long.
+GREP_TIMEOUT_S = 20.0
 
 
 class ToolError(Exception):
@@ -38,6 +42,9 @@ class Batch:
     """What the tools need to know about the batch being handled."""
 
     in_reply_to: str | None = None  # the batch's oldest row (a2a return path)
+    # The batch's newest trigger row: whose request this turn answers (a question card is
+    # for that person; the oldest row may be someone else's context).
+    trigger_id: str | None = None
     delivered: bool = False  # something was sent since the last user push (no nudge needed)
 
 
@@ -58,6 +65,9 @@ class ToolContext:
     batch: Batch = field(default_factory=Batch)
     monotonic: Callable[[], float] = time.monotonic
     mcp: McpTools | None = None  # the configured MCP servers' tools
+    # What a tool call started, killed when it ends (reaper.py).
+    processes: ToolProcesses = field(default_factory=ToolProcesses)
+    grep_timeout_s: float = GREP_TIMEOUT_S
 
     def write(self, new: NewOutbound) -> Written:
         """Insert an outbound row with the next odd seq above both tables."""
@@ -68,15 +78,22 @@ class ToolContext:
         self.settled.update(ids)
 
     def workspace_path(self, raw: str) -> Path:
-        """Map the container path ``/workspace/...`` onto the real workspace, so a runner
-        started as a host process (tests, benchmarks) sees the same paths as in a container."""
+        """Map the container paths ``/workspace/...`` and ``/session/inbox/...`` onto the
+        real folders, so a runner started as a host process (tests, benchmarks) sees the same
+        paths as in a container. A relative path is relative to the workspace."""
         path = Path(raw)
-        if self.workspace != CONTAINER.workspace and path.is_absolute():
-            try:
-                return self.workspace / path.relative_to(CONTAINER.workspace)
-            except ValueError:
-                return path
-        return path if path.is_absolute() else self.workspace / path
+        if not path.is_absolute():
+            return self.workspace / path
+        for container, real in (
+            (CONTAINER.workspace, self.workspace),
+            (CONTAINER.session.inbox, self.session.inbox),
+        ):
+            if container != real:
+                try:
+                    return real / path.relative_to(container)
+                except ValueError:
+                    continue
+        return path
 
 
 @dataclass(frozen=True)
@@ -87,7 +104,9 @@ class Tool(Generic[T]):
     input_type: type[T]
     handler: Callable[[ToolContext, T], str]
     # The timeout a call declares (ms), recorded so the host tolerates a long call.
-    declared_timeout_ms: Callable[[T], int | None] = field(default=lambda _args: None)
+    declared_timeout_ms: Callable[[ToolContext, T], int | None] = field(
+        default=lambda _ctx, _args: None
+    )
 
     def definition(self) -> dict[str, Any]:
         return {

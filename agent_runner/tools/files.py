@@ -1,50 +1,113 @@
-"""File tools confined to the workspace: read_file, write_file, edit_file, list_files, grep.
+"""File tools: read_file, write_file, edit_file, list_files, grep.
 
-Every path is resolved with ``realpath`` (symlinks included) and must stay under the real
-workspace root; the final open uses ``O_NOFOLLOW``, so a symlink swapped in after the check
-is refused rather than followed. Walks never follow symlinked directories, and a symlinked
-file is read only when it resolves inside the workspace.
+Writes (write_file, edit_file) are confined to the workspace. Reads (read_file, list_files,
+grep) also reach the session's ``/session/inbox``, where the attachments people send are
+saved (read-only). Every path is resolved with ``realpath`` (symlinks included) and must stay
+under the real root it names; the final open uses ``O_NOFOLLOW``, so a symlink swapped in
+after the check is refused rather than followed. Walks never follow symlinked directories,
+and a symlinked file is read only when it resolves inside a readable folder.
+
+Only regular files are ever opened, and never in a way that can block: ``O_NONBLOCK`` and an
+``fstat`` check refuse FIFOs, devices and sockets (a FIFO planted in the workspace would
+otherwise hang the runner). ``grep`` searches in a child process (``grep_child``) that is
+killed after ``ToolContext.grep_timeout_s``: a regular expression can take exponential time,
+and nothing can interrupt Python's ``re`` inside the runner.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
+import json
 import os
 import re
+import signal
 import stat
-import time
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
 
-from agent_runner.tools.base import Tool, ToolContext, ToolError, integer, schema, string
+from agent_runner import grep_child
+from agent_runner.hardening import tool_environment
+from agent_runner.tools.base import (
+    GREP_TIMEOUT_S,
+    Tool,
+    ToolContext,
+    ToolError,
+    integer,
+    schema,
+    string,
+)
+from nanoclaw_common.paths import CONTAINER
 
 MAX_READ_BYTES = 10_000_000
 MAX_OUTPUT_CHARS = 100_000
 MAX_LIST_ENTRIES = 500
 MAX_GREP_RESULTS = 200
 MAX_GREP_FILE_BYTES = 5_000_000
-GREP_TIME_BUDGET_S = 20.0
+MAX_GREP_LINE_CHARS = 500
 SKIPPED_DIRS = frozenset({".git", "__pycache__", "node_modules", ".venv"})
+# The child is started with -I (no environment variables, no user site, nothing from the
+# working folder on sys.path) and -S (no site-packages): it needs only the stdlib.
+GREP_COMMAND = (sys.executable, "-I", "-S", "-B", grep_child.__file__)
 
 
-def confine(ctx: ToolContext, raw: str) -> Path:
-    """The real path of ``raw`` (relative to the workspace, or absolute under it)."""
+@dataclass(frozen=True)
+class Root:
+    """A folder the file tools reach."""
+
+    real: Path  # its real path
+    shown: str  # how the agent knows it: "" for the workspace (relative paths)
+    writable: bool
+
+
+def roots(ctx: ToolContext) -> list[Root]:
+    return [
+        Root(Path(os.path.realpath(ctx.workspace)), "", writable=True),
+        Root(Path(os.path.realpath(ctx.session.inbox)), str(CONTAINER.session.inbox), False),
+    ]
+
+
+def root_of(ctx: ToolContext, real: Path, *, write: bool = False) -> Root | None:
+    for root in roots(ctx):
+        if (root.writable or not write) and (real == root.real or root.real in real.parents):
+            return root
+    return None
+
+
+def confine(ctx: ToolContext, raw: str, *, write: bool = False) -> Path:
+    """The real path of ``raw`` (relative to the workspace, or absolute under it; for reads,
+    also under ``/session/inbox``)."""
     if not raw or "\0" in raw:
         raise ToolError("path is required")
-    root = Path(os.path.realpath(ctx.workspace))
     real = Path(os.path.realpath(ctx.workspace_path(raw)))
-    if real != root and root not in real.parents:
-        raise ToolError(f"{raw} is outside the workspace (/workspace)")
+    if root_of(ctx, real, write=write) is None:
+        in_session = Path(raw).is_relative_to(CONTAINER.session.root) or real.is_relative_to(
+            Path(os.path.realpath(ctx.session.root))
+        )
+        if write or not in_session:
+            raise ToolError(f"{raw} is outside the workspace (/workspace)")
+        raise ToolError(
+            f"{raw} is outside the workspace (/workspace); of the session folder only "
+            "attachments under /session/inbox can be read"
+        )
     return real
 
 
 def shown(ctx: ToolContext, real: Path) -> str:
-    """A path as the agent knows it: relative to the workspace."""
-    root = Path(os.path.realpath(ctx.workspace))
-    rel = real.relative_to(root)
-    return str(rel) if str(rel) != "." else "."
+    """A path as the agent knows it: relative to the workspace, or under /session/inbox."""
+    root = root_of(ctx, real)
+    if root is None:
+        return str(real)
+    rel = str(real.relative_to(root.real))
+    if root.shown:
+        return root.shown if rel == "." else f"{root.shown}/{rel}"
+    return rel
 
 
 def open_regular(real: Path, shown_as: str) -> BinaryIO:
@@ -56,6 +119,8 @@ def open_regular(real: Path, shown_as: str) -> BinaryIO:
     except FileNotFoundError:
         raise ToolError(f"File not found: {shown_as}") from None
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket (or a FIFO opened for writing)
+            raise ToolError(f"{shown_as} is not a regular file") from None
         raise ToolError(f"cannot open {shown_as}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -74,16 +139,17 @@ def read_bytes(real: Path, limit: int, shown_as: str) -> bytes:
 def write_bytes(real: Path, data: bytes) -> None:
     real.parent.mkdir(parents=True, exist_ok=True)
     try:
+        # No O_TRUNC: the type is checked before anything is changed. O_NONBLOCK: opening
+        # a FIFO for writing fails at once (no reader) instead of waiting for one.
         fd = os.open(
-            real,
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o644,
+            real, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644
         )
     except OSError as exc:
         raise ToolError(f"cannot write {real.name}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ToolError(f"{real.name} is not a regular file")
+        os.ftruncate(fd, 0)
         handle.write(data)
 
 
@@ -135,7 +201,7 @@ class WriteInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def write_file(ctx: ToolContext, args: WriteInput) -> str:
-    real = confine(ctx, args.path)
+    real = confine(ctx, args.path, write=True)
     if real.is_dir():
         raise ToolError(f"{args.path} is a directory")
     data = args.content.encode()
@@ -156,7 +222,7 @@ class EditInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def edit_file(ctx: ToolContext, args: EditInput) -> str:
     if not args.old_text:
         raise ToolError("old_text is required (use write_file to create a file)")
-    real = confine(ctx, args.path)
+    real = confine(ctx, args.path, write=True)
     text = decode_text(read_bytes(real, MAX_READ_BYTES, args.path), args.path)
     count = text.count(args.old_text)
     if count == 0:
@@ -223,48 +289,74 @@ class GrepInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def grep(ctx: ToolContext, args: GrepInput) -> str:
     try:
-        regex = re.compile(args.pattern, re.IGNORECASE if args.ignore_case else 0)
+        re.compile(args.pattern, re.IGNORECASE if args.ignore_case else 0)
     except re.error as exc:
         raise ToolError(f"invalid regular expression: {exc}") from None
     top = confine(ctx, args.path)
-    root = Path(os.path.realpath(ctx.workspace))
-    candidates = [top] if top.is_file() else [p for p in walk(ctx, top) if not p.is_dir()]
-    results: list[str] = []
-    deadline = time.monotonic() + GREP_TIME_BUDGET_S
-    for path in candidates:
-        if len(results) >= MAX_GREP_RESULTS or time.monotonic() > deadline:
-            results.append("[stopped: too many results or taking too long; narrow the search]")
-            break
-        if not fnmatch.fnmatch(path.name, args.glob):
-            continue
-        real = Path(os.path.realpath(path))
-        if real != root and root not in real.parents:
-            continue  # a symlink leading out of the workspace
-        try:
-            if real.stat().st_size > MAX_GREP_FILE_BYTES:
-                continue
-            data = real.read_bytes()
-        except OSError:
-            continue
-        if b"\0" in data[:8192]:
-            continue
-        text = data.decode("utf-8", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
-            if regex.search(line):
-                results.append(f"{shown(ctx, real)}:{number}: {line[:500]}")
-                if len(results) >= MAX_GREP_RESULTS:
-                    break
-    return clip("\n".join(results)) if results else "No matches."
+    readable = roots(ctx)
+    request = {
+        "pattern": args.pattern,
+        "ignore_case": args.ignore_case,
+        "glob": args.glob,
+        "top": str(top),
+        "roots": [str(r.real) for r in readable],
+        "shown": [[str(r.real), r.shown] for r in readable],
+        "skipped_dirs": sorted(SKIPPED_DIRS),
+        "max_results": MAX_GREP_RESULTS,
+        "max_file_bytes": MAX_GREP_FILE_BYTES,
+        "max_line_chars": MAX_GREP_LINE_CHARS,
+    }
+    lines, finished = run_grep(request, str(ctx.workspace), ctx.grep_timeout_s)
+    if not finished:
+        found = "\n".join(lines)
+        raise ToolError(
+            f"grep timed out after {ctx.grep_timeout_s:g}s and was stopped: the pattern is "
+            "too slow (nested repetition such as (a+)+ can take forever) or there is too much "
+            "to search; simplify the pattern or narrow path or glob"
+            + (f". Matches found before it was stopped:\n{clip(found)}" if found else "")
+        )
+    return clip("\n".join(lines)) if lines else "No matches."
+
+
+def run_grep(request: dict[str, Any], cwd: str, timeout_s: float) -> tuple[list[str], bool]:
+    """Run ``grep_child`` on ``request``: (the matches it printed, whether it finished
+    within ``timeout_s``; if not, it was killed)."""
+    process = subprocess.Popen(
+        GREP_COMMAND,
+        cwd=cwd,
+        env=tool_environment(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    finished = True
+    try:
+        out, err = process.communicate(json.dumps(request).encode(), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        finished = False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+    if finished and process.returncode != 0:
+        raise ToolError(f"grep failed: {err.decode(errors='replace').strip()[-500:]}")
+    lines: list[str] = []
+    for raw in out.decode("utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(str(json.loads(raw)))
+    return lines, finished
 
 
 TOOLS: list[Tool[Any]] = [
     Tool(
         "read_file",
-        "Read a UTF-8 text file under /workspace. Lines come numbered; use offset/limit for "
-        "long files.",
+        "Read a UTF-8 text file under /workspace, or an attachment under /session/inbox. "
+        "Lines come numbered; use offset/limit for long files.",
         schema(
             {
-                "path": string("Path relative to /workspace, or absolute under it."),
+                "path": string(
+                    "Path relative to /workspace, or absolute under /workspace or /session/inbox."
+                ),
                 "offset": integer("First line to show (1-based). Default 1."),
                 "limit": integer("How many lines to show. Default 2000."),
             },
@@ -304,11 +396,14 @@ TOOLS: list[Tool[Any]] = [
     ),
     Tool(
         "list_files",
-        "List files and folders under a folder of /workspace (recursively by default), "
-        "optionally filtered by a glob pattern such as '*.md'.",
+        "List files and folders under a folder of /workspace or /session/inbox (recursively "
+        "by default), optionally filtered by a glob pattern such as '*.md'.",
         schema(
             {
-                "path": string("Folder relative to /workspace. Default: the workspace."),
+                "path": string(
+                    "Folder relative to /workspace, or /session/inbox (attachments). "
+                    "Default: the workspace."
+                ),
                 "pattern": string("Glob pattern matched against names and relative paths."),
                 "recursive": {"type": "boolean", "description": "Descend into subfolders."},
             }
@@ -318,11 +413,15 @@ TOOLS: list[Tool[Any]] = [
     ),
     Tool(
         "grep",
-        "Search files under /workspace for a regular expression; prints path:line: text.",
+        "Search files under /workspace (or /session/inbox) for a regular expression; prints "
+        f"path:line: text. Stopped after {GREP_TIMEOUT_S:g}s.",
         schema(
             {
                 "pattern": string("A Python regular expression."),
-                "path": string("File or folder relative to /workspace. Default: everything."),
+                "path": string(
+                    "File or folder relative to /workspace, or under /session/inbox. "
+                    "Default: the whole workspace."
+                ),
                 "glob": string("Only files whose name matches this glob, e.g. '*.py'."),
                 "ignore_case": {"type": "boolean", "description": "Case-insensitive match."},
             },
@@ -330,5 +429,7 @@ TOOLS: list[Tool[Any]] = [
         ),
         GrepInput,
         grep,
+        # The child's hard limit (the host tolerates the call that long).
+        declared_timeout_ms=lambda ctx, _args: int(ctx.grep_timeout_s * 1000),
     ),
 ]

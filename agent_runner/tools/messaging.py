@@ -243,7 +243,11 @@ def ask_user_question(ctx: ToolContext, args: AskInput) -> str:
     except msgspec.ValidationError as exc:
         raise ToolError(f"invalid question: {exc}") from None
     target = resolve(ctx, None)
-    ctx.write(row_for(target, content, id=question_id))
+    # in_reply_to names whose request this is: delivery makes that person the only one who
+    # can answer (pending_questions.target_user_id). The batch's trigger row, not its oldest
+    # row, which may be someone else's message kept as context.
+    asker = ctx.batch.trigger_id or ctx.batch.in_reply_to
+    ctx.write(row_for(target, content, id=question_id, in_reply_to=asker))
     ctx.batch.delivered = True
     return wait_for_answer(ctx, question_id, timeout_s)
 
@@ -355,7 +359,7 @@ TOOLS: list[Tool[Any]] = [
         ),
         AskInput,
         ask_user_question,
-        declared_timeout_ms=lambda args: question_timeout_s(args) * 1000,
+        declared_timeout_ms=lambda _ctx, args: question_timeout_s(args) * 1000,
     ),
     Tool(
         "send_card",

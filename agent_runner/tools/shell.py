@@ -1,6 +1,7 @@
 """The ``bash`` tool. The container is the sandbox: commands may do anything the container's
-user can, but they run in their own process group with a timeout, and the whole group is
-killed when it passes, so a runaway command cannot outlive its call. Commands get the
+user can, but they run in their own process group with a timeout, and when it passes
+everything the call started is killed: the group, and (``reaper.ToolProcesses``) whatever
+left it with ``setsid``, so a runaway command cannot outlive its call. Commands get the
 runner's environment without the run's private variables (``hardening.tool_environment``):
 they have no use for the proxy token or the run id."""
 
@@ -15,6 +16,7 @@ from typing import Any
 import msgspec
 
 from agent_runner.hardening import tool_environment
+from agent_runner.reaper import ToolProcesses
 from agent_runner.tools.base import Tool, ToolContext, ToolError, schema, string
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -40,9 +42,16 @@ def clip_output(text: str) -> str:
 
 
 def run_command(
-    command: str, cwd: str, timeout_s: float, *, merge_stderr: bool = True
+    command: str,
+    cwd: str,
+    timeout_s: float,
+    *,
+    merge_stderr: bool = True,
+    processes: ToolProcesses | None = None,
 ) -> tuple[str, int | None]:
-    """(stdout, with stderr when ``merge_stderr``; exit code, or None on timeout)."""
+    """(stdout, with stderr when ``merge_stderr``; exit code, or None on timeout).
+    ``processes``: the call's process tracking, swept on a timeout so that a detached child
+    holding the output pipe cannot keep the call waiting."""
     process = subprocess.Popen(
         ["/bin/bash", "-c", command],
         cwd=cwd,
@@ -56,6 +65,9 @@ def run_command(
         out, _ = process.communicate(timeout=timeout_s)
         code: int | None = process.returncode
     except subprocess.TimeoutExpired as expired:
+        if processes is not None:
+            # bash itself is the Popen's to reap: it is killed here, not reaped.
+            processes.sweep(exclude=(process.pid,))
         _kill_group(process.pid)
         try:
             out, _ = process.communicate(timeout=5)
@@ -82,7 +94,7 @@ def bash(ctx: ToolContext, args: BashInput) -> str:
     if not args.command.strip():
         raise ToolError("command is required")
     timeout_s = timeout_of(args)
-    output, code = run_command(args.command, str(ctx.workspace), timeout_s)
+    output, code = run_command(args.command, str(ctx.workspace), timeout_s, processes=ctx.processes)
     output = clip_output(output.rstrip("\n"))
     if code is None:
         raise ToolError(f"command timed out after {timeout_s:g}s\n{output}".rstrip())
@@ -106,6 +118,6 @@ TOOLS: list[Tool[Any]] = [
         ),
         BashInput,
         bash,
-        declared_timeout_ms=lambda args: int(timeout_of(args) * 1000),
+        declared_timeout_ms=lambda _ctx, args: int(timeout_of(args) * 1000),
     ),
 ]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
+from nanoclaw_common import packages
 from nanoclaw_common.errors import NanoclawError, Refused
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 
@@ -37,11 +38,6 @@ CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 PULL_TIMEOUT_S: Final = 300.0
 BUILD_TIMEOUT_S: Final = 1800.0
 
-# install_packages names: plain package names only, never options, URLs or version pins
-# (a leading '-' could become a flag; anything else could become a shell word).
-APT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,63}$")
-PIP_NAME: Final = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
-MAX_PACKAGES: Final = 20
 
 Output = Callable[[str], None]
 
@@ -281,17 +277,21 @@ def build_agent_image(
 
 
 def check_packages(apt: Iterable[str], pip: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Validated, de-duplicated and sorted names; ``Refused`` names the first bad one."""
+    """Validated, de-duplicated and sorted names for a group's image: everything approved
+    for the group so far, merged (``group_image``), so the cap is the group's
+    (``packages.MAX_GROUP_PACKAGES``); one request's limit was checked when it was approved.
+    The names pass the shared rules (``nanoclaw_common.packages``) again, since they came
+    from a container. ``Refused`` names the first bad one."""
     apt_names = sorted(set(apt))
     pip_names = sorted(set(pip))
-    for name in apt_names:
-        if not APT_NAME.match(name):
-            raise Refused(f"invalid apt package name {name!r}")
-    for name in pip_names:
-        if not PIP_NAME.match(name):
-            raise Refused(f"invalid pip package name {name!r}")
-    if len(apt_names) + len(pip_names) > 2 * MAX_PACKAGES:
-        raise Refused(f"too many packages (at most {MAX_PACKAGES} apt and {MAX_PACKAGES} pip)")
+    try:
+        packages.check_names(apt_names, pip_names)
+    except packages.InvalidPackages as exc:
+        raise Refused(str(exc)) from None
+    if len(apt_names) + len(pip_names) > packages.MAX_GROUP_PACKAGES:
+        raise Refused(
+            f"too many packages for one group's image (at most {packages.MAX_GROUP_PACKAGES})"
+        )
     if not apt_names and not pip_names:
         raise Refused("no packages to install")
     return apt_names, pip_names

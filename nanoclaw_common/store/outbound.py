@@ -8,7 +8,7 @@ runner and its tool processes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -79,6 +79,22 @@ class OutboundReader:
 
     def max_seq(self) -> int:
         return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM messages_out"))
+
+    def replies_to(self, message_ids: Iterable[str]) -> list[rows.OutboundRow]:
+        """Rows written in reply to any of ``message_ids`` (by ``in_reply_to``), in seq
+        order: what an earlier, interrupted attempt at those messages already sent."""
+        ids = sorted(set(message_ids))
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        return [
+            rows.OutboundRow(*r)
+            for r in self.db.all(
+                f"SELECT {columns(rows.OutboundRow)} FROM messages_out"
+                f" WHERE in_reply_to IN ({marks}) ORDER BY seq",
+                ids,
+            )
+        ]
 
     def acks(self, status: str | None = None) -> list[rows.Ack]:
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
@@ -168,6 +184,28 @@ class OutboundStore(OutboundReader):
                 ),
             )
         return Written(message_id, seq)
+
+    def write_and_ack(
+        self,
+        news: Sequence[NewOutbound],
+        ids: Iterable[str],
+        status: AckStatus,
+        *,
+        run_id: str,
+        min_seq: int = 0,
+        now: int | None = None,
+    ) -> list[Written]:
+        """Insert ``news`` (as ``insert_message``, seqs in order) and ack ``ids`` with
+        ``status``, in one transaction. A batch's answer and its ack commit together: a
+        runner killed before the commit answered nothing (the batch is retried), one killed
+        after it answered once (the batch is settled), never the answer without the ack."""
+        stamp = now_ms() if now is None else now
+        with self.db.write():
+            written = [
+                self.insert_message(new, run_id=run_id, min_seq=min_seq, now=stamp) for new in news
+            ]
+            self._set_acks(ids, status, run_id, stamp)
+        return written
 
     def _set_acks(
         self, ids: Iterable[str], status: AckStatus, run_id: str, now: int | None

@@ -10,7 +10,8 @@ It also checks requests the way the real API does, so a runner that builds a bro
 fails here as it would in production: the ``x-api-key`` must be the real key, every
 ``tool_use`` must be answered by a ``tool_result`` in the next user message (results first),
 every ``tool_result`` must answer a ``tool_use`` of the message before, tool blocks need a
-``tools`` list, and at most four ``cache_control`` breakpoints.
+``tools`` list, and at most four ``cache_control`` breakpoints. Like the real API, every
+response names the account (``anthropic-organization-id``) and the request (``request-id``).
 
 Replies are queued with ``reply(...)``: a response dict (``content``, optional
 ``stop_reason`` and ``usage``), a function of the request body returning one, or an
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ class ApiError:
     message: str
 
 
+ORGANIZATION_ID = "5f0c8e9a-fake-org-0000-account"
+
 Reply = Union[dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]], ApiError]  # noqa: UP007
 
 
@@ -46,6 +50,7 @@ class Recorded:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: dict[str, Any]
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 def text(value: str) -> dict[str, Any]:
@@ -187,6 +192,7 @@ class FakeAnthropic:
                     request.path,
                     {k.lower(): v for k, v in request.headers.items()},
                     body,
+                    time.monotonic(),
                 )
             )
             self._lock.notify_all()
@@ -311,8 +317,14 @@ class FakeAnthropic:
         self._thread = threading.Thread(target=loop.run_forever, daemon=True)
         self._thread.start()
 
+        async def identify(_request: web.Request, response: web.StreamResponse) -> None:
+            # As the real API does: whose account this is, and which request.
+            response.headers["anthropic-organization-id"] = ORGANIZATION_ID
+            response.headers.setdefault("request-id", f"req_fake_{len(self.requests)}")
+
         async def boot() -> None:
             app = web.Application()
+            app.on_response_prepare.append(identify)
             app.router.add_route("*", "/{tail:.*}", self._handle)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()

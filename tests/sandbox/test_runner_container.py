@@ -203,3 +203,45 @@ def test_an_idle_runner_sheds_the_sdk_inside_its_container(
     assert after is not None
     assert (after.run_id, after.started_at_ms) == (state.run_id, state.started_at_ms)
     assert {r.headers["x-api-key"] for r in fake_api.message_requests()} == {CANARY_KEY}
+
+
+def test_tool_processes_end_with_their_call_inside_the_container(
+    make_sandbox: SandboxFactory,
+    make_session: SessionFactory,
+    layout: Layout,
+    central: CentralStore,
+    fake_api: FakeAnthropic,
+) -> None:
+    """Under the container's init, the runner (a child subreaper) still gets a detached
+    child of a timed-out bash call back, kills and reaps it; grep passes a FIFO by."""
+    box: Sandbox = make_sandbox(command=None)
+    session = make_session(provider="anthropic")
+    escape = (
+        "mkfifo /workspace/pipe && echo needle > /workspace/hay.txt && "
+        "setsid sh -c 'echo $$ > /workspace/holder.pid; exec sleep 300' & sleep 60"
+    )
+    probe = (
+        "pid=$(cat /workspace/holder.pid); "
+        "if [ -e /proc/$pid ]; then echo alive; cat /proc/$pid/stat; else echo gone; fi"
+    )
+    fake_api.reply(
+        tool_use("bash", {"command": escape, "timeout_s": 2}, "toolu_escape"),
+        tool_use("grep", {"pattern": "needle"}, "toolu_grep"),
+        tool_use("bash", {"command": probe}, "toolu_probe"),
+        tool_use("send_message", {"text": "checked"}, "toolu_send"),
+        text("<internal>done</internal>"),
+    )
+    assert box.wake(session)
+    message_id = send(layout, session, central, "leave something running")
+    try:
+        wait_until(lambda: acked(layout, session, message_id) == "completed", 90, "the ack")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{container_log(box, session)}") from None
+    requests = fake_api.message_requests()
+    results = [r.body["messages"][-1]["content"][0] for r in requests[1:4]]
+    assert [r["tool_use_id"] for r in results] == ["toolu_escape", "toolu_grep", "toolu_probe"]
+    assert results[0]["content"].startswith("Error: command timed out after 2s")
+    assert results[1]["content"] == "hay.txt:1: needle"
+    assert results[2]["content"] == "gone"  # killed, and reaped (not a zombie either)
+    # The timed-out call did not wait for the pipe the detached child held.
+    assert requests[2].at - requests[1].at < 6

@@ -10,6 +10,7 @@ import pytest
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.errors import NotFound
+from nanoclaw_common.states import AckStatus
 from nanoclaw_common.store import (
     InboundReader,
     InboundStore,
@@ -377,6 +378,75 @@ def test_outbound_odd_seq_above_inbound(outbound: OutboundStore) -> None:
     assert [r.seq for r in outbound.messages_after(1)] == [11, 13]
     assert [r.seq for r in outbound.messages_after(0, limit=1)] == [1]
     assert outbound.max_seq() == 13
+
+
+def test_write_and_ack_commits_rows_and_acks_together(outbound: OutboundStore) -> None:
+    outbound.start_run("run-1", now=NOW)
+    outbound.claim(["m1", "m2"], "run-1", now=NOW)
+    written = outbound.write_and_ack(
+        [
+            NewOutbound(content=m.SendText(text="answer"), in_reply_to="m1"),
+            NewOutbound(content=m.SendText(text="more"), channel_type="cli", platform_id="c"),
+        ],
+        ["m1", "m2"],
+        AckStatus.COMPLETED,
+        run_id="run-1",
+        min_seq=4,
+        now=NOW + 5,
+    )
+    assert [w.seq for w in written] == [5, 7]
+    assert [(r.id, r.run_id, r.timestamp_ms) for r in outbound.messages_after(0)] == [
+        (written[0].id, "run-1", NOW + 5),
+        (written[1].id, "run-1", NOW + 5),
+    ]
+    assert [(a.message_id, a.status, a.status_changed_ms) for a in outbound.acks()] == [
+        ("m1", "completed", NOW + 5),
+        ("m2", "completed", NOW + 5),
+    ]
+    # Acks alone (nothing to write), and a failed batch's notice with its failed ack.
+    outbound.claim(["m3"], "run-1", now=NOW)
+    notice = NewOutbound(content=m.SendText(text="Error: no"))
+    outbound.write_and_ack([notice], ["m3"], AckStatus.FAILED, run_id="run-1", now=NOW + 6)
+    assert outbound.write_and_ack([], ["m4"], AckStatus.COMPLETED, run_id="run-1") == []
+    assert {a.message_id: a.status for a in outbound.acks()} == {
+        "m1": "completed",
+        "m2": "completed",
+        "m3": "failed",
+        "m4": "completed",
+    }
+
+
+def test_write_and_ack_is_all_or_nothing(outbound: OutboundStore) -> None:
+    outbound.start_run("run-1", now=NOW)
+    outbound.insert_message(NewOutbound(id="taken", content=m.SendText(text="x")), now=NOW)
+    outbound.claim(["m1"], "run-1", now=NOW)
+    with pytest.raises(apsw.ConstraintError):
+        outbound.write_and_ack(
+            [
+                NewOutbound(content=m.SendText(text="first")),
+                NewOutbound(id="taken", content=m.SendText(text="clash")),
+            ],
+            ["m1"],
+            AckStatus.COMPLETED,
+            run_id="run-1",
+            now=NOW + 1,
+        )
+    # Neither the first row nor the ack: the batch is still claimed, its answer unwritten.
+    assert [r.id for r in outbound.messages_after(0)] == ["taken"]
+    assert [(a.message_id, a.status) for a in outbound.acks()] == [("m1", "processing")]
+    # The store is usable afterwards (the transaction was rolled back, not left open).
+    outbound.write_and_ack([], ["m1"], AckStatus.COMPLETED, run_id="run-1", now=NOW + 2)
+    assert outbound.settled_ids() == {"m1"}
+
+
+def test_replies_to(outbound: OutboundStore) -> None:
+    for text, reply_to in (("a", "m1"), ("b", None), ("c", "m2"), ("d", "m1"), ("e", "m9")):
+        outbound.insert_message(
+            NewOutbound(content=m.SendText(text=text), in_reply_to=reply_to), now=NOW
+        )
+    found = outbound.replies_to(["m1", "m2", "m1"])
+    assert [m.decode_outbound_content(r.content).text for r in found] == ["a", "c", "d"]  # type: ignore[union-attr]
+    assert outbound.replies_to([]) == []
 
 
 def test_claims_are_owned_by_runs(outbound: OutboundStore) -> None:

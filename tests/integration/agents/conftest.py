@@ -1,16 +1,31 @@
 """Fixtures for the proxy and runner tests: the fake Anthropic API in a thread, a real proxy
-process in this test's data folder, and a session with its first run's token."""
+process in this test's data folder (or the proxy app in a thread of this process, with its
+clock in the test's hands), and a session with its first run's token."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2
 import pytest
 
+from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import CentralStore
+from nanoclaw_proxy.app import STATE, ProxyState, make_app, serve
+from tests.conftest import SettingsFactory
 from tests.fakes.anthropic_api import FakeAnthropic
-from tests.integration.agents.harness import AgentSession, Proxy, make_session, start_proxy
+from tests.integration.agents.harness import (
+    AgentSession,
+    Proxy,
+    make_session,
+    start_proxy,
+    uds_client,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -31,3 +46,44 @@ def proxy(home: Path, central: CentralStore, fake_api: FakeAnthropic) -> Iterato
 @pytest.fixture
 def agent(central: CentralStore, home: Path) -> AgentSession:
     return make_session(central, home)
+
+
+@dataclass
+class LocalProxy:
+    """The proxy app served in a thread of the test process, on the real socket path."""
+
+    state: ProxyState
+    socket: Path
+    clock: list[float]  # the monotonic seconds the proxy's token cache and limiter see
+
+
+@pytest.fixture
+def local_proxy(
+    make_settings: SettingsFactory, layout: Layout, central: CentralStore, fake_api: FakeAnthropic
+) -> Iterator[LocalProxy]:
+    settings = make_settings(anthropic_api_key=fake_api.api_key, anthropic_base_url=fake_api.url)
+    app = make_app(settings, layout.central_db)
+    clock = [1_000.0]
+    app[STATE].monotonic = lambda: clock[0]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    stopped = asyncio.Event()
+    served = asyncio.run_coroutine_threadsafe(serve(app, layout.proxy_socket, stopped), loop)
+
+    def healthy() -> bool:
+        if served.done():
+            served.result()  # raises what stopped it
+        try:
+            with uds_client(layout.proxy_socket) as client:
+                return client.get("http://proxy/nanoclaw/health").status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    wait_until(healthy, what="the in-process proxy")
+    yield LocalProxy(app[STATE], layout.proxy_socket, clock)
+    loop.call_soon_threadsafe(stopped.set)
+    served.result(15)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()

@@ -24,10 +24,12 @@ import msgspec
 from nanoclaw_common import messages
 from nanoclaw_common.paths import Layout, SessionPaths
 from nanoclaw_common.runner_config import RunnerConfig, encode_runner_config, write_proxy_token
+from nanoclaw_common.sandbox.settle import RETRY_BASE_MS, settle_leftover_claims
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
 from nanoclaw_common.store.outbound import OutboundReader
 from nanoclaw_common.store.rows import DestinationEntry, Routing
+from nanoclaw_common.store.runs import RunLedger, leftover_claims
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]
@@ -118,6 +120,24 @@ class AgentSession:
     def outbound(self) -> OutboundReader:
         return OutboundReader(self.paths.outbound_db)
 
+    def settle_dead_run(self, central: CentralStore) -> None:
+        """What wake() does with the claims a dead run left ``processing`` before it starts
+        a new run: each message gets ``tries += 1`` and a backoff. Dated one backoff back,
+        so the retry is due at once (the test does not wait the backoff out)."""
+        inbound = self.inbound()
+        try:
+            settled = settle_leftover_claims(
+                session_id=self.session_id,
+                claims=leftover_claims(self.paths.outbound_db),
+                inbound=inbound,
+                ledger=RunLedger(central),
+                max_tries=5,
+                now=int(time.time() * 1000) - RETRY_BASE_MS,
+            )
+        finally:
+            inbound.close()
+        assert settled.runs, "no dead run had claims to settle"
+
     def new_run(self, central: CentralStore) -> None:
         """What wake() does for a new container: a fresh run id and token."""
         self.run_id = f"run-{time.time_ns()}"
@@ -206,11 +226,15 @@ def rss_kb(pid: int) -> int:
 
 
 def start_runner(
-    agent: AgentSession, *, log_name: str = "runner.log", token_file: bool = True
+    agent: AgentSession,
+    *,
+    log_name: str = "runner.log",
+    token_file: bool = True,
+    env: dict[str, str] | None = None,
 ) -> RunnerProcess:
     """Start the runner as ``Sandbox.wake`` starts a container: the run id in the environment,
     the run's proxy token in ``agent/.proxy-token`` (which the runner takes and unlinks;
-    ``token_file=False`` leaves it out)."""
+    ``token_file=False`` leaves it out). ``env``: more variables (test hooks)."""
     log_path = agent.home / "logs" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if token_file:
@@ -219,6 +243,7 @@ def start_runner(
         **{k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "ANTHROPIC_"))},
         "NANOCLAW_RUN_ID": agent.run_id,
         "NANOCLAW_LOG_LEVEL": "DEBUG",
+        **(env or {}),
     }
     command = [sys.executable, "-m", "agent_runner", "--session-root", str(agent.paths.root)]
     command += ["--workspace", str(agent.workspace)]
@@ -240,6 +265,7 @@ def send_chat(
     *,
     message_id: str | None = None,
     chat: str = "chat-1",
+    sender: tuple[str, str] = ("cli:alice", "Alice"),
     **row: Any,
 ) -> str:
     row_id = f"{message_id or secrets.token_hex(4)}:{agent.group_id}"
@@ -248,7 +274,7 @@ def send_chat(
         store.insert_message(
             NewInbound(
                 id=row_id,
-                content=messages.ChatContent(text=text, sender_id="cli:alice", sender_name="Alice"),
+                content=messages.ChatContent(text=text, sender_id=sender[0], sender_name=sender[1]),
                 timestamp_ms=int(time.time() * 1000),
                 channel_type="cli",
                 platform_id=chat,

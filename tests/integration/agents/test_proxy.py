@@ -12,7 +12,7 @@ import pytest
 
 from nanoclaw_common.store import CentralStore
 from nanoclaw_proxy.metering import utc_day
-from tests.fakes.anthropic_api import FakeAnthropic, text
+from tests.fakes.anthropic_api import ORGANIZATION_ID, FakeAnthropic, text
 from tests.integration.agents.harness import AgentSession, Proxy, uds_client, wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -85,6 +85,9 @@ def test_unknown_or_missing_token_is_refused(
 ) -> None:
     with pytest.raises(anthropic.AuthenticationError) as refused:
         sdk(proxy, "not-a-token").messages.create(model="m", max_tokens=5, messages=MESSAGES)
+    assert "malformed session token" in str(refused.value)
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        sdk(proxy, "x" * 43).messages.create(model="m", max_tokens=5, messages=MESSAGES)
     assert "unknown or revoked session token" in str(refused.value)
     with uds_client(proxy.socket) as client:
         bare = client.post("http://proxy/v1/messages", json={"messages": MESSAGES})
@@ -221,3 +224,25 @@ def test_a_stream_the_container_abandons_is_still_metered(
     assert "stream ended early" in wait_until(
         lambda: "stream ended early" in proxy.log() and proxy.log(), what="the log line"
     )
+
+
+def test_headers_naming_the_account_do_not_reach_the_container(
+    proxy: Proxy, fake_api: FakeAnthropic, agent: AgentSession
+) -> None:
+    fake_api.reply(text("ok"))
+    with uds_client(proxy.socket) as client:
+        response = client.post(
+            "http://proxy/v1/messages",
+            headers={"x-api-key": agent.token, "anthropic-version": "2023-06-01"},
+            json={"model": "m", "max_tokens": 5, "messages": MESSAGES},
+        )
+        counted = client.post(
+            "http://proxy/v1/messages/count_tokens",
+            headers={"x-api-key": agent.token, "anthropic-version": "2023-06-01"},
+            json={"model": "m", "messages": MESSAGES},
+        )
+    for answer in (response, counted):
+        assert answer.status_code == 200, answer.text
+        assert "anthropic-organization-id" not in answer.headers
+        assert ORGANIZATION_ID not in str(answer.headers)
+        assert answer.headers["request-id"].startswith("req_fake_")  # request ids are fine

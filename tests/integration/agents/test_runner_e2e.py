@@ -116,6 +116,8 @@ def test_ask_user_question_waits_for_the_answer(
     )
     runner = start_runner(agent)
     try:
+        # Bob's chatter rides along as context; Alice's message is the one that triggers.
+        context = send_chat(agent, "I'm off", sender=("cli:bob", "Bob"), trigger=False)
         message_id = send_chat(agent, "what should I drink?")
 
         def question() -> Any:
@@ -127,6 +129,9 @@ def test_ask_user_question_waits_for_the_answer(
 
         asked = wait_until(question, what="the question row")
         assert [o.value for o in asked.options] == ["Tea", "coffee-please"]
+        # The card is Alice's to answer: delivery takes target_user_id from in_reply_to.
+        (row,) = [r for r in outbound_rows(agent) if r.id == asked.question_id]
+        assert row.in_reply_to == message_id != context
         assert asked.timeout_s == 300
         state = wait_until(
             lambda: (s := container_state(agent)) and s.current_tool == "ask_user_question" and s

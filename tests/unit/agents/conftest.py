@@ -18,6 +18,7 @@ from agent_runner.paths import RunnerPaths
 from agent_runner.providers.scripted import Script, ScriptedProvider, ScriptTurn
 from agent_runner.runner import Runner
 from agent_runner.tools import ToolContext
+from agent_runner.tools.base import GREP_TIMEOUT_S
 from agent_runner.watch import ChangeWatcher
 from nanoclaw_common import messages
 from nanoclaw_common.paths import SessionPaths
@@ -110,6 +111,7 @@ def make_ctx(session: Session) -> Callable[..., ToolContext]:
         *,
         wait: Callable[[float], bool] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        grep_timeout_s: float = GREP_TIMEOUT_S,
         **config: Any,
     ) -> ToolContext:
         return ToolContext(
@@ -123,6 +125,7 @@ def make_ctx(session: Session) -> Callable[..., ToolContext]:
             stop=threading.Event(),
             wait_for_inbound=wait or (lambda _s: False),
             monotonic=monotonic,
+            grep_timeout_s=grep_timeout_s,
         )
 
     return factory

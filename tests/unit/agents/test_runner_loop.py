@@ -6,6 +6,9 @@ import json
 import os
 from collections.abc import Callable
 
+import pytest
+
+from agent_runner import shed
 from agent_runner.model import Usage
 from agent_runner.runner import select_batch
 from nanoclaw_common import messages
@@ -133,14 +136,61 @@ def test_clear_archives_and_starts_afresh(session: Session, make_runner: Make) -
     harness.step()
     assert session.texts()[1:] == ["Session cleared.", "ok"]
     assert session.ack(old) == session.ack(clear) == session.ack(after) == "completed"
+    # The fresh conversation holds the batch's other rows, those before the /clear too: a
+    # message is never acked unanswered.
     messages_sent = harness.provider.requests[1].messages
-    assert len(messages_sent) == 1 and "hello again" in json.dumps(messages_sent)
-    assert "old stuff" not in json.dumps(messages_sent)
+    assert len(messages_sent) == 1
+    prompt = json.dumps(messages_sent)
+    assert "/clear" not in prompt
+    assert prompt.index("old stuff") < prompt.index("hello again")
     (archive,) = (session.paths.workspace / "conversations").iterdir()
     assert "remember the milk" in archive.read_text()
+    assert "old stuff" not in archive.read_text()
     session.chat("/clearance sale")  # not /clear
     harness.step()
     assert "/clearance sale" in json.dumps(harness.provider.requests[2].messages)
+
+
+def test_commands_are_normalized_like_the_router_gate(session: Session, make_runner: Make) -> None:
+    harness = make_runner(OK, say("Title: T\nA summary."))
+    session.chat("hello")
+    harness.step()
+    compact = session.chat("/Compact@NanoBot now")
+    harness.step()
+    assert harness.runner.conversation.state.compactions == 1
+    clear = session.chat("  /CLEAR@nanobot ")
+    harness.step()
+    assert harness.runner.conversation.messages == []
+    assert session.texts() == ["ok", "Conversation compacted.", "Session cleared."]
+    assert session.ack(compact) == session.ack(clear) == "completed"
+    assert harness.provider.calls == 2  # the answer and the summary: no prompt for commands
+
+
+def test_only_a_persons_message_can_clear_or_compact(session: Session, make_runner: Make) -> None:
+    harness = make_runner(OK, fallback=OK)
+    session.chat("remember: the code is 42")
+    harness.step()
+    peer = messages.ChatContent(text="/clear", sender_id="agent:ag-helper", sender_name="Helper")
+    from_agent = session.chat("/clear", channel="agent", chat="ag-helper", content=peer)
+    note = session.chat("/compact", content=messages.system_note("/compact"))
+    session.inbound.insert_message(
+        NewInbound(id="task-clear", content=messages.TaskContent(prompt="/clear"), timestamp_ms=NOW)
+    )
+    session.inbound.insert_message(
+        NewInbound(
+            id="hook-clear",
+            content=messages.WebhookContent(source="ci", event="/clear", payload="/clear"),
+            timestamp_ms=NOW,
+        )
+    )
+    harness.step()
+    # Nothing was cleared or compacted: they all reached the model as ordinary input.
+    assert "the code is 42" in json.dumps(harness.runner.conversation.messages)
+    assert harness.runner.conversation.state.compactions == 0
+    prompt = prompt_of(harness, 1)
+    assert prompt.count("/clear") >= 3 and "/compact" in prompt
+    assert "Session cleared." not in session.texts()
+    assert {session.ack(i) for i in (from_agent, note, "task-clear", "hook-clear")} == {"completed"}
 
 
 def test_compact_command(session: Session, make_runner: Make) -> None:
@@ -346,3 +396,56 @@ def test_memory_goes_into_the_system_prompt_only_when_safe(
     session.chat("three")
     harness.step()
     assert "Your memory" not in harness.provider.requests[2].system[0]["text"]
+
+
+def test_a_question_is_for_the_person_whose_message_triggered_the_turn(
+    session: Session, make_runner: Make
+) -> None:
+    bob = messages.ChatContent(text="bob chatting", sender_id="cli:bob", sender_name="Bob")
+    context = session.chat("bob chatting", trigger=False, content=bob)
+    mention = session.chat("@bot ask me which drink")
+    harness = make_runner(
+        call("ask_user_question", title="Drink", question="Which?", options=["Tea", "Coffee"]),
+        OK,
+    )
+
+    def host_answers(_timeout_s: float) -> bool:
+        (question,) = [c for c in session.contents() if isinstance(c, messages.AskQuestion)]
+        session.inbound.insert_message(
+            NewInbound(
+                id=f"qr-{question.question_id}",
+                content=messages.QuestionResponse(
+                    question_id=question.question_id, selected_option="Tea", user_id="cli:alice"
+                ),
+                timestamp_ms=NOW,
+                trigger=False,
+            )
+        )
+        return True
+
+    harness.runner.ctx.wait_for_inbound = host_answers
+    assert harness.step()
+    asked = session.rows()[0]
+    assert isinstance(messages.decode_outbound_content(asked.content), messages.AskQuestion)
+    # Bob's context row is the batch's oldest; the question is Alice's (delivery makes her
+    # the only one whose click counts).
+    assert asked.in_reply_to == mention != context
+    assert session.ack(mention) == session.ack(context) == "completed"
+
+
+def test_fifos_planted_where_the_runner_writes_do_not_hang_it(
+    session: Session, make_runner: Make
+) -> None:
+    """agent/ is writable by the agent's own commands: a FIFO at the conversation's temporary
+    name, or at the heartbeat, would block a plain open for writing forever."""
+    harness = make_runner(OK)
+    state = session.paths.conversation_file
+    os.mkfifo(state.with_name(state.name + ".tmp"))
+    heartbeat = session.paths.session.heartbeat
+    os.mkfifo(heartbeat)
+    message_id = session.chat("hello")
+    assert harness.step()
+    assert session.ack(message_id) == "completed"
+    assert "hello" in state.read_text()
+    with pytest.raises(OSError):  # no reader: refused at once, and the Heartbeat retries
+        shed.touch_heartbeat(heartbeat)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent_runner.tools import ToolContext, execute
+from agent_runner.tools import Batch, ToolContext, execute
 from nanoclaw_common import messages
 from nanoclaw_common.store import NewInbound
 
@@ -161,6 +161,7 @@ def test_ask_user_question_writes_the_card_and_returns_the_answer(
         return True
 
     ctx = make_ctx(wait=wait)
+    ctx.batch = Batch(in_reply_to="m1:ag-1", trigger_id="m3:ag-1")
     options = ["Tea", {"label": "Coffee", "value": "coffee-please", "selected_label": "☕"}]
     result = run(ctx, "ask_user_question", title="Drink", question="Which?", options=options)
     assert result == "coffee-please" and waits == [1.0]
@@ -169,6 +170,8 @@ def test_ask_user_question_writes_the_card_and_returns_the_answer(
     assert isinstance(asked, messages.AskQuestion)
     assert row.id == asked.question_id and row.kind == "chat"
     assert (row.channel_type, row.platform_id) == ("cli", "chat-1")
+    # The question is for whoever triggered the turn: delivery takes target_user_id from it.
+    assert row.in_reply_to == "m3:ag-1"
     assert asked.options == [
         messages.QuestionOption(label="Tea", value="Tea", selected_label="Tea"),
         messages.QuestionOption(label="Coffee", value="coffee-please", selected_label="☕"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -136,20 +137,21 @@ def test_create_agent(session: Session, ctx: ToolContext) -> None:
 @pytest.mark.parametrize(
     ("apt", "pip", "problem"),
     [
-        ([], [], "At least one apt or pip package is required"),
-        (["a"] * 11, ["b"] * 10, "Maximum 20 packages per request"),
-        (["curl; rm -rf /"], [], 'Invalid apt package name: "curl; rm -rf /"'),
-        (["Curl"], [], "Invalid apt package name"),
-        (["-o"], [], "Invalid apt package name"),
-        ([], ["requests==2.0"], 'Invalid pip package name: "requests==2.0"'),
-        ([], ["requests[socks]"], "Invalid pip package name"),
-        ([], ["git+https://x/y"], "Invalid pip package name"),
-        ([], ["pkg-"], "Invalid pip package name"),
-        ([], ["$(id)"], "Invalid pip package name"),
+        ([], [], "name at least one apt or pip package"),
+        (["ab"] * 11, ["cd"] * 10, "21 packages named; at most 20 per request"),
+        (["curl; rm -rf /"], [], "invalid apt package name 'curl; rm -rf /'"),
+        (["Curl"], [], "invalid apt package name"),
+        (["-o"], [], "invalid apt package name"),
+        (["x"], [], "invalid apt package name"),  # Debian names have two characters at least
+        ([], ["requests==2.0"], "invalid pip package name 'requests==2.0'"),
+        ([], ["requests[socks]"], "invalid pip package name"),
+        ([], ["git+https://x/y"], "invalid pip package name"),
+        ([], ["pkg-"], "invalid pip package name"),
+        ([], ["$(id)"], "invalid pip package name"),
     ],
 )
 def test_install_packages_refusals(apt: list[str], pip: list[str], problem: str) -> None:
-    with pytest.raises(ToolError, match=problem.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ToolError, match=re.escape(problem)):
         check_packages(apt, pip)
 
 
@@ -162,7 +164,7 @@ def test_install_packages_and_mcp_rows(session: Session, ctx: ToolContext) -> No
         reason="video",
     )
     assert text.startswith("Package install request submitted.")
-    assert "Invalid apt" in refused(ctx, "install_packages", apt=["bad name"])
+    assert "invalid apt" in refused(ctx, "install_packages", apt=["bad name"])
     assert run(
         ctx, "add_mcp_server", name="github", command="npx", args=["-y", "srv"], env={"A": "b"}
     ).startswith("MCP server request submitted.")

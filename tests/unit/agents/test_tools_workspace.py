@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agent_runner.reaper import Proc, descendants, parse_stat, process_table
 from agent_runner.tools import ToolContext, execute
+from agent_runner.tools.files import MAX_GREP_RESULTS
 from agent_runner.tools.shell import clip_output, run_command
+from nanoclaw_common.store.outbound import OutboundReader
 
 from .conftest import Session
 
@@ -158,3 +164,125 @@ def test_list_and_grep(session: Session, ctx: ToolContext, outside: Path) -> Non
     assert run(ctx, "grep", pattern="secret") == "No matches."  # never through the symlink
     assert "invalid regular expression" in refused(ctx, "grep", pattern="(")
     assert os.path.islink(workspace / "escape")
+
+
+def test_file_tools_never_open_a_fifo_or_a_socket(session: Session, ctx: ToolContext) -> None:
+    workspace = session.paths.workspace
+    (workspace / "notes.txt").write_text("hello there\n")
+    os.mkfifo(workspace / "pipe.txt")  # a plain open() for reading would wait for a writer
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(workspace / "sock.txt"))
+    try:
+        assert run(ctx, "grep", pattern="hello") == "notes.txt:1: hello there"
+        assert run(ctx, "grep", pattern="hello", path="pipe.txt") == "No matches."
+        assert "not a regular file" in refused(ctx, "read_file", path="pipe.txt")
+        assert "not a regular file" in refused(ctx, "read_file", path="sock.txt")
+        # Writing: no reader, so the non-blocking open fails at once; nothing waits.
+        assert "cannot write" in refused(ctx, "write_file", path="pipe.txt", content="x")
+        assert "pipe.txt" in run(ctx, "list_files")
+    finally:
+        server.close()
+
+
+def test_a_catastrophic_regex_is_stopped(
+    session: Session, make_ctx: Callable[..., ToolContext]
+) -> None:
+    ctx = make_ctx(grep_timeout_s=0.5)
+    (session.paths.workspace / "a.txt").write_text("a" * 40 + "!\n")
+    seen: list[tuple[str | None, int | None]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        # The host's view of the call, from another connection, while it runs.
+        reader = OutboundReader(session.paths.session.outbound_db)
+        try:
+            while not done.wait(0.02):
+                state = reader.container_state()
+                assert state is not None
+                seen.append((state.current_tool, state.tool_declared_timeout_ms))
+        finally:
+            reader.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        text = refused(ctx, "grep", pattern="(a+)+$")
+    finally:
+        done.set()
+        watcher.join()
+    assert text.startswith("Error: grep timed out after 0.5s and was stopped")
+    assert time.monotonic() - started < 5
+    assert ("grep", 500) in seen
+    # The search process was killed, not left running.
+    assert [p for p in descendants(process_table(), os.getpid()) if p.state != "Z"] == []
+    # The runner is free again at once.
+    (session.paths.workspace / "b.txt").write_text("quick\n")
+    assert run(ctx, "grep", pattern="quick") == "b.txt:1: quick"
+
+
+def test_grep_results_are_capped(session: Session, ctx: ToolContext) -> None:
+    (session.paths.workspace / "many.txt").write_text("x\n" * 300)
+    lines = run(ctx, "grep", pattern="x").splitlines()
+    assert len(lines) == MAX_GREP_RESULTS + 1
+    assert lines[-1] == "[stopped: too many results; narrow the search]"
+
+
+def test_parse_stat_copes_with_odd_command_names() -> None:
+    line = "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0"
+    assert parse_stat(line) == Proc(pid=4242, ppid=17, start=987654, state="S")
+    assert parse_stat("garbage") is None
+
+
+def test_descendants_leave_spared_subtrees_out() -> None:
+    table = {
+        p.pid: p
+        for p in (
+            Proc(10, 1, 0, "S"),  # the runner
+            Proc(11, 10, 0, "S"),  # a tool's bash
+            Proc(12, 11, 0, "S"),  # its child
+            Proc(13, 10, 0, "S"),  # an orphan reparented to the runner
+            Proc(20, 10, 0, "S"),  # an MCP server
+            Proc(21, 20, 0, "S"),  # its child
+            Proc(30, 1, 0, "S"),  # someone else's
+        )
+    }
+    assert sorted(p.pid for p in descendants(table, 10)) == [11, 12, 13, 20, 21]
+    assert sorted(p.pid for p in descendants(table, 10, spare={20})) == [11, 12, 13]
+
+
+def test_attachments_in_the_inbox_can_be_read_not_written(
+    session: Session, ctx: ToolContext, outside: Path
+) -> None:
+    inbox = session.paths.session.inbox / "m1"
+    inbox.mkdir(parents=True)
+    (inbox / "report.txt").write_text("quarterly numbers\n")
+    (inbox / "escape.txt").symlink_to(outside / "secret.txt")
+    (session.paths.session.root / "runner.json").write_text('{"secret": "config"}')
+    assert run(ctx, "read_file", path="/session/inbox/m1/report.txt") == (
+        "     1\tquarterly numbers"
+    )
+    assert run(ctx, "list_files", path="/session/inbox").splitlines() == [
+        "m1/",
+        f"m1/escape.txt -> {outside / 'secret.txt'}",
+        "m1/report.txt",
+    ]
+    assert run(ctx, "grep", pattern="quarterly", path="/session/inbox") == (
+        "/session/inbox/m1/report.txt:1: quarterly numbers"
+    )
+    # Never through a symlink out of the inbox, never the rest of the session folder.
+    assert run(ctx, "grep", pattern="secret", path="/session/inbox") == "No matches."
+    assert "outside the workspace" in refused(ctx, "read_file", path="/session/inbox/m1/escape.txt")
+    assert "only attachments under /session/inbox can be read" in refused(
+        ctx, "read_file", path="/session/runner.json"
+    )
+    assert "outside the workspace" in refused(ctx, "grep", pattern="x", path="/session")
+    # Read-only: writes stay in the workspace.
+    assert "outside the workspace" in refused(
+        ctx, "write_file", path="/session/inbox/m1/new.txt", content="x"
+    )
+    assert "outside the workspace" in refused(
+        ctx, "edit_file", path="/session/inbox/m1/report.txt", old_text="q", new_text="Q"
+    )
+    assert not (inbox / "new.txt").exists()
+    assert (inbox / "report.txt").read_text() == "quarterly numbers\n"
