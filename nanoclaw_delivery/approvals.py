@@ -37,6 +37,7 @@ from typing import Final
 from loguru import logger
 
 from nanoclaw_common import messages as m
+from nanoclaw_common import packages
 from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.states import ApprovalStatus
@@ -52,11 +53,8 @@ from nanoclaw_delivery.text import redact
 
 log = logger.bind(component="delivery")
 
-APT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,127}$")
-PIP_NAME: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")
 MCP_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-MAX_PACKAGES: Final = 20
 
 APPROVE: Final = "approve"
 REJECT: Final = "reject"
@@ -72,20 +70,16 @@ SelfMod = m.InstallPackages | m.AddMcpServer
 
 
 def validate_packages(action: m.InstallPackages) -> None:
-    names = [*action.apt, *action.pip]
-    if not names:
-        raise Denied("install_packages: name at least one package", notify_owner=False)
-    if len(names) > MAX_PACKAGES:
-        raise Denied(
-            f"install_packages: {len(names)} packages, at most {MAX_PACKAGES} per request",
-            notify_owner=False,
-        )
-    for name in action.apt:
-        if not APT_NAME.match(name):
-            raise Denied(f"install_packages: invalid apt package name {name!r}")
-    for name in action.pip:
-        if not PIP_NAME.match(name):
-            raise Denied(f"install_packages: invalid pip package name {name!r}")
+    """The rules the runner's tool applies too (``nanoclaw_common.packages``), checked again
+    here: the row came from a container."""
+    try:
+        packages.check_request(action.apt, action.pip)
+    except packages.InvalidPackages as exc:
+        # A count rule is a plain mistake; a malformed name (an option, a URL, a shell word)
+        # may be an attempt, and the owner hears about it.
+        count = len(action.apt) + len(action.pip)
+        malformed = 0 < count <= packages.MAX_PACKAGES
+        raise Denied(f"install_packages: {exc}", notify_owner=malformed) from None
 
 
 def validate_mcp(action: m.AddMcpServer) -> None:

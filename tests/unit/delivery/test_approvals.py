@@ -244,6 +244,8 @@ def test_build_failure_is_reported(approvers: World) -> None:
         (m.InstallPackages(), "at least one"),
         (m.InstallPackages(apt=["rm -rf /"]), "invalid apt package"),
         (m.InstallPackages(apt=["Jq"]), "invalid apt package"),
+        (m.InstallPackages(apt=["x"]), "invalid apt package"),  # the tool's rule: 2+ chars
+        (m.InstallPackages(apt=["--force-yes"]), "invalid apt package"),
         (m.InstallPackages(pip=["requests; rm"]), "invalid pip package"),
         (
             m.InstallPackages(apt=[f"p{n}" for n in range(15)], pip=[f"q{n}" for n in range(6)]),
