@@ -34,6 +34,8 @@ log = logger.bind(component="router")
 
 RESTART_BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
 HOUSEKEEPING_S: Final = 30.0
+RECANCEL_S: Final = 1.0  # stop(): how long a cancelled task may take before it is asked again
+BACKGROUND_GRACE_S: Final = 5.0  # stop(): card edits in flight may finish within this
 
 
 class Router:
@@ -74,6 +76,8 @@ class Router:
             clock=clock,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self.recancel_s = RECANCEL_S
+        self.background_grace_s = BACKGROUND_GRACE_S
         self.started = asyncio.Event()
 
     # -- InboundSink ----------------------------------------------------------------------
@@ -128,9 +132,18 @@ class Router:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # Python 3.11 can lose a cancellation (an ``asyncio.wait_for`` whose inner
+            # awaitable finished as it was cancelled returns instead of raising): ask again
+            # until the task has really ended, rather than wait for it forever.
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.recancel_s)
+                if not task.done():
+                    log.warning("a router task ignored its cancellation; cancelling again")
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.ingest.settle_background(self.background_grace_s)
         await self.wakes.idle()
         for channel_type, adapter in self.adapters.items():
             try:

@@ -556,6 +556,18 @@ class Ingest:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def settle_background(self, grace_s: float) -> None:
+        """Let the best-effort card edits in flight finish (at most ``grace_s``), then cancel
+        the rest and wait for them. Called before the adapters close: a request cancelled
+        after its client closed leaves its socket open."""
+        pending = set(self._background)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
 
 def _without_thread(event: InboundEvent) -> InboundEvent:
     return msgspec.structs.replace(event, thread_id=None)

@@ -6,7 +6,6 @@ again, a permanent one (or a day of trying) marks the message failed and logs it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -19,6 +18,7 @@ from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import AskQuestion
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.router_outbox import MAX_AGE_MS, OutboxItem, RouterOutbox, encode_body
+from nanoclaw_router.waiting import wait_event
 
 log = logger.bind(component="router")
 
@@ -99,8 +99,7 @@ class OutboxSender:
             wait_s = IDLE_WAIT_S
             if next_due is not None:
                 wait_s = min(IDLE_WAIT_S, max(0.0, (next_due - self.clock()) / 1000))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), wait_s)
+            await wait_event(self._kick, wait_s)
 
     async def drain(self) -> int:
         """Try every due message once; returns how many were sent."""

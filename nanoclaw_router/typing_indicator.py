@@ -12,7 +12,6 @@ a reply was delivered, so the indicator does not linger under the answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import InboundReader, OutboundReader
+from nanoclaw_router.waiting import wait_event
 
 log = logger.bind(component="router")
 
@@ -185,5 +185,4 @@ class TypingTracker:
                 await self.tick()
             except Exception as exc:
                 log.error("typing pass failed: {}", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(kick.wait(), TICK_S)
+            await wait_event(kick, TICK_S)

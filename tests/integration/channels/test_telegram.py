@@ -278,15 +278,14 @@ def test_a_commit_that_keeps_failing_is_retried_with_backoff_never_skipped(
         try:
             first, _ = telegram.push_message(42, "first")
             await eventually(lambda: len(live.rows()) == 1, what="the retried message")
+
             # Each failed attempt was followed by a poll that confirmed only what came
             # before it (offset = its id); the offset moved past it only after the commit.
-            named = await eventually(
-                lambda: (
-                    [o for o in telegram.offsets_seen() if o is not None][:8]
-                    * (len([o for o in telegram.offsets_seen() if o is not None]) >= 8)
-                ),
-                what="the polls",
-            )
+            def polls() -> list[int]:
+                named = [o for o in telegram.offsets_seen() if o is not None]
+                return named[:8] if len(named) >= 8 else []
+
+            named = await eventually(polls, what="the polls")
             assert named == [first] * 7 + [first + 1]
             telegram.push_message(42, "second")
             await eventually(lambda: len(live.rows()) == 2, what="the next message")

@@ -421,3 +421,22 @@ def test_oversized_text_is_refused() -> None:
         assert "over" in str(exc)
     else:
         raise AssertionError("100,001 characters were accepted")
+
+
+def test_cli_poison_whose_drop_cannot_be_recorded_is_not_acknowledged() -> None:
+    """A bad line is refused once its drop is recorded. If even that cannot be committed,
+    the answer is ``not committed``, which the client retries (the chat client re-sends on
+    exactly that prefix), never a plain refusal."""
+
+    class LockedSink(Sink):
+        async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+            raise OSError("database is locked")
+
+    adapter = CliAdapter(Layout(Path("/nonexistent")))
+    # Undecodable as a line, and decodable but not as an event (a question id too long).
+    long_click = b'{"type":"click","question_id":"' + b"q" * 300 + b'","option":1}'
+    for line in (b"{not json\n", long_click):
+        answer = asyncio.run(adapter.handle_line(line, LockedSink()))
+        assert isinstance(answer, Refusal) and answer.error.startswith("not committed")
+    answer = asyncio.run(adapter.handle_line(b"{not json\n", Sink()))
+    assert isinstance(answer, Refusal) and not answer.error.startswith("not committed")

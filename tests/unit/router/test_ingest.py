@@ -5,11 +5,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
-from nanoclaw_common.messages import ChatContent, decode_inbound_content
-from nanoclaw_common.store import InboundReader
+from nanoclaw_common.channels.common import make_action
+from nanoclaw_common.ids import new_id
+from nanoclaw_common.messages import (
+    ChatContent,
+    QuestionOption,
+    decode_inbound_content,
+    encode_text,
+)
+from nanoclaw_common.paths import Layout
+from nanoclaw_common.settings import Settings
+from nanoclaw_common.store import CentralStore, InboundReader
+from nanoclaw_common.store.rows import PendingQuestion
 from tests.unit.router.conftest import Harness
 
 
@@ -237,3 +248,136 @@ def test_accumulated_context_shows_no_typing(harness: Harness) -> None:
     )
     harness.send("just context")
     assert harness.run(harness.router.typing.tick()) == 0
+
+
+def test_the_side_loops_end_when_cancelled_even_as_they_are_kicked(harness: Harness) -> None:
+    """``Router.stop`` cancels the typing and outbox loops and waits for them. A kick (a new
+    typing indicator, a queued card) in the same loop iteration as the cancellation must not
+    swallow it: ``asyncio.wait_for`` does on Python 3.11, and the loop (and a SIGTERM'd
+    router) then never ends."""
+    router = harness.router
+
+    async def cancel_while_kicked(run: Any, kick: Any, ticks: int) -> bool:
+        task = asyncio.ensure_future(run())
+        for _ in range(3):
+            await asyncio.sleep(0)  # now waiting for a kick
+        kick().set()
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        # The guard only matters if it hangs; a correct loop ends at once.
+        done, _ = await asyncio.wait({task}, timeout=5)
+        return task in done and task.cancelled()
+
+    async def check() -> None:
+        for ticks in range(6):  # every interleaving of the kick's wake-ups and the cancel
+            assert await cancel_while_kicked(router.typing.run, lambda: router.typing._kick, ticks)
+            assert await cancel_while_kicked(router.outbox.run, lambda: router.outbox._kick, ticks)
+
+    harness.run(check())
+
+
+def test_stop_ends_a_task_that_lost_its_cancellation(harness: Harness) -> None:
+    """Whatever loses a cancellation (the 3.11 ``wait_for`` race, a library), ``stop``
+    cancels again until the task has ended instead of waiting for it forever."""
+    router = harness.router
+    router.recancel_s = 0.01
+    ignored: list[int] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if len(ignored) < 3:  # swallowed, as the race does
+                    ignored.append(1)
+                    continue
+                raise
+
+    async def check() -> None:
+        await router.start()
+        router._tasks.append(asyncio.ensure_future(stubborn()))
+        await asyncio.sleep(0)
+        await asyncio.wait_for(router.stop(), 10)
+
+    harness.run(check())
+    assert len(ignored) == 3
+
+
+def test_stop_settles_card_edits_before_closing_the_adapters(
+    settings: Settings, central: CentralStore, layout: Layout
+) -> None:
+    """A click's card edit runs in the background. ``stop`` lets it finish (or, past a
+    grace period, cancels it) before the adapters close: a request cancelled after its HTTP
+    client closed leaves its socket open."""
+    from nanoclaw_router.app import Router
+    from tests.fakes.recording import MemoryWaker, RecordingAdapter
+
+    class SlowEdits(RecordingAdapter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.order: list[str] = []
+
+        async def edit_text(
+            self, platform_id: str, thread_id: str | None, message_id: str, text: str
+        ) -> None:
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.order.append("edit cancelled")
+                raise
+            self.order.append("edited")
+
+        async def close(self) -> None:
+            self.order.append("closed")
+
+    def outcome(open_gate: bool) -> list[str]:
+        adapter = SlowEdits()
+        router = Router(settings, central, {"chat": adapter}, MemoryWaker(layout.central_db))
+        router.background_grace_s = 0.05  # only reached when the gate stays shut
+        question = new_id("q")
+        central.create_pending_question(
+            PendingQuestion(
+                question_id=question,
+                session_id=session.id,
+                message_out_id="out-1",
+                channel_type="chat",
+                platform_id="c1",
+                thread_id=None,
+                platform_message_id=None,
+                target_user_id=None,
+                title="Pick",
+                options_json=encode_text([QuestionOption(label="Yes", value="yes")]),
+                created_at_ms=1,
+                expires_at_ms=None,
+            )
+        )
+        click = make_action(
+            channel_type="chat",
+            platform_id="c1",
+            user_id="chat:u1",
+            question_id=question,
+            value="0",
+            platform_message_id="m9",
+        )
+
+        async def run() -> None:
+            await router.start()
+            assert await router.ingest.handle_action(click) == "answered"
+            stopping = asyncio.ensure_future(router.stop())
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if open_gate:
+                adapter.gate.set()
+            await stopping
+
+        asyncio.run(run())
+        return adapter.order
+
+    group = central.create_agent_group("Main", central.unique_folder("Main"))
+    chat = central.create_messaging_group("chat", "c1", unknown_sender_policy="public")
+    central.create_wiring(chat.id, group.id, engage_mode="pattern", engage_pattern=".")
+    session, _ = central.resolve_session(group.id, chat.id, None, "shared")
+    assert outcome(open_gate=True) == ["edited", "closed"]
+    assert outcome(open_gate=False) == ["edit cancelled", "closed"]
