@@ -55,7 +55,7 @@ SECRET_FIELDS: Final = frozenset(
 DEFAULT_HOME: Final = "./data"
 # A webhook secret shorter than this is refused: it is guessable, and ``secrets()`` (the log
 # redaction and leak guard) ignores values this short, so it could show up in logs.
-MIN_WEBHOOK_SECRET_CHARS: Final = 8
+MIN_WEBHOOK_SECRET_CHARS: Final = 16  # shorter HMAC keys are guessable offline
 MIN_COMPACT_AT_TOKENS: Final = 10_000
 
 

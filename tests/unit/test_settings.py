@@ -39,7 +39,7 @@ def test_precedence_env_over_dotenv_over_toml(tmp_path: Path) -> None:
     home.mkdir()
     (home / "nanoclaw.toml").write_text(
         'model = "from-toml"\nmax_containers = 7\ntz = "Europe/Paris"\n'
-        '[webhook_secrets]\nci = "toml-secret-123"\n'
+        '[webhook_secrets]\nci = "toml-secret-12345678"\n'
     )
     (tmp_path / ".env").write_text(
         '# comment\nexport NANOCLAW_MODEL="from-dotenv"\nNANOCLAW_MAX_CONTAINERS=3\n'
@@ -49,7 +49,7 @@ def test_precedence_env_over_dotenv_over_toml(tmp_path: Path) -> None:
     assert settings.model == "from-env"
     assert settings.max_containers == 3
     assert settings.tz == "Europe/Paris"
-    assert settings.webhook_secrets == {"ci": "toml-secret-123"}
+    assert settings.webhook_secrets == {"ci": "toml-secret-12345678"}
     assert settings.home_path == home.resolve()
 
 
@@ -65,13 +65,13 @@ def test_env_values_are_converted(tmp_path: Path) -> None:
     settings = Settings.load(
         {
             "NANOCLAW_CONTAINER_CPUS": "1.5",
-            "NANOCLAW_WEBHOOK_SECRETS": "github=abc12345678, ci=def12345678",
+            "NANOCLAW_WEBHOOK_SECRETS": "github=abc1234567890123, ci=def1234567890123",
             "TELEGRAM_API_BASE_URL": "http://127.0.0.1:9000/bot",
         },
         cwd=tmp_path,
     )
     assert settings.container_cpus == 1.5
-    assert settings.webhook_secrets == {"github": "abc12345678", "ci": "def12345678"}
+    assert settings.webhook_secrets == {"github": "abc1234567890123", "ci": "def1234567890123"}
     assert settings.telegram_api_base_url == "http://127.0.0.1:9000/bot"
 
 
@@ -117,12 +117,12 @@ def test_secrets_are_never_shown(tmp_path: Path) -> None:
         {
             "ANTHROPIC_API_KEY": "sk-ant-very-secret-key",
             "TELEGRAM_BOT_TOKEN": "123456:telegram-token",
-            "NANOCLAW_WEBHOOK_SECRETS": "ci=webhook-secret-1",
+            "NANOCLAW_WEBHOOK_SECRETS": "ci=webhook-secret-000001",
         },
         cwd=tmp_path,
     )
     shown = repr(settings) + str(settings) + f"{settings}"
-    for secret in ("sk-ant-very-secret-key", "123456:telegram-token", "webhook-secret-1"):
+    for secret in ("sk-ant-very-secret-key", "123456:telegram-token", "webhook-secret-000001"):
         assert secret not in shown
         assert secret in settings.secrets()
     assert "***" in shown

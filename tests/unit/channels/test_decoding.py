@@ -344,7 +344,7 @@ def test_cli_lines_get_an_answer(line: bytes) -> None:
     st.sampled_from(["d-1", "a.b-c_9", None, "no/slashes"]),
 )
 def test_webhook_bodies_decode_or_refuse(body: bytes, name: str, delivery: str | None) -> None:
-    adapter = WebhookAdapter({"github": "s3cret-value"}, "127.0.0.1", 0)
+    adapter = WebhookAdapter({"github": "s3cret-value-0123456"}, "127.0.0.1", 0)
     try:
         json.loads(body)
         decodable = True
