@@ -123,6 +123,22 @@ class ChannelAdapter(ABC):
         return user_handle
 
 
+def command_after_self_mention(text: str, mention: str) -> str:
+    """``@bot /clear`` is the command ``/clear``.
+
+    In a group people address the bot before the command. The router's command gate and the
+    runner look at the first word, so the leading mention of *this* bot is dropped when a
+    command follows it. Anything else keeps its text; a mention of someone else is not ours
+    to remove."""
+    stripped = text.lstrip()
+    if not mention or stripped[: len(mention)].lower() != mention.lower():
+        return text
+    rest = stripped[len(mention) :]
+    if rest[:1].isspace() and rest.lstrip().startswith("/"):
+        return rest.lstrip()
+    return text
+
+
 def card_fallback_text(card: SendCard) -> str:
     if card.fallback_text:
         return card.fallback_text

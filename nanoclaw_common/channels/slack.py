@@ -48,6 +48,7 @@ from nanoclaw_common.channels.base import (
     InboundSink,
     OutgoingFile,
     card_fallback_text,
+    command_after_self_mention,
 )
 from nanoclaw_common.channels.common import (
     MAX_MESSAGE_ATTACHMENT_BYTES,
@@ -364,6 +365,8 @@ class SlackAdapter(ChannelAdapter):
             return None
         attachments, notes = await self._download(message.files)
         text = message.text
+        if self._bot_user_id:
+            text = command_after_self_mention(text, f"<@{self._bot_user_id}>")
         if notes:
             text = "\n".join([text, *notes]) if text else "\n".join(notes)
         # app_mention events carry no channel_type; a DM's channel id starts with D.

@@ -43,6 +43,7 @@ from nanoclaw_common.channels.base import (
     ChannelAdapter,
     InboundSink,
     OutgoingFile,
+    command_after_self_mention,
 )
 from nanoclaw_common.channels.common import (
     MAX_MESSAGE_ATTACHMENT_BYTES,
@@ -380,6 +381,8 @@ class TelegramAdapter(ChannelAdapter):
         if sender is not None and sender.id == self._bot_id:
             return None
         text = message.text if message.text is not None else (message.caption or "")
+        if self._bot_username:
+            text = command_after_self_mention(text, f"@{self._bot_username}")
         attachments, notes = await self._download_attachments(message)
         if notes:
             text = "\n".join([text, *notes]) if text else "\n".join(notes)

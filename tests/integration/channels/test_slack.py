@@ -498,6 +498,28 @@ def test_each_top_level_message_is_its_own_thread(live: Live, slack: FakeSlack) 
     assert denial.params["thread_ts"] == root_ts
 
 
+def test_a_command_after_a_mention_is_still_a_command(live: Live, slack: FakeSlack) -> None:
+    """In a channel people write ``@bot /clear``: the command gate sees ``/clear`` (and
+    denies it to a non-admin); a mention with ordinary text keeps its text whole."""
+    group = live.group()
+    live.wire("slack", "C1", group, engage_mode="mention")
+
+    async def scenario(router: Router) -> None:
+        await eventually(lambda: slack.connections() == 1)
+        slack.push_socket_event(slack.message_event("C1", "<@UBOT>  /clear", user="U9"))
+        slack.push_socket_event(slack.message_event("C1", "<@UBOT> what is /clear?", user="U9"))
+        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
+        await eventually(lambda: slack.calls("chat.postMessage"), what="the denial")
+        await eventually(lambda: len(live.rows()) == 1, what="the question's row")
+
+    live.run({"slack": socket_adapter(slack)}, scenario)
+    drops = {d.reason: d.message_count for d in live.central.list_drops()}
+    assert drops == {"command_denied": 1}
+    [denial] = slack.calls("chat.postMessage")
+    assert "Permission denied: /clear" in denial.params["text"]
+    assert texts(live) == ["<@UBOT> what is /clear?"]
+
+
 def test_context_never_opens_a_thread_session(live: Live, slack: FakeSlack) -> None:
     """``accumulate`` keeps unmentioned messages as context, but only for a thread the
     agent is in: top-level chatter (each message a thread of its own) is not stored."""

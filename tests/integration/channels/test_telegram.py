@@ -78,6 +78,28 @@ def test_dms_groups_mentions_and_replies(live: Live, telegram: FakeTelegram) -> 
     assert drops == {"no_agent_engaged": 1}
 
 
+def test_a_command_after_a_mention_is_still_a_command(live: Live, telegram: FakeTelegram) -> None:
+    """``@nano_bot /clear`` is the command ``/clear`` (denied to a non-admin); ordinary
+    text after the mention is kept whole."""
+    group = live.group()
+    live.wire("telegram", "-100", group, engage_mode="mention")
+    mention = [{"type": "mention", "offset": 0, "length": 9}]
+
+    async def scenario(router: Router) -> None:
+        telegram.push_message(-100, "@Nano_Bot /clear", entities=mention)
+        telegram.push_message(-100, "@nano_bot what does /clear do?", entities=mention)
+        await eventually(lambda: len(live.rows()) == 1, what="the question's row")
+        await eventually(lambda: telegram.pending_updates() == 0, what="offsets confirmed")
+        await eventually(lambda: telegram.sent("sendMessage"), what="the denial")
+
+    live.run({"telegram": adapter(telegram)}, scenario)
+    assert [text_of(r) for r in live.rows()] == ["@nano_bot what does /clear do?"]
+    drops = {d.reason: d.message_count for d in live.central.list_drops()}
+    assert drops == {"command_denied": 1}
+    [denial] = telegram.sent("sendMessage")
+    assert "Permission denied: /clear" in denial.params["text"]
+
+
 def test_forum_topics_are_threads(live: Live, telegram: FakeTelegram) -> None:
     group = live.group()
     live.wire("telegram", "-200", group, session_mode="per-thread")
