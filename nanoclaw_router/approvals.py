@@ -23,6 +23,10 @@ each new chat would otherwise reach the owner: at most one card per chat per hou
 ``REGISTRATION_CARDS_PER_HOUR`` in all (``CentralStore.claim_notice`` /
 ``claim_notice_slot``). A mention that gets no card for that reason is recorded as a
 ``registration_rate_limited`` drop; the chat's next mention after the wait asks again.
+Sender cards likewise: ``SENDER_CARDS_PER_HOUR`` in all, and a stranger an approver denied
+is not asked about again for ``SENDER_DENIAL_QUIET_MS`` (upstream asked again at the very
+next message). Their messages are still recorded as drops; ``nanoclaw members add`` lets
+them in at any time.
 
 Defaults for a connected chat (a deliberate change from upstream, whose non-threaded groups
 got ``pattern '.'`` and answered every message): a DM engages on everything; a group engages
@@ -83,8 +87,14 @@ MAX_HELD_BYTES: Final = 10_000_000  # attachments kept with one pending approval
 HOUR_MS: Final = 3_600_000
 REGISTRATION_CHAT_INTERVAL_MS: Final = HOUR_MS  # one registration card per chat per hour
 REGISTRATION_CARDS_PER_HOUR: Final = 10  # all chats together
+SENDER_CARDS_PER_HOUR: Final = 10  # all chats together: a crowded public group is not a flood
+SENDER_DENIAL_QUIET_MS: Final = 7 * 24 * HOUR_MS  # a denied stranger is not asked about again
 
 Replay = Callable[[InboundEvent], Awaitable[None]]
+
+
+def denial_key(chat_id: str, sender_identity: str) -> str:
+    return f"sender-denied:{chat_id}:{sender_identity}"
 
 
 @dataclass(frozen=True)
@@ -453,12 +463,23 @@ class Approvals:
     ) -> None:
         if self.central.find_sender_approval(chat.id, event.sender_id) is not None:
             return  # one card per stranger per chat while it is pending
+        now = self.clock()
+        denied = self.central.last_notice_ms(denial_key(chat.id, event.sender_id))
+        if denied is not None and now - denied < SENDER_DENIAL_QUIET_MS:
+            log.info("no sender card: {} was denied recently", event.sender_id, chat=chat.id)
+            return
         group = self.central.get_agent_group(wiring.agent_group_id)
         if group is None:
             return
         reach = await self.reach(self.central.pick_approvers(group.id), chat.channel_type)
         if reach is None:
             log.warning("sender approval skipped: no reachable approver", chat=chat.id)
+            return
+        if not self.central.claim_notice_slot(
+            "sender-cards", SENDER_CARDS_PER_HOUR, HOUR_MS, now=now
+        ):
+            # The message is already recorded as a drop; the sender's next message asks again.
+            log.warning("no sender card for {}: hourly card limit", event.sender_id, chat=chat.id)
             return
         options = [
             QuestionOption(label="Allow", value=APPROVE, selected_label="✅ Allowed"),
@@ -530,6 +551,10 @@ class Approvals:
                 log.error("replay after approval failed: {}", exc)
             self.central.delete_sender_approval(approval.id)
             return "approved"
+        # Remembered, so the stranger's next messages do not bring the card straight back.
+        self.central.claim_notice(
+            denial_key(approval.messaging_group_id, approval.sender_identity), 0, now=self.clock()
+        )
         self.central.delete_sender_approval(approval.id)
         log.info("{} denied for {}", approval.sender_identity, approval.agent_group_id)
         return "rejected"

@@ -174,15 +174,55 @@ def test_request_approval_asks_once_and_allow_replays(harness: Harness) -> None:
     assert len(harness.send("now i am in", sender="chat:newbie")) == 1
 
 
-def test_deny_forgets_the_request(harness: Harness) -> None:
+def test_a_denied_stranger_is_not_asked_about_again_for_a_week(harness: Harness) -> None:
+    from nanoclaw_router.approvals import SENDER_DENIAL_QUIET_MS
+
     group = harness.group("Main")
     harness.owner("chat:owner")
     harness.wire(harness.chat_row(policy="request_approval"), group)
+    clock = {"now": 1_800_000_000_000}
+    harness.router.ingest.approvals.clock = lambda: clock["now"]
     harness.send("hi", sender="chat:newbie")
     card = _card(harness)
     assert harness.click(card.question_id, 1, user="chat:owner") == "rejected"
     assert not harness.central.can_access_agent_group("chat:newbie", group.id)
     assert harness.central.list_sender_approvals() == []
+    # Pestering brings no new card; every message is still a recorded drop.
+    clock["now"] += SENDER_DENIAL_QUIET_MS - 1
+    assert harness.send("hi again", sender="chat:newbie") == []
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == 1
+    assert harness.drops() == {"unknown_sender_request_approval": 2}
+    # Another stranger in the same chat is asked about as usual.
+    harness.send("hello", sender="chat:other")
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == 2
+    # After the quiet week the denied stranger may ask once more.
+    clock["now"] += 1
+    harness.send("one more try", sender="chat:newbie")
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == 3
+
+
+def test_sender_cards_are_limited_overall(harness: Harness) -> None:
+    from nanoclaw_router.approvals import HOUR_MS, SENDER_CARDS_PER_HOUR
+
+    group = harness.group("Main")
+    harness.owner("chat:owner")
+    harness.wire(harness.chat_row(policy="request_approval"), group)
+    clock = {"now": 1_800_000_000_000}
+    harness.router.ingest.approvals.clock = lambda: clock["now"]
+    # A crowded public group: a dozen strangers speak at once.
+    for n in range(SENDER_CARDS_PER_HOUR + 2):
+        assert harness.send("hi", sender=f"chat:s{n}") == []
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == SENDER_CARDS_PER_HOUR
+    assert harness.drops() == {"unknown_sender_request_approval": SENDER_CARDS_PER_HOUR + 2}
+    # The two left out are asked about when they speak again after the hour.
+    clock["now"] += HOUR_MS
+    harness.send("hi?", sender=f"chat:s{SENDER_CARDS_PER_HOUR}")
+    harness.flush()
+    assert len(harness.chat.of_kind("question")) == SENDER_CARDS_PER_HOUR + 1
 
 
 def test_cards_wait_for_an_unreachable_approver(harness: Harness) -> None:
