@@ -13,6 +13,7 @@ from nanoclaw_common.cli.deliveries import deliveries
 from nanoclaw_common.cli.dropped import dropped
 from nanoclaw_common.cli.groups import groups
 from nanoclaw_common.cli.sandbox import doctor, image, podman_service
+from nanoclaw_common.cli.service import ctl, down, up
 from nanoclaw_common.cli.setup import init
 from nanoclaw_common.cli.status import status
 from nanoclaw_common.cli.users import members, roles, users
@@ -45,6 +46,9 @@ cli.add_command(deliveries)
 cli.add_command(image)
 cli.add_command(doctor)
 cli.add_command(podman_service)
+cli.add_command(up)
+cli.add_command(down)
+cli.add_command(ctl)
 
 
 def main() -> None:
