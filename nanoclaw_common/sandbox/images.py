@@ -16,6 +16,7 @@ progress.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -100,6 +101,46 @@ def image_exists(image: str, env: dict[str, str]) -> bool:
         ["podman", "image", "exists", image], env=env, capture_output=True, check=False
     )
     return done.returncode == 0
+
+
+def image_id(image: str, env: dict[str, str]) -> str | None:
+    done = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", image],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def release_previous(previous: str | None, image: str, env: dict[str, str], out: Output) -> None:
+    """Remove the image ``image`` named before a rebuild, now untagged (each update of the
+    checkout would otherwise leave a few hundred MB behind). Never forced: an image a
+    container or a group image still uses, or that has another name, stays."""
+    if previous is None or previous == image_id(image, env):
+        return
+    names = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{json .RepoTags}}", previous],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if names.returncode != 0:
+        return  # gone already
+    if json.loads(names.stdout or "[]"):
+        out(f"kept the previous image {previous[:12]}: it has another name")
+        return
+    done = subprocess.run(
+        ["podman", "rmi", previous], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode == 0:
+        out(f"removed the previous image {previous[:12]}")
+    else:
+        out(f"kept the previous image {previous[:12]}: it is still in use")
 
 
 def try_pull(image: str, env: dict[str, str], out: Output) -> bool:
@@ -252,6 +293,7 @@ def build_agent_image(
             out("no image registry reachable: using the offline Debian base")
             base = bootstrap_base(env, out)
     out(f"building {image} from {base}")
+    previous = image_id(image, env)
     run_streaming(
         [
             "podman",
@@ -270,6 +312,7 @@ def build_agent_image(
         env,
         out,
     )
+    release_previous(previous, image, env, out)
     return base
 
 
@@ -332,6 +375,7 @@ def build_group_image(
     env: dict[str, str],
     out: Output,
 ) -> None:
+    previous = image_id(tag, env)
     with tempfile.TemporaryDirectory(prefix="nanoclaw-group-image-") as context:
         containerfile = Path(context) / "Containerfile"
         containerfile.write_text(render_group_containerfile(base_image, apt, pip))
@@ -349,3 +393,4 @@ def build_group_image(
             env,
             out,
         )
+    release_previous(previous, tag, env, out)

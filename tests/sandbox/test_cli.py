@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from nanoclaw_common.cli import cli
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.sandbox import runtime
+from nanoclaw_common.sandbox import images, runtime
 from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.store import CentralStore
 from tests.sandbox.conftest import wait_until
@@ -57,6 +57,40 @@ def test_image_build_reuses_the_offline_base(home: Path, agent_image: str) -> No
     assert result.exit_code == 0, result.output
     assert "using the cached offline base localhost/nanoclaw-base:latest" in result.output
     assert f"built {agent_image} from localhost/nanoclaw-base:latest" in result.output
+
+
+def test_a_rebuild_removes_the_image_it_replaces(home: Path, agent_image: str) -> None:
+    """Each update of the checkout rebuilds the image; the one it replaces is removed, not
+    left behind untagged. One that has another name stays."""
+    env = runtime.podman_env(runtime.ensure_containers_conf(Layout(home)))
+    repository = f"localhost/nanoclaw-test-{secrets.token_hex(4)}"
+    target, other_name = f"{repository}:agent", f"{repository}:kept"
+    build = ["--home", str(home), "image", "build", "--offline", "--tag", target]
+    try:
+        # The "old" image: one unrelated layer (an empty tar archive).
+        podman_cli(env, "import", "-", target, stdin=b"\0" * 10240)
+        old = images.image_id(target, env)
+        result = CliRunner().invoke(cli, build)
+        assert result.exit_code == 0, result.output
+        assert f"removed the previous image {old[:12]}" in result.output  # type: ignore[index]
+        assert old is not None and images.image_id(old, env) is None
+        # Named elsewhere: kept.
+        podman_cli(env, "import", "-", target, stdin=b"\0" * 10240)
+        old = images.image_id(target, env)
+        podman_cli(env, "tag", target, other_name)
+        result = CliRunner().invoke(cli, build)
+        assert result.exit_code == 0, result.output
+        assert old is not None and images.image_id(other_name, env) == old
+        assert "kept the previous image" in result.output
+        assert images.image_id(target, env) not in (None, old)
+    finally:
+        # Only names: the image the build made is the checkout's agent image (or shares its
+        # layers), which other tests use.
+        # `podman untag IMAGE` alone would strip every name, the agent image's too.
+        subprocess.run(
+            ["podman", "untag", target, target], env=env, capture_output=True, check=False
+        )
+        subprocess.run(["podman", "rmi", other_name], env=env, capture_output=True, check=False)
 
 
 def test_image_build_names_group_images_on_an_older_agent_image(
