@@ -350,11 +350,24 @@ async def forward(request: web.Request) -> web.StreamResponse:
         status=upstream.status, headers=downstream_headers(upstream.headers)
     )
     complete = False
+    usage: metering.Usage | None = None
+    recorded = False
+
+    async def record() -> None:
+        nonlocal usage, recorded
+        recorded = True
+        usage = meter.finish() if metered else None
+        if usage is not None:
+            await state.db(state.record, found.agent_group_id, metering.utc_day(now), usage)
+
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
             meter.feed(chunk)
             await response.write(chunk)
+        # Recorded before the body ends: a client that read this response to the end and
+        # sends the next request at once is checked against a budget that includes it.
+        await record()
         await response.write_eof()
         complete = True
     except (ConnectionResetError, aiohttp.ClientError) as exc:
@@ -366,9 +379,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             upstream.release()
         else:
             upstream.close()
-        usage = meter.finish() if metered else None
-        if usage is not None:
-            await state.db(state.record, found.agent_group_id, metering.utc_day(now), usage)
+        if not recorded:
+            await record()
         log.info(
             "{} {} -> {} in={} out={} {}ms",
             request.method,

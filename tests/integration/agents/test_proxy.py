@@ -129,8 +129,11 @@ def test_streams_events_as_they_come_and_meters_the_stream(
         final = stream.get_final_message()
     assert final.content[0].type == "text" and final.content[0].text == "streamed words"
     assert final.usage.output_tokens == 9
-    usage = central.get_token_usage(agent.group_id, today())
-    assert usage is not None and (usage.input_tokens, usage.output_tokens) == (40, 9)
+    # The SDK may finish at `message_stop`, before the body's end (when the proxy records).
+    usage = wait_until(
+        lambda: central.get_token_usage(agent.group_id, today()), what="the stream's usage"
+    )
+    assert (usage.input_tokens, usage.output_tokens) == (40, 9)
 
 
 def test_refuses_past_the_daily_budget_without_retries(
