@@ -88,8 +88,13 @@ def test_a_turn_with_bash_and_send_message(
         assert state.run_id == agent.run_id and state.turns == 3 and state.current_tool is None
         heartbeat = agent.paths.heartbeat.stat().st_mtime
         assert time.time() - heartbeat < 5
-        usage = central.get_token_usage(agent.group_id, time.strftime("%Y-%m-%d", time.gmtime()))
-        assert usage is not None and usage.requests == 3
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        # Each call is metered as its response ends; the last one may trail the ack slightly.
+        usage = wait_until(
+            lambda: (u := central.get_token_usage(agent.group_id, day)) and u.requests == 3 and u,
+            what="three metered calls",
+        )
+        assert usage.requests == 3
     finally:
         assert runner.terminate() == 0, runner.log()
     assert agent.token not in runner.log()
