@@ -37,7 +37,6 @@ from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import Sandbox
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.store import CentralStore
 
 NANOCLAW = str(Path(sys.executable).with_name("nanoclaw"))
 DESTINATION = "terminal"  # the terminal chat's name, as `nanoclaw init` wires it
@@ -172,7 +171,6 @@ def main() -> None:
     try:
         subprocess.run([NANOCLAW, "init"], env=env, check=True, capture_output=True)
         subprocess.run([NANOCLAW, "up"], env=env, check=True, capture_output=True)
-        CentralStore.open(layout.central_db).close()  # initialised and readable
         result = asyncio.run(measure(layout, env, args.cold, args.warm))
         print(json.dumps(result, indent=2))
     finally:

@@ -107,6 +107,10 @@ class Layout:
     def supervisor_socket(self) -> Path:
         return self.run_dir / "supervisor.sock"
 
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.run_dir / "supervisord.pid"  # supervisord.conf's pidfile
+
     def session(self, agent_group_id: str, session_id: str) -> SessionPaths:
         return SessionPaths(
             self.sessions_dir

@@ -350,16 +350,17 @@ async def forward(request: web.Request) -> web.StreamResponse:
         status=upstream.status, headers=downstream_headers(upstream.headers)
     )
     complete = False
-    usage: metering.Usage | None = None
     recorded = False
 
-    async def record() -> None:
-        nonlocal usage, recorded
+    async def record() -> metering.Usage | None:
+        nonlocal recorded
         recorded = True
-        usage = meter.finish() if metered else None
-        if usage is not None:
-            await state.db(state.record, found.agent_group_id, metering.utc_day(now), usage)
+        found_usage = meter.finish() if metered else None
+        if found_usage is not None:
+            await state.db(state.record, found.agent_group_id, metering.utc_day(now), found_usage)
+        return found_usage
 
+    usage = None
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
@@ -367,7 +368,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             await response.write(chunk)
         # Recorded before the body ends: a client that read this response to the end and
         # sends the next request at once is checked against a budget that includes it.
-        await record()
+        usage = await record()
         await response.write_eof()
         complete = True
     except (ConnectionResetError, aiohttp.ClientError) as exc:
@@ -379,8 +380,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             upstream.release()
         else:
             upstream.close()
-        if not recorded:
-            await record()
+        if not recorded:  # the stream broke off: what was used still counts
+            usage = await record()
         log.info(
             "{} {} -> {} in={} out={} {}ms",
             request.method,

@@ -134,9 +134,8 @@ def command_after_self_mention(text: str, mention: str) -> str:
     if not mention or stripped[: len(mention)].lower() != mention.lower():
         return text
     rest = stripped[len(mention) :]
-    if rest[:1].isspace() and rest.lstrip().startswith("/"):
-        return rest.lstrip()
-    return text
+    command = rest.lstrip()
+    return command if rest[:1].isspace() and command.startswith("/") else text
 
 
 def card_fallback_text(card: SendCard) -> str:

@@ -56,13 +56,13 @@ def _environment(ctx: CliContext) -> dict[str, str]:
     return {**os.environ, "NANOCLAW_HOME": str(ctx.settings.home_path.resolve())}
 
 
+def _ctl_argv(config: Path, args: Sequence[str]) -> list[str]:
+    return [_tool("supervisorctl"), "-c", str(config), *args]
+
+
 def _ctl(ctx: CliContext, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_tool("supervisorctl"), "-c", str(config), *args],
-        env=_environment(ctx),
-        capture_output=True,
-        text=True,
-        check=False,
+        _ctl_argv(config, args), env=_environment(ctx), capture_output=True, text=True, check=False
     )
 
 
@@ -152,8 +152,7 @@ def down(ctx: CliContext, config: str | None, keep_containers: bool) -> None:
     _ctl(ctx, conf, "stop", *WORKERS)
     if not keep_containers:
         stop_containers(ctx)
-    pid_file = ctx.layout.run_dir / "supervisord.pid"
-    pid = _read_pid(pid_file)
+    pid = _read_pid(ctx.layout.supervisor_pid)
     shutdown = _ctl(ctx, conf, "shutdown")
     if shutdown.returncode != 0 and _running(ctx):
         raise click.ClickException(f"supervisorctl shutdown failed: {shutdown.stdout.strip()}")
@@ -205,7 +204,5 @@ def _alive(pid: int) -> bool:
 def ctl(ctx: CliContext, config: str | None, args: Sequence[str]) -> None:
     """supervisorctl for this data folder: `nanoclaw ctl restart delivery`, `ctl tail -f router`."""
     conf = find_config(config)
-    completed = subprocess.run(
-        [_tool("supervisorctl"), "-c", str(conf), *args], env=_environment(ctx), check=False
-    )
+    completed = subprocess.run(_ctl_argv(conf, args), env=_environment(ctx), check=False)
     sys.exit(completed.returncode)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox.spec import LABEL_INSTALL
 from tests.fakes.anthropic_api import FakeAnthropic, text
 
@@ -138,8 +139,7 @@ def test_the_assistant_runs_under_supervisord(stack: Stack, fake_api: FakeAnthro
         assert CANARY_KEY not in log_file.read_text(errors="replace"), log_file
 
     # Down: the workers, the agent's container and supervisord itself are gone.
-    pid_file = stack.home / "run" / "supervisord.pid"
-    supervisord = int(pid_file.read_text())
+    supervisord = int(Layout(stack.home).supervisor_pid.read_text())
     stopped = stack.nanoclaw("down", timeout=180)
     assert stopped.returncode == 0, stopped.stderr + stopped.stdout
     assert "stopped" in stopped.stdout

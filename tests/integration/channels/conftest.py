@@ -18,6 +18,7 @@ from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundReader
 from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, Session
 from nanoclaw_router.app import Router
+from tests import entities
 from tests.fakes.recording import MemoryWaker
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
@@ -84,21 +85,12 @@ class Live:
         self.router: Router | None = None
 
     def group(self, name: str = "Main") -> AgentGroup:
-        return self.central.create_agent_group(name, self.central.unique_folder(name))
+        return entities.new_group(self.central, name)
 
     def wire(
         self, channel: str, platform_id: str, group: AgentGroup, **options: Any
     ) -> MessagingGroup:
-        chat = self.central.create_messaging_group(
-            channel,
-            platform_id,
-            is_group=options.pop("is_group", True),
-            unknown_sender_policy=options.pop("policy", "public"),
-        )
-        options.setdefault("engage_mode", "pattern")
-        options.setdefault("engage_pattern", ".")
-        self.central.create_wiring(chat.id, group.id, **options)
-        return chat
+        return entities.wire_platform_chat(self.central, channel, platform_id, group, **options)
 
     def run(
         self,

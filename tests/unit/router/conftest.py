@@ -21,6 +21,7 @@ from nanoclaw_common.store import CentralStore, InboundReader
 from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, Session, Wiring
 from nanoclaw_router.app import Router
 from nanoclaw_router.ingest import Stored
+from tests import entities
 from tests.fakes.recording import MemoryWaker, RecordingAdapter, ThreadedAdapter
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ class Harness:
     # -- setup helpers ----------------------------------------------------------------------
 
     def group(self, name: str = "Main") -> AgentGroup:
-        return self.central.create_agent_group(name, self.central.unique_folder(name))
+        return entities.new_group(self.central, name)
 
     def chat_row(
         self,
@@ -74,10 +75,7 @@ class Harness:
         )
 
     def wire(self, chat: MessagingGroup, group: AgentGroup, **options: Any) -> Wiring:
-        options.setdefault("engage_mode", "pattern")
-        if options["engage_mode"] == "pattern":
-            options.setdefault("engage_pattern", ".")
-        return self.central.create_wiring(chat.id, group.id, **options)
+        return entities.wire(self.central, chat, group, **options)
 
     def user(
         self,
