@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import statistics
@@ -41,6 +40,7 @@ from nanoclaw_common.settings import Settings  # noqa: E402
 from nanoclaw_common.store import CentralStore  # noqa: E402
 from nanoclaw_common.store.rows import Session  # noqa: E402
 from nanoclaw_router.app import Router  # noqa: E402
+from tests.environ import clean_environ  # noqa: E402
 
 
 class StubWaker:
@@ -162,7 +162,7 @@ def rss(args: argparse.Namespace) -> None:
             chat = central.create_messaging_group(channel, platform, unknown_sender_policy="public")
             central.create_wiring(chat.id, group.id, engage_mode="pattern", engage_pattern=".")
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "SLACK_"))},
+            **clean_environ("SLACK_"),
             "NANOCLAW_HOME": str(home),
             "NANOCLAW_ENV_FILE": str(home / "none"),
             "NANOCLAW_LOG_LEVEL": "WARNING",

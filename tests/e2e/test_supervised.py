@@ -6,7 +6,6 @@ API), one worker restarted on its own, ``nanoclaw down``."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -22,6 +21,7 @@ import pytest
 
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox.spec import LABEL_INSTALL
+from tests.environ import clean_environ
 from tests.fakes.anthropic_api import FakeAnthropic, text
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
@@ -84,7 +84,7 @@ def stack(fake_api: FakeAnthropic) -> Iterator[Stack]:
     # A short folder: supervisord's and the chat's Unix sockets live under it.
     root = Path(tempfile.mkdtemp(prefix="nc-e2e-", dir="/tmp"))
     install = "e2e" + secrets.token_hex(4)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "ANTHROPIC_"))}
+    env = clean_environ("ANTHROPIC_")
     env.update(
         NANOCLAW_HOME=str(root / "data"),
         NANOCLAW_INSTALL_ID=install,

@@ -26,6 +26,7 @@ from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, rows
 from tests.conftest import SettingsFactory
+from tests.environ import AGENT_IMAGE
 
 # A recognizable API key: the tests prove it never reaches a container.
 CANARY_KEY = "sk-ant-api03-NANOCLAW-CANARY-" + "k7Q" * 12
@@ -50,7 +51,7 @@ def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanS
 
 @pytest.fixture(scope="session")
 def agent_image(podman_service: PodmanService) -> str:
-    image = Settings().image
+    image = AGENT_IMAGE
     with podman.PodmanClient(base_url=podman_service.url) as client:
         if not client.images.exists(image):
             pytest.fail(

@@ -4,7 +4,6 @@ real Podman of this machine."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import images, runtime
 from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.store import CentralStore
+from tests.environ import clean_environ
 from tests.sandbox.conftest import wait_until
 
 pytestmark = pytest.mark.podman
@@ -172,7 +172,7 @@ def test_podman_service_command(home: Path) -> None:
     """supervisord's ``podman-api`` program: our containers.conf, then podman itself (exec),
     serving the data folder's socket until TERM."""
     socket_path = home / "run" / "podman.sock"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCLAW_")}
+    env = clean_environ()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("nanoclaw")), "--home", str(home), "podman-service"],
         env=env,

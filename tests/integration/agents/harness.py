@@ -30,6 +30,7 @@ from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
 from nanoclaw_common.store.outbound import OutboundReader
 from nanoclaw_common.store.rows import DestinationEntry, Routing
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
+from tests.environ import clean_environ
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]
@@ -67,7 +68,7 @@ def start_proxy(home: Path, api_key: str, base_url: str, **env: str) -> Proxy:
     layout.ensure()
     log_path = home / "logs" / "proxy.log"
     environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "ANTHROPIC_"))},
+        **clean_environ("ANTHROPIC_"),
         "NANOCLAW_HOME": str(home),
         "ANTHROPIC_API_KEY": api_key,
         "ANTHROPIC_BASE_URL": base_url,
@@ -240,7 +241,7 @@ def start_runner(
     if token_file:
         write_proxy_token(agent.paths.agent_dir, agent.token)
     environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "ANTHROPIC_"))},
+        **clean_environ("ANTHROPIC_"),
         "NANOCLAW_RUN_ID": agent.run_id,
         "NANOCLAW_LOG_LEVEL": "DEBUG",
         **(env or {}),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nanoclaw_common.settings import Settings
+from tests.environ import clean_environ
 
 SCRIPT = Path(sys.executable).parent / "nanoclaw-delivery"
 READY_LINE = "delivery started"
@@ -27,7 +27,7 @@ class DeliveryProcess:
         self._log_offset = 0
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NANOCLAW_", "SLACK_"))}
+        env = clean_environ("SLACK_")
         env.pop("TELEGRAM_BOT_TOKEN", None)
         env.update(
             NANOCLAW_HOME=str(self.settings.home_path),

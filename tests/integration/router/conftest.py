@@ -5,7 +5,6 @@ pytest's ``tmp_path`` can be longer than that."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ import pytest
 from nanoclaw_common.store import CentralStore, InboundReader
 from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, Session
 from tests import entities
+from tests.environ import clean_environ
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -203,11 +203,7 @@ def slack() -> Iterator[FakeSlack]:
 
 @pytest.fixture
 def router_env(short_home: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("NANOCLAW_", "TELEGRAM_", "SLACK_", "ANTHROPIC_"))
-    }
+    env = clean_environ("TELEGRAM_", "SLACK_", "ANTHROPIC_")
     env.update(
         {
             "NANOCLAW_HOME": str(short_home),

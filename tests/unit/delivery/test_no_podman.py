@@ -6,7 +6,6 @@ a fresh interpreter, since this test process has imported everything already."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.states import DestinationType
 from nanoclaw_common.store.rows import PendingApproval
 from nanoclaw_delivery.approvals import OPTIONS
+from tests.environ import clean_environ
 from tests.unit.delivery.helpers import World
 
 CHILD = """
@@ -89,7 +89,7 @@ def test_delivery_never_imports_podman(world: World) -> None:
     world.central.add_destination(world.group.id, "helper", DestinationType.AGENT, helper.id)
     out = world.write(m.SendText(text="hello"), channel_type="agent", platform_id=helper.id)
 
-    env = world.podman.env({k: v for k, v in os.environ.items() if not k.startswith("NANOCLAW_")})
+    env = world.podman.env(clean_environ())
     env.update(
         NANOCLAW_HOME=str(world.settings.home_path),
         NANOCLAW_INSTALL_ID="test",
