@@ -6,70 +6,18 @@ API), one worker restarted on its own, ``nanoclaw down``."""
 from __future__ import annotations
 
 import json
-import re
-import secrets
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.sandbox.spec import LABEL_INSTALL
-from tests.environ import clean_environ
-from tests.fakes.anthropic_api import FakeAnthropic, text
+from tests.fakes.anthropic_api import FakeAnthropic
+from tests.stack import PROGRAMS, Stack, echo_reply
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-NANOCLAW = str(Path(sys.executable).with_name("nanoclaw"))
 CANARY_KEY = "sk-ant-api03-NANOCLAW-E2E-CANARY-" + "x9Z" * 10
-PROGRAMS = {"podman-api", "proxy", "router", "delivery", "sweeper"}
-
-
-def echo_reply(body: dict[str, Any]) -> dict[str, Any]:
-    """Answer the newest message to whoever sent it: the formatter names the origin chat in
-    ``<message from="...">``, which is also its destination name."""
-    prompt = json.dumps(body["messages"][-1]["content"])
-    origin = re.findall(r'from=\\"([^"\\]+)\\"', prompt)[-1]
-    said = re.findall(r">([^<>]*)</message>", prompt)[-1]
-    return text(f'<message to="{origin}">echo: {said.strip()}</message>')
-
-
-@dataclass
-class Stack:
-    home: Path
-    env: dict[str, str]
-    install: str
-
-    def nanoclaw(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [NANOCLAW, *args],
-            env=self.env,
-            cwd=self.home.parent,  # not the checkout: `up` must find its config anyway
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def pid(self, program: str) -> int:
-        done = self.nanoclaw("ctl", "pid", program)
-        return int(done.stdout.strip())
-
-    def containers(self) -> list[str]:
-        done = subprocess.run(
-            ["podman", "ps", "-a", "-q", "--filter", f"label={LABEL_INSTALL}={self.install}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout.split()
 
 
 @pytest.fixture
@@ -81,24 +29,11 @@ def fake_api() -> Iterator[FakeAnthropic]:
 
 @pytest.fixture
 def stack(fake_api: FakeAnthropic) -> Iterator[Stack]:
-    # A short folder: supervisord's and the chat's Unix sockets live under it.
-    root = Path(tempfile.mkdtemp(prefix="nc-e2e-", dir="/tmp"))
-    install = "e2e" + secrets.token_hex(4)
-    env = clean_environ("ANTHROPIC_")
-    env.update(
-        NANOCLAW_HOME=str(root / "data"),
-        NANOCLAW_INSTALL_ID=install,
-        ANTHROPIC_API_KEY=CANARY_KEY,
-        ANTHROPIC_BASE_URL=fake_api.url,
-    )
-    stack = Stack(root / "data", env, install)
+    stack = Stack.create(api_url=fake_api.url, api_key=CANARY_KEY, prefix="nc-e2e-")
     try:
         yield stack
     finally:
-        stack.nanoclaw("down", timeout=180)
-        for container in stack.containers():
-            subprocess.run(["podman", "rm", "-f", container], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        stack.destroy()
 
 
 @pytest.mark.timeout(600)

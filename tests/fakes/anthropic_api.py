@@ -157,6 +157,11 @@ class FakeAnthropic:
         with self._lock:
             self.replies.extend(replies)
 
+    def clear_replies(self) -> None:
+        """Drop the scripted replies nobody asked for (a test's leftovers)."""
+        with self._lock:
+            self.replies.clear()
+
     def message_requests(self) -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.path == "/v1/messages"]
