@@ -122,12 +122,14 @@ class Agent:
         self, argv: list[str], *, stdin: str = "", timeout_s: float = 60, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """``argv`` in the container as the agent user, ``stdin`` on its standard input.
-        ``check``: a non-zero exit raises, with what it printed."""
+        ``check``: a non-zero exit raises, with what it printed. Past ``timeout_s``,
+        ``subprocess.TimeoutExpired``; what it started runs on until the container stops
+        (after the test)."""
         uid, gid = self.stack.container_user()
+        user = f"{uid}:{gid}"
         done = self.stack.podman(
-            "exec", "-i", "--user", f"{uid}:{gid}", self.container, *argv,
-            stdin=stdin, timeout_s=timeout_s,
-        )  # fmt: skip
+            "exec", "-i", "--user", user, self.container, *argv, stdin=stdin, timeout_s=timeout_s
+        )
         if check and done.returncode != 0:
             raise AssertionError(
                 f"{argv[:2]} in {self.container} exited {done.returncode}\n"
