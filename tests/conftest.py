@@ -13,6 +13,7 @@ import pytest
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
+from tests.environ import AGENT_IMAGE
 
 SettingsFactory = Callable[..., Settings]
 
@@ -29,7 +30,7 @@ def make_settings(home: Path) -> SettingsFactory:
     """``make_settings(max_containers=1)``: test settings in this test's data folder."""
 
     def factory(**overrides: Any) -> Settings:
-        base = Settings(home=str(home), install_id="test")
+        base = Settings(home=str(home), install_id="test", image=AGENT_IMAGE)
         return msgspec.structs.replace(base, **overrides).validate()
 
     return factory
