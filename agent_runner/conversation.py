@@ -6,6 +6,16 @@ leaves either the old or the new version. A kill can still stop the runner betwe
 ``tool_use`` and its result; the Messages API refuses such a history, so ``add_user`` first
 answers every unanswered ``tool_use`` with an error result ("interrupted") and merges into a
 trailing user message instead of starting a second one.
+
+**The open turn.** While a batch is being answered, the state records which inbound rows the
+turn answers and where it began (``OpenTurn``). The runner closes it only after the batch's
+answer and ack have committed. A run that finds an open turn whose rows are not all settled
+knows the previous run died in it: it rolls the conversation back to where that turn began
+(``reconcile``), so the dead batch is not left dangling as the last user turn, where the next
+batch would be merged into it and the model would answer both. The dead batch's rows come
+again through the host's retry path (``tries + 1``, backoff) and are answered then, once,
+told what was already sent for them. A turn that ended with an error the user was told about
+is closed with a note instead (``close_turn``), so the next batch starts a turn of its own.
 """
 
 from __future__ import annotations
@@ -26,9 +36,20 @@ STATE_VERSION = 1
 INTERRUPTED = "Interrupted: the agent runner restarted before this tool call finished."
 
 
+class OpenTurn(msgspec.Struct, kw_only=True):
+    """The turn being answered: its inbound rows and where it began."""
+
+    rows: list[str]
+    start: int  # messages[:start] is the conversation before the turn
+    # After a compaction inside the turn: the conversation to go back to (the summary), in
+    # place of messages[:start].
+    base: list[ApiMessage] | None = None
+
+
 class ConversationState(msgspec.Struct, kw_only=True):
     version: int = STATE_VERSION
     messages: list[ApiMessage] = []
+    open_turn: OpenTurn | None = None
     # Context tokens the last response reported, and characters added since: together an
     # estimate of the next call's size, for the compaction decision.
     context_tokens: int = 0
@@ -128,14 +149,94 @@ class Conversation:
         for what was added since (an overestimate for JSON, which errs on the safe side)."""
         return self.state.context_tokens + self.state.chars_since_usage // 4
 
-    def replace(self, messages: list[ApiMessage]) -> None:
-        """After compaction: the summary stands in for everything before."""
+    def replace(self, messages: list[ApiMessage], *, summary: ApiMessage | None = None) -> None:
+        """After compaction: the summary stands in for everything before. ``summary`` is the
+        summary message alone: an open turn rolls back to it (the turn's own prompt may have
+        been kept after it, in the same message)."""
         self.state.messages = messages
         self.state.context_tokens = 0
         self.state.chars_since_usage = sum(text_chars(_blocks(m["content"])) for m in messages)
         self.state.compactions += 1
+        if self.state.open_turn is not None:
+            self.state.open_turn.start = 0
+            self.state.open_turn.base = [summary] if summary is not None else []
         self.save()
 
     def clear(self) -> None:
         self.state = ConversationState()
         self.save()
+
+    # -- the open turn --------------------------------------------------------------------
+
+    def begin_turn(self, row_ids: list[str]) -> None:
+        """Mark the start of a turn answering ``row_ids`` (saved with the turn's prompt).
+        A history that still ends unanswered (written by an older version) is closed first,
+        so the turn starts a message of its own and a roll-back removes only the turn."""
+        messages = self.state.messages
+        if (messages and messages[-1].get("role") != "assistant") or unanswered_tool_uses(messages):
+            self._close("(This earlier turn was interrupted.)")
+        self.state.open_turn = OpenTurn(rows=list(row_ids), start=len(self.state.messages))
+
+    def extend_turn(self, row_ids: list[str]) -> None:
+        """Rows pushed into the open turn (follow-ups): answered and acked with it."""
+        if self.state.open_turn is not None:
+            self.state.open_turn.rows += [i for i in row_ids if i not in self.state.open_turn.rows]
+            self.save()
+
+    def end_turn(self) -> None:
+        """The turn's answer and ack have committed: nothing to roll back any more."""
+        if self.state.open_turn is not None:
+            self.state.open_turn = None
+            self.save()
+
+    def close_turn(self, note: str) -> None:
+        """The turn ended with an error the user was told about (its rows are settled): end
+        it with ``note`` as the assistant's last word, so the history is well formed and the
+        next batch starts a turn of its own."""
+        self._close(note)
+        self.state.open_turn = None
+        self.save()
+
+    def abandon_turn(self) -> list[str]:
+        """Roll the conversation back to where the open turn began; return its rows. For a
+        turn whose rows will be answered again (a dead run's, or one given back for a retry)."""
+        turn = self.state.open_turn
+        if turn is None:
+            return []
+        if turn.base is not None:
+            self.state.messages = list(turn.base)
+        else:
+            self.state.messages = self.state.messages[: turn.start]
+        self.state.open_turn = None
+        self.state.chars_since_usage = sum(
+            text_chars(_blocks(m["content"])) for m in self.state.messages
+        )
+        self.state.context_tokens = 0
+        self.save()
+        return turn.rows
+
+    def reconcile(self, settled: set[str]) -> list[str]:
+        """At the start of a run: an open turn left by the previous run. If every one of its
+        rows is settled (acked), it had committed and only the bookkeeping was lost: it is
+        kept. Otherwise that run died in it: it is rolled back, and its rows (returned) are
+        answered when they come due again."""
+        turn = self.state.open_turn
+        if turn is None:
+            return []
+        if set(turn.rows) <= settled:
+            self.end_turn()
+            return []
+        dropped = self.abandon_turn()
+        log.info("rolled back a turn the previous run died in ({} message(s))", len(dropped))
+        return dropped
+
+    def _close(self, note: str) -> None:
+        messages = self.state.messages
+        if unanswered_tool_uses(messages):
+            messages = with_user(messages, [])
+        if messages and messages[-1].get("role") == "user":
+            messages = [
+                *messages,
+                {"role": "assistant", "content": [{"type": "text", "text": note}]},
+            ]
+        self.state.messages = messages

@@ -5,10 +5,12 @@ lookup is live, so destinations the host adds mid-run (after ``create_agent``) a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 from nanoclaw_common.store.inbound import InboundReader
-from nanoclaw_common.store.rows import DestinationEntry
+from nanoclaw_common.store.rows import DestinationEntry, InboundRow
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -82,18 +84,26 @@ class Destinations:
         return Target(entry.name, channel_type, platform_id, thread_id)
 
     def for_block(
-        self, entry: DestinationEntry, batch_reply_to: str | None
+        self,
+        entry: DestinationEntry,
+        batch: Sequence[InboundRow],
+        batch_reply_to: str | None,
     ) -> tuple[Target, str | None] | None:
-        """Address a final-output block: thread and in_reply_to follow the latest inbound row
-        from that destination, so each destination is answered in its own thread; with no
-        such row, no thread and the batch's first row as in_reply_to."""
+        """Address a final-output block. To a destination the batch has rows from: the
+        newest of them is what it answers (``in_reply_to``) and its thread is used, so each
+        destination is answered in its own thread. To any other destination: the batch's
+        first row, and the thread of that chat's newest message. Never a row outside the
+        batch as ``in_reply_to``: a message that arrived after the batch was read is not
+        answered by it."""
         where = address(entry)
         if where is None:
             return None
+        for row in reversed(batch):
+            if (row.channel_type, row.platform_id) == where:
+                return Target(entry.name, where[0], where[1], row.thread_id), row.id
         latest = self.inbound.latest_from(*where)
-        if latest is None:
-            return Target(entry.name, *where), batch_reply_to
-        return Target(entry.name, where[0], where[1], latest.thread_id), latest.id
+        thread_id = latest.thread_id if latest is not None else None
+        return Target(entry.name, where[0], where[1], thread_id), batch_reply_to
 
     def session_target(self) -> Target | None:
         """The session's own chat (for notices such as "Session cleared.")."""

@@ -175,6 +175,9 @@ class Runner:
             processes=ToolProcesses(spare=mcp.pids if mcp is not None else frozenset),
         )
         self.conversation = Conversation.load(self.paths.conversation_file)
+        # A turn the previous run died in is rolled back before anything else is added, so
+        # its batch is not left as a dangling user turn the next batch would merge into.
+        self.conversation.reconcile(self.ctx.settled)
         if self.conversation.messages:
             log.info("resuming conversation ({} messages)", len(self.conversation.messages))
         self.engine = TurnEngine(
@@ -322,11 +325,13 @@ class Runner:
         )
         final: list[NewOutbound] = []
         failed = False
+        closing: str | None = None  # the conversation's last word on a turn that went wrong
         self._in_turn = True
         try:
             rest = self.run_commands(batch)
             rest, outputs = self.run_task_scripts(rest)
             if rest:
+                self.ctx.batch.rows = list(rest)
                 prompt = format_batch(
                     rest,
                     zone_name=self.config.tz,
@@ -340,6 +345,7 @@ class Runner:
             failed = True
             log.warning("model error: {}", exc.user_message, run=self.run_id)
             final = self.notice(reply_to, f"Error: {exc.user_message}")
+            closing = f"(This turn failed: {exc.user_message})"
         except TurnLimitReached as exc:
             log.warning("turn limit: {}", exc)
             final = self.notice(
@@ -347,6 +353,7 @@ class Runner:
                 f"Error: I stopped after {exc.calls} steps without finishing. Ask again to "
                 "continue, or narrow the request.",
             )
+            closing = f"(I stopped here, after {exc.calls} steps in one turn.)"
         except Exception as exc:
             failed = True
             log.exception("batch failed")
@@ -355,23 +362,28 @@ class Runner:
                 f"Error: the agent hit an internal error ({type(exc).__name__}). The details "
                 "are in the agent's log.",
             )
+            closing = f"(This turn failed with an internal error, {type(exc).__name__}.)"
         finally:
             self._in_turn = False
             self._idle_since_s = self._monotonic()
             if failed:
                 self.failures += 1
-            self.finish(final, failed=failed)
+            self.finish(final, failed=failed, closing=closing)
             log.info("completed {} message(s)", len(batch), run=self.run_id)
 
-    def finish(self, final: list[NewOutbound], *, failed: bool) -> None:
+    def finish(self, final: list[NewOutbound], *, failed: bool, closing: str | None = None) -> None:
         """Write the batch's final output and ack everything this batch claimed, in one
-        transaction. Sent mid-turn (tools, output before a tool call) is already written;
-        if the runner dies before this commit, the batch is retried and its retry prompt
-        names what was sent (``retry_note``)."""
+        transaction, then close the conversation's open turn (with ``closing`` as the
+        assistant's last word when the turn went wrong). Sent mid-turn (tools, output before
+        a tool call) is already written; if the runner dies before this commit, the batch is
+        retried, the next run rolls the turn back (``Conversation.reconcile``), and the retry
+        prompt names what was sent (``retry_note``). The turn is closed only after the
+        commit: a kill in between leaves it open with its rows settled, which the next run
+        keeps."""
         ids = list(self._claimed)
         self.faults.crash("before_batch_ack")
         written = self.outbound.write_and_ack(
-            final,
+            [self.ctx.batch.stamp(new) for new in final],
             ids,
             AckStatus.FAILED if failed else AckStatus.COMPLETED,
             run_id=self.run_id,
@@ -381,6 +393,10 @@ class Runner:
             log.info("message written", message=row.id, seq=row.seq)
         self.ctx.settled.update(ids)
         self._claimed = []
+        if closing is not None:
+            self.conversation.close_turn(closing)
+        else:
+            self.conversation.end_turn()
 
     def retry_note(self, rows: Sequence[InboundRow]) -> str | None:
         """For a batch an earlier run died on (``tries`` > 0): what the session already sent
@@ -508,6 +524,8 @@ class Runner:
         if not batch or any(command_of(r) or has_script(r) for r in batch):
             return None
         self.claim(batch)
+        self.ctx.batch.rows += batch
+        self.conversation.extend_turn([r.id for r in batch])
         log.info("pushing {} follow-up message(s) into the turn", len(batch))
         return format_batch(
             batch,

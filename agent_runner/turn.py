@@ -174,12 +174,14 @@ class TurnEngine:
         # Mid-turn (the history ends with tool results awaiting the model): tell it to go on.
         mid_turn = not keep and msgs[-1].get("role") == "user"
         opening = prompts.compacted_opening(summary, mid_turn=mid_turn)
-        new_messages: list[ApiMessage] = [
-            {"role": "user", "content": [{"type": "text", "text": opening}]}
-        ]
+        summary_message: ApiMessage = {
+            "role": "user",
+            "content": [{"type": "text", "text": opening}],
+        }
+        new_messages: list[ApiMessage] = [summary_message]
         if keep:
             new_messages = with_user(new_messages, _blocks(keep[0]))
-        self.conversation.replace(new_messages)
+        self.conversation.replace(new_messages, summary=summary_message)
         log.info("conversation compacted; transcript archived to {}", where)
         return True
 
@@ -194,7 +196,9 @@ class TurnEngine:
         for block in parsed.blocks:
             entry = self.ctx.destinations.find(block.to)
             addressed = (
-                self.ctx.destinations.for_block(entry, self.ctx.batch.in_reply_to)
+                self.ctx.destinations.for_block(
+                    entry, self.ctx.batch.rows, self.ctx.batch.in_reply_to
+                )
                 if entry
                 else None
             )
@@ -213,6 +217,7 @@ class TurnEngine:
                     platform_id=target.platform_id,
                     thread_id=target.thread_id,
                     in_reply_to=in_reply_to,
+                    answers=self.ctx.batch.answers,
                 )
                 for part in split_text(block.body, messages.MAX_TEXT_CHARS)
             ]
@@ -231,13 +236,15 @@ class TurnEngine:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, prompt: str) -> list[NewOutbound]:
-        """Answer ``prompt``: the turn's final output rows, **not yet written**. The caller
-        writes them together with the batch's ack (``OutboundStore.write_and_ack``), so a
-        runner killed in between never leaves an answer whose batch will be answered again.
-        Raises ``ModelError`` or ``TurnLimitReached``; everything already sent stays sent,
-        and the conversation keeps what happened."""
+        """Answer ``prompt`` (the batch ``ctx.batch``): the turn's final output rows, **not
+        yet written**. The caller writes them together with the batch's ack
+        (``OutboundStore.write_and_ack``), so a runner killed in between never leaves an
+        answer whose batch will be answered again, and then closes the conversation's open
+        turn. Raises ``ModelError`` or ``TurnLimitReached``; everything already sent stays
+        sent, and the conversation keeps what happened."""
         if self.ctx.mcp is not None:
             self.ctx.mcp.start()  # first turn only: their tools join the list from now on
+        self.conversation.begin_turn(list(self.ctx.batch.answers))
         self.conversation.add_user_text(prompt)
         self.ctx.batch.delivered = False
         corrected = False

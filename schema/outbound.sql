@@ -43,4 +43,13 @@ CREATE TABLE IF NOT EXISTS container_state (
   updated_at_ms             INTEGER NOT NULL
 );
 
-PRAGMA user_version = 1;
+-- Which inbound rows each outbound row answers: the whole batch of the turn that wrote it
+-- (follow-ups pushed into the turn included). A retried batch is told exactly what was already
+-- sent in reply to its rows; in_reply_to alone names one row. Version 2.
+CREATE TABLE IF NOT EXISTS answers (
+  message_out_id  TEXT NOT NULL,
+  message_in_id   TEXT NOT NULL,
+  PRIMARY KEY (message_in_id, message_out_id)
+);
+
+PRAGMA user_version = 2;

@@ -26,6 +26,7 @@ from nanoclaw_common.paths import CONTAINER, SessionPaths
 from nanoclaw_common.runner_config import RunnerConfig
 from nanoclaw_common.store.inbound import InboundReader
 from nanoclaw_common.store.outbound import NewOutbound, OutboundStore, Written
+from nanoclaw_common.store.rows import InboundRow
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -46,6 +47,19 @@ class Batch:
     # for that person; the oldest row may be someone else's context).
     trigger_id: str | None = None
     delivered: bool = False  # something was sent since the last user push (no nudge needed)
+    # Every row this turn answers, oldest first: the batch, then follow-ups pushed into the
+    # turn. Each row the turn writes records them (``NewOutbound.answers``).
+    rows: list[InboundRow] = field(default_factory=list)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return tuple(row.id for row in self.rows)
+
+    def stamp(self, new: NewOutbound) -> NewOutbound:
+        """``new`` recording that it answers this batch (unless it says otherwise)."""
+        if new.answers or not self.rows:
+            return new
+        return msgspec.structs.replace(new, answers=self.answers)
 
 
 @dataclass
@@ -70,8 +84,11 @@ class ToolContext:
     grep_timeout_s: float = GREP_TIMEOUT_S
 
     def write(self, new: NewOutbound) -> Written:
-        """Insert an outbound row with the next odd seq above both tables."""
-        return self.outbound.insert_message(new, run_id=self.run_id, min_seq=self.inbound.max_seq())
+        """Insert an outbound row with the next odd seq above both tables, recorded as
+        answering the current batch."""
+        return self.outbound.insert_message(
+            self.batch.stamp(new), run_id=self.run_id, min_seq=self.inbound.max_seq()
+        )
 
     def ack_completed(self, ids: list[str]) -> None:
         self.outbound.complete(ids, self.run_id)

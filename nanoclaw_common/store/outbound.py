@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
@@ -32,6 +33,8 @@ class NewOutbound(msgspec.Struct, frozen=True, kw_only=True):
     in_reply_to: str | None = None
     deliver_after_ms: int | None = None
     id: str | None = None  # generated when None
+    # The inbound rows this row answers: the batch of the turn that wrote it (``answers``).
+    answers: tuple[str, ...] = ()
 
 
 class Written(msgspec.Struct, frozen=True):
@@ -81,8 +84,10 @@ class OutboundReader:
         return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM messages_out"))
 
     def replies_to(self, message_ids: Iterable[str]) -> list[rows.OutboundRow]:
-        """Rows written in reply to any of ``message_ids`` (by ``in_reply_to``), in seq
-        order: what an earlier, interrupted attempt at those messages already sent."""
+        """Rows written in reply to any of ``message_ids``, in seq order: what an earlier,
+        interrupted attempt at those messages already sent. A row answers the whole batch
+        of its turn (``answers``); a row written before version 2 recorded only
+        ``in_reply_to``."""
         ids = sorted(set(message_ids))
         if not ids:
             return []
@@ -90,9 +95,22 @@ class OutboundReader:
         return [
             rows.OutboundRow(*r)
             for r in self.db.all(
-                f"SELECT {columns(rows.OutboundRow)} FROM messages_out"
-                f" WHERE in_reply_to IN ({marks}) ORDER BY seq",
-                ids,
+                f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE id IN"
+                f" (SELECT message_out_id FROM answers WHERE message_in_id IN ({marks}))"
+                f" OR (in_reply_to IN ({marks}) AND NOT EXISTS"
+                "  (SELECT 1 FROM answers WHERE message_out_id = messages_out.id))"
+                " ORDER BY seq",
+                [*ids, *ids],
+            )
+        ]
+
+    def answered_by(self, message_out_id: str) -> list[str]:
+        """The inbound rows an outbound row answers (its turn's batch), in id order."""
+        return [
+            str(m)
+            for (m,) in self.db.all(
+                "SELECT message_in_id FROM answers WHERE message_out_id = ? ORDER BY message_in_id",
+                (message_out_id,),
             )
         ]
 
@@ -145,11 +163,35 @@ class OutboundReader:
         return None if value is None else str(value)
 
 
+OUTBOUND_VERSION: Final = 2  # PRAGMA user_version of schema/outbound.sql
+
+
+def upgrade_outbound(db: Database) -> None:
+    """Bring a file an older version wrote up to ``OUTBOUND_VERSION`` (checked again inside
+    the write lock). Version 2 added ``answers``."""
+    if int(db.scalar("PRAGMA user_version")) >= OUTBOUND_VERSION:
+        return
+    with db.write():
+        if int(db.scalar("PRAGMA user_version")) >= OUTBOUND_VERSION:
+            return
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (message_out_id TEXT NOT NULL,"
+            " message_in_id TEXT NOT NULL, PRIMARY KEY (message_in_id, message_out_id))"
+        )
+        db.execute(f"PRAGMA user_version = {OUTBOUND_VERSION}")
+
+
 class OutboundStore(OutboundReader):
     """The agent runner's writer. Creates the file and its schema when missing."""
 
     def __init__(self, path: Path | str) -> None:
-        super().__init__(path, _db=open_session_db(path, "outbound.sql"))
+        db = open_session_db(path, "outbound.sql")
+        try:
+            upgrade_outbound(db)
+        except BaseException:
+            db.close()
+            raise
+        super().__init__(path, _db=db)
 
     def insert_message(
         self,
@@ -183,6 +225,11 @@ class OutboundStore(OutboundReader):
                     run_id,
                 ),
             )
+            for answered in sorted(set(new.answers)):
+                self.db.execute(
+                    "INSERT OR IGNORE INTO answers (message_out_id, message_in_id) VALUES (?, ?)",
+                    (message_id, answered),
+                )
         return Written(message_id, seq)
 
     def write_and_ack(
