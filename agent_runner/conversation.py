@@ -204,7 +204,10 @@ class Conversation:
         if turn is None:
             return []
         if turn.base is not None:
+            # The summary is a user message: end it here, so the next turn's prompt starts a
+            # message of its own rather than being taken for a dangling one.
             self.state.messages = list(turn.base)
+            self._close("(Noted: I continue from this summary.)")
         else:
             self.state.messages = self.state.messages[: turn.start]
         self.state.open_turn = None

@@ -1,10 +1,18 @@
 """Test-only hooks, switched on by an environment variable that ``app.run`` reads. Production
 never sets it; with it unset, nothing here does anything.
 
-- ``NANOCLAW_TEST_CRASH=before_batch_ack`` kills the runner (SIGKILL) just before it writes a
-  batch's final output and ack: the moment a container kill is most likely to leave an answer
-  without its ack. The test then starts a new run (without the variable), which must answer
-  the batch exactly once.
+``NANOCLAW_TEST_CRASH=<point>`` kills the runner (SIGKILL, as a container kill) at one point
+of a turn; the test then starts a new run (without the variable), which must answer each
+message exactly once (docs/delivery.md, "Crash points", rows 3a-3d):
+
+- ``before_model_call``: the batch is claimed and its prompt is in the conversation, no model
+  call has been made;
+- ``after_send``: a row written mid-turn (``send_message``, output before a tool call) has
+  committed, the turn goes on;
+- ``before_batch_ack``: the turn ran to its end, its final output and ack are not written yet:
+  the moment a kill is most likely to leave an answer without its ack.
+
+A kill *during* a model call needs no hook: the test holds the call in the fake API and kills.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from dataclasses import dataclass
 from typing import Final
 
 CRASH_ENV: Final = "NANOCLAW_TEST_CRASH"
-CRASH_POINTS: Final = ("before_batch_ack",)
+CRASH_POINTS: Final = ("before_model_call", "after_send", "before_batch_ack")
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,7 @@ class Runner:
             settled=self.outbound.settled_ids(),
             mcp=mcp,
             processes=ToolProcesses(spare=mcp.pids if mcp is not None else frozenset),
+            faults=self.faults,
         )
         self.conversation = Conversation.load(self.paths.conversation_file)
         # A turn the previous run died in is rolled back before anything else is added, so

@@ -114,6 +114,7 @@ class TurnEngine:
         self.calls += 1
         self.batch_calls += 1
         self.ctx.outbound.count_turn()
+        self.ctx.faults.crash("before_model_call")
         return self._provider().create(request)
 
     # -- compaction -----------------------------------------------------------------------

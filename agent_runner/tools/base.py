@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from agent_runner.destinations import Destinations
+from agent_runner.faults import Faults
 from agent_runner.mcp import McpTools
 from agent_runner.reaper import ToolProcesses
 from nanoclaw_common.paths import CONTAINER, SessionPaths
@@ -82,13 +83,16 @@ class ToolContext:
     # What a tool call started, killed when it ends (reaper.py).
     processes: ToolProcesses = field(default_factory=ToolProcesses)
     grep_timeout_s: float = GREP_TIMEOUT_S
+    faults: Faults = field(default_factory=Faults)  # test-only crash points (faults.py)
 
     def write(self, new: NewOutbound) -> Written:
         """Insert an outbound row with the next odd seq above both tables, recorded as
         answering the current batch."""
-        return self.outbound.insert_message(
+        written = self.outbound.insert_message(
             self.batch.stamp(new), run_id=self.run_id, min_seq=self.inbound.max_seq()
         )
+        self.faults.crash("after_send")
+        return written
 
     def ack_completed(self, ids: list[str]) -> None:
         self.outbound.complete(ids, self.run_id)
