@@ -108,6 +108,11 @@ class Layout:
         return self.run_dir / "supervisor.sock"
 
     @property
+    def alive_dir(self) -> Path:
+        """Each program's proof of life, ``alive/<program>`` (``nanoclaw_common.alive``)."""
+        return self.run_dir / "alive"
+
+    @property
     def supervisor_pid(self) -> Path:
         return self.run_dir / "supervisord.pid"  # supervisord.conf's pidfile
 

@@ -120,6 +120,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     approval_timeout_s: float = 86400.0  # an undecided approval is denied after this
     a2a_max_per_minute: int = 20  # per (source group, target group) pair; more is refused
 
+    # -- watchdog (a supervisord event listener; docs/internals.md, "Watchdog")
+    watchdog_stale_s: float = 60.0  # a beating program whose proof is older than this is hung
+    watchdog_program_stale_s: dict[str, float] = {}  # per program (0: not judged); adds names
+    watchdog_start_grace_s: float = 60.0  # from a (re)start to the first proof of life
+    watchdog_rss_max_mb: int = 512  # a program whose RSS passes this is restarted
+    watchdog_program_rss_max_mb: dict[str, int] = {}  # per program (0: no ceiling)
+    watchdog_backoff_s: float = 300.0  # the next restart of one program waits this, doubling
+    watchdog_backoff_max_s: float = 3600.0  # ... up to this; reset after this long in health
+
     def __repr__(self) -> str:
         shown = {
             name: ("***" if name in SECRET_FIELDS and getattr(self, name) else getattr(self, name))
@@ -183,6 +192,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "tool_ceiling_s",
             "claim_ceiling_s",
             "terminal_patience_s",
+            "watchdog_stale_s",
+            "watchdog_rss_max_mb",
+            "watchdog_backoff_s",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{env_name(name)} must be positive")
@@ -194,6 +206,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             problems.append(
                 f"{env_name('runner_compact_at_tokens')} must be at least {MIN_COMPACT_AT_TOKENS}"
             )
+        problems += self._watchdog_problems()
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s * 2:
             problems.append("heartbeat_timeout_s must exceed twice heartbeat_interval_s")
         short = sorted(
@@ -211,6 +224,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))
         return self
+
+    def _watchdog_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.watchdog_start_grace_s < 0:
+            problems.append(f"{env_name('watchdog_start_grace_s')} must not be negative")
+        if self.watchdog_backoff_max_s < self.watchdog_backoff_s:
+            problems.append("watchdog_backoff_max_s must be at least watchdog_backoff_s")
+        for name in ("watchdog_program_stale_s", "watchdog_program_rss_max_mb"):
+            negative = sorted(p for p, value in getattr(self, name).items() if value < 0)
+            if negative:
+                problems.append(f"{env_name(name)}: {', '.join(negative)} must not be negative")
+        return problems
 
     # -- loading --------------------------------------------------------------------------
 
@@ -257,7 +282,17 @@ def _parse_env_value(field: str, value: str) -> Any:
                 "NANOCLAW_WEBHOOK_SECRETS must look like 'source=secret,other=secret'"
             )
         return {name.strip(): secret.strip() for name, secret in pairs}
+    if field in _PROGRAM_MAPS:
+        # NANOCLAW_WATCHDOG_PROGRAM_STALE_S="sweeper=120,proxy=0"
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ConfigError(f"{env_name(field)} must look like 'program=number,other=number'")
+        return {name.strip(): number.strip() for name, number in pairs}
     return value
+
+
+# Settings given per supervisord program, as ``program=value`` lists in the environment.
+_PROGRAM_MAPS: Final = frozenset({"watchdog_program_stale_s", "watchdog_program_rss_max_mb"})
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import apsw
 from loguru import logger
 
+from nanoclaw_common.alive import beating
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.channels.builtin import build_builtin_adapters
 from nanoclaw_common.errors import ConfigError, NanoclawError
@@ -137,7 +138,8 @@ async def serve(settings: Settings, stop: GracefulStop) -> int:
     stop.install_async(asyncio.get_running_loop(), service.stopped)
     try:
         await start_adapters(deps.adapters)
-        await service.run()
+        async with beating(layout, "delivery"):  # proof of life for the watchdog
+            await service.run()
     finally:
         await close_adapters(deps.adapters)
         deps.offload.close()

@@ -12,6 +12,7 @@ import sys
 
 from loguru import logger
 
+from nanoclaw_common.alive import beating
 from nanoclaw_common.errors import ConfigError
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
@@ -27,7 +28,8 @@ async def run(settings: Settings) -> None:
     layout.ensure()
     stopped = asyncio.Event()
     GracefulStop().install_async(asyncio.get_running_loop(), stopped)
-    await serve(make_app(settings, layout.central_db), layout.proxy_socket, stopped)
+    async with beating(layout, "proxy"):  # from a timer on the loop: requests may not come
+        await serve(make_app(settings, layout.central_db), layout.proxy_socket, stopped)
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from nanoclaw_common.alive import beating
 from nanoclaw_common.channels.builtin import build_builtin_adapters
 from nanoclaw_common.errors import ConfigError
 from nanoclaw_common.lifecycle import GracefulStop
@@ -30,10 +31,11 @@ def make_waker(settings: Settings, layout: Layout, wake_log: str | None) -> Wake
     return Sandbox(settings)
 
 
-async def _serve(router: Router, stop: GracefulStop) -> None:
+async def _serve(router: Router, stop: GracefulStop, layout: Layout) -> None:
     stopped = asyncio.Event()
     stop.install_async(asyncio.get_running_loop(), stopped)
-    await router.run(stopped)
+    async with beating(layout, "router"):  # proof of life for the watchdog, from this loop
+        await router.run(stopped)
 
 
 def single_instance(layout: Layout) -> int | None:
@@ -66,7 +68,7 @@ def main() -> None:
     waker = make_waker(settings, layout, os.environ.get(WAKE_LOG_ENV))
     router = Router(settings, central, build_builtin_adapters(settings), waker, faults=faults)
     try:
-        asyncio.run(_serve(router, GracefulStop()))
+        asyncio.run(_serve(router, GracefulStop(), layout))
     except Exception:
         logger.exception("router crashed")
         sys.exit(1)

@@ -15,6 +15,7 @@ import time
 import msgspec
 from loguru import logger
 
+from nanoclaw_common.alive import Proof
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import ConfigError
 from nanoclaw_common.lifecycle import GracefulStop
@@ -49,12 +50,14 @@ def run(settings: Settings, stop: GracefulStop) -> int:
     layout.ensure()
     central = CentralStore.open(layout.central_db)
     sandbox = Sandbox(settings)
-    sweeper = Sweeper(settings, central, sandbox)
+    proof = Proof.of(layout, "sweeper")  # beaten by each pass, and between its sessions
+    sweeper = Sweeper(settings, central, sandbox, beat=proof.beat)
     passes = errors = 0
     error_delay_s = PASS_INTERVAL_S
     log.info("sweeping every {} s (max {} containers)", PASS_INTERVAL_S, settings.max_containers)
     try:
         while not stop.stopping:
+            proof.touch()
             started = time.monotonic()
             try:
                 report = sweeper.sweep(now_ms())

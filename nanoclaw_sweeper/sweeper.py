@@ -26,7 +26,7 @@ cheap enough to run every second, so due work is woken within about a second.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -104,6 +104,9 @@ class Sweeper:
     settings: Settings
     central: CentralStore
     sandbox: SweeperSandbox
+    # Proof of life for the watchdog (nanoclaw_common.alive), called between two sessions:
+    # a pass stuck on one stops it, a long pass over many does not.
+    beat: Callable[[], object] = lambda: None
     layout: Layout = field(init=False)
     policy: Policy = field(init=False)
     ledger: RunLedger = field(init=False)
@@ -126,6 +129,7 @@ class Sweeper:
         wanted: list[rows.Session] = []
         idle_running: list[tuple[int, str]] = []  # (idle since, session id)
         for session in sessions:
+            self.beat()
             paths = self.layout.session(session.agent_group_id, session.id)
             running = session.id in live
             if not running and not self._worth_examining(session, paths, now):

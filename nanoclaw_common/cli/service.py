@@ -2,9 +2,9 @@
 
 supervisord is the process manager (``supervisord.conf`` in the checkout); these commands
 only start it with the right environment, wait until every program is up, and shut it down
-in an order that loses nothing: the workers first (no new wakes), then the agent
-containers (TERM, so a turn in progress ends at a clean point; an unfinished one is retried
-at the next start), then supervisord with the Podman API service.
+in an order that loses nothing: the watchdog and the workers first (no new wakes), then the
+agent containers (TERM, so a turn in progress ends at a clean point; an unfinished one is
+retried at the next start), then supervisord with the Podman API service.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from nanoclaw_common.sandbox.service import socket_answers
 START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 60.0
 WORKERS: Final = ("router", "delivery", "sweeper")  # the ones that wake or feed containers
+WATCHDOG: Final = "watchdog"  # the event listener that restarts hung programs
 _POLL_S: Final = 0.25
 
 
@@ -149,6 +150,9 @@ def down(ctx: CliContext, config: str | None, keep_containers: bool) -> None:
     if not _running(ctx):
         console.print("not running")
         return
+    # The watchdog first: it must not restart a worker while `down` stops it (it leaves
+    # stopped programs alone, but it may have judged one a moment before its stop).
+    _ctl(ctx, conf, "stop", WATCHDOG)
     _ctl(ctx, conf, "stop", *WORKERS)
     if not keep_containers:
         stop_containers(ctx)

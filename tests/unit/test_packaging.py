@@ -14,6 +14,7 @@ SOURCE_ROOTS = [
     "nanoclaw_delivery",
     "nanoclaw_sweeper",
     "nanoclaw_proxy",
+    "nanoclaw_watchdog",
     "agent_runner",
 ]
 
@@ -42,6 +43,7 @@ def test_console_scripts() -> None:
         "nanoclaw-delivery",
         "nanoclaw-sweeper",
         "nanoclaw-proxy",
+        "nanoclaw-watchdog",
         "nanoclaw-agent-runner",
     }
     for target in scripts.values():
