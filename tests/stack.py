@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 CHECKOUT: Final = Path(__file__).resolve().parents[1]
 NANOCLAW: Final = str(Path(sys.executable).with_name("nanoclaw"))
-PROGRAMS: Final = frozenset({"podman-api", "proxy", "router", "delivery", "sweeper"})
+PROGRAMS: Final = frozenset({"podman-api", "proxy", "router", "delivery", "sweeper", "watchdog"})
 COMMAND_TIMEOUT_S: Final = 180.0
 
 

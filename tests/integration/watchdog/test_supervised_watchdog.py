@@ -64,9 +64,11 @@ def test_a_program_that_keeps_hanging_is_not_restarted_in_a_loop(
     supervised: Supervised,
 ) -> None:
     # `stuck` hangs right after its first beat at every start (NANOCLAW_HOME/hang-stuck).
-    wait_until(lambda: "restarting stuck" in supervised.log("watchdog"), 60, "the first restart")
-    first = re.search(r"restarted stuck: pid (\d+) -> (\d+)", supervised.log("watchdog"))
-    assert first is not None
+    first = wait_until(
+        lambda: re.search(r"restarted stuck: pid (\d+) -> (\d+)", supervised.log("watchdog")),
+        60,
+        "the first restart",
+    )
     again = int(first[2])
     # It hangs again at once; the next look finds it stale, and the backoff holds it back.
     held = wait_until(
