@@ -49,3 +49,24 @@ def shown(value: object, limit: int = ID_CHARS) -> str:
 def shown_text(value: object) -> str:
     """``shown`` with the longer cap for reasons and quoted text."""
     return shown(value, TEXT_CHARS)
+
+
+def escaped(value: object) -> str:
+    """``value`` with unsafe characters escaped, not cut: for a log record's own line, which
+    the logging setup caps as a whole."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE.sub(_escape, text)
+
+
+# What a terminal may receive from a reply: newlines and tabs stay, as a person wrote them.
+_UNSAFE_ON_TERMINAL: Final = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff]"
+)
+
+
+def terminal_text(value: object) -> str:
+    """Multi-line text for a terminal (``nanoclaw chat``): line breaks and tabs kept, every
+    other control character (escape sequences above all) and the reordering format
+    characters escaped. Not capped: the caller's frame or row limits apply."""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE_ON_TERMINAL.sub(_escape, text)

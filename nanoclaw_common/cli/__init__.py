@@ -19,7 +19,12 @@ from nanoclaw_common.cli.status import status
 from nanoclaw_common.cli.users import members, roles, users
 from nanoclaw_common.cli.wirings import wirings
 from nanoclaw_common.errors import NanoclawError
+from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.settings import load_from_process
+
+# Passed as the root context's ``obj`` by ``main()`` only: the console script configures
+# logging (stderr, secrets masked); tests that invoke ``cli`` in-process keep theirs.
+_FROM_MAIN = object()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +37,8 @@ def cli(click_ctx: click.Context, home: str | None, as_json: bool) -> None:
         settings = load_from_process(home=home)
     except NanoclawError as exc:
         raise click.ClickException(str(exc)) from None
+    if click_ctx.obj is _FROM_MAIN:
+        setup_logging("nanoclaw", settings.log_level, settings.secrets())
     ctx = CliContext(settings=settings, as_json=as_json)
     click_ctx.obj = ctx
     click_ctx.call_on_close(ctx.close)
@@ -53,7 +60,7 @@ cli.add_command(ctl)
 
 def main() -> None:
     try:
-        cli(standalone_mode=True)
+        cli(standalone_mode=True, obj=_FROM_MAIN)
     except NanoclawError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
