@@ -311,6 +311,10 @@ def _decode(decoder: msgspec.json.Decoder[T], data: bytes | str, what: str, limi
         raise DecodeError(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise DecodeError(f"invalid {what}: not valid JSON ({exc})") from None
+    except RecursionError:
+        # msgspec has no depth limit: it recurses per level, also to skip a value before a
+        # union's tag, until Python's recursion limit. Poison, like any undecodable row.
+        raise DecodeError(f"invalid {what}: nested too deep") from None
 
 
 def decode_inbound_content(data: bytes | str) -> InboundContent:

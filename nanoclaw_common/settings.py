@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_port: int = 0  # 0: no webhook server
     webhook_host: str = "127.0.0.1"
     webhook_secrets: dict[str, str] = {}  # source name -> HMAC secret
+    # Signed deliveries per source: a burst at once, then this many a minute (more: 429).
+    webhook_rate_per_minute: int = 60
+    webhook_burst: int = 20
 
     # -- containers
     image: str = "localhost/nanoclaw-agent:latest"
@@ -181,6 +184,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "delivery_max_attempts",
             "max_messages_per_prompt",
             "max_turns_per_batch",
+            "webhook_rate_per_minute",
+            "webhook_burst",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{env_name(name)} must be at least 1")

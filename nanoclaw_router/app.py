@@ -16,13 +16,14 @@ from typing import Any, Final
 
 from loguru import logger
 
-from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.channels.base import INVALID_INPUT, ChannelAdapter
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.messages import ActionEvent, InboundEvent
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.wake import Waker
+from nanoclaw_router.drops import DropThrottle
 from nanoclaw_router.faults import Faults
 from nanoclaw_router.ingest import Ingest
 from nanoclaw_router.outbox import OutboxSender
@@ -64,6 +65,7 @@ class Router:
             heartbeat_interval_s=settings.heartbeat_interval_s,
             clock=clock,
         )
+        self.drops = DropThrottle(central, clock=clock)
         self.ingest = Ingest(
             central,
             self.layout,
@@ -88,8 +90,10 @@ class Router:
     async def on_action(self, action: ActionEvent) -> None:
         await self.ingest.handle_action(action)
 
-    async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
-        self.ingest.record_invalid(channel_type, platform_id, reason)
+    async def on_invalid(
+        self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+    ) -> None:
+        self.drops.record(channel_type, platform_id, code, reason)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -105,6 +109,7 @@ class Router:
         self._tasks.append(asyncio.create_task(self.outbox.run()))
         self._tasks.append(asyncio.create_task(self.typing.run()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self.drops.run()))
         log.info("router running with channels: {}", ", ".join(sorted(self.adapters)) or "none")
         self.started.set()
 
@@ -144,6 +149,7 @@ class Router:
                 await task
         self._tasks.clear()
         await self.ingest.settle_background(self.background_grace_s)
+        self.drops.flush(everything=True)
         await self.wakes.idle()
         for channel_type, adapter in self.adapters.items():
             try:

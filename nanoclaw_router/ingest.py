@@ -3,7 +3,11 @@ drops, queue denials and approval cards, resolve sessions, commit the rows (``wr
 then wake the sessions and start their typing indicators.
 
 Exactly-once: a row's id is ``<platform message id>:<agent group id>`` and the insert ignores
-an id that exists. ``route`` returns only after every row of the event is committed; the
+an id that holds the same message. An id held by a *different* row (another kind, chat,
+sender or text) is a collision: the message goes to an alternative id, and the collision is
+a recorded ``id_collision`` drop and a log line (``drops.record_collision``).
+
+``route`` returns only after every row of the event is committed; the
 adapter acknowledges the platform after that. A re-sent event therefore changes nothing —
 except that its session is woken again if the first attempt died before waking it: the
 session's container is ``stopped`` and the row still waits for the agent (not yet settled
@@ -56,6 +60,7 @@ from nanoclaw_common.store.rows import (
 )
 from nanoclaw_router.approvals import Approvals, Registration, decode_options
 from nanoclaw_router.clicks import HostCard, card_messages, clicked_on
+from nanoclaw_router.drops import record_collision
 from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
 from nanoclaw_router.outbox import OutboxSender
@@ -285,8 +290,10 @@ class Ingest:
         stored = []
         for item, result in zip(queued, results, strict=True):
             session, row = item.session, item.row
-            stored.append(Stored(session, row.id, row.trigger, result))
-            if result.created:
+            stored.append(Stored(session, result.id, row.trigger, result))
+            if result.collided_with is not None:
+                record_collision(self.central, session, row, result, self.clock())
+            elif result.created:
                 log.info(
                     "stored seq={} ({})",
                     result.seq,
@@ -390,16 +397,6 @@ class Ingest:
             chat=chat.id if chat else None,
             group=agent_group_id,
         )
-
-    def record_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
-        self.central.record_drop(
-            channel_type,
-            platform_id or "unknown",
-            DropReason.INVALID_INPUT,
-            detail=reason[:500],
-            now=self.clock(),
-        )
-        log.warning("invalid input from {}/{}: {}", channel_type, platform_id, reason[:300])
 
     # -- button clicks --------------------------------------------------------------------
 

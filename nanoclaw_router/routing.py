@@ -68,6 +68,10 @@ class DropReason(StrEnum):
     REGISTRATION_RATE_LIMITED = "registration_rate_limited"  # too many cards: no card sent
     MISSING_AGENT_GROUP = "missing_agent_group"
     CLICK_NOT_ON_CARD = "click_not_on_card"  # a click for an approval card, made elsewhere
+    # The message's row id was held by a different row (another kind or content); the
+    # message itself was stored under an alternative id, not dropped.
+    ID_COLLISION = "id_collision"
+    RATE_LIMITED = "rate_limited"  # authentic input past its source's rate limit (webhooks)
 
 
 class CommandClass(StrEnum):

@@ -8,7 +8,9 @@ while the previous commit ran goes into the next transaction together
 (apsw releases the GIL while SQLite works).
 
 ``write`` returns only after the row's transaction committed; the caller may then
-acknowledge the platform. The order of ``write`` calls for one session is the order of the
+acknowledge the platform. A row whose id a different row holds is stored under an
+alternative id (``InboundStore.insert_messages(disambiguate=True)``); the result says so.
+The order of ``write`` calls for one session is the order of the
 rows' seq numbers.
 """
 
@@ -149,7 +151,9 @@ class SessionWriter:
                 )
                 row = msgspec.structs.replace(row, content=content)
             rows.append(row)
-        return store.insert_messages(rows)
+        # A different row holding a message's id (a collision) must not cost the message:
+        # it goes to an alternative id, and the caller records the collision.
+        return store.insert_messages(rows, disambiguate=True)
 
     async def still_pending(self, session: Session, row_id: str) -> bool:
         """True when the row waits for the agent: ``pending`` in ``messages_in`` and not

@@ -20,7 +20,7 @@ from agent_runner.output import split_text
 from agent_runner.tools.base import Tool, ToolContext, ToolError, integer, schema, string
 from agent_runner.tools.files import open_regular
 from nanoclaw_common import messages
-from nanoclaw_common.ids import new_id
+from nanoclaw_common.ids import new_id, original_row_id
 from nanoclaw_common.store.outbound import NewOutbound
 
 _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,()+@=-]{0,199}$")
@@ -124,9 +124,11 @@ def platform_message(ctx: ToolContext, seq: int) -> tuple[str, Target]:
     and the address to act on it."""
     row = ctx.inbound.get_by_seq(seq)
     if row is not None:
-        # Inbound chat ids are '<platform message id>:<agent group id>'.
+        # Inbound chat ids are '<platform message id>:<agent group id>', with '#<n>' after
+        # them when another row held that id (ids.alternative_id).
         suffix = f":{ctx.config.agent_group_id}"
-        platform_id = row.id[: -len(suffix)] if row.id.endswith(suffix) else row.id
+        row_id = original_row_id(row.id)
+        platform_id = row_id[: -len(suffix)] if row_id.endswith(suffix) else row_id
         where = (row.channel_type, row.platform_id, row.thread_id)
     else:
         out = ctx.outbound.get_by_seq(seq)

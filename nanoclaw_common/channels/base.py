@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
 import msgspec
 
@@ -30,6 +30,12 @@ from nanoclaw_common.messages import ActionEvent, AskQuestion, InboundEvent, Sen
 
 if TYPE_CHECKING:
     from nanoclaw_common.settings import Settings
+
+
+#: ``InboundSink.on_invalid`` codes (the drop's reason): input we could not decode or that
+#: failed its signature, and authentic input past a rate limit.
+INVALID_INPUT: Final = "invalid_input"
+RATE_LIMITED: Final = "rate_limited"
 
 
 class InboundSink(Protocol):
@@ -42,8 +48,13 @@ class InboundSink(Protocol):
     async def on_action(self, action: ActionEvent) -> None:
         """Route a button click (a question answer or an approval decision)."""
 
-    async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
-        """Record an input that could not be decoded (a recorded drop, never a crash)."""
+    async def on_invalid(
+        self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+    ) -> None:
+        """Record an input that could not be decoded, or was refused (``code``): a recorded
+        drop, never a crash. It may return before the drop is written when the same chat and
+        code were recorded within the last second (a flood is counted, not written each
+        time); it raises when the drop could not be recorded."""
 
 
 class OutgoingFile(msgspec.Struct, frozen=True):

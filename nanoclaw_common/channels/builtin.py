@@ -57,7 +57,13 @@ def _webhook(settings: Settings) -> ChannelAdapter | None:
         return None
     from nanoclaw_common.channels.webhook import WebhookAdapter
 
-    return WebhookAdapter(settings.webhook_secrets, settings.webhook_host, settings.webhook_port)
+    return WebhookAdapter(
+        settings.webhook_secrets,
+        settings.webhook_host,
+        settings.webhook_port,
+        rate_per_minute=settings.webhook_rate_per_minute,
+        burst=settings.webhook_burst,
+    )
 
 
 BUILTIN = {"cli": _cli, "telegram": _telegram, "slack": _slack, "webhook": _webhook}

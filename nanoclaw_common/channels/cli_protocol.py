@@ -123,6 +123,9 @@ def _decode(decoder: msgspec.json.Decoder, line: bytes, what: str, limit: int): 
         return decoder.decode(line)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise DecodeError(f"invalid {what}: {exc}") from None
+    except RecursionError:
+        # msgspec recurses to skip a value while it looks for a union's tag.
+        raise DecodeError(f"invalid {what}: nested too deep") from None
 
 
 def decode_request(line: bytes) -> Request:

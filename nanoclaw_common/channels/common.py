@@ -120,6 +120,8 @@ def parse_webhook_text(text: str) -> WebhookBody:
         return msgspec.json.decode(text, type=WebhookBody)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise DecodeError(f"invalid webhook event text: {exc}") from None
+    except RecursionError:
+        raise DecodeError("invalid webhook event text: nested too deep") from None
 
 
 @dataclass

@@ -35,7 +35,6 @@ from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
-import msgspec
 from aiohttp import web
 from loguru import logger
 from slack_sdk.errors import SlackApiError, SlackRequestError
@@ -533,11 +532,7 @@ class SlackAdapter(ChannelAdapter):
         return web.Response(status=200)
 
     async def _interaction_text(self, payload: str, sink: InboundSink) -> None:
-        try:
-            raw = msgspec.json.decode(payload)
-        except msgspec.DecodeError as exc:
-            raise DecodeError(f"invalid slack interaction payload: {exc}") from None
-        await self.handle_interaction(raw, sink)
+        await self.handle_interaction(sp.decode_interaction(payload), sink)
 
     # -- outbound -------------------------------------------------------------------------
 

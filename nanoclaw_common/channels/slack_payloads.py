@@ -1,6 +1,7 @@
 """Strict decoding of what Slack sends us: Socket Mode envelopes, Events API callbacks and
 interactivity (``block_actions``) payloads. Only the fields we use are declared; unknown
-ones are ignored (Slack adds fields), declared ones are type- and size-checked.
+ones are ignored (Slack adds fields), declared ones are type- and size-checked, and the
+raw JSON's size and nesting depth are bounded before it is decoded (``jsonlimits``).
 
 Also the request signature check of the Events API (``v0=`` HMAC-SHA256 over
 ``v0:<timestamp>:<body>`` with the signing secret), done by slack-sdk's ``SignatureVerifier``
@@ -16,6 +17,7 @@ from msgspec import Meta
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from nanoclaw_common.errors import DecodeError
+from nanoclaw_common.jsonlimits import decode_json
 
 MAX_REQUEST_BYTES: Final = 1_000_000
 MAX_SIGNATURE_AGE_S: Final = 300  # Slack's rule: refuse requests older than five minutes
@@ -111,12 +113,9 @@ def _convert(raw: Any, type_: type[Any], what: str) -> Any:
 
 
 def decode_envelope(raw: str | bytes) -> Envelope:
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise DecodeError("slack frame over the size limit")
-    try:
-        envelope: Envelope = msgspec.json.decode(raw, type=Envelope)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise DecodeError(f"invalid slack socket mode frame: {exc}") from None
+    envelope: Envelope = decode_json(
+        raw, Envelope, what="slack socket mode frame", max_bytes=MAX_REQUEST_BYTES
+    )
     return envelope
 
 
@@ -126,11 +125,15 @@ def decode_callback(raw: Any) -> EventCallback:
 
 
 def decode_callback_body(body: bytes) -> EventCallback:
-    try:
-        callback: EventCallback = msgspec.json.decode(body, type=EventCallback)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise DecodeError(f"invalid slack event body: {exc}") from None
+    callback: EventCallback = decode_json(
+        body, EventCallback, what="slack event body", max_bytes=MAX_REQUEST_BYTES
+    )
     return callback
+
+
+def decode_interaction(payload: str) -> Any:
+    """The ``payload`` field of an interactivity request (form-encoded JSON)."""
+    return decode_json(payload, what="slack interaction payload", max_bytes=MAX_REQUEST_BYTES)
 
 
 def decode_message_event(raw: Any) -> MessageEvent:

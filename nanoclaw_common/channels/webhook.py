@@ -25,12 +25,19 @@ so a retried delivery is deduplicated and two deliveries with the same body are 
 (there is no body-hash fallback that would swallow a payload sent twice on purpose).
 
 A request that is not authentic (no or a wrong signature, a stale timestamp, a missing
-signed header, a non-ASCII header) gets 401 and a recorded drop; the body is never parsed.
-An authentic one must be JSON (at most ``MAX_BODY_BYTES``) with valid names, else 400 and a
-recorded drop. The request is a chat ``webhook/<source>`` from sender ``webhook:<source>``,
-so a source is wired to agent groups like any chat (an unwired one raises a registration
-card). The answer (200) is sent after the commit; 503 when the row (or the drop) could not be
-committed, so the sender retries.
+signed header, a non-ASCII header) gets 401 and a recorded drop; the body is never parsed. A
+body over ``MAX_BODY_BYTES`` gets 413 and a drop. Authentic deliveries are rate limited per
+source (a token bucket: ``burst`` at once, then ``rate_per_minute``): past it, 429 with
+``Retry-After`` and a ``rate_limited`` drop, before anything is parsed or stored. An authentic
+one must be JSON nested at most ``jsonlimits.MAX_DEPTH`` levels, with valid names, else 400
+and a recorded drop (a 40,000-deep body is measured on the raw bytes, never recursed into).
+The router records drops of one source and reason at most once a second, with a count, so a
+flood costs neither a write nor a log line per request.
+
+The request is a chat ``webhook/<source>`` from sender ``webhook:<source>``, so a source is
+wired to agent groups like any chat (an unwired one raises a registration card). The answer
+(200) is sent after the commit; 503 when the row (or the drop) could not be committed, so
+the sender retries.
 
 The router turns the event into a ``webhook`` row: the event's text is
 ``{"event": <name>, "payload": <body>}`` (``common.webhook_text`` / ``common.parse_webhook_text``).
@@ -44,22 +51,25 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-import msgspec
 from aiohttp import web
 from loguru import logger
 
 from nanoclaw_common.channels.base import (
+    INVALID_INPUT,
+    RATE_LIMITED,
     ChannelAdapter,
     InboundSink,
     OutgoingFile,
 )
 from nanoclaw_common.channels.common import make_event, webhook_text
 from nanoclaw_common.errors import DecodeError, PermanentFailure
+from nanoclaw_common.jsonlimits import decode_json
 from nanoclaw_common.messages import MAX_TEXT_CHARS, AskQuestion, InboundEvent
+from nanoclaw_common.ratelimit import RateLimiter, retry_after_header
 from nanoclaw_common.settings import MIN_WEBHOOK_SECRET_CHARS
 
 log = logger.bind(component="webhook")
@@ -152,11 +162,31 @@ def authenticate(secret: str, body: bytes, headers: Mapping[str, str], now_s: fl
     return Signed(headers.get(GITHUB_EVENT) or "webhook", headers.get(GITHUB_DELIVERY), None)
 
 
+async def _record(
+    sink: InboundSink, source: str, reason: str, *, code: str = INVALID_INPUT
+) -> None:
+    """Record a refused request, best effort: the answer (401, 413, 429) is the same either
+    way, and the sender has nothing to retry that would change it."""
+    try:
+        await sink.on_invalid(CHANNEL, source, reason, code=code)
+    except Exception as exc:
+        log.warning("could not record a refused webhook for {}: {}", source, exc)
+
+
 class WebhookAdapter(ChannelAdapter):
     channel_type = CHANNEL
     text_limit = MAX_TEXT_CHARS
 
-    def __init__(self, secrets: dict[str, str], host: str, port: int) -> None:
+    def __init__(
+        self,
+        secrets: dict[str, str],
+        host: str,
+        port: int,
+        *,
+        rate_per_minute: int = 60,
+        burst: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         bad = [name for name in secrets if not SOURCE_NAME.match(name)]
         if bad:
             raise PermanentFailure(f"webhook source names must match {SOURCE_NAME.pattern}: {bad}")
@@ -172,6 +202,8 @@ class WebhookAdapter(ChannelAdapter):
         self.host = host
         self.port = port
         self.bound_port = 0
+        self.limiter = RateLimiter(rate_per_minute, burst)
+        self.clock = clock
         self._runner: web.AppRunner | None = None
 
     async def close(self) -> None:
@@ -204,19 +236,28 @@ class WebhookAdapter(ChannelAdapter):
         secret = self.secrets.get(source)
         if secret is None:
             return web.Response(status=404, text="unknown webhook source")
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            await _record(sink, source, f"webhook body over {MAX_BODY_BYTES} bytes")
+            return web.Response(status=413, text=f"body over {MAX_BODY_BYTES} bytes")
         try:
             signed = authenticate(
                 secret, body, request.headers, time.time() if now_s is None else now_s
             )
         except NotAuthentic as exc:
-            log.warning("refused webhook for {}: {}", source, exc)
-            try:
-                await sink.on_invalid(CHANNEL, source, f"refused webhook: {exc}")
-            except Exception as record_exc:
-                # Refused either way: an unauthenticated request is nothing to retry.
-                log.warning("could not record a refused webhook: {}", record_exc)
+            # Refused either way: an unauthenticated request is nothing to retry. No log
+            # line here: the router logs drops, at most once a second per source.
+            await _record(sink, source, f"refused webhook: {exc}")
             return web.Response(status=401, text="invalid signature")
+        wait_s = self.limiter.take(source, self.clock())
+        if wait_s > 0:
+            await _record(sink, source, "over the per-source webhook rate limit", code=RATE_LIMITED)
+            return web.Response(
+                status=429,
+                text="too many deliveries, retry later",
+                headers={"Retry-After": retry_after_header(wait_s)},
+            )
         try:
             event = self.to_event(source, body, signed)
         except DecodeError as exc:
@@ -247,10 +288,7 @@ class WebhookAdapter(ChannelAdapter):
             raise DecodeError(f"a delivery id is required ({GITHUB_DELIVERY})")
         if not DELIVERY_ID.match(signed.delivery):
             raise DecodeError("invalid webhook delivery id")
-        try:
-            payload = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise DecodeError(f"webhook body is not JSON: {exc}") from None
+        payload: Any = decode_json(body, what="webhook body", max_bytes=MAX_BODY_BYTES)
         stamp_s = signed.timestamp_s if signed.timestamp_s is not None else time.time()
         return make_event(
             channel_type=CHANNEL,

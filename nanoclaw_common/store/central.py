@@ -1277,15 +1277,17 @@ class CentralStore:
         messaging_group_id: str | None = None,
         agent_group_id: str | None = None,
         detail: str | None = None,
+        count: int = 1,
         now: int | None = None,
     ) -> None:
-        """Count one refused message, per (chat, reason)."""
+        """Count ``count`` refused messages (one, unless a flood was counted in memory
+        first), per (chat, reason)."""
         stamp = now or now_ms()
         with self.db.write():
             self.db.execute(
                 "INSERT INTO dropped_messages (channel_type, platform_id, reason, user_id,"
                 " sender_name, messaging_group_id, agent_group_id, detail, message_count,"
-                " first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                " first_seen_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (channel_type, platform_id, reason) DO UPDATE SET"
                 " user_id = coalesce(excluded.user_id, dropped_messages.user_id),"
                 " sender_name = coalesce(excluded.sender_name, dropped_messages.sender_name),"
@@ -1294,7 +1296,7 @@ class CentralStore:
                 " agent_group_id = coalesce(excluded.agent_group_id,"
                 "   dropped_messages.agent_group_id),"
                 " detail = coalesce(excluded.detail, dropped_messages.detail),"
-                " message_count = dropped_messages.message_count + 1,"
+                " message_count = dropped_messages.message_count + excluded.message_count,"
                 " last_seen_ms = excluded.last_seen_ms",
                 (
                     channel_type,
@@ -1305,6 +1307,7 @@ class CentralStore:
                     messaging_group_id,
                     agent_group_id,
                     detail,
+                    count,
                     stamp,
                     stamp,
                 ),

@@ -17,8 +17,9 @@ import msgspec
 from nanoclaw_common import messages
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NotFound
+from nanoclaw_common.ids import alternative_id
 from nanoclaw_common.states import DeliveryStatus, MessageInStatus
-from nanoclaw_common.store import rows
+from nanoclaw_common.store import collisions, rows
 from nanoclaw_common.store.migrations import open_session_db
 from nanoclaw_common.store.sqlite import Database, Mode, columns
 
@@ -41,9 +42,16 @@ class NewInbound(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class InsertResult(msgspec.Struct, frozen=True):
-    id: str
+    id: str  # where the row is: the id asked for, or its alternative after a collision
     seq: int
-    created: bool  # False: the id was already there (a platform re-send); nothing changed
+    created: bool  # False: the same message was already there (a re-send); nothing changed
+    # The id asked for was held by a different row (``collisions.difference``: what it is).
+    # With ``disambiguate`` the message went to an alternative id (``id``), else nowhere.
+    collided_with: str | None = None
+
+
+#: Alternatives ``#1``… tried before a random one (rows made to hold them all are hostile).
+MAX_ALTERNATIVES: Final = 16
 
 
 def next_even(max_seq: int | None) -> int:
@@ -347,46 +355,76 @@ class InboundStore(InboundReader):
         return self.insert_messages([new], now=now)[0]
 
     def insert_messages(
-        self, batch: Iterable[NewInbound], *, now: int | None = None
+        self, batch: Iterable[NewInbound], *, now: int | None = None, disambiguate: bool = False
     ) -> list[InsertResult]:
-        """Insert several rows in one transaction (one fsync). A row whose id exists is left
-        alone and reported with ``created=False``."""
+        """Insert several rows in one transaction (one fsync). A row whose id holds the same
+        message already is left alone and reported with ``created=False``.
+
+        An id held by a *different* row (another kind, chat, sender or content:
+        ``collisions.difference``) is a collision, reported in ``collided_with``. Without
+        ``disambiguate`` nothing is inserted (``created=False``, the old row's seq). With it
+        the message is inserted under the first alternative id (``ids.alternative_id``)
+        that is free, or found there when it is the same message (a re-send of a message
+        that collided before): a platform message is never lost to an id someone else
+        took."""
         stamp = now_ms() if now is None else now
         results: list[InsertResult] = []
         with self.db.write():
             top = self.db.scalar("SELECT max(seq) FROM messages_in")
             for new in batch:
-                existing = self.db.scalar("SELECT seq FROM messages_in WHERE id = ?", (new.id,))
-                if existing is not None:
-                    results.append(InsertResult(new.id, int(existing), False))
+                target, collided, found = self._place(new, disambiguate)
+                if found is not None:
+                    results.append(InsertResult(target, found, False, collided))
                     continue
                 seq = next_even(top)
                 top = seq
-                self.db.execute(
-                    "INSERT INTO messages_in (id, seq, kind, timestamp_ms, status,"
-                    " process_after_ms, recurrence, series_id, tries, trigger, platform_id,"
-                    " channel_type, thread_id, content, source_session_id, on_wake, created_at_ms)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new.id,
-                        seq,
-                        messages.INBOUND_KIND[type(new.content)],
-                        new.timestamp_ms,
-                        new.process_after_ms,
-                        new.recurrence,
-                        new.series_id or new.id,
-                        int(new.trigger),
-                        new.platform_id,
-                        new.channel_type,
-                        new.thread_id,
-                        messages.encode_text(new.content),
-                        new.source_session_id,
-                        int(new.on_wake),
-                        stamp,
-                    ),
-                )
-                results.append(InsertResult(new.id, seq, True))
+                self._insert(new, target, seq, stamp)
+                results.append(InsertResult(target, seq, True, collided))
         return results
+
+    def _place(self, new: NewInbound, disambiguate: bool) -> tuple[str, str | None, int | None]:
+        """Where ``new`` goes: (id, what collided or None, the seq of the same message
+        already there or None when the id is free). Inside the write transaction."""
+        collided: str | None = None
+        for n in range(MAX_ALTERNATIVES + 1):
+            target = new.id if n == 0 else alternative_id(new.id, n)
+            existing = self.db.one(
+                f"SELECT {collisions.EXISTING_COLUMNS} FROM messages_in WHERE id = ?", (target,)
+            )
+            if existing is None:
+                return target, collided, None
+            differs = collisions.difference(existing, new)
+            if differs is None:
+                return target, collided, int(existing[0])
+            collided = collided or differs
+            if not disambiguate:
+                return target, collided, int(existing[0])
+        return alternative_id(new.id, 0), collided, None
+
+    def _insert(self, new: NewInbound, row_id: str, seq: int, stamp: int) -> None:
+        self.db.execute(
+            "INSERT INTO messages_in (id, seq, kind, timestamp_ms, status,"
+            " process_after_ms, recurrence, series_id, tries, trigger, platform_id,"
+            " channel_type, thread_id, content, source_session_id, on_wake, created_at_ms)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row_id,
+                seq,
+                messages.INBOUND_KIND[type(new.content)],
+                new.timestamp_ms,
+                new.process_after_ms,
+                new.recurrence,
+                new.series_id or row_id,
+                int(new.trigger),
+                new.platform_id,
+                new.channel_type,
+                new.thread_id,
+                messages.encode_text(new.content),
+                new.source_session_id,
+                int(new.on_wake),
+                stamp,
+            ),
+        )
 
     def advance_recurrence(
         self, done: rows.InboundRow, new_id: str, process_after_ms: int, *, now: int

@@ -11,7 +11,7 @@ from typing import Any
 import apsw
 import pytest
 
-from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.channels.base import INVALID_INPUT, ChannelAdapter
 from nanoclaw_common.messages import ActionEvent, InboundEvent
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
@@ -61,8 +61,10 @@ class FlakySink:
     async def on_action(self, action: ActionEvent) -> None:
         await self.router.on_action(action)
 
-    async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
-        await self.router.on_invalid(channel_type, platform_id, reason)
+    async def on_invalid(
+        self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+    ) -> None:
+        await self.router.on_invalid(channel_type, platform_id, reason, code=code)
 
 
 class Delays:

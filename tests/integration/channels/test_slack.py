@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw_common.channels.base import OutgoingFile
+from nanoclaw_common.channels.base import INVALID_INPUT, OutgoingFile
 from nanoclaw_common.channels.common import button_data
 from nanoclaw_common.channels.slack import SlackAdapter
 from nanoclaw_common.errors import PermanentFailure, RetryLater
@@ -302,7 +302,9 @@ def test_events_api_failure_to_commit_is_a_500(slack: FakeSlack) -> None:
         async def on_action(self, action: object) -> None:
             raise OSError("database is locked")
 
-        async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+        async def on_invalid(
+            self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+        ) -> None:
             return None
 
     async def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw_common.channels.base import OutgoingFile
+from nanoclaw_common.channels.base import INVALID_INPUT, OutgoingFile
 from nanoclaw_common.channels.common import button_data
 from nanoclaw_common.channels.telegram import TelegramAdapter
 from nanoclaw_common.errors import PermanentFailure, RetryLater
@@ -256,7 +256,9 @@ def test_the_offset_moves_only_past_committed_updates(telegram: FakeTelegram) ->
         async def on_action(self, action: ActionEvent) -> None:
             raise OSError("disk full")
 
-        async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+        async def on_invalid(
+            self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+        ) -> None:
             return None
 
     import asyncio

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+from nanoclaw_common.channels.base import INVALID_INPUT
 from nanoclaw_common.channels.webhook import WebhookAdapter
 from nanoclaw_common.messages import AskQuestion, WebhookContent, decode_inbound_content
 from nanoclaw_router.app import Router
@@ -146,7 +147,9 @@ def test_a_commit_failure_is_a_503_not_an_ack() -> None:
         async def on_action(self, action: object) -> None:
             raise OSError("database is locked")
 
-        async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+        async def on_invalid(
+            self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+        ) -> None:
             raise OSError("database is locked")
 
     async def main() -> None:

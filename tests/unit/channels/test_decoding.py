@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanoclaw_common.channels import telegram_updates as tu
+from nanoclaw_common.channels.base import INVALID_INPUT
 from nanoclaw_common.channels.cli import CliAdapter
 from nanoclaw_common.channels.cli_protocol import Ack, Refusal
 from nanoclaw_common.channels.common import (
@@ -45,7 +46,9 @@ class Sink:
     async def on_action(self, action: ActionEvent) -> None:
         self.actions.append(action)
 
-    async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+    async def on_invalid(
+        self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+    ) -> None:
         assert platform_id
         self.invalid.append(reason)
 
@@ -429,7 +432,9 @@ def test_cli_poison_whose_drop_cannot_be_recorded_is_not_acknowledged() -> None:
     exactly that prefix), never a plain refusal."""
 
     class LockedSink(Sink):
-        async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+        async def on_invalid(
+            self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+        ) -> None:
             raise OSError("database is locked")
 
     adapter = CliAdapter(Layout(Path("/nonexistent")))

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanoclaw_common.channels import webhook
+from nanoclaw_common.channels.base import INVALID_INPUT
 from nanoclaw_common.channels.slack import SlackAdapter
 from nanoclaw_common.channels.webhook import NotAuthentic, WebhookAdapter, authenticate, sign
 from nanoclaw_common.messages import ActionEvent, InboundEvent
@@ -42,7 +43,9 @@ class RecordingSink:
     async def on_action(self, action: ActionEvent) -> None:
         raise AssertionError("no clicks here")
 
-    async def on_invalid(self, channel_type: str, platform_id: str, reason: str) -> None:
+    async def on_invalid(
+        self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
+    ) -> None:
         self.invalid.append((channel_type, platform_id, reason))
 
 
