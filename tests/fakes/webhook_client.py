@@ -46,3 +46,15 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def post_answer(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """The status and the headers of the answer."""
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code, dict(exc.headers)
