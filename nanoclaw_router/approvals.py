@@ -73,9 +73,12 @@ from nanoclaw_common.store.rows import (
     PendingSenderApproval,
     Wiring,
 )
+from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_router.outbox import OutboxSender
 
 log = logger.bind(component="router")
+
+QUOTED_CHARS: Final = 80  # a name quoted in a card
 
 CONNECT: Final = "connect:"
 CHOOSE: Final = "choose_existing"
@@ -159,8 +162,17 @@ def restore_event(original_event: str, held: list[HeldFile]) -> InboundEvent:
     return msgspec.structs.replace(event, attachments=files) if files else event
 
 
+def quoted(value: object, limit: int = QUOTED_CHARS) -> str:
+    """A name someone else chose (a stranger, a platform chat, an agent's ``create_agent``),
+    as a card shows it: one line with control characters escaped, capped (``shown``), and
+    without the angle brackets Slack's mrkdwn reads as mentions and links (``<!channel>``,
+    ``<https://…|Approve>``)."""
+    return shown(value, limit).replace("<", "‹").replace(">", "›")
+
+
 def chat_description(chat: MessagingGroup) -> str:
-    return f"{chat.name} on {chat.channel_type}" if chat.name else f"a {chat.channel_type} chat"
+    kind = quoted(chat.channel_type)
+    return f"{quoted(chat.name)} on {kind}" if chat.name else f"a {kind} chat"
 
 
 class Approvals:
@@ -208,7 +220,7 @@ class Approvals:
         try:
             platform_id = await adapter.open_dm(handle)
         except Exception as exc:
-            log.warning("cannot open a DM with {}: {}", user_id, exc)
+            log.warning("cannot open a DM with {}: {}", shown(user_id), shown_text(exc))
             return None
         user = self.central.get_user(user_id)
         chat = self.central.create_messaging_group(
@@ -241,9 +253,9 @@ class Approvals:
             return Registration.RATE_LIMITED
         if len(groups) == 1:
             first = QuestionOption(
-                label=f"Connect to {reference.name}",
+                label=f"Connect to {quoted(reference.name, 60)}",
                 value=f"{CONNECT}{reference.id}",
-                selected_label=f"✅ Connected to {reference.name}",
+                selected_label=f"✅ Connected to {quoted(reference.name)}",
             )
         else:
             first = QuestionOption(
@@ -258,7 +270,7 @@ class Approvals:
             ),
             QuestionOption(label="Reject", value=REJECT, selected_label="🙅 Rejected"),
         ]
-        who = event.sender_name or event.sender_id or "Someone"
+        who = quoted(event.sender_name or event.sender_id or "Someone")
         if event.is_group:
             title = "📣 Bot mentioned in new channel"
             question = (
@@ -268,7 +280,8 @@ class Approvals:
         else:
             title = "💬 New direct message"
             question = (
-                f"{who} sent your bot a DM on {chat.channel_type}. How would you like to handle it?"
+                f"{who} sent your bot a DM on {quoted(chat.channel_type)}."
+                " How would you like to handle it?"
             )
         original, held = hold_event(event)
         created = self.central.create_channel_approval(
@@ -292,7 +305,7 @@ class Approvals:
         self.outbox.queue_question(
             f"reg-{chat.id}", reach.channel_type, reach.platform_id, None, card
         )
-        log.info("registration card for {} sent to {}", chat.id, reach.user_id, chat=chat.id)
+        log.info("registration card for {} sent to {}", chat.id, shown(reach.user_id), chat=chat.id)
         return Registration.SENT
 
     def _registration_allowed(self, chat_id: str) -> bool:
@@ -332,9 +345,9 @@ class Approvals:
             groups = self.central.list_agent_groups()
             options = [
                 QuestionOption(
-                    label=g.name,
+                    label=quoted(g.name, 70),
                     value=f"{CONNECT}{g.id}",
-                    selected_label=f"✅ Connected to {g.name}",
+                    selected_label=f"✅ Connected to {quoted(g.name)}",
                 )
                 for g in groups[:19]
             ]
@@ -383,7 +396,7 @@ class Approvals:
                 return "gone"
             await self._connect(approval, group.id, clicker)
             return "connected"
-        log.warning("unknown registration choice {!r}", value, chat=chat_id)
+        log.warning("unknown registration choice {}", shown(value), chat=chat_id)
         return "unknown"
 
     async def _connect(
@@ -452,7 +465,7 @@ class Approvals:
             event.channel_type,
             event.platform_id,
             None,
-            f'✅ Agent "{name}" created and connected.',
+            f'✅ Agent "{quoted(name)}" created and connected.',
         )
         return True
 
@@ -466,7 +479,7 @@ class Approvals:
         now = self.clock()
         denied = self.central.last_notice_ms(denial_key(chat.id, event.sender_id))
         if denied is not None and now - denied < SENDER_DENIAL_QUIET_MS:
-            log.info("no sender card: {} was denied recently", event.sender_id, chat=chat.id)
+            log.info("no sender card: {} was denied recently", shown(event.sender_id), chat=chat.id)
             return
         group = self.central.get_agent_group(wiring.agent_group_id)
         if group is None:
@@ -479,7 +492,9 @@ class Approvals:
             "sender-cards", SENDER_CARDS_PER_HOUR, HOUR_MS, now=now
         ):
             # The message is already recorded as a drop; the sender's next message asks again.
-            log.warning("no sender card for {}: hourly card limit", event.sender_id, chat=chat.id)
+            log.warning(
+                "no sender card for {}: hourly card limit", shown(event.sender_id), chat=chat.id
+            )
             return
         options = [
             QuestionOption(label="Allow", value=APPROVE, selected_label="✅ Allowed"),
@@ -505,7 +520,7 @@ class Approvals:
         )
         if not created:
             return
-        who = event.sender_name or event.sender_id
+        who = quoted(event.sender_name or event.sender_id)
         card = AskQuestion(
             question_id=approval_id,
             title=title,
@@ -544,11 +559,11 @@ class Approvals:
                 added_by=clicker,
                 now=self.clock(),
             )
-            log.info("{} allowed into {}", approval.sender_identity, approval.agent_group_id)
+            log.info("{} allowed into {}", shown(approval.sender_identity), approval.agent_group_id)
             try:
                 await self.replay(event)
             except NanoclawError as exc:
-                log.error("replay after approval failed: {}", exc)
+                log.error("replay after approval failed: {}", shown_text(exc))
             self.central.delete_sender_approval(approval.id)
             return "approved"
         # Remembered, so the stranger's next messages do not bring the card straight back.
@@ -556,5 +571,5 @@ class Approvals:
             denial_key(approval.messaging_group_id, approval.sender_identity), 0, now=self.clock()
         )
         self.central.delete_sender_approval(approval.id)
-        log.info("{} denied for {}", approval.sender_identity, approval.agent_group_id)
+        log.info("{} denied for {}", shown(approval.sender_identity), approval.agent_group_id)
         return "rejected"

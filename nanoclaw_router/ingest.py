@@ -20,8 +20,7 @@ clicks (router)".
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,11 +57,13 @@ from nanoclaw_common.store.rows import (
     PendingSenderApproval,
     Session,
 )
+from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_router.approvals import Approvals, Registration, decode_options
 from nanoclaw_router.clicks import HostCard, card_messages, clicked_on
 from nanoclaw_router.drops import record_collision
 from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
+from nanoclaw_router.locks import KeyedLocks
 from nanoclaw_router.outbox import OutboxSender
 from nanoclaw_router.routing import ChatView, Deliver, DropReason, WiringView, plan_route
 from nanoclaw_router.typing_indicator import TypingTracker
@@ -73,30 +74,6 @@ log = logger.bind(component="router")
 
 TOUCH_INTERVAL_MS: Final = 1_000
 Clicked = PendingApproval | PendingChannelApproval | PendingSenderApproval | PendingQuestion
-
-
-class KeyedLocks:
-    """One FIFO lock per key, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 @dataclass(frozen=True)
@@ -188,7 +165,7 @@ class Ingest:
                 now=self.clock(),
             )
             self.facts.remember_chat(chat)
-            log.info("new chat {}/{}", event.channel_type, event.platform_id, chat=chat.id)
+            log.info("new chat {}/{}", event.channel_type, shown(event.platform_id), chat=chat.id)
         wirings = self.facts.wirings(chat.id)
         if not wirings:
             if event.is_mention and chat.denied_at_ms is None:
@@ -302,7 +279,11 @@ class Ingest:
                     message=row.id,
                 )
             else:
-                log.info("duplicate ignored (platform re-send)", session=session.id, message=row.id)
+                log.info(
+                    "duplicate ignored (platform re-send)",
+                    session=session.id,
+                    message=shown(row.id),
+                )
             self._touch(session.id)
         return stored
 
@@ -391,9 +372,9 @@ class Ingest:
         )
         log.info(
             "dropped {} ({}{})",
-            event.message_id,
+            shown(event.message_id),
             reason,
-            f": {detail}" if detail else "",
+            f": {shown_text(detail)}" if detail else "",
             chat=chat.id if chat else None,
             group=agent_group_id,
         )
@@ -433,18 +414,22 @@ class Ingest:
     async def _handle_action(self, action: ActionEvent) -> str:
         target = self.find_clicked(action.question_id)
         if target is None:
-            log.info("click on an unknown or settled card {}", action.question_id)
+            log.info("click on an unknown or settled card {}", shown(action.question_id))
             return "gone"
         if not isinstance(target, PendingQuestion) and not self._on_the_card(target, action):
             return "not_on_card"
         try:
             options = decode_options(target.options_json)
         except DecodeError as exc:
-            log.error("card {} has unreadable options: {}", action.question_id, exc)
+            log.error("card {} has unreadable options: {}", shown(action.question_id), exc)
             return "invalid"
         index = int(action.value) if action.value.isdigit() else -1
         if not 0 <= index < len(options):
-            log.warning("click with option {!r} not on card {}", action.value, action.question_id)
+            log.warning(
+                "click with option {} not on card {}",
+                shown(action.value),
+                shown(action.question_id),
+            )
             return "invalid"
         option = options[index]
         clicker = action.user_id
@@ -453,7 +438,7 @@ class Ingest:
             decided = self.central.decide_approval(
                 target.approval_id, clicker, option.value, now=self.clock()
             )
-            log.info("approval {} click by {}: {}", target.approval_id, clicker, decided)
+            log.info("approval {} click by {}: {}", target.approval_id, shown(clicker), decided)
             return str(decided)
         outcome: str
         if isinstance(target, PendingChannelApproval):
@@ -487,7 +472,7 @@ class Ingest:
         )
         log.warning(
             "refused a click by {} for card {}: not made on that card",
-            action.user_id,
+            shown(action.user_id),
             card_id,
         )
         return False
@@ -498,7 +483,9 @@ class Ingest:
         now = self.clock()
         if question.target_user_id is not None:
             if action.user_id != question.target_user_id:
-                log.warning("ignored answer to {} by {}", question.question_id, action.user_id)
+                log.warning(
+                    "ignored answer to {} by {}", question.question_id, shown(action.user_id)
+                )
                 return "unauthorized"
         elif (action.channel_type, action.platform_id) != (
             question.channel_type,
@@ -529,7 +516,10 @@ class Ingest:
         result = await self.writer.write(session, row, [])
         self.central.delete_pending_question(question.question_id)
         log.info(
-            "question {} answered by {}", question.question_id, action.user_id, session=session.id
+            "question {} answered by {}",
+            question.question_id,
+            shown(action.user_id),
+            session=session.id,
         )
         if result.created:
             self.wakes.request(session.id)
@@ -547,7 +537,7 @@ class Ingest:
             try:
                 await adapter.edit_text(action.platform_id, None, message_id, text)
             except Exception as exc:
-                log.debug("card edit failed: {}", exc)
+                log.debug("card edit failed: {}", shown_text(exc))
 
         task = asyncio.ensure_future(edit())
         self._background.add(task)

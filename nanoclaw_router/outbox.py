@@ -18,6 +18,7 @@ from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import AskQuestion
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.router_outbox import MAX_AGE_MS, OutboxItem, RouterOutbox, encode_body
+from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_router.waiting import wait_event
 
 log = logger.bind(component="router")
@@ -127,20 +128,29 @@ class OutboxSender:
                 )
         except PermanentFailure as exc:
             self.outbox.mark_failed(item.id, exc.reason, now=now)
-            log.error("router message {} failed for good: {}", item.id, exc.reason)
+            log.error(
+                "router message {} failed for good: {}", shown(item.id), shown_text(exc.reason)
+            )
             return False
         except Exception as exc:  # RetryLater, or anything unclassified: retry
             hint = exc.delay_s if isinstance(exc, RetryLater) else None
             if now - item.created_at_ms > MAX_AGE_MS:
                 self.outbox.mark_failed(item.id, f"gave up after a day: {exc}", now=now)
-                log.error("router message {} given up: {}", item.id, exc)
+                log.error("router message {} given up: {}", shown(item.id), shown_text(exc))
                 return False
             self.outbox.mark_retry(
                 item.id, str(exc), now + backoff_ms(item.attempts, hint), now=now
             )
-            log.info("router message {} not sent yet ({}); will retry", item.id, exc)
+            log.info(
+                "router message {} not sent yet ({}); will retry", shown(item.id), shown_text(exc)
+            )
             return False
         self.outbox.mark_sent(item.id, platform_message_id, now=now)
         self.sent += 1
-        log.info("router message {} sent to {}/{}", item.id, item.channel_type, item.platform_id)
+        log.info(
+            "router message {} sent to {}/{}",
+            shown(item.id),
+            item.channel_type,
+            shown(item.platform_id),
+        )
         return True

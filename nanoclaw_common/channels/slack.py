@@ -60,6 +60,7 @@ from nanoclaw_common.channels.common import (
 )
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.messages import MAX_ATTACHMENT_BYTES, AskQuestion, InboundEvent, SendCard
+from nanoclaw_common.untrusted import shown
 
 log = logger.bind(component="slack")
 T = TypeVar("T")
@@ -261,12 +262,12 @@ class SlackAdapter(ChannelAdapter):
                 if self._socket is not client:
                     # The inbound half stopped (or this is not our live connection):
                     # not acknowledged, so Slack re-sends it to the next connection.
-                    log.warning("envelope {} not committed ({})", envelope.envelope_id, exc)
+                    log.warning("envelope {} not committed ({})", shown(envelope.envelope_id), exc)
                     return
                 delay = backoff.next_delay_s()
                 log.warning(
                     "envelope {} not committed ({}); retrying in {}s",
-                    envelope.envelope_id,
+                    shown(envelope.envelope_id),
                     exc,
                     delay,
                 )
@@ -457,7 +458,7 @@ class SlackAdapter(ChannelAdapter):
                     profile.get("display_name") or profile.get("real_name") or user
                 )
             except Exception as exc:
-                log.debug("users.info {} failed: {}", user, exc)
+                log.debug("users.info {} failed: {}", shown(user), exc)
                 return user
         return self._names[user]
 
@@ -467,7 +468,7 @@ class SlackAdapter(ChannelAdapter):
                 info = await self.api.conversations_info(channel=channel)
                 self._chat_names[channel] = str((info.get("channel") or {}).get("name") or "")
             except Exception as exc:
-                log.debug("conversations.info {} failed: {}", channel, exc)
+                log.debug("conversations.info {} failed: {}", shown(channel), exc)
                 return None
         return self._chat_names[channel] or None
 
@@ -502,8 +503,7 @@ class SlackAdapter(ChannelAdapter):
         )
         if not ok:
             # Unauthenticated: refused before anything is parsed. The refusal is recorded
-            # (one counter row per reason, so a flood costs an upsert each, no new rows).
-            log.warning("refused Events API request: bad signature or stale timestamp")
+            # (the router counts a flood in memory and writes, and logs, once a second).
             await _record_refusal(
                 sink, "refused Events API request: bad signature or stale timestamp"
             )

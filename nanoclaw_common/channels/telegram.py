@@ -57,6 +57,7 @@ from nanoclaw_common.channels.common import (
 )
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.messages import MAX_ATTACHMENT_BYTES, AskQuestion, InboundEvent
+from nanoclaw_common.untrusted import shown_text
 
 log = logger.bind(component="telegram")
 T = TypeVar("T")
@@ -321,7 +322,7 @@ class TelegramAdapter(ChannelAdapter):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("could not record an invalid update ({}): {}", reason[:200], exc)
+            log.warning("could not record an invalid update ({}): {}", shown_text(reason), exc)
             return False
         return True
 
