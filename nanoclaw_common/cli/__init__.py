@@ -21,6 +21,7 @@ from nanoclaw_common.cli.wirings import wirings
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.settings import load_from_process
+from nanoclaw_common.untrusted import escaped
 
 # Passed as the root context's ``obj`` by ``main()`` only: the console script configures
 # logging (stderr, secrets masked); tests that invoke ``cli`` in-process keep theirs.
@@ -62,5 +63,5 @@ def main() -> None:
     try:
         cli(standalone_mode=True, obj=_FROM_MAIN)
     except NanoclawError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escaped(exc)}", err=True)
         sys.exit(1)

@@ -33,11 +33,13 @@ import click
 from nanoclaw_common.channels import cli_protocol as wire
 from nanoclaw_common.channels.cli import CHANNEL, PLATFORM_ID, socket_is_live
 from nanoclaw_common.cli.context import CliContext, pass_context
+from nanoclaw_common.cli.downloads import save_download
 from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import CentralStore, InboundReader, OutboundReader
 from nanoclaw_common.store.rows import OutboundRow
+from nanoclaw_common.untrusted import escaped, terminal_text
 
 FINAL_DELIVERY: Final = frozenset({"delivered", "failed", "denied"})
 SEND_RETRY_S: Final = 0.5
@@ -54,13 +56,15 @@ class Terminal:
 
     save_dir: Path
     interactive: bool
+    private_dir: bool = True  # the default folder: kept 0700 (one the operator named: as is)
     texts: dict[str, str] = field(default_factory=dict)
     question: wire.QuestionFrame | None = None
     received: int = 0
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def show(self, line: str) -> None:
-        print(line, flush=True)
+        # The agent chose most of what is shown: no escape sequence reaches the terminal.
+        print(terminal_text(line), flush=True)
 
     def handle(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.TextFrame):
@@ -69,7 +73,10 @@ class Terminal:
             if frame.text:
                 self.show(f"assistant> {frame.text}")
             for part in frame.files:
-                self.show(f"assistant> [file] {self._save(part)}")
+                try:
+                    self.show(f"assistant> [file] {self._save(part)}")
+                except OSError as exc:
+                    self.show(f"assistant> [file {part.name} not saved: {exc.strerror}]")
         elif isinstance(frame, wire.EditFrame):
             self.texts[frame.id] = frame.text
             self.show(f"assistant (edited)> {frame.text}")
@@ -95,15 +102,7 @@ class Terminal:
             self.superseded.set()
 
     def _save(self, part: wire.FilePart) -> Path:
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        name = Path(part.name).name.lstrip(".") or "file"
-        target = self.save_dir / name
-        n = 2
-        while target.exists():
-            target = self.save_dir / f"{n}-{name}"
-            n += 1
-        target.write_bytes(part.data)
-        return target
+        return save_download(self.save_dir, part.name, part.data, private=self.private_dir)
 
 
 async def take_over_socket(path: Path) -> None:
@@ -316,7 +315,7 @@ async def one_message(
         sleep=sleep,
     )
     if isinstance(answer, wire.Refusal):
-        print(f"error: {answer.error}", file=sys.stderr)
+        print(f"error: {escaped(answer.error)}", file=sys.stderr)
         return 1
     watch = TurnWatch(central, layout, message_id)
     try:
@@ -376,7 +375,7 @@ async def interactive(layout: Layout, terminal: Terminal) -> int:
                 item = wire.SendMessage(id=new_id("cli"), text=text, sender_name=getpass.getuser())
             answer = await request(layout, item, time.monotonic() + 30)
             if isinstance(answer, wire.Refusal):
-                print(f"error: {answer.error}", file=sys.stderr, flush=True)
+                print(f"error: {escaped(answer.error)}", file=sys.stderr, flush=True)
     finally:
         superseded.cancel()
 
@@ -388,11 +387,12 @@ async def run_chat(
     timeout_s: float,
     save_dir: Path,
     *,
+    private_dir: bool = True,
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
 ) -> int:
     layout.run_dir.mkdir(parents=True, exist_ok=True)
-    terminal = Terminal(save_dir=save_dir, interactive=message is None)
+    terminal = Terminal(save_dir=save_dir, interactive=message is None, private_dir=private_dir)
     path = wire.chat_socket(layout)
     server = await listen(path, terminal)
     try:
@@ -430,6 +430,13 @@ def chat(ctx: CliContext, message: str | None, timeout_s: float, save_dir: Path 
     """Chat with your assistant in the terminal (needs the router, and delivery for replies)."""
     layout = ctx.layout
     code = asyncio.run(
-        run_chat(layout, ctx.store(), message, timeout_s, save_dir or layout.home / "downloads")
+        run_chat(
+            layout,
+            ctx.store(),
+            message,
+            timeout_s,
+            save_dir or layout.home / "downloads",
+            private_dir=save_dir is None,
+        )
     )
     sys.exit(code)

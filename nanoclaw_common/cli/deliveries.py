@@ -31,6 +31,7 @@ from nanoclaw_common.errors import DecodeError, NotFound
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundReader, InboundStore, OutboundReader
 from nanoclaw_common.store.rows import OutboundRow, Session
+from nanoclaw_common.untrusted import escaped
 
 PROBLEMS = (DeliveryStatus.FAILED, DeliveryStatus.DENIED)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -214,7 +215,7 @@ def retry(ctx: CliContext, message_out_id: str, session_id: str | None) -> None:
     if ctx.as_json:
         print_json(result)
     else:
-        click.echo(f"{message_out_id} (session {session.id}) will be sent again")
+        click.echo(f"{escaped(message_out_id)} (session {session.id}) will be sent again")
 
 
 def parse_duration(text: str) -> int:

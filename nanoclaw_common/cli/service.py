@@ -20,7 +20,7 @@ from typing import Final
 import click
 
 from nanoclaw_common.cli.context import CliContext, pass_context
-from nanoclaw_common.cli.output import console, print_json, print_table
+from nanoclaw_common.cli.output import console, print_json, print_table, styled
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.sandbox.service import socket_answers
 
@@ -179,7 +179,7 @@ def stop_containers(ctx: CliContext) -> None:
             outcome = sandbox.stop(info.session_id)
             console.print(f"container {info.name}: {outcome.value}")
     except NanoclawError as exc:
-        console.print(f"[yellow]containers left running: {exc}[/yellow]")
+        console.print(styled(f"containers left running: {exc}", "yellow"))
     finally:
         sandbox.close()
 

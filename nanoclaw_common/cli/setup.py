@@ -6,9 +6,10 @@ from __future__ import annotations
 import getpass
 
 import click
+from rich.text import Text
 
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, print_json
+from nanoclaw_common.cli.output import console, print_json, styled
 from nanoclaw_common.states import EngageMode, Role, SessionMode, UnknownSenderPolicy
 from nanoclaw_common.store import CentralStore
 
@@ -77,7 +78,7 @@ def init(ctx: CliContext) -> None:
     if ctx.as_json:
         print_json(report)
         return
-    console.print(f"NanoClaw data folder: [bold]{report['home']}[/bold]")
+    console.print(Text("NanoClaw data folder: ").append(styled(str(report["home"]), "bold")))
     created = report["created"]
     assert isinstance(created, list)
     for line in created or ["nothing to do: already initialised"]:

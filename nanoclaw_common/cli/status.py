@@ -37,5 +37,5 @@ def status(ctx: CliContext) -> None:
         print_json(report)
     else:
         shown = dict(report)
-        shown["recent_delivery_problems"] = "\n".join(report["recent_delivery_problems"]) or "-"  # type: ignore[arg-type]
-        print_mapping(shown, title="NanoClaw status")
+        shown["recent_delivery_problems"] = report["recent_delivery_problems"] or "-"
+        print_mapping(shown, title="NanoClaw status")  # a list: one line per item
