@@ -223,8 +223,9 @@ class TurnWatch:
         self.tracked = []
 
     def _locate(self) -> list[Tracked]:
-        """The message's rows (``<message id>:<agent group id>``): committed before the
-        router acknowledged, so normally found on the first check."""
+        """The message's rows (``<message id>:<agent group id>``, or an alternative of it
+        after an id collision): committed before the router acknowledged, so normally found
+        on the first check."""
         chat = self.central.find_messaging_group(CHANNEL, PLATFORM_ID)
         if chat is None:
             return []
@@ -236,11 +237,17 @@ class TurnWatch:
                 if not paths.inbound_db.exists():
                     continue
                 inbound = InboundReader(paths.inbound_db)
-                row = inbound.get_message(row_id)
-                if row is None:
+                # Under its id, or an alternative when another row held that id.
+                mine = [
+                    r
+                    for r in inbound.rows_under(row_id)
+                    if (r.kind, r.channel_type, r.platform_id) == ("chat", CHANNEL, PLATFORM_ID)
+                ]
+                if not mine:
                     inbound.close()
                     continue
-                found.append(Tracked(row_id, row.seq, inbound, outbound_path=paths.outbound_db))
+                row = mine[-1]
+                found.append(Tracked(row.id, row.seq, inbound, outbound_path=paths.outbound_db))
                 break
         return found
 

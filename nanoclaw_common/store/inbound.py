@@ -17,7 +17,7 @@ import msgspec
 from nanoclaw_common import messages
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NotFound
-from nanoclaw_common.ids import alternative_id
+from nanoclaw_common.ids import alternative_id, original_row_id
 from nanoclaw_common.states import DeliveryStatus, MessageInStatus
 from nanoclaw_common.store import collisions, rows
 from nanoclaw_common.store.migrations import open_session_db
@@ -77,6 +77,18 @@ class InboundReader:
             f"SELECT {columns(rows.InboundRow)} FROM messages_in WHERE id = ?", (message_id,)
         )
         return rows.InboundRow(*found) if found else None
+
+    def rows_under(self, row_id: str) -> list[rows.InboundRow]:
+        """The row ``row_id`` and the rows stored under its collision alternatives
+        (``ids.alternative_id``: ``<row_id>#…``), by seq: where a message with that id is,
+        when another row held its id."""
+        pattern = "".join(f"[{c}]" if c in "*?[" else c for c in row_id) + "#*"
+        found = self.db.all(
+            f"SELECT {columns(rows.InboundRow)} FROM messages_in"
+            " WHERE id = ? OR id GLOB ? ORDER BY seq",
+            (row_id, pattern),
+        )
+        return [rows.InboundRow(*r) for r in found if original_row_id(r[0]) == row_id]
 
     def get_by_seq(self, seq: int) -> rows.InboundRow | None:
         found = self.db.one(

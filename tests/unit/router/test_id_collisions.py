@@ -237,3 +237,13 @@ def test_a_message_whose_id_an_agent_took_is_stored_woken_and_reported(
     assert harness.drops()["id_collision"] == 1
     assert len(harness.rows(session)) == 3  # first, the planted task, the message
     assert harness.waker.wakes == [session.id]
+
+
+def test_rows_under_finds_a_message_moved_by_a_collision(store: InboundStore) -> None:
+    store.insert_message(NewInbound(id="cli-1:g", content=TaskContent(prompt="x"), timestamp_ms=1))
+    moved = store.insert_messages([chat_row("cli-1:g")], disambiguate=True)[0]
+    store.insert_message(chat_row("cli-1:g2"))  # another group's row: not this id
+    store.insert_message(chat_row("cli-1:g#x"))  # not an alternative's shape
+    assert [r.id for r in store.rows_under("cli-1:g")] == ["cli-1:g", moved.id]
+    assert [r.id for r in store.rows_under("cli-1:g2")] == ["cli-1:g2"]
+    assert store.rows_under("cli-[1]:g") == []  # glob characters in an id match only themselves
