@@ -223,20 +223,23 @@ class TerminalClient:
         with self.screen.lock:
             return list(self.screen.shown)
 
-    def send(self, text: str, timeout_s: float) -> list[str]:
-        """Send ``text`` and wait until its turn is over (acked, every reply delivered);
-        the texts the terminal showed meanwhile. ``TurnTimeout`` past ``timeout_s``."""
+    def send(self, text: str, timeout_s: float, message_id: str | None = None) -> list[str]:
+        """Send ``text`` (under ``message_id``, or a new id) and wait until its turn is over
+        (acked, every reply delivered); the texts the terminal showed meanwhile.
+        ``TurnTimeout`` past ``timeout_s``."""
         shown_before = len(self.texts())
-        code = self._run(self._one_message(text, timeout_s), timeout_s + 30)
+        code = self._run(self._one_message(text, timeout_s, message_id), timeout_s + 30)
         replies = self.texts()[shown_before:]
         if code != 0:
             raise TurnTimeout(f"no complete reply to {text!r} within {timeout_s}s", replies)
         return replies
 
-    async def _one_message(self, text: str, timeout_s: float) -> int:
+    async def _one_message(self, text: str, timeout_s: float, message_id: str | None) -> int:
         central = CentralStore.open(self.layout.central_db)
         try:
-            return await one_message(self.layout, central, text, timeout_s, self.screen)
+            return await one_message(
+                self.layout, central, text, timeout_s, self.screen, message_id=message_id
+            )
         finally:
             central.close()
 

@@ -309,11 +309,12 @@ async def one_message(
     *,
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
+    message_id: str | None = None,
 ) -> int:
     """Send ``text``, wait for its turn to be over; the exit status (1: refused, timed out
-    or superseded)."""
+    or superseded). ``message_id``: the id to send it under (a new one by default)."""
     deadline = clock() + timeout_s
-    message_id = new_id("cli")
+    message_id = message_id or new_id("cli")
     answer = await request(
         layout,
         wire.SendMessage(id=message_id, text=text, sender_name=getpass.getuser()),
