@@ -54,6 +54,11 @@ class InsertResult(msgspec.Struct, frozen=True):
 MAX_ALTERNATIVES: Final = 16
 
 
+def _glob_literal(text: str) -> str:
+    """``text`` as a GLOB pattern that matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def next_even(max_seq: int | None) -> int:
     """The smallest even number strictly above ``max_seq`` (2 for an empty table)."""
     top = max_seq or 0
@@ -82,7 +87,7 @@ class InboundReader:
         """The row ``row_id`` and the rows stored under its collision alternatives
         (``ids.alternative_id``: ``<row_id>#…``), by seq: where a message with that id is,
         when another row held its id."""
-        pattern = "".join(f"[{c}]" if c in "*?[" else c for c in row_id) + "#*"
+        pattern = _glob_literal(row_id) + "#*"
         found = self.db.all(
             f"SELECT {columns(rows.InboundRow)} FROM messages_in"
             " WHERE id = ? OR id GLOB ? ORDER BY seq",
@@ -411,6 +416,13 @@ class InboundStore(InboundReader):
             collided = collided or differs
             if not disambiguate:
                 return target, collided, int(existing[0])
+        # Every numbered alternative is taken: a random one, unless a re-send finds itself.
+        for existing in self.db.all(
+            f"SELECT id, {collisions.EXISTING_COLUMNS} FROM messages_in WHERE id GLOB ?",
+            (_glob_literal(new.id) + "#r*",),
+        ):
+            if collisions.difference(existing[1:], new) is None:
+                return str(existing[0]), collided, int(existing[1])
         return alternative_id(new.id, 0), collided, None
 
     def _insert(self, new: NewInbound, row_id: str, seq: int, stamp: int) -> None:

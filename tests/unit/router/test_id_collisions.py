@@ -171,6 +171,10 @@ def test_every_alternative_taken_still_stores_the_message(store: InboundStore) -
     assert result.created and result.id.startswith("m1:g#r")
     assert original_row_id(result.id) == "m1:g"
     assert len(store.list_messages()) == MAX_ALTERNATIVES + 2
+    # A re-send still finds it.
+    again = store.insert_messages([chat_row("m1:g")], disambiguate=True)[0]
+    assert (again.created, again.id) == (False, result.id)
+    assert len(store.list_messages()) == MAX_ALTERNATIVES + 2
 
 
 def test_original_row_id() -> None:
