@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -59,10 +60,16 @@ def hostile_stack() -> Iterator[HostileStack]:
             [wiring] = central.list_wirings(chat.id)
             session, _ = central.resolve_session(group.id, chat.id, None, wiring.session_mode)
             refresh_projections(central, stack.layout, session)
-        # `nanoclaw up` returns once podman-api is RUNNING; on a loaded machine its socket
-        # may answer a little later, and this module's first test wakes a container at once.
-        socket_path = stack.layout.run_dir / "podman.sock"
-        wait_until(lambda: socket_answers(socket_path), 60, "the Podman API socket")
+        # `nanoclaw up` returns once every program is RUNNING; on a loaded machine their
+        # sockets may answer a little later, and this module's first test wakes a container
+        # (Podman, the proxy) and posts webhooks (the router) at once.
+        sockets = [
+            stack.layout.run_dir / "podman.sock",
+            stack.layout.proxy_socket,
+            stack.layout.cli_socket,
+        ]
+        wait_until(lambda: all(map(socket_answers, sockets)), 60, "the programs' sockets")
+        wait_until(port_answers, 60, "the webhook port to answer")
         terminal = TerminalClient(stack.layout).start()
         yield HostileStack(stack, fake_api, terminal, group, session)
     finally:
@@ -70,6 +77,14 @@ def hostile_stack() -> Iterator[HostileStack]:
             terminal.close()
         stack.destroy()
         fake_api.stop()
+
+
+def port_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", WEBHOOK_PORT), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def drops(stack: HostileStack, reason: str) -> list[DroppedMessage]:
