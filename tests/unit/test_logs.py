@@ -199,6 +199,20 @@ async def crash(settings):
 program.run = crash
 sys.exit(program.main())
 """
+WATCHDOG_CRASH = """
+import os
+import nanoclaw_watchdog.__main__ as program
+from nanoclaw_common.settings import load_from_process
+
+os.environ["SUPERVISOR_SERVER_URL"] = "unix:///nonexistent/supervisor.sock"
+
+def crash(watchdog, listener):
+    token = load_from_process().telegram_bot_token
+    raise RuntimeError("restart failed for " + token)
+
+program.serve = crash
+program.main()
+"""
 CLI_LOGS = """
 import sys
 from loguru import logger
@@ -226,9 +240,10 @@ program.main()
         (DELIVERY_CRASH, "delivery died"),
         (SWEEPER_CRASH, "sweeper died"),
         (PROXY_CRASH, "uncaught RuntimeError"),
+        (WATCHDOG_CRASH, "watchdog died"),
         (CLI_LOGS, "listing drops failed"),
     ],
-    ids=["router", "delivery", "sweeper", "proxy", "cli"],
+    ids=["router", "delivery", "sweeper", "proxy", "watchdog", "cli"],
 )
 def test_every_program_masks_its_tracebacks(
     home: Path, central: CentralStore, script: str, expected: str
