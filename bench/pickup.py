@@ -175,8 +175,16 @@ def host_runner(
     run_id = f"run-bench-{os.getpid()}"
     import hashlib
 
-    central.issue_proxy_token(
-        hashlib.sha256(token.encode()).hexdigest(), session.id, session.agent_group_id, run_id
+    from nanoclaw_common.peer_identity import identity_of_pid
+    from nanoclaw_common.store.proxy_tokens import ProxyTokens
+
+    # Bound to this process's identity: the runner below is its child, in its cgroup.
+    ProxyTokens(central).issue(
+        hashlib.sha256(token.encode()).hexdigest(),
+        session.id,
+        session.agent_group_id,
+        run_id,
+        bound_to=identity_of_pid(os.getpid()),
     )
     group = central.get_agent_group(session.agent_group_id)
     assert group is not None

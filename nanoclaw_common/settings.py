@@ -70,7 +70,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     anthropic_api_key: str = ""
     anthropic_base_url: str = "https://api.anthropic.com"
     model: str = "claude-sonnet-5"
-    token_budget_daily: int = 0  # default per-group daily budget; 0 = unlimited
+    # Each agent group's daily token budget (input, cached input included, plus output),
+    # unless the group has its own (`nanoclaw groups config GROUP --budget N`). 0 = unlimited,
+    # only when set on purpose.
+    token_budget_daily: int = 5_000_000
+    proxy_drain_s: float = 80.0  # a stopping proxy lets calls in flight finish this long
+    proxy_keeper_linger_s: float = 60.0  # the socket waits this long for the next proxy
+    # A runner waits this long for an absent proxy (a restart) before it gives its claim
+    # back for a later try; also how long it retries overloaded / rate-limited answers.
+    proxy_wait_s: float = 300.0
 
     # -- channels
     telegram_bot_token: str = ""
@@ -203,6 +211,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{env_name(name)} must be positive")
+        for name in ("proxy_drain_s", "proxy_wait_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{env_name(name)} must be positive")
+        for name in ("token_budget_daily", "proxy_keeper_linger_s"):
+            if getattr(self, name) < 0:
+                problems.append(f"{env_name(name)} must not be negative")
         if self.runner_shed_after_s < 0:
             problems.append(f"{env_name('runner_shed_after_s')} must not be negative")
         if self.runner_compact_at_tokens < MIN_COMPACT_AT_TOKENS:

@@ -1,13 +1,17 @@
-"""``nanoclaw-proxy``: the credential proxy on ``$NANOCLAW_HOME/run/proxy.sock``.
+"""``nanoclaw-proxy``: the credential proxy on ``$NANOCLAW_HOME/run/proxy/proxy.sock``.
 
 Needs ``ANTHROPIC_API_KEY`` (and optionally ``ANTHROPIC_BASE_URL``) in its own environment;
-no other program, and no container, ever holds the key. SIGTERM finishes in-flight requests
-and exits 0.
+no other program, and no container, ever holds the key. One proxy per data folder
+(``run/proxy.lock``): a second one exits with code 3 and leaves the live socket alone.
+SIGTERM finishes in-flight requests (still accepting meanwhile) and exits 0; the socket
+itself stays open for the next proxy (``server``, ``handover``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sys
 
 from loguru import logger
@@ -18,18 +22,27 @@ from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings, load_from_process
-from nanoclaw_proxy.app import make_app, serve
+from nanoclaw_proxy.app import make_app
+from nanoclaw_proxy.guard import ConnectionGuard
+from nanoclaw_proxy.server import (
+    acquire_lock,
+    connection_limit,
+    open_listener,
+    raise_nofile_limit,
+    serve,
+)
 
 EXIT_CONFIG = 2
+EXIT_LOCKED = 3
 
 
-async def run(settings: Settings) -> None:
-    layout = Layout(settings.home_path)
-    layout.ensure()
+async def run(settings: Settings, layout: Layout, listener: socket.socket, fd_limit: int) -> None:
     stopped = asyncio.Event()
     GracefulStop().install_async(asyncio.get_running_loop(), stopped)
+    guard = ConnectionGuard(total=connection_limit(fd_limit))
+    app = make_app(settings, layout.central_db, guard)
     async with beating(layout, "proxy"):  # from a timer on the loop: requests may not come
-        await serve(make_app(settings, layout.central_db), layout.proxy_socket, stopped)
+        await serve(app, listener, stopped, drain_s=settings.proxy_drain_s)
 
 
 def main() -> int:
@@ -43,9 +56,34 @@ def main() -> int:
     if not settings.anthropic_api_key:
         logger.error("ANTHROPIC_API_KEY is not set: the proxy has no key to add")
         return EXIT_CONFIG
-    asyncio.run(run(settings))
+    layout = Layout(settings.home_path)
+    layout.ensure()
+    lock = acquire_lock(layout)
+    if lock is None:
+        logger.error(
+            "another proxy holds {} (pid {}): not starting, its socket is left alone",
+            layout.run_dir / "proxy.lock",
+            _holder(layout),
+        )
+        return EXIT_LOCKED
+    fd_limit = raise_nofile_limit()
+    listener, keeper = open_listener(layout, settings.proxy_keeper_linger_s)
+    try:
+        asyncio.run(run(settings, layout, listener, fd_limit))
+    finally:
+        listener.close()
+        if keeper is not None:
+            keeper.close()  # the keeper holds the socket until the next proxy takes it
+        os.close(lock)
     logger.info("proxy stopped")
     return 0
+
+
+def _holder(layout: Layout) -> str:
+    try:
+        return (layout.run_dir / "proxy.lock").read_text().strip() or "?"
+    except OSError:
+        return "?"
 
 
 if __name__ == "__main__":

@@ -1,24 +1,32 @@
-"""The credential proxy: an aiohttp app on a Unix socket that every agent container reaches.
+"""The credential proxy: an aiohttp app on the Unix socket every agent container reaches.
 
 Per request:
-1. The credential the SDK sent (``x-api-key``, or ``Authorization: Bearer``) is a per-run
-   token; its sha256 names the session and agent group (``CentralStore.find_proxy_token``).
-   Missing, malformed, unknown or revoked: 401. Valid tokens are cached, malformed ones
-   refused without a lookup, and a process whose unknown tokens keep failing gets 429s
-   without lookups (``tokens``): the one database thread is not there for junk.
-2. Only the Messages API is forwarded (``/v1/messages``, ``/v1/messages/count_tokens``,
+1. The connection was admitted by the guard (``guard``: per-container connection caps, idle
+   and head deadlines) and carries its peer's identity (``nanoclaw_common.peer_identity``:
+   the container, from the connecting pid's cgroup).
+2. The credential the SDK sent (``x-api-key``, or ``Authorization: Bearer``) is a per-run
+   token; its sha256 names the session and agent group (``ProxyTokens.find``), and it works
+   only from the identity it is bound to (the container ``wake()`` created). Missing,
+   malformed, unknown, revoked or used from elsewhere: 401. Valid tokens are cached,
+   malformed ones refused without a lookup, and an identity whose tokens keep failing gets
+   429s without lookups (``tokens``): the one database thread is not there for junk.
+3. Only the Messages API is forwarded (``/v1/messages``, ``/v1/messages/count_tokens``,
    ``/v1/models``): a container has no business elsewhere on the account.
-3. A ``/v1/messages`` call is refused (429, ``x-should-retry: false`` so the SDK does not
-   retry) when the group's tokens today reached its budget.
-4. Every incoming credential and hop-by-hop header is dropped, the real key is set as
+4. A ``/v1/messages`` body is checked against the group's server-side capabilities
+   (``capabilities``: server tools, the MCP connector, URL sources, beta flags; 400 with what
+   is off and how to turn it on), then its worst case (input estimate + ``max_tokens``) is
+   reserved against the group's daily budget in one transaction (``TokenLedger.reserve``;
+   429 with ``x-should-retry: false`` when it does not fit).
+5. Every incoming credential and hop-by-hop header is dropped, the real key is set as
    ``x-api-key``, and the request goes to ``ANTHROPIC_BASE_URL``. The response (SSE included)
-   is streamed back chunk by chunk while ``UsageMeter`` reads the token counts, which are
-   added to the group's day in ``token_usage``. Response headers that identify the account
-   (``anthropic-organization-id`` and the like) do not reach the container.
+   is streamed back chunk by chunk while ``UsageMeter`` reads the token counts; the
+   reservation is then settled with the real usage (or released when there was none).
+   Response headers that identify the account do not reach the container.
 
 Errors are Anthropic-shaped (``{"type":"error","error":{"type","message"}}``), so the SDK
-raises its usual exceptions and the runner relays the message to the user. Nothing here logs
-a header, a body or a key: log lines carry the session, the path, the status and the counts.
+raises its usual exceptions. Our own refusals that retrying cannot fix carry
+``x-should-retry: false``; our plumbing failing (the model API unreachable) carries
+``x-should-retry: true``. Nothing here logs a header, a body or a key.
 """
 
 from __future__ import annotations
@@ -27,25 +35,30 @@ import asyncio
 import contextlib
 import hashlib
 import math
+import os
 import re
-import socket
-import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from loguru import logger
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.metering import DayUse, Reservation, TokenLedger
+from nanoclaw_common.store.proxy_policy import ProxyPolicies, ServerCapabilities
+from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_common.store.rows import ProxyToken
-from nanoclaw_proxy import metering, tokens
+from nanoclaw_common.untrusted import shown
+from nanoclaw_proxy import capabilities, metering, tokens
+from nanoclaw_proxy.guard import ConnectionGuard, RateLimitedLog
 
 log = logger.bind(component="proxy")
 
@@ -57,8 +70,10 @@ ALLOWED = (
     ("GET", "/v1/models"),
 )
 HEALTH_PATH = "/nanoclaw/health"
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_CALLS_PER_PEER: Final = 8  # a runner makes one call at a time
+BODY_TIMEOUT_S: Final = 30.0  # a body that trickles in holds a connection: cut it
+BIG_BODY_BYTES: Final = 1024 * 1024  # parsed off the event loop
 # Hop-by-hop headers (RFC 9110 §7.6.1) and what we set ourselves.
 _HOP = frozenset(
     {
@@ -80,6 +95,8 @@ _RESPONSE_DROP = _HOP | {"content-encoding", "set-cookie"}
 # Response headers naming the account behind the key: the container has no business knowing
 # whose key it is (request ids and rate-limit headers stay: they identify nothing).
 _IDENTIFYING = re.compile(r"organi[sz]ation|workspace-id|account-id", re.IGNORECASE)
+FINAL = {"x-should-retry": "false"}  # a refusal retrying cannot fix
+TRANSIENT = {"x-should-retry": "true"}  # our plumbing failed; try again
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state")
 
@@ -119,21 +136,6 @@ def downstream_headers(upstream: Any) -> dict[str, str]:
     }
 
 
-def peer_key(request: web.Request) -> Hashable:
-    """Who is calling: the peer process of the Unix socket (``SO_PEERCRED``, its pid as this
-    process sees it), else the connection itself."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None and sock.family == socket.AF_UNIX:
-        try:
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-            pid, _uid, _gid = _PEERCRED.unpack(creds)
-            return ("pid", pid)
-        except OSError:
-            pass
-    return ("connection", id(transport))
-
-
 def upstream_headers(incoming: Any, api_key: str) -> dict[str, str]:
     headers = {
         name: value
@@ -146,13 +148,32 @@ def upstream_headers(incoming: Any, api_key: str) -> dict[str, str]:
     return headers
 
 
+class Policy(msgspec.Struct, frozen=True):
+    """What a group's calls are checked against."""
+
+    name: str
+    folder: str
+    caps: ServerCapabilities
+    budget: int  # tokens a day; 0 or less: unlimited
+
+
+class Admission:
+    """What a ``/v1/messages`` call was admitted with: the body to forward and its
+    reservation (None for a group without a budget)."""
+
+    def __init__(self, body: bytes, reservation: Reservation | None) -> None:
+        self.body = body
+        self.reservation = reservation
+
+
 class ProxyState:
     """The proxy's resources. ``central.db`` is used from one worker thread, so the event loop
     never blocks on SQLite (apsw is synchronous) and the connection is never shared."""
 
-    def __init__(self, settings: Settings, central_path: Path) -> None:
+    def __init__(self, settings: Settings, central_path: Path, guard: ConnectionGuard) -> None:
         self.settings = settings
         self.central_path = central_path
+        self.guard = guard
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central")
         self.central: CentralStore | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -160,8 +181,15 @@ class ProxyState:
         self.monotonic: Callable[[], float] = time.monotonic
         self.cache = tokens.TokenCache()
         self.limiter = tokens.FailureLimiter()
-        # lookups, cache_hits, malformed, rate_limited, revoked_in_cache (logged at close).
+        self.logs = RateLimitedLog()
+        # lookups, cache_hits, malformed, rate_limited, revoked_in_cache, wrong_peer,
+        # refused_capability, refused_budget (logged at close).
         self.stats: Counter[str] = Counter()
+        self.in_flight = 0
+        self.busy: Counter[str] = Counter()  # calls in flight per peer identity
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
         self._watch: asyncio.Task[None] | None = None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -169,6 +197,11 @@ class ProxyState:
 
     def _open(self) -> None:
         self.central = CentralStore.open(self.central_path)
+        # Reservations of proxies that died mid-call: this one holds the proxy lock, so no
+        # other proxy is serving.
+        gone = TokenLedger(self.central).forget_owners_except({os.getpid()}, now=self.now_ms())
+        if gone:
+            log.info("dropped {} reservation(s) left by an earlier proxy", gone)
 
     def _close(self) -> None:
         if self.central is not None:
@@ -191,30 +224,47 @@ class ProxyState:
             await self.http.close()
         await self.db(self._close)
         self.executor.shutdown(wait=True)
-        log.info("token checks: {}", dict(sorted(self.stats.items())) or "none")
+        log.info(
+            "token checks: {}; connections: {}",
+            dict(sorted(self.stats.items())) or "none",
+            dict(sorted(self.guard.stats.items())) or "no refusals",
+        )
 
     # -- tokens ---------------------------------------------------------------------------
 
-    async def authenticate(self, token: str, peer: Hashable) -> ProxyToken | int | None:
-        """The token's row; None when unknown or revoked; or, when ``peer`` has used up
-        its failed lookups, the seconds it must wait (no lookup made)."""
+    async def authenticate(self, token: str, identity: str) -> ProxyToken | int | None:
+        """The token's row; None when unknown, revoked or bound to another identity; or,
+        when ``identity`` has used up its failed lookups, the seconds it must wait (no
+        lookup made)."""
         digest = token_hash(token)
         now = self.monotonic()
         found = self.cache.get(digest, now)
         if found is not None:
             self.stats["cache_hits"] += 1
+        else:
+            wait_s = self.limiter.retry_after_s(identity, now)
+            if wait_s > 0:
+                self.stats["rate_limited"] += 1
+                return max(1, math.ceil(wait_s))
+            self.stats["lookups"] += 1
+            found, version = await self.db(self.lookup, digest)
+            if found is not None:
+                self.cache.put(digest, found, now=self.monotonic(), version=version)
+        if found is not None and found.bound_to == identity:
             return found
-        wait_s = self.limiter.retry_after_s(peer, now)
-        if wait_s > 0:
-            self.stats["rate_limited"] += 1
-            return max(1, math.ceil(wait_s))
-        self.stats["lookups"] += 1
-        found, version = await self.db(self.lookup, digest)
-        if found is None:
-            self.limiter.failed(peer, self.monotonic())
-            return None
-        self.cache.put(digest, found, now=self.monotonic(), version=version)
-        return found
+        # Unknown, or a token used from a container it was not issued to: both cost the
+        # caller a failed lookup, so a thief cannot try tokens quickly either.
+        self.limiter.failed(identity, self.monotonic())
+        if found is not None:
+            self.stats["wrong_peer"] += 1
+            self.logs.warning(
+                f"peer:{identity}",
+                "refused a token used from {} (issued to {})",
+                identity,
+                found.bound_to or "nothing: issued before tokens were bound",
+                session=found.session_id,
+            )
+        return None
 
     async def watch_tokens(self) -> None:
         """Re-check cached tokens whenever central.db changed, so a revoked token stops
@@ -241,7 +291,7 @@ class ProxyState:
         after that version makes the cache re-check the token)."""
         assert self.central is not None
         version = self.central.db.data_version()
-        return self.central.find_proxy_token(digest), version
+        return ProxyTokens(self.central).find(digest), version
 
     def recheck(self, cached: dict[str, int]) -> tuple[int, dict[str, ProxyToken | None]]:
         """(central.db's data version, the current row of each cached token (``cached``:
@@ -249,31 +299,42 @@ class ProxyState:
         looked up when nothing changed."""
         assert self.central is not None
         version = self.central.db.data_version()
+        found = ProxyTokens(self.central)
         return version, {
-            digest: self.central.find_proxy_token(digest)
+            digest: found.find(digest)
             for digest, confirmed in cached.items()
             if confirmed != version
         }
 
-    def budget_refusal(self, group_id: str, now: int) -> str | None:
-        """The refusal message when the group is over its budget today, else None."""
+    def policy(self, group_id: str) -> Policy:
         assert self.central is not None
-        config = self.central.get_container_config(group_id)
-        budget = metering.effective_budget(
-            config.token_budget_daily if config else None, self.settings.token_budget_daily
-        )
-        if budget <= 0:
-            return None
-        usage = self.central.get_token_usage(group_id, metering.utc_day(now))
-        used = usage.input_tokens + usage.output_tokens if usage else 0
-        if not metering.over_budget(used, budget):
-            return None
         group = self.central.get_agent_group(group_id)
-        return metering.budget_message(group.name if group else group_id, used, budget)
+        config = self.central.get_container_config(group_id)
+        return Policy(
+            name=group.name if group else group_id,
+            folder=group.folder if group else group_id,
+            caps=ProxyPolicies(self.central).get(group_id),
+            budget=metering.effective_budget(
+                config.token_budget_daily if config else None, self.settings.token_budget_daily
+            ),
+        )
 
-    def record(self, group_id: str, day: str, usage: metering.Usage) -> None:
+    def reserve(self, group_id: str, day: str, needed: int, budget: int, now: int) -> Any:
         assert self.central is not None
-        self.central.add_token_usage(group_id, day, usage.total_input, usage.output_tokens)
+        return TokenLedger(self.central).reserve(
+            group_id, day, needed, budget=budget, owner_pid=os.getpid(), now=now
+        )
+
+    def settle(self, reservation: Reservation | None, group_id: str, day: str, usage: Any) -> None:
+        assert self.central is not None
+        ledger = TokenLedger(self.central)
+        if reservation is None:
+            if usage is not None:
+                ledger.add_usage(group_id, day, usage.total_input, usage.output_tokens)
+        elif usage is None:
+            ledger.release(reservation)
+        else:
+            ledger.settle(reservation, usage.total_input, usage.output_tokens)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -283,6 +344,7 @@ async def health(request: web.Request) -> web.Response:
 async def forward(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     started = time.monotonic()
+    identity = state.guard.identity_of(request.transport) or "unknown"
     token = request_token(request.headers)
     if token is None:
         return error_response(
@@ -293,46 +355,115 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return error_response(
             401, "authentication_error", "NanoClaw proxy: malformed session token."
         )
-    found = await state.authenticate(token, peer_key(request))
+    found = await state.authenticate(token, identity)
     if isinstance(found, int):
         return error_response(
             429,
             "rate_limit_error",
-            "NanoClaw proxy: too many requests with unknown session tokens from this process; "
+            "NanoClaw proxy: too many requests with unknown session tokens from this container; "
             f"retry in {found} s.",
             headers={"retry-after": str(found)},
         )
     if found is None:
-        log.warning("refused a request with an unknown token: {} {}", request.method, request.path)
+        state.logs.warning(
+            f"unknown:{identity}",
+            "refused a request with an unknown token: {} {}",
+            request.method,
+            shown(request.path, 200),
+        )
         return error_response(
             401,
             "authentication_error",
-            "NanoClaw proxy: unknown or revoked session token. The agent's container is "
-            "restarted with a fresh one on its next wake.",
+            "NanoClaw proxy: unknown or revoked session token, or one issued to another "
+            "container. The agent's container is restarted with a fresh one on its next wake.",
         )
     ids = {"session": found.session_id, "group": found.agent_group_id, "run": found.run_id}
     if (request.method, request.path) not in ALLOWED:
         return error_response(
             404,
             "not_found_error",
-            f"NanoClaw proxy: {request.method} {request.path} is not forwarded.",
+            f"NanoClaw proxy: {request.method} {shown(request.path, 200)} is not forwarded.",
+        )
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            body = await request.read()
+    except TimeoutError:
+        return error_response(
+            408, "invalid_request_error", "NanoClaw proxy: the request body came too slowly."
         )
     metered = request.path == "/v1/messages"
     now = state.now_ms()
+    reservation: Reservation | None = None
     if metered:
-        refusal = await state.db(state.budget_refusal, found.agent_group_id, now)
-        if refusal is not None:
-            log.warning("over budget: refused {}", request.path, **ids)
-            return error_response(
-                429,
-                "rate_limit_error",
-                refusal,
-                headers={
-                    "x-should-retry": "false",
-                    "retry-after": str(metering.seconds_to_next_utc_day(now)),
-                },
-            )
-    body = await request.read()
+        admitted = await _admit(state, found.agent_group_id, body, request, now)
+        if isinstance(admitted, web.Response):
+            log.warning("refused {}: {}", request.path, admitted.status, **ids)
+            return admitted
+        body, reservation = admitted.body, admitted.reservation
+    settled = False
+    day = metering.utc_day(now)
+
+    async def settle(usage: metering.Usage | None) -> None:
+        nonlocal settled
+        if settled or not metered:
+            return
+        settled = True
+        await state.db(state.settle, reservation, found.agent_group_id, day, usage)
+
+    try:
+        return await _relay(state, request, body=body, ids=ids, settle=settle, started=started)
+    finally:
+        if not settled:  # never forwarded, or the relay failed before it settled
+            await asyncio.shield(settle(None))
+
+
+async def _admit(
+    state: ProxyState, group_id: str, body: bytes, request: web.Request, now: int
+) -> Admission | web.Response:
+    """Check a ``/v1/messages`` body against the group's capabilities and reserve its worst
+    case against the group's budget: the admission, or the refusal to send."""
+    policy = await state.db(state.policy, group_id)
+    beta = request.headers.get("anthropic-beta")
+    if len(body) > BIG_BODY_BYTES:
+        # Parsing megabytes of JSON on the loop would hold every session's calls up.
+        checked = await asyncio.to_thread(
+            capabilities.check_request, body, beta, policy.caps, policy.folder
+        )
+    else:
+        checked = capabilities.check_request(body, beta, policy.caps, policy.folder)
+    if isinstance(checked, capabilities.Refused):
+        state.stats["refused_capability"] += 1
+        return error_response(400, "invalid_request_error", checked.message, FINAL)
+    if policy.budget <= 0:
+        return Admission(checked.body, None)
+    needed = metering.estimate_input_tokens(len(checked.body)) + checked.max_tokens
+    day = metering.utc_day(now)
+    held = await state.db(state.reserve, group_id, day, needed, policy.budget, now)
+    if isinstance(held, DayUse):
+        state.stats["refused_budget"] += 1
+        message = metering.budget_message(
+            policy.name,
+            policy.folder,
+            used_tokens=held.used,
+            reserved_tokens=held.reserved,
+            needed=needed,
+            budget=policy.budget,
+            now_ms=now,
+        )
+        headers = {**FINAL, "retry-after": str(metering.seconds_to_next_utc_day(now))}
+        return error_response(429, "rate_limit_error", message, headers)
+    return Admission(checked.body, held)
+
+
+async def _relay(
+    state: ProxyState,
+    request: web.Request,
+    *,
+    body: bytes,
+    ids: dict[str, str],
+    settle: Callable[[metering.Usage | None], Awaitable[None]],
+    started: float,
+) -> web.StreamResponse:
     url = state.settings.anthropic_base_url.rstrip("/") + request.path_qs
     headers = upstream_headers(request.headers, state.settings.anthropic_api_key)
     assert state.http is not None
@@ -340,35 +471,30 @@ async def forward(request: web.Request) -> web.StreamResponse:
         upstream = await state.http.request(request.method, url, data=body, headers=headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("model API unreachable: {}", type(exc).__name__, **ids)
+        await settle(None)
         return error_response(
             502,
             "api_error",
             f"NanoClaw proxy could not reach the model API ({type(exc).__name__}).",
+            TRANSIENT,
         )
     meter = metering.UsageMeter(upstream.headers.get("content-type", ""))
     response = web.StreamResponse(
         status=upstream.status, headers=downstream_headers(upstream.headers)
     )
+    if state.draining:
+        response.force_close()  # the client reconnects to the next proxy for its next call
     complete = False
-    recorded = False
-
-    async def record() -> metering.Usage | None:
-        nonlocal recorded
-        recorded = True
-        found_usage = meter.finish() if metered else None
-        if found_usage is not None:
-            await state.db(state.record, found.agent_group_id, metering.utc_day(now), found_usage)
-        return found_usage
-
-    usage = None
+    usage: metering.Usage | None = None
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
             meter.feed(chunk)
             await response.write(chunk)
-        # Recorded before the body ends: a client that read this response to the end and
-        # sends the next request at once is checked against a budget that includes it.
-        usage = await record()
+        # Settled before the body ends: a client that read this response to the end and
+        # sends the next request at once is checked against a day that includes it.
+        usage = meter.finish()
+        await settle(usage)
         await response.write_eof()
         complete = True
     except (ConnectionResetError, aiohttp.ClientError) as exc:
@@ -380,8 +506,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             upstream.release()
         else:
             upstream.close()
-        if not recorded:  # the stream broke off: what was used still counts
-            usage = await record()
+            usage = meter.finish()
+            await asyncio.shield(settle(usage))
         log.info(
             "{} {} -> {} in={} out={} {}ms",
             request.method,
@@ -395,9 +521,48 @@ async def forward(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app(settings: Settings, central_path: Path) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-    state = ProxyState(settings, central_path)
+def make_app(settings: Settings, central_path: Path, guard: ConnectionGuard) -> web.Application:
+    state = ProxyState(settings, central_path, guard)
+
+    @web.middleware
+    async def track(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """In-flight requests (a stopping proxy waits for them) and the guard's deadlines:
+        none while a request is being handled, the idle one again after it."""
+        guarded = guard.protocol_of(request.transport)
+        if guarded is not None:
+            guarded.request_started()
+        identity = guarded.identity if guarded is not None else "unknown"
+        if state.busy[identity] >= MAX_CALLS_PER_PEER:
+            # Each call may hold a 32 MB body: a container's share of memory is bounded.
+            if guarded is not None:
+                guarded.request_done()
+            return error_response(
+                429,
+                "rate_limit_error",
+                f"NanoClaw proxy: this container has {MAX_CALLS_PER_PEER} calls in flight.",
+                {"retry-after": "1"},
+            )
+        state.busy[identity] += 1
+        state.in_flight += 1
+        state.idle.clear()
+        try:
+            response = await handler(request)
+            if state.draining and not response.prepared:
+                response.force_close()
+            return response
+        finally:
+            state.busy[identity] -= 1
+            if state.busy[identity] <= 0:
+                del state.busy[identity]
+            state.in_flight -= 1
+            if not state.in_flight:
+                state.idle.set()
+            if guarded is not None:
+                guarded.request_done()
+
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[track])
     app[STATE] = state
 
     async def on_startup(_app: web.Application) -> None:
@@ -411,21 +576,3 @@ def make_app(settings: Settings, central_path: Path) -> web.Application:
     app.router.add_get(HEALTH_PATH, health)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
-
-
-async def serve(app: web.Application, socket_path: Path, stopped: asyncio.Event) -> None:
-    """Listen on ``socket_path`` until ``stopped`` is set, then finish in-flight requests."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    socket_path.unlink(missing_ok=True)  # a stale socket from a killed proxy
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.UnixSite(runner, str(socket_path))
-    await site.start()
-    # Containers run as another uid; the token, not the file mode, is the access control.
-    socket_path.chmod(0o666)
-    log.info("listening on {}", socket_path)
-    try:
-        await stopped.wait()
-    finally:
-        await runner.cleanup()
-        socket_path.unlink(missing_ok=True)

@@ -104,8 +104,18 @@ def seconds_to_next_utc_day(now_ms: int) -> int:
     return 86_400 - (now_ms // 1000) % 86_400
 
 
+# Input is estimated from the request body: JSON of English text and code is about four
+# bytes per token (images, base64, are far cheaper per byte). An estimate, not a bound: the
+# real usage replaces it when the call ends.
+BYTES_PER_TOKEN = 4
+
+
+def estimate_input_tokens(body_bytes: int) -> int:
+    return -(-body_bytes // BYTES_PER_TOKEN)
+
+
 def effective_budget(group_budget: int | None, default_budget: int) -> int:
-    """The group's own budget when set, else the default; 0 means unlimited."""
+    """The group's own budget when set, else the default; 0 (set on purpose) is unlimited."""
     return default_budget if group_budget is None else group_budget
 
 
@@ -113,9 +123,23 @@ def over_budget(used_tokens: int, budget: int) -> bool:
     return budget > 0 and used_tokens >= budget
 
 
-def budget_message(group_name: str, used_tokens: int, budget: int) -> str:
+def budget_message(
+    group_name: str,
+    folder: str,
+    *,
+    used_tokens: int,
+    reserved_tokens: int,
+    needed: int,
+    budget: int,
+    now_ms: int,
+) -> str:
+    """What the user is told when a call does not fit the group's day."""
+    wait_s = seconds_to_next_utc_day(now_ms)
+    hours, minutes = wait_s // 3600, (wait_s % 3600) // 60
+    in_flight = f", {reserved_tokens:,} more held by calls in progress" if reserved_tokens else ""
     return (
-        f"NanoClaw: the agent group '{group_name}' has used its daily token budget "
-        f"({used_tokens:,} of {budget:,} tokens). It resets at 00:00 UTC; an administrator "
-        "can raise it (container config token_budget_daily)."
+        f"NanoClaw: the agent group '{group_name}' has reached its daily token budget: "
+        f"{used_tokens:,} of {budget:,} tokens used today{in_flight}, and this request could "
+        f"use up to {needed:,} more. The budget resets at 00:00 UTC (in {hours} h {minutes} "
+        f"min). An admin can raise it with: nanoclaw groups config {folder} --budget TOKENS"
     )

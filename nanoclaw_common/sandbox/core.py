@@ -42,6 +42,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NanoclawError, Refused
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import CONTAINER, Layout, SessionPaths, safe_component
+from nanoclaw_common.peer_identity import container_identity
 from nanoclaw_common.runner_config import (
     McpServer,
     RunnerConfig,
@@ -57,6 +58,7 @@ from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import ContainerStatus
 from nanoclaw_common.store import CentralStore, InboundStore
+from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_common.store.rows import AgentGroup, ContainerConfig, Session
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
 
@@ -221,20 +223,28 @@ class Sandbox:
             pids=self.settings.container_pids,
             rootless=self.rootless,
         )
-        central.issue_proxy_token(
-            hashlib.sha256(token.encode()).hexdigest(), session.id, group.id, run_id, now=now
-        )
         central.set_container_status(session.id, ContainerStatus.STARTING, run_id=run_id, now=now)
         try:
-            return self._start(run, session)
+            return self._start(run, session, hashlib.sha256(token.encode()).hexdigest(), now)
         except BaseException:
             discard_proxy_token(paths.agent_dir)  # revoked already; no runner will take it
             raise
 
-    def _start(self, run: spec.RunSpec, session: Session) -> bool:
+    def _start(self, run: spec.RunSpec, session: Session, token_hash: str, now: int) -> bool:
+        """Create the container, issue the run's proxy token bound to it, start it. The
+        token is recorded between create and start: the container's id is known, and none
+        of its processes can have called the proxy yet."""
         try:
             container = self._client().containers.create(
                 run.image, run.command, **spec.create_kwargs(run)
+            )
+            ProxyTokens(self._central()).issue(
+                token_hash,
+                session.id,
+                session.agent_group_id,
+                run.labels[spec.LABEL_RUN],
+                bound_to=container_identity(str(container.id)),
+                now=now,
             )
             container.start()
         except (PodmanError, OSError) as exc:
@@ -244,7 +254,7 @@ class Sandbox:
                 log.info("container already exists", session=session.id)
                 return True
             self._central().set_container_status(session.id, ContainerStatus.STOPPED)
-            self._central().revoke_proxy_tokens(session.id)
+            ProxyTokens(self._central()).revoke(session.id)
             self._remove_quietly(run.name)
             raise
         log.info(
@@ -357,7 +367,7 @@ class Sandbox:
         central = self._central()
         if central.get_session(session_id) is not None:
             central.set_container_status(session_id, ContainerStatus.STOPPED)
-        central.revoke_proxy_tokens(session_id)
+        ProxyTokens(central).revoke(session_id)
         log.info("container {}", outcome.value, session=session_id)
         return outcome
 

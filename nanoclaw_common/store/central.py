@@ -1388,33 +1388,6 @@ class CentralStore:
             rows.TokenUsage, "WHERE agent_group_id = ? AND day = ?", (agent_group_id, day)
         )
 
-    # -- proxy tokens ---------------------------------------------------------------------
-
-    def issue_proxy_token(
-        self,
-        token_hash: str,
-        session_id: str,
-        agent_group_id: str,
-        run_id: str,
-        *,
-        now: int | None = None,
-    ) -> None:
-        """Record a run's proxy token (by hash); a session's older tokens are revoked."""
-        with self.db.write():
-            self.db.execute("DELETE FROM proxy_tokens WHERE session_id = ?", (session_id,))
-            self.db.execute(
-                "INSERT INTO proxy_tokens (token_hash, session_id, agent_group_id, run_id,"
-                " created_at_ms) VALUES (?, ?, ?, ?, ?)",
-                (token_hash, session_id, agent_group_id, run_id, now or now_ms()),
-            )
-
-    def find_proxy_token(self, token_hash: str) -> rows.ProxyToken | None:
-        return self._row(rows.ProxyToken, "WHERE token_hash = ?", (token_hash,))
-
-    def revoke_proxy_tokens(self, session_id: str) -> None:
-        with self.db.write():
-            self.db.execute("DELETE FROM proxy_tokens WHERE session_id = ?", (session_id,))
-
     # -- notices --------------------------------------------------------------------------
 
     def claim_notice(self, key: str, interval_ms: int, *, now: int | None = None) -> bool:
@@ -1555,5 +1528,4 @@ _TABLES: dict[type[Any], str] = {
     rows.DroppedMessage: "dropped_messages",
     rows.ContainerConfig: "container_configs",
     rows.TokenUsage: "token_usage",
-    rows.ProxyToken: "proxy_tokens",
 }

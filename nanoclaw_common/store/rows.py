@@ -284,3 +284,4 @@ class ProxyToken(Row, frozen=True):
     agent_group_id: str
     run_id: str
     created_at_ms: int
+    bound_to: str | None = None  # the peer identity it works from (migration 0070)

@@ -15,6 +15,7 @@ from nanoclaw_common.runner_config import decode_runner_config
 from nanoclaw_common.sandbox import Sandbox
 from nanoclaw_common.sandbox.ownership import AGENT_UID
 from nanoclaw_common.store import CentralStore, OutboundReader, rows
+from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from tests.sandbox.conftest import (
     CANARY_KEY,
     FakeProxy,
@@ -201,7 +202,7 @@ def test_no_process_environment_holds_the_token_or_the_key(
     assert box.settings.anthropic_api_key == CANARY_KEY
     token = tokens.last
     # The token the runner was given is the one the proxy knows, for this run.
-    found = central.find_proxy_token(hashlib.sha256(token.encode()).hexdigest())
+    found = ProxyTokens(central).find(hashlib.sha256(token.encode()).hexdigest())
     fresh = central.get_session(session.id)
     assert found is not None and fresh is not None
     assert (found.session_id, found.run_id) == (session.id, fresh.run_id)

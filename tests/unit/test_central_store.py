@@ -8,6 +8,7 @@ import pytest
 from nanoclaw_common.errors import NotFound, Refused
 from nanoclaw_common.store import CentralStore, rows
 from nanoclaw_common.store.central import normalize_name
+from nanoclaw_common.store.proxy_tokens import ProxyTokens
 
 NOW = 1_700_000_000_000
 
@@ -520,13 +521,15 @@ def test_token_usage_accumulates(central: CentralStore, group: rows.AgentGroup) 
 
 def test_proxy_tokens(central: CentralStore, group: rows.AgentGroup) -> None:
     session = central.create_session(group.id, None)
-    central.issue_proxy_token("h1", session.id, group.id, "run-1", now=NOW)
-    found = central.find_proxy_token("h1")
+    tokens = ProxyTokens(central)
+    tokens.issue("h1", session.id, group.id, "run-1", bound_to="container:" + "a" * 64, now=NOW)
+    found = tokens.find("h1")
     assert found is not None and (found.session_id, found.run_id) == (session.id, "run-1")
-    central.issue_proxy_token("h2", session.id, group.id, "run-2", now=NOW)
-    assert central.find_proxy_token("h1") is None  # a new run revokes the old token
-    central.revoke_proxy_tokens(session.id)
-    assert central.find_proxy_token("h2") is None
+    assert found.bound_to == "container:" + "a" * 64
+    tokens.issue("h2", session.id, group.id, "run-2", bound_to="container:" + "b" * 64, now=NOW)
+    assert tokens.find("h1") is None  # a new run revokes the old token
+    tokens.revoke(session.id)
+    assert tokens.find("h2") is None
 
 
 def test_claim_notice_rate_limits(central: CentralStore) -> None:

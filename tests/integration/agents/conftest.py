@@ -15,7 +15,10 @@ import pytest
 
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import CentralStore
-from nanoclaw_proxy.app import STATE, ProxyState, make_app, serve
+from nanoclaw_proxy.app import STATE, ProxyState, make_app
+from nanoclaw_proxy.guard import ConnectionGuard
+from nanoclaw_proxy.handover import bind_listener
+from nanoclaw_proxy.server import serve
 from tests.conftest import SettingsFactory
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.integration.agents.harness import (
@@ -62,14 +65,15 @@ def local_proxy(
     make_settings: SettingsFactory, layout: Layout, central: CentralStore, fake_api: FakeAnthropic
 ) -> Iterator[LocalProxy]:
     settings = make_settings(anthropic_api_key=fake_api.api_key, anthropic_base_url=fake_api.url)
-    app = make_app(settings, layout.central_db)
+    app = make_app(settings, layout.central_db, ConnectionGuard(total=1024))
     clock = [1_000.0]
     app[STATE].monotonic = lambda: clock[0]
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     stopped = asyncio.Event()
-    served = asyncio.run_coroutine_threadsafe(serve(app, layout.proxy_socket, stopped), loop)
+    listener = bind_listener(layout.proxy_socket)
+    served = asyncio.run_coroutine_threadsafe(serve(app, listener, stopped, drain_s=10), loop)
 
     def healthy() -> bool:
         if served.done():
@@ -87,3 +91,4 @@ def local_proxy(
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
+    listener.close()

@@ -23,11 +23,13 @@ import msgspec
 
 from nanoclaw_common import messages
 from nanoclaw_common.paths import Layout, SessionPaths
+from nanoclaw_common.peer_identity import identity_of_pid
 from nanoclaw_common.runner_config import RunnerConfig, encode_runner_config, write_proxy_token
 from nanoclaw_common.sandbox.settle import RETRY_BASE_MS, settle_leftover_claims
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
 from nanoclaw_common.store.outbound import OutboundReader
+from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_common.store.rows import DestinationEntry, Routing
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
 from tests.environ import clean_environ
@@ -140,14 +142,18 @@ class AgentSession:
         assert settled.runs, "no dead run had claims to settle"
 
     def new_run(self, central: CentralStore) -> None:
-        """What wake() does for a new container: a fresh run id and token."""
+        """What wake() does for a new container: a fresh run id and token. The token is
+        bound to this test process's own identity, found the way the proxy finds a peer's
+        (``identity_of_pid``): the runners these tests start are its children, in its
+        cgroup, as a container's processes are in the container's."""
         self.run_id = f"run-{time.time_ns()}"
         self.token = secrets.token_urlsafe(32)
-        central.issue_proxy_token(
+        ProxyTokens(central).issue(
             hashlib.sha256(self.token.encode()).hexdigest(),
             self.session_id,
             self.group_id,
             self.run_id,
+            bound_to=identity_of_pid(os.getpid()),
         )
 
 

@@ -11,6 +11,7 @@ import anthropic
 import pytest
 
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_proxy.metering import utc_day
 from tests.fakes.anthropic_api import ORGANIZATION_ID, FakeAnthropic, text
 from tests.integration.agents.harness import AgentSession, Proxy, uds_client, wait_until
@@ -94,7 +95,7 @@ def test_unknown_or_missing_token_is_refused(
     assert bare.status_code == 401
     assert bare.json()["error"]["type"] == "authentication_error"
     # A revoked token (the session's container was replaced) is refused as well.
-    central.revoke_proxy_tokens(agent.session_id)
+    ProxyTokens(central).revoke(agent.session_id)
     with pytest.raises(anthropic.AuthenticationError):
         sdk(proxy, agent.token).messages.create(model="m", max_tokens=5, messages=MESSAGES)
     assert fake_api.requests == []

@@ -207,4 +207,16 @@ def test_budget_rules() -> None:
     assert metering.over_budget(100, 100) and not metering.over_budget(99, 100)
     assert metering.utc_day(1_768_485_660_000) == "2026-01-15"
     assert metering.seconds_to_next_utc_day(1_768_485_660_000) == 35_940
-    assert "1,234 of 1,000 tokens" in metering.budget_message("Family", 1234, 1000)
+    message = metering.budget_message(
+        "Family",
+        "family",
+        used_tokens=1234,
+        reserved_tokens=300,
+        needed=500,
+        budget=1000,
+        now_ms=1_768_485_660_000,
+    )
+    assert "1,234 of 1,000 tokens used today, 300 more held by calls in progress" in message
+    assert "could use up to 500 more" in message and "(in 9 h 59 min)" in message
+    assert "nanoclaw groups config family --budget TOKENS" in message
+    assert metering.estimate_input_tokens(4001) == 1001
