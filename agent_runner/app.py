@@ -44,6 +44,7 @@ from nanoclaw_common.paths import CONTAINER, SessionPaths
 from nanoclaw_common.runner_config import RunnerConfig, decode_runner_config
 
 EXIT_CONFIG = 2
+EXIT_GAVE_BACK = 75  # EX_TEMPFAIL: the model stayed out of reach; the host retries the claims
 
 
 def parse_args(argv: Sequence[str] | None, environ: dict[str, str]) -> argparse.Namespace:
@@ -88,7 +89,11 @@ def make_provider(
 
                 made.append(
                     AnthropicProvider(
-                        socket_path=paths.proxy_socket, token=token, model=config.model
+                        socket_path=paths.proxy_socket,
+                        token=token,
+                        model=config.model,
+                        wait_s=config.proxy_wait_s,
+                        wait=stop.wait,
                     )
                 )
         return made[0]
@@ -181,6 +186,9 @@ def run(argv: Sequence[str] | None = None, *, resumed: bool = False, hardened: b
     finally:
         signal.set_wakeup_fd(-1)
         heartbeat.stop()
+    if runner.gave_back:
+        log.info("agent runner stopped: its claims went back to the host's retry path")
+        return EXIT_GAVE_BACK
     if shedding:
         return reexec(stop, session.heartbeat, private, token)
     log.info("agent runner stopped")

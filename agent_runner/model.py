@@ -72,9 +72,22 @@ class ModelError(Exception):
         self.context_overflow = context_overflow
 
 
+class ModelUnavailable(Exception):
+    """The model could not be reached for as long as the runner waits (``proxy_wait_s``):
+    the proxy is absent (a restart, a crash) or the API stayed overloaded or rate-limited.
+    Not the user's problem and not a failure of the message: the runner gives its claims
+    back (the run ends without acking them) and the host retries them with backoff, as for
+    a dead run. The user hears only if the message is finally given up."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Provider(Protocol):
     def create(self, request: ModelRequest) -> ModelResponse:
-        """One Messages API call. Raises ``ModelError``."""
+        """One Messages API call. Raises ``ModelError`` (permanent: the user is told) or
+        ``ModelUnavailable`` (transient, waited out already: the claims go back)."""
         ...
 
 

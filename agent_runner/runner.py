@@ -13,8 +13,10 @@ claimed within milliseconds; the sleep is bounded by the next not-yet-due row's 
 the moment an idle runner sheds the model SDK (``shed``: the loop ends and ``main()``
 re-execs the process).
 
-Acks: ``completed`` when the turn ran; ``failed`` when the model call failed (the user was
-told, with the error, in the batch's chat). The turn's final output and the batch's ack are
+Acks: ``completed`` when the turn ran; ``failed`` when the model refused for good (the user
+was told, with the error, in the batch's chat). A model out of reach for longer than the
+run waits (``ModelUnavailable``: the proxy absent, the API overloaded) is no failure: the
+run ends without acking and the host retries the claims as a dead run's (``give_back``). The turn's final output and the batch's ack are
 one transaction (``finish``), so a runner killed mid-turn never leaves an answer behind for a
 batch that will be answered again. The host decides about retries only for claims a dead run
 left ``processing``; a retried batch's prompt says what was already sent in reply to it
@@ -39,7 +41,7 @@ from agent_runner.destinations import Destinations, Target
 from agent_runner.faults import Faults
 from agent_runner.formatter import decode_content, format_batch, resolve_zone
 from agent_runner.mcp import McpTools
-from agent_runner.model import ModelError, Provider
+from agent_runner.model import ModelError, ModelUnavailable, Provider
 from agent_runner.paths import RunnerPaths
 from agent_runner.reaper import ToolProcesses
 from agent_runner.task_script import run_task_script
@@ -139,6 +141,7 @@ class Runner:
         self._idle_since_s = monotonic()
         self._due_rows = 0  # the batch size the last poll found
         self._in_turn = False
+        self.gave_back = False  # the run ended giving its claims back (give_back)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -327,6 +330,7 @@ class Runner:
         final: list[NewOutbound] = []
         failed = False
         closing: str | None = None  # the conversation's last word on a turn that went wrong
+        unavailable: ModelUnavailable | None = None
         self._in_turn = True
         try:
             rest = self.run_commands(batch)
@@ -342,6 +346,8 @@ class Runner:
                 )
                 note = self.retry_note(rest)
                 final = self.engine.run(f"{prompt}\n\n{note}" if note else prompt)
+        except ModelUnavailable as exc:
+            unavailable = exc
         except ModelError as exc:
             failed = True
             log.warning("model error: {}", exc.user_message, run=self.run_id)
@@ -367,10 +373,28 @@ class Runner:
         finally:
             self._in_turn = False
             self._idle_since_s = self._monotonic()
-            if failed:
-                self.failures += 1
-            self.finish(final, failed=failed, closing=closing)
-            log.info("completed {} message(s)", len(batch), run=self.run_id)
+            if unavailable is not None:
+                self.give_back(unavailable)
+            else:
+                if failed:
+                    self.failures += 1
+                self.finish(final, failed=failed, closing=closing)
+                log.info("completed {} message(s)", len(batch), run=self.run_id)
+
+    def give_back(self, cause: ModelUnavailable) -> None:
+        """End the run without acking what it claimed: the claims stay ``processing`` for
+        a run that is over, which the host settles as for a dead run (``tries + 1`` and a
+        backoff, or failed after the last try, and only then is the user told), and the
+        next run rolls the open turn back, as after a kill. A model out of reach is no
+        reason to fail a message, and no reason to tell the user."""
+        log.warning(
+            "the model stayed out of reach ({}): giving {} claim(s) back to the host",
+            cause.reason,
+            len(self._claimed),
+            run=self.run_id,
+        )
+        self.gave_back = True
+        self.stop.set()
 
     def finish(self, final: list[NewOutbound], *, failed: bool, closing: str | None = None) -> None:
         """Write the batch's final output and ack everything this batch claimed, in one

@@ -63,6 +63,9 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # window filled to ~825k makes each call cost ~5x one at upstream's 165k.
     compact_at_tokens: int = 165_000
     proxy_socket: str = "/run/nanoclaw/proxy.sock"
+    # How long a model call waits out an absent proxy (a restart) or a busy API before the
+    # run gives its claims back to the host's retry path (Settings.proxy_wait_s).
+    proxy_wait_s: float = 300.0
     mcp_servers: dict[str, McpServer] = {}
     # For the scripted provider: a JSON file (path inside the container) with the turns to
     # play back. Tests and benchmarks write it into the session's agent/ folder.

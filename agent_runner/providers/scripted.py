@@ -30,7 +30,14 @@ from pathlib import Path
 
 import msgspec
 
-from agent_runner.model import Block, ModelError, ModelRequest, ModelResponse, Usage
+from agent_runner.model import (
+    Block,
+    ModelError,
+    ModelRequest,
+    ModelResponse,
+    ModelUnavailable,
+    Usage,
+)
 
 
 class ScriptTurn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -39,6 +46,8 @@ class ScriptTurn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     usage: Usage = Usage(input_tokens=100, output_tokens=20)
     expect: str | None = None
     error: str | None = None
+    # Raise ModelUnavailable instead (the model out of reach past the run's wait).
+    unavailable: str | None = None
     delay_ms: int = 0
 
 
@@ -82,6 +91,8 @@ class ScriptedProvider:
             self.wait(turn.delay_ms / 1000)
         if turn.error is not None:
             raise ModelError(turn.error)
+        if turn.unavailable is not None:
+            raise ModelUnavailable(turn.unavailable)
         content: list[Block] = []
         for number, block in enumerate(turn.content):
             if block.get("type") == "tool_use" and "id" not in block:

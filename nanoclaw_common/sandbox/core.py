@@ -302,6 +302,7 @@ class Sandbox:
             shed_after_s=self.settings.runner_shed_after_s,
             compact_at_tokens=self.settings.runner_compact_at_tokens,
             proxy_socket=str(CONTAINER.proxy_socket),
+            proxy_wait_s=self.settings.proxy_wait_s,
             mcp_servers=_mcp_servers(config, group.id),
             script_path=(
                 str(CONTAINER.session.agent_dir / SCRIPT_FILE) if provider == "scripted" else None

@@ -14,8 +14,8 @@ every ``tool_result`` must answer a ``tool_use`` of the message before, tool blo
 response names the account (``anthropic-organization-id``) and the request (``request-id``).
 
 Replies are queued with ``reply(...)``: a response dict (``content``, optional
-``stop_reason`` and ``usage``), a function of the request body returning one, or an
-``ApiError``. Every request is recorded in ``requests``.
+``stop_reason``, ``usage`` and ``delay_s``, how long the model takes), a function of the
+request body returning one, or an ``ApiError`` (with optional headers, e.g. ``retry-after``). Every request is recorded in ``requests``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class ApiError:
     status: int
     type: str
     message: str
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. (("retry-after", "1"),)
 
 
 ORGANIZATION_ID = "5f0c8e9a-fake-org-0000-account"
@@ -217,8 +218,15 @@ class FakeAnthropic:
         if reply is None:
             return self._error(500, "api_error", "fake: no scripted reply left")
         if isinstance(reply, ApiError):
-            return self._error(reply.status, reply.type, reply.message)
-        shaped = self._message(reply(body) if callable(reply) else reply, body)
+            error = self._error(reply.status, reply.type, reply.message)
+            error.headers.update(dict(reply.headers))
+            return error
+        answer = dict(reply(body) if callable(reply) else reply)
+        # "delay_s": the model takes this long to answer (other requests go on meanwhile).
+        delay_s = float(answer.pop("delay_s", 0))
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        shaped = self._message(answer, body)
         if body.get("stream"):
             return await self._stream(request, shaped)
         return web.json_response(shaped)

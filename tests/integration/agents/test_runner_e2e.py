@@ -254,7 +254,9 @@ def test_model_errors_reach_the_user_and_the_runner_goes_on(
     try:
         first = send_chat(agent, "one")
         wait_until(lambda: ack_status(agent, first) == "failed", what="the failed ack")
-        assert texts(agent) == ["Error: The model API refused the request (400): something is off"]
+        assert texts(agent) == [
+            "Error: The model API refused the request (400 invalid_request_error): something is off"
+        ]
         # Over budget: the proxy's refusal is relayed the same way.
         central.update_container_config(agent.group_id, token_budget_daily=10)
         day = time.strftime("%Y-%m-%d", time.gmtime())

@@ -308,6 +308,22 @@ def test_model_error_tells_the_user_and_fails_the_ack(session: Session, make_run
     assert session.ack(good) == "completed" and session.texts()[-1] == "ok"
 
 
+def test_a_model_out_of_reach_gives_the_claims_back_without_a_notice(
+    session: Session, make_runner: Make
+) -> None:
+    """The model stayed out of reach past the run's wait (the proxy restarting, the API
+    overloaded): no error notice, no ack. The claim stays ``processing`` for a run that is
+    over, and the run stops: the host settles it as a dead run's (tries + 1, backoff)."""
+    harness = make_runner(say("", unavailable="the NanoClaw proxy is not answering"), OK)
+    message_id = session.chat("are you there?")
+    assert harness.step() is True
+    assert session.rows() == []  # nothing told to the user
+    assert session.ack(message_id) == "processing"
+    assert session.outbound.acks()[0].run_id == "run-1"
+    assert harness.runner.gave_back and harness.stop.is_set()
+    assert harness.runner.failures == 0
+
+
 def test_turn_ceiling(session: Session, make_runner: Make) -> None:
     harness = make_runner(fallback=call("bash", command="true"), max_turns_per_batch=3)
     message_id = session.chat("loop forever")
