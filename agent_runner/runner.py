@@ -16,11 +16,12 @@ re-execs the process).
 Acks: ``completed`` when the turn ran; ``failed`` when the model refused for good (the user
 was told, with the error, in the batch's chat). A model out of reach for longer than the
 run waits (``ModelUnavailable``: the proxy absent, the API overloaded) is no failure: the
-run ends without acking and the host retries the claims as a dead run's (``give_back``). The turn's final output and the batch's ack are
-one transaction (``finish``), so a runner killed mid-turn never leaves an answer behind for a
-batch that will be answered again. The host decides about retries only for claims a dead run
-left ``processing``; a retried batch's prompt says what was already sent in reply to it
-(mid-turn sends: ``send_message``, output before a tool call).
+run ends without acking and the host retries the claims as a dead run's (``give_back``).
+The turn's final output and the batch's ack are one transaction (``finish``), so a runner
+killed mid-turn never leaves an answer behind for a batch that will be answered again. The
+host decides about retries only for claims a dead run left ``processing``; a retried
+batch's prompt says what was already sent in reply to it (mid-turn sends:
+``send_message``, output before a tool call).
 
 ``/clear`` and ``/compact`` are honoured only from a person's chat message (``command_of``).
 """

@@ -15,7 +15,8 @@ response names the account (``anthropic-organization-id``) and the request (``re
 
 Replies are queued with ``reply(...)``: a response dict (``content``, optional
 ``stop_reason``, ``usage`` and ``delay_s``, how long the model takes), a function of the
-request body returning one, or an ``ApiError`` (with optional headers, e.g. ``retry-after``). Every request is recorded in ``requests``.
+request body returning one, or an ``ApiError`` (with optional headers, e.g.
+``retry-after``). Every request is recorded in ``requests``.
 """
 
 from __future__ import annotations
