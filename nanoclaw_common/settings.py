@@ -74,6 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # unless the group has its own (`nanoclaw groups config GROUP --budget N`). 0 = unlimited,
     # only when set on purpose.
     token_budget_daily: int = 5_000_000
+    proxy_peer_connections: int = 32  # open connections per container; more are closed
     proxy_drain_s: float = 80.0  # a stopping proxy lets calls in flight finish this long
     proxy_keeper_linger_s: float = 60.0  # the socket waits this long for the next proxy
     # A runner waits this long for an absent proxy (a restart) before it gives its claim
@@ -194,6 +195,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "max_turns_per_batch",
             "webhook_rate_per_minute",
             "webhook_burst",
+            "proxy_peer_connections",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{env_name(name)} must be at least 1")

@@ -39,7 +39,9 @@ EXIT_LOCKED = 3
 async def run(settings: Settings, layout: Layout, listener: socket.socket, fd_limit: int) -> None:
     stopped = asyncio.Event()
     GracefulStop().install_async(asyncio.get_running_loop(), stopped)
-    guard = ConnectionGuard(total=connection_limit(fd_limit))
+    guard = ConnectionGuard(
+        total=connection_limit(fd_limit), per_peer=settings.proxy_peer_connections
+    )
     app = make_app(settings, layout.central_db, guard)
     async with beating(layout, "proxy"):  # from a timer on the loop: requests may not come
         await serve(app, listener, stopped, drain_s=settings.proxy_drain_s)

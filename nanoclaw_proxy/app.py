@@ -71,7 +71,10 @@ ALLOWED = (
 )
 HEALTH_PATH = "/nanoclaw/health"
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
-MAX_CALLS_PER_PEER: Final = 8  # a runner makes one call at a time
+# Request bodies held in memory at once (each may be MAX_REQUEST_BYTES): per container, and
+# in all. Past them a call gets a 429 with retry-after before its body is read.
+PEER_BODY_BYTES: Final = 3 * MAX_REQUEST_BYTES
+TOTAL_BODY_BYTES: Final = 16 * MAX_REQUEST_BYTES
 BODY_TIMEOUT_S: Final = 30.0  # a body that trickles in holds a connection: cut it
 BIG_BODY_BYTES: Final = 1024 * 1024  # parsed off the event loop
 # Hop-by-hop headers (RFC 9110 §7.6.1) and what we set ourselves.
@@ -186,11 +189,26 @@ class ProxyState:
         # refused_capability, refused_budget (logged at close).
         self.stats: Counter[str] = Counter()
         self.in_flight = 0
-        self.busy: Counter[str] = Counter()  # calls in flight per peer identity
+        self.body_bytes: Counter[str] = Counter()  # request bodies held, per peer identity
         self.draining = False
         self.idle = asyncio.Event()
         self.idle.set()
         self._watch: asyncio.Task[None] | None = None
+
+    def hold_body(self, identity: str, size: int) -> bool:
+        """Count ``size`` bytes of request body against ``identity``'s share; False (and
+        nothing counted) when it does not fit."""
+        total = sum(self.body_bytes.values())
+        if self.body_bytes[identity] + size > PEER_BODY_BYTES or total + size > TOTAL_BODY_BYTES:
+            self.stats["body_bytes_refused"] += 1
+            return False
+        self.body_bytes[identity] += size
+        return True
+
+    def release_body(self, identity: str, size: int) -> None:
+        self.body_bytes[identity] -= size
+        if self.body_bytes[identity] <= 0:
+            del self.body_bytes[identity]
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -384,6 +402,27 @@ async def forward(request: web.Request) -> web.StreamResponse:
             "not_found_error",
             f"NanoClaw proxy: {request.method} {shown(request.path, 200)} is not forwarded.",
         )
+    size = min(request.content_length or MAX_REQUEST_BYTES, MAX_REQUEST_BYTES)
+    if not state.hold_body(identity, size):
+        return error_response(
+            429,
+            "rate_limit_error",
+            "NanoClaw proxy: too many large requests in flight from this container.",
+            {"retry-after": "1"},
+        )
+    try:
+        return await _read_and_forward(state, request, found, ids, started)
+    finally:
+        state.release_body(identity, size)
+
+
+async def _read_and_forward(
+    state: ProxyState,
+    request: web.Request,
+    found: ProxyToken,
+    ids: dict[str, str],
+    started: float,
+) -> web.StreamResponse:
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             body = await request.read()
@@ -533,18 +572,6 @@ def make_app(settings: Settings, central_path: Path, guard: ConnectionGuard) -> 
         guarded = guard.protocol_of(request.transport)
         if guarded is not None:
             guarded.request_started()
-        identity = guarded.identity if guarded is not None else "unknown"
-        if state.busy[identity] >= MAX_CALLS_PER_PEER:
-            # Each call may hold a 32 MB body: a container's share of memory is bounded.
-            if guarded is not None:
-                guarded.request_done()
-            return error_response(
-                429,
-                "rate_limit_error",
-                f"NanoClaw proxy: this container has {MAX_CALLS_PER_PEER} calls in flight.",
-                {"retry-after": "1"},
-            )
-        state.busy[identity] += 1
         state.in_flight += 1
         state.idle.clear()
         try:
@@ -553,9 +580,6 @@ def make_app(settings: Settings, central_path: Path, guard: ConnectionGuard) -> 
                 response.force_close()
             return response
         finally:
-            state.busy[identity] -= 1
-            if state.busy[identity] <= 0:
-                del state.busy[identity]
             state.in_flight -= 1
             if not state.in_flight:
                 state.idle.set()

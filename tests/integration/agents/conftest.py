@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -61,34 +62,54 @@ class LocalProxy:
 
 
 @pytest.fixture
-def local_proxy(
+def make_local_proxy(
     make_settings: SettingsFactory, layout: Layout, central: CentralStore, fake_api: FakeAnthropic
-) -> Iterator[LocalProxy]:
-    settings = make_settings(anthropic_api_key=fake_api.api_key, anthropic_base_url=fake_api.url)
-    app = make_app(settings, layout.central_db, ConnectionGuard(total=1024))
-    clock = [1_000.0]
-    app[STATE].monotonic = lambda: clock[0]
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    stopped = asyncio.Event()
-    listener = bind_listener(layout.proxy_socket)
-    served = asyncio.run_coroutine_threadsafe(serve(app, listener, stopped, drain_s=10), loop)
+) -> Iterator[Callable[..., LocalProxy]]:
+    """Start the proxy app in a thread of this process; ``guard`` options (limits,
+    deadlines) as keyword arguments."""
+    running: list[Callable[[], None]] = []
 
-    def healthy() -> bool:
-        if served.done():
-            served.result()  # raises what stopped it
-        try:
-            with uds_client(layout.proxy_socket) as client:
-                return client.get("http://proxy/nanoclaw/health").status_code == 200
-        except httpx2.TransportError:
-            return False
+    def start(**guard_options: Any) -> LocalProxy:
+        settings = make_settings(
+            anthropic_api_key=fake_api.api_key, anthropic_base_url=fake_api.url
+        )
+        guard = ConnectionGuard(**{"total": 1024, **guard_options})
+        app = make_app(settings, layout.central_db, guard)
+        clock = [1_000.0]
+        app[STATE].monotonic = lambda: clock[0]
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        stopped = asyncio.Event()
+        listener = bind_listener(layout.proxy_socket)
+        served = asyncio.run_coroutine_threadsafe(serve(app, listener, stopped, drain_s=10), loop)
 
-    wait_until(healthy, what="the in-process proxy")
-    yield LocalProxy(app[STATE], layout.proxy_socket, clock)
-    loop.call_soon_threadsafe(stopped.set)
-    served.result(15)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
-    listener.close()
+        def healthy() -> bool:
+            if served.done():
+                served.result()  # raises what stopped it
+            try:
+                with uds_client(layout.proxy_socket) as client:
+                    return client.get("http://proxy/nanoclaw/health").status_code == 200
+            except httpx2.TransportError:
+                return False
+
+        def stop() -> None:
+            loop.call_soon_threadsafe(stopped.set)
+            served.result(15)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+            listener.close()
+
+        running.append(stop)
+        wait_until(healthy, what="the in-process proxy")
+        return LocalProxy(app[STATE], layout.proxy_socket, clock)
+
+    yield start
+    for stop in running:
+        stop()
+
+
+@pytest.fixture
+def local_proxy(make_local_proxy: Callable[..., LocalProxy]) -> LocalProxy:
+    return make_local_proxy()

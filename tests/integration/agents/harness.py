@@ -75,6 +75,8 @@ def start_proxy(home: Path, api_key: str, base_url: str, **env: str) -> Proxy:
         "ANTHROPIC_API_KEY": api_key,
         "ANTHROPIC_BASE_URL": base_url,
         "NANOCLAW_LOG_LEVEL": "DEBUG",
+        # The socket keeper outlives the proxy this long (a test's restarts take less).
+        "NANOCLAW_PROXY_KEEPER_LINGER_S": "10",
         **env,
     }
     with open(log_path, "ab") as handle:  # the child keeps its own copy of the fd
