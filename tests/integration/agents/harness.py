@@ -69,6 +69,7 @@ def start_proxy(home: Path, api_key: str, base_url: str, **env: str) -> Proxy:
     layout = Layout(home)
     layout.ensure()
     log_path = home / "logs" / "proxy.log"
+    log_from = log_path.stat().st_size if log_path.exists() else 0  # an earlier proxy's lines
     environ = {
         **clean_environ("ANTHROPIC_"),
         "NANOCLAW_HOME": str(home),
@@ -92,10 +93,10 @@ def start_proxy(home: Path, api_key: str, base_url: str, **env: str) -> Proxy:
     def healthy() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"proxy exited {process.returncode}: {proxy.log()}")
-        if not layout.proxy_socket.exists():
-            return False
+        if "serving (up to" not in proxy.log()[log_from:]:
+            return False  # the socket file may be a dead proxy's (or its keeper's) until then
         try:
-            with uds_client(layout.proxy_socket) as client:
+            with uds_client(layout.proxy_socket, timeout=10) as client:
                 return client.get("http://proxy/nanoclaw/health").status_code == 200
         except httpx2.TransportError:
             return False
