@@ -52,7 +52,13 @@ from loguru import logger
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store.central import CentralStore
-from nanoclaw_common.store.metering import DayUse, Reservation, TokenLedger
+from nanoclaw_common.store.metering import (
+    DayUse,
+    Reservation,
+    TokenLedger,
+    effective_budget,
+    utc_day,
+)
 from nanoclaw_common.store.proxy_policy import ProxyPolicies, ServerCapabilities
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_common.store.rows import ProxyToken
@@ -332,7 +338,7 @@ class ProxyState:
             name=group.name if group else group_id,
             folder=group.folder if group else group_id,
             caps=ProxyPolicies(self.central).get(group_id),
-            budget=metering.effective_budget(
+            budget=effective_budget(
                 config.token_budget_daily if config else None, self.settings.token_budget_daily
             ),
         )
@@ -440,7 +446,7 @@ async def _read_and_forward(
             return admitted
         body, reservation = admitted.body, admitted.reservation
     settled = False
-    day = metering.utc_day(now)
+    day = utc_day(now)
 
     async def settle(usage: metering.Usage | None) -> None:
         nonlocal settled
@@ -476,7 +482,7 @@ async def _admit(
     if policy.budget <= 0:
         return Admission(checked.body, None)
     needed = metering.estimate_input_tokens(len(checked.body)) + checked.max_tokens
-    day = metering.utc_day(now)
+    day = utc_day(now)
     held = await state.db(state.reserve, group_id, day, needed, policy.budget, now)
     if isinstance(held, DayUse):
         state.stats["refused_budget"] += 1

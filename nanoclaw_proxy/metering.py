@@ -12,7 +12,6 @@ the context the model read. The budget is on input + output of the agent group's
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -96,10 +95,6 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def utc_day(now_ms: int) -> str:
-    return datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
-
-
 def seconds_to_next_utc_day(now_ms: int) -> int:
     return 86_400 - (now_ms // 1000) % 86_400
 
@@ -112,11 +107,6 @@ BYTES_PER_TOKEN = 4
 
 def estimate_input_tokens(body_bytes: int) -> int:
     return -(-body_bytes // BYTES_PER_TOKEN)
-
-
-def effective_budget(group_budget: int | None, default_budget: int) -> int:
-    """The group's own budget when set, else the default; 0 (set on purpose) is unlimited."""
-    return default_budget if group_budget is None else group_budget
 
 
 def over_budget(used_tokens: int, budget: int) -> bool:

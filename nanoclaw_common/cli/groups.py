@@ -5,6 +5,8 @@
   name, made unique.
 - ``groups remove ID_OR_FOLDER``: deletes the group with its wirings, sessions and
   destinations (its folder on disk is kept).
+- ``groups config ID_OR_FOLDER [...]``: its token budget and what the proxy lets its agents
+  do (``group_config``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import click
 
 from nanoclaw_common.cli import refs
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
+from nanoclaw_common.cli.group_config import config
 from nanoclaw_common.cli.output import console, emit, print_json, to_builtins
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.store.central import normalize_name
@@ -20,7 +23,10 @@ from nanoclaw_common.store.central import normalize_name
 
 @click.group()
 def groups() -> None:
-    """Agent groups: list, add, remove."""
+    """Agent groups: list, add, remove, config."""
+
+
+groups.add_command(config)
 
 
 @groups.command("list")

@@ -6,7 +6,9 @@ import click
 
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
 from nanoclaw_common.cli.deliveries import PROBLEMS, collect
+from nanoclaw_common.cli.group_config import budget_line, budget_report
 from nanoclaw_common.cli.output import print_json, print_mapping, to_builtins
+from nanoclaw_common.clock import now_ms
 from nanoclaw_common.states import DeliveryStatus
 
 RECENT_PROBLEMS = 3
@@ -33,9 +35,14 @@ def status(ctx: CliContext) -> None:
         f"{p.session_id} #{p.seq} {p.status}: {p.last_error or ''}"
         for p in problems[-RECENT_PROBLEMS:]
     ]
+    # Each group's budget and today's use: a group that ran out is the first thing to see.
+    now = now_ms()
+    budgets = [budget_report(store, ctx.settings, g, now) for g in store.list_agent_groups()]
+    report["token_budgets"] = budgets
     if ctx.as_json:
         print_json(report)
     else:
         shown = dict(report)
         shown["recent_delivery_problems"] = report["recent_delivery_problems"] or "-"
+        shown["token_budgets"] = [budget_line(b) for b in budgets] or "-"
         print_mapping(shown, title="NanoClaw status")  # a list: one line per item

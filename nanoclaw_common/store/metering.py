@@ -14,6 +14,7 @@ A proxy that dies mid-call cannot settle: its reservations stop counting at thei
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
@@ -22,6 +23,16 @@ from nanoclaw_common.ids import new_id
 from nanoclaw_common.store.central import CentralStore
 
 RESERVATION_TTL_MS: Final = 20 * 60 * 1000  # longer than any model call the proxy forwards
+
+
+def utc_day(now_ms: int) -> str:
+    """The ``token_usage.day`` of a moment: its UTC date."""
+    return datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+
+
+def effective_budget(group_budget: int | None, default_budget: int) -> int:
+    """The group's own budget when set, else the default; 0 (set on purpose) is unlimited."""
+    return default_budget if group_budget is None else group_budget
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -116,11 +127,12 @@ class TokenLedger:
         """Delete the reservations of proxies not in ``alive_pids`` and every expired one;
         how many went. Run by a proxy at start (it holds the proxy lock, so no other
         proxy is serving; one still draining calls is in ``alive_pids``)."""
+        marks = ", ".join("?" for _ in alive_pids)
+        # ``NOT IN (NULL)`` is never true: with no live owner, every row goes.
+        dead = f"owner_pid NOT IN ({marks})" if alive_pids else "1"
         with self.db.write():
-            marks = ", ".join("?" for _ in alive_pids) or "NULL"
             self.db.execute(
-                f"DELETE FROM token_reservations WHERE owner_pid NOT IN ({marks})"
-                " OR expires_at_ms <= ?",
+                f"DELETE FROM token_reservations WHERE {dead} OR expires_at_ms <= ?",
                 (*sorted(alive_pids), now),
             )
             return self.db.changes()

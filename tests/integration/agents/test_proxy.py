@@ -11,8 +11,8 @@ import anthropic
 import pytest
 
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.metering import utc_day
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
-from nanoclaw_proxy.metering import utc_day
 from tests.fakes.anthropic_api import ORGANIZATION_ID, FakeAnthropic, text
 from tests.integration.agents.harness import AgentSession, Proxy, uds_client, wait_until
 

@@ -15,8 +15,7 @@ import anthropic
 import pytest
 
 from nanoclaw_common.store import CentralStore
-from nanoclaw_common.store.metering import TokenLedger
-from nanoclaw_proxy.metering import utc_day
+from nanoclaw_common.store.metering import TokenLedger, utc_day
 from tests.fakes.anthropic_api import ApiError, FakeAnthropic, text
 from tests.integration.agents.harness import (
     AgentSession,

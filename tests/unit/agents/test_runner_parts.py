@@ -14,6 +14,7 @@ from agent_runner.model import ModelError, ModelRequest, Usage, decode_response
 from agent_runner.providers.scripted import Script, ScriptedProvider, ScriptTurn
 from agent_runner.turn import with_cache_breakpoint
 from agent_runner.watch import ChangeWatcher
+from nanoclaw_common.store import metering as store_metering
 from nanoclaw_proxy import metering
 from nanoclaw_proxy.app import request_token, upstream_headers
 
@@ -200,12 +201,12 @@ def test_meter_reads_json_and_ignores_errors() -> None:
 
 
 def test_budget_rules() -> None:
-    assert metering.effective_budget(None, 500) == 500
-    assert metering.effective_budget(0, 500) == 0  # the group's own "unlimited" wins
-    assert metering.effective_budget(100, 0) == 100
+    assert store_metering.effective_budget(None, 500) == 500
+    assert store_metering.effective_budget(0, 500) == 0  # the group's own "unlimited" wins
+    assert store_metering.effective_budget(100, 0) == 100
     assert not metering.over_budget(10**9, 0)
     assert metering.over_budget(100, 100) and not metering.over_budget(99, 100)
-    assert metering.utc_day(1_768_485_660_000) == "2026-01-15"
+    assert store_metering.utc_day(1_768_485_660_000) == "2026-01-15"
     assert metering.seconds_to_next_utc_day(1_768_485_660_000) == 35_940
     message = metering.budget_message(
         "Family",
