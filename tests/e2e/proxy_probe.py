@@ -26,7 +26,9 @@ class ProbeReport:
 
 
 class Probe:
-    """Health requests, one after another (``interval_s`` apart), on fresh connections."""
+    """Health requests, one after another (``interval_s`` apart), on fresh connections.
+    Nothing counts before the first answer: a proxy that is still starting (the socket
+    not bound yet) is not a restart."""
 
     def __init__(self, path: Path, interval_s: float = 0.005, timeout_s: float = 60.0) -> None:
         self.path = path
@@ -36,6 +38,7 @@ class Probe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="proxy-probe")
         self._refused_since: float | None = None
+        self._armed = False
 
     def __enter__(self) -> Probe:
         self._thread.start()
@@ -51,6 +54,9 @@ class Probe:
             self._stop.wait(self.interval_s)
 
     def _once(self) -> None:
+        if not self._armed:
+            self._armed = self._answered()
+            return
         report = self.report
         report.attempts += 1
         started = time.monotonic()
@@ -82,5 +88,17 @@ class Probe:
             waited = time.monotonic() - started
             report.waits.append(waited)
             report.longest_wait_s = max(report.longest_wait_s, waited)
+        finally:
+            sock.close()
+
+    def _answered(self) -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout_s)
+        try:
+            sock.connect(str(self.path))
+            sock.sendall(HEALTH)
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
         finally:
             sock.close()
