@@ -22,14 +22,11 @@ from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings, load_from_process
-from nanoclaw_proxy.app import make_app
-from nanoclaw_proxy.guard import ConnectionGuard
-from nanoclaw_proxy.server import (
+from nanoclaw_proxy.startup import (
     acquire_lock,
     connection_limit,
     open_listener,
     raise_nofile_limit,
-    serve,
 )
 
 EXIT_CONFIG = 2
@@ -37,6 +34,12 @@ EXIT_LOCKED = 3
 
 
 async def run(settings: Settings, layout: Layout, listener: socket.socket, fd_limit: int) -> None:
+    # Imported once the socket is bound: aiohttp and the app take most of the start-up, and
+    # connections made meanwhile wait in the socket's backlog instead of being refused.
+    from nanoclaw_proxy.app import make_app  # noqa: PLC0415
+    from nanoclaw_proxy.guard import ConnectionGuard  # noqa: PLC0415
+    from nanoclaw_proxy.server import serve  # noqa: PLC0415
+
     stopped = asyncio.Event()
     GracefulStop().install_async(asyncio.get_running_loop(), stopped)
     guard = ConnectionGuard(
