@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -65,6 +63,15 @@ from nanoclaw_common.store.rows import ProxyToken
 from nanoclaw_common.untrusted import shown
 from nanoclaw_proxy import capabilities, metering, tokens
 from nanoclaw_proxy.guard import ConnectionGuard, RateLimitedLog
+from nanoclaw_proxy.wire import (
+    FINAL,
+    TRANSIENT,
+    downstream_headers,
+    error_response,
+    request_token,
+    token_hash,
+    upstream_headers,
+)
 
 log = logger.bind(component="proxy")
 
@@ -83,78 +90,7 @@ PEER_BODY_BYTES: Final = 3 * MAX_REQUEST_BYTES
 TOTAL_BODY_BYTES: Final = 16 * MAX_REQUEST_BYTES
 BODY_TIMEOUT_S: Final = 30.0  # a body that trickles in holds a connection: cut it
 BIG_BODY_BYTES: Final = 1024 * 1024  # parsed off the event loop
-# Hop-by-hop headers (RFC 9110 §7.6.1) and what we set ourselves.
-_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
-_CREDENTIALS = frozenset({"authorization", "x-api-key", "cookie"})
-_RESPONSE_DROP = _HOP | {"content-encoding", "set-cookie"}
-# Response headers naming the account behind the key: the container has no business knowing
-# whose key it is (request ids and rate-limit headers stay: they identify nothing).
-_IDENTIFYING = re.compile(r"organi[sz]ation|workspace-id|account-id", re.IGNORECASE)
-FINAL = {"x-should-retry": "false"}  # a refusal retrying cannot fix
-TRANSIENT = {"x-should-retry": "true"}  # our plumbing failed; try again
-
 STATE: web.AppKey[ProxyState] = web.AppKey("state")
-
-
-def error_response(
-    status: int, error_type: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(
-        {"type": "error", "error": {"type": error_type, "message": message}},
-        status=status,
-        headers=headers,
-    )
-
-
-def request_token(headers: Any) -> str | None:
-    """The credential the container sent (either way the SDK sends it)."""
-    key = headers.get("x-api-key")
-    if key:
-        return str(key).strip()
-    auth = str(headers.get("authorization", ""))
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def downstream_headers(upstream: Any) -> dict[str, str]:
-    """The upstream response's headers the container gets."""
-    return {
-        name: value
-        for name, value in upstream.items()
-        if name.lower() not in _RESPONSE_DROP and not _IDENTIFYING.search(name)
-    }
-
-
-def upstream_headers(incoming: Any, api_key: str) -> dict[str, str]:
-    headers = {
-        name: value
-        for name, value in incoming.items()
-        if name.lower() not in _HOP and name.lower() not in _CREDENTIALS
-    }
-    headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
-    headers["x-api-key"] = api_key
-    headers["accept-encoding"] = "identity"  # the meter reads the body as it passes
-    return headers
 
 
 class Policy(msgspec.Struct, frozen=True):

@@ -48,6 +48,7 @@ LINGER_S: Final = 60.0
 GREETING: Final = b"nanoclaw-proxy-listener"
 _PEERCRED: Final = struct.Struct("3i")
 _TIMEOUT_S: Final = 2.0
+_spawned: list[subprocess.Popen[bytes]] = []
 
 
 def path_identity(path: Path) -> tuple[int, int] | None:
@@ -149,6 +150,7 @@ def spawn_keeper(listener: socket.socket, path: Path, control: Path, linger_s: f
         )
     finally:
         control_sock.close()  # the keeper has its own copy
+    _spawned.append(process)  # never waited for: it outlives this process on purpose
     return process.pid
 
 

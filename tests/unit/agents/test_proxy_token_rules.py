@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 from nanoclaw_common.store.rows import ProxyToken
-from nanoclaw_proxy.app import downstream_headers
+from nanoclaw_proxy.wire import downstream_headers
 from nanoclaw_proxy.tokens import FailureLimiter, TokenCache, well_formed
 
 

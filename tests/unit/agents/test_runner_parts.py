@@ -16,7 +16,7 @@ from agent_runner.turn import with_cache_breakpoint
 from agent_runner.watch import ChangeWatcher
 from nanoclaw_common.store import metering as store_metering
 from nanoclaw_proxy import metering
-from nanoclaw_proxy.app import request_token, upstream_headers
+from nanoclaw_proxy.wire import request_token, upstream_headers
 
 from .conftest import Session
 
