@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 
 from nanoclaw_common.store.rows import ProxyToken
-from nanoclaw_proxy.wire import downstream_headers
 from nanoclaw_proxy.tokens import FailureLimiter, TokenCache, well_formed
+from nanoclaw_proxy.wire import downstream_headers
 
 
 def token(session: str, run: str) -> ProxyToken:
