@@ -40,8 +40,9 @@ POINTS = ("before_model_call", "during_model_call", "after_send", "before_batch_
 
 
 def settle_now(agent: AgentSession, central: CentralStore) -> None:
-    """What wake() does with a dead run's claims, at the real time: A gets ``tries = 1`` and
-    its backoff (5 s), so it is not due when B arrives."""
+    """What wake() does with a dead run's claims: A gets ``tries = 1`` and a backoff. Settled
+    as if an hour from now, so A stays not due however long B's turn takes on a loaded
+    machine; ``come_due`` ends the wait."""
     inbound = agent.inbound()
     try:
         settled = settle_leftover_claims(
@@ -50,7 +51,7 @@ def settle_now(agent: AgentSession, central: CentralStore) -> None:
             inbound=inbound,
             ledger=RunLedger(central),
             max_tries=5,
-            now=int(time.time() * 1000),
+            now=int(time.time() * 1000) + 3_600_000,
         )
     finally:
         inbound.close()
