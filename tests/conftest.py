@@ -9,11 +9,17 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
 from tests.environ import AGENT_IMAGE
+
+# No per-example deadline: property tests check behaviour, not speed (speed is bench/'s job),
+# and on a loaded 2-core machine one example can take 400 ms for reasons of its own.
+hypothesis_settings.register_profile("nanoclaw", deadline=None)
+hypothesis_settings.load_profile("nanoclaw")
 
 SettingsFactory = Callable[..., Settings]
 

@@ -193,7 +193,7 @@ PROXY_CRASH = """
 import sys
 import nanoclaw_proxy.__main__ as program
 
-async def crash(settings):
+async def crash(settings, *_serving):
     raise RuntimeError("upstream refused " + settings.anthropic_api_key)
 
 program.run = crash
