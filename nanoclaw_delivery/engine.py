@@ -39,6 +39,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import msgspec
 from loguru import logger
 
 from nanoclaw_common import messages as m
@@ -46,20 +47,21 @@ from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundStore, OutboundReader
+from nanoclaw_common.store.outbound import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_delivery import agents, approvals, files, operations, tasks
-from nanoclaw_delivery.acl import AGENT_CHANNEL, is_agent_row
+from nanoclaw_delivery.acl import is_agent_row
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
-from nanoclaw_delivery.notify import note_agent, queue_owner_notice, send_owner_notices
 from nanoclaw_delivery.outcome import Denied, Sent
+from nanoclaw_delivery.reports import send_notices, tell
+from nanoclaw_delivery.tail import READ_PAGE_ROWS, Fresh, Tail
 from nanoclaw_delivery.text import contains_secret, redact
 
 log = logger.bind(component="delivery")
 
 Address = tuple[str, str] | None
 
-READ_PAGE_ROWS: Final = 500  # new outbound rows read per query
 OPEN_PAGE_ROWS: Final = 1000  # open deliveries read per query
 TERMINAL_CHANNEL: Final = "cli"
 # The terminal's user may simply have closed ``nanoclaw chat``: a reply waits for the next
@@ -75,13 +77,13 @@ def backoff_ms(attempt: int, base_s: float, max_s: float) -> int:
     return int(min(max_s, base_s * (2 ** max(0, attempt - 1))) * 1000)
 
 
-def address_of(
-    row: OutboundRow, content: m.OutboundContent | None, origin: MessagingGroup | None = None
-) -> Address:
+def address_of(row: OutboundRow, origin: MessagingGroup | None = None) -> Address:
     """The ordering key: chat rows and agent messages by destination; system actions None.
     A row with no routing goes to ``origin`` (the session's chat), so it gets that chat's
-    key: the same key as a row that names the chat explicitly."""
-    if content is not None and not isinstance(content, m.CHAT_OPERATIONS):
+    key: the same key as a row that names the chat explicitly. By the row's ``kind``: the
+    content is read only when the row is processed, and a content of the other kind is
+    refused then (``process``)."""
+    if row.kind != "chat":
         return None
     if not row.channel_type and not row.platform_id and origin is not None:
         return (origin.channel_type, origin.platform_id)
@@ -98,8 +100,9 @@ class SessionWorker:
         self._inbound: InboundStore | None = None
         self._outbound: OutboundReader | None = None
         self._seen_version: int | None = None
-        self._rows: dict[str, OutboundRow] = {}
-        self._unrecorded: list[tuple[str, int]] = []
+        # Open rows seen so far (content left out: it is fetched when a row is processed).
+        self._rows: dict[str, Tailed] = {}
+        self.tail = Tail(session.id)
         self._swept = False
         self._origin: MessagingGroup | None = None
         self._origin_known = False
@@ -127,7 +130,7 @@ class SessionWorker:
 
     def release(self) -> None:
         """Close both connections (the next use reopens them)."""
-        if self._unrecorded:
+        if self.tail.unrecorded:
             self.flush_new()
         if self._inbound is not None:
             self._inbound.close()
@@ -142,24 +145,25 @@ class SessionWorker:
 
     # -- tracking --------------------------------------------------------------------------
 
-    def read_new(self) -> list[OutboundRow]:
-        """Rows the container committed since we last looked, not tracked yet, at most
-        ``READ_PAGE_ROWS`` (a full page means more may wait: the drain reads again). ``PRAGMA
+    def read_new(self) -> tuple[list[Fresh], bool]:
+        """Rows the container committed since we last looked (``tail.Tail``), at most a page;
+        and whether the page was full (more may wait: the drain reads again). ``PRAGMA
         data_version`` changes only when another connection commits, so an idle session costs
-        one pragma per poke. The rows are recorded as ``pending`` by the first write of the
-        drain (usually the first attempt's ``begin_attempt``, in the same transaction)."""
+        one pragma per poke. The rows are recorded by the first write of the drain (usually
+        the first attempt's ``begin_attempt``, in the same transaction)."""
         version = self.outbound.data_version()
-        if version == self._seen_version and not self._unrecorded:
-            return []
-        watermark = max([self.inbound.delivery_watermark(), *(s for _i, s in self._unrecorded)])
-        batch = self.outbound.messages_after(watermark, limit=self.read_page_rows)
-        for row in batch:
-            self._rows[row.id] = row
-            self._unrecorded.append((row.id, row.seq))
-            log.debug("tracked seq={}", row.seq, session=self.session.id, message=row.id)
-        if len(batch) < self.read_page_rows:
+        if version == self._seen_version and not self.tail.unrecorded:
+            return [], False
+        fresh, full = self.tail.read(self.inbound, self.outbound, self.read_page_rows)
+        for item in fresh:
+            if item.refusal is None:
+                self._rows[item.tailed.key] = item.tailed
+            log.debug(
+                "tracked seq={}", item.tailed.seq, session=self.session.id, message=item.track.key
+            )
+        if not full:
             self._seen_version = version
-        return batch
+        return fresh, full
 
     def origin(self) -> MessagingGroup | None:
         """The session's own chat (looked up once: a session's chat never changes)."""
@@ -170,21 +174,26 @@ class SessionWorker:
 
     def flush_new(self) -> None:
         """Record rows read but not yet recorded (before any other write of the drain)."""
-        if self._unrecorded:
-            pending, self._unrecorded = self._unrecorded, []
-            self.inbound.record_outbounds(pending, now=self.deps.clock())
+        if self.tail.unrecorded:
+            self.inbound.record_outbounds(self.tail.take(), now=self.deps.clock())
 
-    def _take_new(self) -> list[tuple[str, int]]:
-        pending, self._unrecorded = self._unrecorded, []
-        return pending
-
-    def _row(self, message_out_id: str) -> OutboundRow | None:
-        row = self._rows.get(message_out_id)
-        if row is None:
-            row = self.outbound.get_message(message_out_id)
-            if row is not None:
-                self._rows[message_out_id] = row
-        return row
+    def _tailed(self, delivery: Delivery) -> Tailed | None:
+        """The row an open delivery is about, found by rowid (or, for one recorded by seq
+        alone, by seq), never through the container's index on ids; None when gone."""
+        key = delivery.message_out_id
+        cached = self._rows.get(key)
+        if cached is not None:
+            return cached
+        if delivery.out_rowid is not None:
+            found = self.outbound.tailed_at(delivery.out_rowid)
+            candidates = [found] if found is not None else []
+        else:
+            candidates = self.outbound.tailed_by_seq(delivery.seq)
+        for tailed in candidates:
+            if tailed.key == key:
+                self._rows[key] = tailed
+                return tailed
+        return None
 
     # -- the drain -------------------------------------------------------------------------
 
@@ -200,10 +209,8 @@ class SessionWorker:
         for entry in entries:
             delivery = self.inbound.get_delivery(entry.name)
             if delivery is not None and delivery.status == DeliveryStatus.DELIVERED:
-                row = self._row(entry.name)
-                if row is not None:
-                    self._remove_outbox(row)
-                    removed += 1
+                self._remove_outbox(delivery.message_out_id)
+                removed += 1
         return removed
 
     async def drain(self) -> int | None:
@@ -226,17 +233,17 @@ class SessionWorker:
     async def _drain(self, db: Callable[..., Awaitable[Any]]) -> tuple[int | None, bool]:
         """One pass: open deliveries page by page, then the rows read now. Returns (earliest
         future retry, whether a full page of new rows was read)."""
-        fresh = await db(self.read_new)
+        fresh, full = await db(self.read_new)
         if not self._swept:
             self._swept = True
             await db(self.sweep_outbox)
         held: set[Address] = set()
         next_due: int | None = None
-        after_seq = 0
+        after: tuple[int, str] | None = None
         while not self.stopping():
             page: list[Delivery] = await db(
-                lambda after=after_seq: self.inbound.open_deliveries(
-                    after_seq=after, limit=self.open_page_rows
+                lambda after=after: self.inbound.open_deliveries(
+                    after=after, limit=self.open_page_rows
                 )
             )
             for delivery in page:
@@ -247,42 +254,56 @@ class SessionWorker:
                     next_due = _earliest(next_due, due)
             if len(page) < self.open_page_rows:
                 break
-            after_seq = page[-1].seq
+            after = (page[-1].seq, page[-1].message_out_id)
         stamp = self.deps.clock()
         # Rows read but not recorded yet take part as pending (they are recorded with the
         # first write below, or at the end of the pass). Their seqs are above every recorded
-        # one, so seq order holds.
-        for row in fresh:
+        # one, so seq order holds; refused ones are settled at once.
+        for item in fresh:
             if self.stopping():
                 break
+            if item.refusal is not None:
+                await self._refuse(item)
+                continue
+            tailed = item.tailed
             delivery = Delivery(
-                row.id, row.seq, DeliveryStatus.PENDING, 0, None, None, None, stamp, stamp
+                tailed.key,
+                item.track.seq,
+                DeliveryStatus.PENDING,
+                0,
+                None,
+                None,
+                None,
+                stamp,
+                stamp,
+                out_rowid=tailed.rowid,
             )
             due = await self._consider(delivery, held)
             if due is not None:
                 next_due = _earliest(next_due, due)
-        # The next pass reads after these (the watermark is what is recorded).
-        if self._unrecorded:
+        # The next pass reads after these (the cursor moves with what is recorded).
+        if self.tail.unrecorded:
             await db(self.flush_new)
-        return next_due, len(fresh) >= self.read_page_rows
+        return next_due, full
 
     async def _consider(self, delivery: Delivery, held: set[Address]) -> int | None:
         """Take one open row as far as it goes now (or leave it: not due, or held behind an
         earlier row to the same address). Returns its next due time, if it has one."""
-        row = self._row(delivery.message_out_id)
-        if row is None:
-            # Vanished from outbound.db (a wiped or replaced session file): nothing can be
-            # sent, and that is reported like any other failure.
-            await self._report(
-                delivery,
-                None,
-                DeliveryStatus.FAILED,
-                "its outbound row is gone from outbound.db (the session's files were"
-                " replaced or wiped)",
+        tailed = await self.deps.offload.db(self._tailed, delivery)
+        if tailed is None or tailed.row is None:
+            # Vanished from outbound.db (a wiped or replaced session file), or rewritten into
+            # something unreadable: nothing can be sent, and that is reported like any other
+            # failure.
+            reason = (
+                f"the row is malformed ({tailed.defect})"
+                if tailed is not None
+                else "its outbound row is gone from outbound.db (the session's files were"
+                " replaced or wiped)"
             )
+            await self._report(delivery, None, DeliveryStatus.FAILED, reason)
             return None
-        content = _peek(row)
-        address = address_of(row, content, self.origin())
+        row = tailed.row
+        address = address_of(row, self.origin())
         now = self.deps.clock()
         waiting = (
             delivery.status == DeliveryStatus.RETRY and (delivery.next_attempt_at_ms or 0) > now
@@ -309,18 +330,21 @@ class SessionWorker:
                 seq=row.seq,
             )
             return row.deliver_after_ms
-        settled = await self.process(delivery, row, address)
+        settled = await self.process(delivery, tailed, address)
         if settled is not None and address is not None:
             held.add(address)
         return settled
 
     async def process(
-        self, delivery: Delivery, row: OutboundRow, address: Address = None
+        self, delivery: Delivery, tailed: Tailed, address: Address = None
     ) -> int | None:
         """One attempt at one row, with one ``except`` arm per outcome. Returns the next
         attempt time when the row went (back) to ``retry``. ``address`` is the row's
-        ordering key (``address_of``); a row to the terminal is patient (see ``_retry``)."""
+        ordering key (``address_of``); a row to the terminal is patient (see ``_retry``).
+        The content is fetched now, bounded, and must be of the row's kind."""
         deps = self.deps
+        assert tailed.row is not None
+        row = tailed.row
         ids = {"session": self.session.id, "message": row.id, "seq": row.seq}
         max_attempts = deps.settings.delivery_max_attempts
         patient = address is not None and address[0] == TERMINAL_CHANNEL
@@ -339,15 +363,24 @@ class SessionWorker:
                     " restart; it may or may not have arrived",
                 )
                 return None
+        text = await deps.offload.db(self.outbound.content_at, tailed)
         try:
-            content = m.decode_outbound_content(row.content)
+            if text is None:
+                raise DecodeError(
+                    "its content changed after it was read: gone, not text, or over"
+                    f" {m.MAX_PAYLOAD_BYTES} bytes"
+                )
+            content = m.decode_outbound_content(text)
+            if m.outbound_kind(content) != row.kind:
+                raise DecodeError(f"the row's kind is {row.kind}, its content is not")
         except DecodeError as exc:
             # Poison: never retried.
             await self._report(delivery, row, DeliveryStatus.FAILED, str(exc))
             return None
+        row = msgspec.structs.replace(row, content=text)
         now = deps.clock()
         attempt = await deps.offload.db(
-            lambda: self.inbound.begin_attempt(row.id, now=now, record=self._take_new())
+            lambda: self.inbound.begin_attempt(row.id, now=now, record=self.tail.take())
         )
         log.info("sending attempt {}/{}", attempt, max_attempts, **ids)
         job = Job(deps, self.session, self.paths, self.inbound, row, attempt)
@@ -390,7 +423,7 @@ class SessionWorker:
             deps.counters.actions += 1
         log.info("delivered platform_message_id={}", sent.platform_message_id, **ids)
         if isinstance(content, m.SendText) and content.files:
-            self._remove_outbox(row)
+            self._remove_outbox(row.id)
         return None
 
     async def execute(self, job: Job, content: m.OutboundContent) -> Sent:
@@ -507,88 +540,60 @@ class SessionWorker:
     ) -> None:
         """Settle a row as failed or denied, and make sure people hear about it. The agent's
         note and the owner's notice are written *before* the row is settled: a crash in
-        between re-runs the row, and their ids (derived from the seq) keep them single; the
+        between re-runs the row, and their ids (derived from the row) keep them single; the
         other order could settle a row nobody was told about. ``row`` is None when the
-        outbound row itself is gone. The reason is redacted before it goes anywhere."""
-        seq = delivery.seq
-        ids = {"session": self.session.id, "message": delivery.message_out_id, "seq": seq}
-        reason = self._redact(reason)
-        where = self._redact(_describe_destination(row))  # the container named it
-        if status == DeliveryStatus.DENIED:
-            self.deps.counters.denied += 1
-            log.warning("MESSAGE DROPPED (denied) {}: {}", where, reason, **ids)
-            note = f"Your message #{seq} {where} was refused and not delivered: {reason}."
-        else:
-            self.deps.counters.failed += 1
-            log.error("MESSAGE DROPPED (failed) {}: {}", where, reason, **ids)
-            note = f"Your message #{seq} {where} could not be delivered: {reason}."
+        outbound row itself is gone or unreadable."""
         await self.deps.offload.db(self.flush_new)
-        note_agent(
+        reason = tell(
             self.deps,
             self.session,
             self.inbound,
-            f"delivery-{seq}-{status}",
-            note,
-            rate_limited=True,
+            key=delivery.message_out_id,
+            seq=delivery.seq,
+            row=row,
+            status=status,
+            reason=reason,
+            note_id=f"delivery-{delivery.seq}-{status}",
+            notify_owner=notify_owner,
         )
-        if notify_owner:
-            queue_owner_notice(
-                self.deps,
-                self.session.agent_group_id,
-                f"delivery:{self.session.id}:{seq}:{status}",
-                owner_notice_text(self.session, seq, status, reason),
-            )
         await self._finish(delivery, status, error=reason)
         if notify_owner:
             # Sent beside the drain (a DM may take seconds); the queue row makes it survive
             # a crash, and the service's notice loop retries it.
-            await self.deps.spawn(_send_notices(self.deps))
+            await self.deps.spawn(send_notices(self.deps))
 
-    def _remove_outbox(self, row: OutboundRow) -> None:
+    async def _refuse(self, item: Fresh) -> None:
+        """A row refused as it was read (``tail``): its record is written already settled,
+        by the drain's next write, *after* the note and the notice (a crash in between reads
+        the row again, decides the same and writes nothing twice)."""
+        assert item.refusal is not None
+        status, reason = item.refusal
+        key, seq = item.track.key, item.track.seq
+        tell(
+            self.deps,
+            self.session,
+            self.inbound,
+            key=key,
+            seq=seq,
+            row=item.tailed.row,
+            status=status,
+            reason=reason,
+            note_id=f"refused-{key}",
+        )
+        await self.deps.spawn(send_notices(self.deps))
+
+    def _remove_outbox(self, message_out_id: str) -> None:
         # Never a reason to re-send: the row is already delivered.
         try:
-            files.remove_outbox(self.paths, row.id)
+            files.remove_outbox(self.paths, message_out_id)
         except OSError as exc:
             log.warning(
                 "could not remove the outbox folder: {!r}",
                 exc,
                 session=self.session.id,
-                message=row.id,
+                message=message_out_id,
             )
-
-
-def owner_notice_text(session: Session, seq: int, status: str, reason: str) -> str:
-    return (
-        f"NanoClaw: a message from agent group {session.agent_group_id} (session {session.id},"
-        f" #{seq}) was {status}: {reason}. See `nanoclaw deliveries list --failed`."
-    )
-
-
-async def _send_notices(deps: Deps) -> None:
-    try:
-        await send_owner_notices(deps)
-    except Exception as exc:  # the queue keeps the notice; the notice loop tries again
-        log.opt(exception=exc).error("owner notice pass failed: {!r}", exc)
-
-
-def _peek(row: OutboundRow) -> m.OutboundContent | None:
-    try:
-        return m.decode_outbound_content(row.content)
-    except DecodeError:
-        return None
 
 
 def _earliest(current: int | None, candidate: int) -> int:
     return candidate if current is None else min(current, candidate)
-
-
-def _describe_destination(row: OutboundRow | None) -> str:
-    if row is None:
-        return "(its content is gone)"
-    if row.kind == "system":
-        return "(a system action)"
-    if row.channel_type == AGENT_CHANNEL:
-        return f"to agent group {row.platform_id}"
-    if row.channel_type and row.platform_id:
-        return f"to {row.channel_type}:{row.platform_id}"
-    return "to this conversation's chat"

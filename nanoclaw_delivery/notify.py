@@ -10,12 +10,16 @@ A note about a failed or refused message is a *trigger* (it wakes the agent) at 
 only (``trigger=0``). Otherwise an agent that keeps writing to a forbidden destination would
 be woken by each refusal and loop.
 
-Owner notices are durable: ``queue_owner_notice`` writes one into ``central.owner_notices``
-(its id derived from its cause) before the row it is about is settled, and
-``send_owner_notices`` (after each report, and from the service's notice loop, so a restart
-resumes) sends due ones with backoff. One notice per agent group per
+Owner notices are durable and coalesced (``nanoclaw_common.store.owner_notices``):
+``queue_owner_notice`` counts a cause into the group's one pending notice of its kind (a re-run
+after a crash is recognised by the cause's id and not counted twice) before the row it is
+about is settled, and ``send_owner_notices`` (after each report, and from the service's notice
+loop, so a restart resumes) sends due ones with backoff. One notice per agent group per
 ``owner_notice_interval_s``: the window starts when a send **succeeded**, so a failed send
-never silences the group; notices inside the window of one sent are marked suppressed.
+never silences the group; a notice due inside the window of one sent waits for the window to
+end and goes out then, with everything counted meanwhile. However long the owner stays
+unreachable, a group has at most one pending notice per kind: 5,000 refused rows are one
+notice saying 5,000, not 5,000 rows in ``central.db``.
 
 Every text written here passes the leak guard's redaction: notes and notices quote refusal
 reasons, which may quote the container or a platform error.
@@ -33,13 +37,14 @@ from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import system_note
 from nanoclaw_common.store import InboundStore, NewInbound
-from nanoclaw_common.store.central import OwnerNotice
+from nanoclaw_common.store.owner_notices import OwnerNotice, OwnerNotices
 from nanoclaw_common.store.rows import MessagingGroup, Session
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.text import redact
 
 AGENT_NOTE_TRIGGER_INTERVAL_MS: Final = 60_000
 OWNER_NOTICE_TIMEOUT_S: Final = 15.0
+NOTICE_TEXT_CHARS: Final = 2_000  # an owner notice is a short DM, whatever its reason
 NOTICE_RETRY_BASE_MS: Final = 5_000  # an unsent notice is retried after 5 s, 10 s, 20 s…
 NOTICE_RETRY_MAX_MS: Final = 600_000  # …at most 10 minutes apart…
 NOTICE_MAX_AGE_MS: Final = 24 * 3600 * 1000  # …for a day, then it is given up (logged)
@@ -167,13 +172,17 @@ def owner_notice_key(agent_group_id: str) -> str:
     return f"delivery-owner:{agent_group_id}"
 
 
-def queue_owner_notice(deps: Deps, agent_group_id: str, notice_id: str, text: str) -> bool:
-    """Queue a notice for the owner (redacted); False when it was queued already."""
-    queued = deps.central.queue_owner_notice(
-        notice_id, agent_group_id, redact(text, deps.secrets()), now=deps.clock()
+def queue_owner_notice(
+    deps: Deps, agent_group_id: str, kind: str, cause_id: str, text: str
+) -> bool:
+    """Count a cause into the group's pending owner notice of ``kind`` (``text``, redacted
+    and capped, describes it); False when this cause was counted already (a re-run)."""
+    text = redact(text, deps.secrets())[:NOTICE_TEXT_CHARS]
+    queued = OwnerNotices(deps.central).queue(
+        agent_group_id, kind, cause_id, text, now=deps.clock()
     )
     if queued:
-        log.info("owner notice {} queued", notice_id, group=agent_group_id)
+        log.info("owner notice queued ({})", kind, group=agent_group_id)
     return queued
 
 
@@ -197,62 +206,72 @@ async def send_owner_notices(deps: Deps) -> int:
 
 
 async def _notice_pass(deps: Deps) -> int:
-    central = deps.central
+    notices = OwnerNotices(deps.central)
     interval_ms = int(deps.settings.owner_notice_interval_s * 1000)
     seen: set[str] = set()
     sent = 0
-    for notice in central.list_owner_notices("pending"):
+    for notice in notices.list("pending"):
         group = notice.agent_group_id
         now = deps.clock()
         key = owner_notice_key(group)
-        last = central.last_notice_ms(key)
+        last = deps.central.last_notice_ms(key)
         if last is not None and now - last < interval_ms:
-            # Inside the window of a notice that went out (maybe a moment ago, in this pass).
-            central.suppress_owner_notice(notice.id, key, now=now)
-            log.info("owner notice {} suppressed (rate limit)", notice.id, group=group)
+            # Inside the window of a notice that went out (maybe a moment ago, in this pass):
+            # it waits for the window's end, counting what comes meanwhile.
+            if notice.next_attempt_at_ms < last + interval_ms:
+                notices.defer(notice.id, last + interval_ms, now=now)
+                log.info("owner notice {} waits for the group's window", notice.id, group=group)
             continue
         if group in seen:
             continue  # one notice per group in flight: the oldest decides the window
         seen.add(group)
         if notice.next_attempt_at_ms > now:
             continue  # waiting for its retry; later notices of the group wait behind it
-        if await _send_notice(deps, notice, key):
+        if await _send_notice(deps, notices, notice, key):
             sent += 1
     return sent
 
 
-async def _send_notice(deps: Deps, notice: OwnerNotice, key: str) -> bool:
+def notice_message(notice: OwnerNotice) -> str:
+    """The DM for a notice: its one cause, or how many and the latest."""
+    if notice.count <= 1:
+        return notice.text
+    return (
+        f"NanoClaw: {notice.count} messages from agent group {notice.agent_group_id} were"
+        f" {notice.kind} since the last notice. The latest: {notice.text}"
+    )
+
+
+async def _send_notice(deps: Deps, notices: OwnerNotices, notice: OwnerNotice, key: str) -> bool:
     central = deps.central
     group = notice.agent_group_id
     # Redacted again at the door: the owner's DM is a platform message like any other.
-    text = redact(notice.text, deps.secrets())
+    text = redact(notice_message(notice), deps.secrets())
     try:
         reach = await reach_first(deps, central.owners(), None)
         if reach is None:
-            central.fail_owner_notice(notice.id, "no reachable owner", now=deps.clock())
-            log.warning("owner notice {} not sent: no reachable owner", notice.id, group=group)
-            return False
+            raise RetryLater("no reachable owner")
         await asyncio.wait_for(
             reach.adapter.send_text(reach.chat.platform_id, None, text), OWNER_NOTICE_TIMEOUT_S
         )
-    except PermanentFailure as exc:
-        reason = redact(exc.reason, deps.secrets())
-        central.fail_owner_notice(notice.id, reason, now=deps.clock())
-        log.warning("owner notice {} failed for good: {}", notice.id, reason, group=group)
-        return False
     except Exception as exc:
-        # Retryable (a platform outage, a timeout after which it may or may not have
-        # arrived, an adapter bug): try again later, for a day.
+        # Every failure is retried, for a day: a platform outage, a timeout after which it
+        # may or may not have arrived, no reachable owner, even a refusal (the owner may
+        # unblock the bot). The notice stays the group's one pending notice meanwhile, so
+        # however long that lasts, refusals only add to its count.
         now = deps.clock()
-        reason = redact(repr(exc), deps.secrets())
+        reason = redact(
+            exc.reason if isinstance(exc, RetryLater | PermanentFailure) else repr(exc),
+            deps.secrets(),
+        )
         if now - notice.created_at_ms >= NOTICE_MAX_AGE_MS:
-            central.fail_owner_notice(notice.id, f"gave up after a day: {reason}", now=now)
+            notices.fail(notice.id, f"gave up after a day: {reason}", now=now)
             log.warning("owner notice {} given up: {}", notice.id, reason, group=group)
             return False
         wait_ms = min(NOTICE_RETRY_MAX_MS, NOTICE_RETRY_BASE_MS * 2 ** min(notice.attempts, 20))
-        central.retry_owner_notice(notice.id, reason, now + wait_ms, now=now)
+        notices.retry(notice.id, reason, now + wait_ms, now=now)
         log.warning("owner notice {} not sent yet: {}", notice.id, reason, group=group)
         return False
-    central.owner_notice_sent(notice.id, key, now=deps.clock())
+    notices.sent(notice, key, now=deps.clock())
     log.info("owner notice {} sent to {}", notice.id, reach.user_id, group=group)
     return True

@@ -24,6 +24,7 @@ from loguru import logger
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.states import SessionStatus
+from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.rows import Session
 from nanoclaw_delivery.approvals import ApprovalWatcher
 from nanoclaw_delivery.context import Deps
@@ -305,13 +306,13 @@ class DeliveryService:
         last_purge = 0.0
         while not self.stop.stopping:
             try:
-                central = self.deps.central
-                due = central.next_owner_notice_ms()
+                notices = OwnerNotices(self.deps.central)
+                due = notices.next_due_ms()
                 if due is not None and due <= self.deps.clock():
                     await send_owner_notices(self.deps)
                 if loop.time() - last_purge >= NOTICE_PURGE_S:
                     last_purge = loop.time()
-                    central.purge_owner_notices(before_ms=self.deps.clock() - NOTICE_KEEP_MS)
+                    notices.purge(before_ms=self.deps.clock() - NOTICE_KEEP_MS)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

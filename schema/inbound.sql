@@ -40,10 +40,26 @@ CREATE TABLE IF NOT EXISTS deliveries (
   updated_at_ms        INTEGER NOT NULL,
   -- Parts (text chunks, then files) the platform accepted, across attempts: a retry resumes
   -- at the next part instead of sending the accepted ones again (user_version 2).
-  chunks_sent          INTEGER NOT NULL DEFAULT 0
+  chunks_sent          INTEGER NOT NULL DEFAULT 0,
+  -- Where the row is in outbound.db (its rowid: lookups never go through the container's
+  -- text index on id) and how far messages_in went (max seq) when delivery first recorded
+  -- it: the end of what can have prompted it, a host fact (user_version 3).
+  out_rowid            INTEGER,
+  inbound_seq          INTEGER
 );
 CREATE INDEX IF NOT EXISTS idx_deliveries_status ON deliveries (status, next_attempt_at_ms);
 CREATE INDEX IF NOT EXISTS idx_deliveries_seq ON deliveries (seq);
+
+-- Delivery's place in outbound.db (one row): the rowid and deliveries key of the last row
+-- recorded, and the highest seq recorded. Rows are tailed by rowid, which SQLite assigns in
+-- insertion order, so a row the container wrote with a seq at or below max_seq is still seen
+-- (and refused); a row at out_rowid with another key means the file was rewritten (user_version 3).
+CREATE TABLE IF NOT EXISTS outbound_cursor (
+  id               INTEGER PRIMARY KEY CHECK (id = 1),
+  out_rowid        INTEGER NOT NULL,
+  message_out_id   TEXT NOT NULL,
+  max_seq          INTEGER NOT NULL
+);
 
 -- Projection of the agent group's agent_destinations, rewritten before every wake.
 CREATE TABLE IF NOT EXISTS destinations (
@@ -63,5 +79,6 @@ CREATE TABLE IF NOT EXISTS session_routing (
   thread_id     TEXT
 );
 
--- 1: the first version; 2: deliveries.chunks_sent (InboundStore upgrades a version-1 file).
-PRAGMA user_version = 2;
+-- 1: the first version; 2: deliveries.chunks_sent; 3: deliveries.out_rowid and inbound_seq,
+-- outbound_cursor (InboundStore upgrades an older file).
+PRAGMA user_version = 3;

@@ -46,20 +46,6 @@ def unguessable_id(prefix: str, now: int | None = None) -> str:
     return f"{prefix}-{stamp}-{secrets.token_hex(16)}"
 
 
-class OwnerNotice(msgspec.Struct, frozen=True):
-    """A queued notice to the owner about a failed or refused message (migration 0032)."""
-
-    id: str
-    agent_group_id: str
-    text: str
-    status: str
-    attempts: int
-    next_attempt_at_ms: int
-    last_error: str | None
-    created_at_ms: int
-    updated_at_ms: int
-
-
 _NAME_RUN = re.compile(r"[^a-z0-9]+")
 
 
@@ -956,115 +942,12 @@ class CentralStore:
             )
         ]
 
-    # -- owner notices (migration 0032) ---------------------------------------------------
-
-    def queue_owner_notice(
-        self, notice_id: str, agent_group_id: str, text: str, *, now: int | None = None
-    ) -> bool:
-        """Queue a notice for the owner, due now; False when ``notice_id`` is queued already
-        (a re-run after a crash)."""
-        stamp = now_ms() if now is None else now
-        with self.db.write():
-            self.db.execute(
-                "INSERT OR IGNORE INTO owner_notices (id, agent_group_id, text, status,"
-                " attempts, next_attempt_at_ms, created_at_ms, updated_at_ms)"
-                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
-                (notice_id, agent_group_id, text, stamp, stamp, stamp),
-            )
-            return self.db.changes() == 1
-
-    def due_owner_notices(self, *, now: int | None = None, limit: int = 100) -> list[OwnerNotice]:
-        """Pending notices due now, oldest first."""
-        stamp = now_ms() if now is None else now
-        return [
-            OwnerNotice(*r)
-            for r in self.db.all(
-                "SELECT id, agent_group_id, text, status, attempts, next_attempt_at_ms,"
-                " last_error, created_at_ms, updated_at_ms FROM owner_notices"
-                " WHERE status = 'pending' AND next_attempt_at_ms <= ?"
-                " ORDER BY created_at_ms, id LIMIT ?",
-                (stamp, limit),
-            )
-        ]
-
-    def list_owner_notices(self, status: str | None = None) -> list[OwnerNotice]:
-        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-        return [
-            OwnerNotice(*r)
-            for r in self.db.all(
-                "SELECT id, agent_group_id, text, status, attempts, next_attempt_at_ms,"
-                f" last_error, created_at_ms, updated_at_ms FROM owner_notices {where}"
-                " ORDER BY created_at_ms, id",
-                params,
-            )
-        ]
-
-    def next_owner_notice_ms(self) -> int | None:
-        value = self.db.scalar(
-            "SELECT min(next_attempt_at_ms) FROM owner_notices WHERE status = 'pending'"
-        )
-        return None if value is None else int(value)
+    # -- owner notices: nanoclaw_common.store.owner_notices (migrations 0032, 0080) -------
 
     def last_notice_ms(self, key: str) -> int | None:
         """When the last notice under rate-limit ``key`` went out (None: never)."""
         value = self.db.scalar("SELECT last_sent_ms FROM notices WHERE key = ?", (key,))
         return None if value is None else int(value)
-
-    def owner_notice_sent(self, notice_id: str, key: str, *, now: int | None = None) -> None:
-        """The notice went out: mark it sent and start the rate-limit window of ``key``, in
-        one transaction (the window starts only with a successful send)."""
-        stamp = now_ms() if now is None else now
-        with self.db.write():
-            self.db.execute(
-                "UPDATE owner_notices SET status = 'sent', attempts = attempts + 1,"
-                " last_error = NULL, updated_at_ms = ? WHERE id = ?",
-                (stamp, notice_id),
-            )
-            self.db.execute(
-                "INSERT INTO notices (key, last_sent_ms, suppressed) VALUES (?, ?, 0)"
-                " ON CONFLICT (key) DO UPDATE SET last_sent_ms = excluded.last_sent_ms,"
-                " suppressed = 0",
-                (key, stamp),
-            )
-
-    def suppress_owner_notice(self, notice_id: str, key: str, *, now: int | None = None) -> None:
-        """A notice inside the window of one already sent: not sent, counted under ``key``."""
-        stamp = now_ms() if now is None else now
-        with self.db.write():
-            self.db.execute(
-                "UPDATE owner_notices SET status = 'suppressed', updated_at_ms = ? WHERE id = ?",
-                (stamp, notice_id),
-            )
-            self.db.execute("UPDATE notices SET suppressed = suppressed + 1 WHERE key = ?", (key,))
-
-    def retry_owner_notice(
-        self, notice_id: str, error: str, next_attempt_at_ms: int, *, now: int | None = None
-    ) -> None:
-        stamp = now_ms() if now is None else now
-        with self.db.write():
-            self.db.execute(
-                "UPDATE owner_notices SET attempts = attempts + 1, last_error = ?,"
-                " next_attempt_at_ms = ?, updated_at_ms = ? WHERE id = ?",
-                (error[:500], next_attempt_at_ms, stamp, notice_id),
-            )
-
-    def fail_owner_notice(self, notice_id: str, error: str, *, now: int | None = None) -> None:
-        stamp = now_ms() if now is None else now
-        with self.db.write():
-            self.db.execute(
-                "UPDATE owner_notices SET status = 'failed', attempts = attempts + 1,"
-                " last_error = ?, updated_at_ms = ? WHERE id = ?",
-                (error[:500], stamp, notice_id),
-            )
-
-    def purge_owner_notices(self, *, before_ms: int) -> int:
-        """Forget settled notices last changed before ``before_ms``."""
-        with self.db.write():
-            self.db.execute(
-                "DELETE FROM owner_notices WHERE status != 'pending' AND updated_at_ms < ?",
-                (before_ms,),
-            )
-            return self.db.changes()
 
     # -- pending approvals ----------------------------------------------------------------
 

@@ -41,6 +41,36 @@ class NewInbound(msgspec.Struct, frozen=True, kw_only=True):
     on_wake: bool = False
 
 
+class Track(msgspec.Struct, frozen=True):
+    """A row to start tracking in ``deliveries``: its key, seq (0 when it has none), rowid in
+    ``outbound.db`` (moves the tail's cursor), and its state: ``pending``, or already
+    ``failed``/``denied`` with ``error`` for a row refused as it was read."""
+
+    key: str
+    seq: int
+    rowid: int | None = None
+    status: str = "pending"
+    error: str | None = None
+
+
+#: What the record verbs take: a ``Track``, or (key, seq) / (key, seq, rowid).
+Recorded = Track | tuple[str, int] | tuple[str, int, int]
+
+
+def _as_track(item: Recorded) -> Track:
+    if isinstance(item, Track):
+        return item
+    return Track(item[0], item[1], item[2] if len(item) > 2 else None)
+
+
+class OutboundCursor(msgspec.Struct, frozen=True):
+    """Where delivery's tail of ``outbound.db`` stands (``inbound.db`` version 3)."""
+
+    out_rowid: int
+    message_out_id: str
+    max_seq: int
+
+
 class InsertResult(msgspec.Struct, frozen=True):
     id: str  # where the row is: the id asked for, or its alternative after a collision
     seq: int
@@ -278,17 +308,23 @@ class InboundReader:
             )
         ]
 
-    def open_deliveries(self, *, after_seq: int = 0, limit: int = 1000) -> list[rows.Delivery]:
-        """Deliveries not settled yet (pending, sending, retry), due or not, in seq order,
-        with seq above ``after_seq``: a caller pages through a long backlog by passing the
-        last seq of the previous page."""
+    def open_deliveries(
+        self, *, after: tuple[int, str] | None = None, limit: int = 1000
+    ) -> list[rows.Delivery]:
+        """Deliveries not settled yet (pending, sending, retry), due or not, in (seq, id)
+        order, after ``after`` (the previous page's last (seq, id)): a caller pages through a
+        long backlog. By (seq, id), not seq alone: a refused row may share its seq with
+        another (the container chose it), and a page boundary must not skip either."""
+        where, params = "", ()
+        if after is not None:
+            where, params = "AND (seq, message_out_id) > (?, ?)", after  # type: ignore[assignment]
         return [
             rows.Delivery(*r)
             for r in self.db.all(
                 f"SELECT {columns(rows.Delivery)} FROM deliveries"
-                " WHERE status IN ('pending', 'sending', 'retry') AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+                f" WHERE status IN ('pending', 'sending', 'retry') {where}"
+                " ORDER BY seq, message_out_id LIMIT ?",
+                (*params, limit),
             )
         ]
 
@@ -319,8 +355,30 @@ class InboundReader:
         ]
 
     def delivery_watermark(self) -> int:
-        """The highest outbound seq the host has recorded (0 when none)."""
-        return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM deliveries"))
+        """The highest outbound seq the host has recorded (0 when none): a new row's seq
+        must be above it."""
+        return int(
+            self.db.scalar(
+                "SELECT max(ifnull((SELECT max(seq) FROM deliveries), 0),"
+                " ifnull((SELECT max_seq FROM outbound_cursor WHERE id = 1), 0))"
+            )
+        )
+
+    def outbound_cursor(self) -> OutboundCursor | None:
+        """Where delivery's tail of ``outbound.db`` stands (None: nothing recorded with a
+        rowid yet)."""
+        found = self.db.one(
+            "SELECT out_rowid, message_out_id, max_seq FROM outbound_cursor WHERE id = 1"
+        )
+        return OutboundCursor(*found) if found else None
+
+    def delivery_by_rowid(self, out_rowid: int) -> rows.Delivery | None:
+        found = self.db.one(
+            f"SELECT {columns(rows.Delivery)} FROM deliveries WHERE out_rowid = ?"
+            " ORDER BY updated_at_ms DESC LIMIT 1",
+            (out_rowid,),
+        )
+        return rows.Delivery(*found) if found else None
 
     def last_delivered_ms(self) -> int | None:
         """When the host last delivered something of this session (typing pauses then)."""
@@ -337,21 +395,35 @@ class InboundReader:
         return None if value is None else str(value)
 
 
-INBOUND_VERSION: Final = 2  # PRAGMA user_version of schema/inbound.sql
+INBOUND_VERSION: Final = 3  # PRAGMA user_version of schema/inbound.sql
 
 
 def upgrade_inbound(db: Database) -> None:
     """Bring a file written by an older version up to ``INBOUND_VERSION``, in one write
     transaction (checked again inside the lock: two host programs may open it at once).
-    Version 2 added ``deliveries.chunks_sent``."""
+    Version 2 added ``deliveries.chunks_sent``; version 3 ``deliveries.out_rowid`` and
+    ``inbound_seq`` and the ``outbound_cursor`` table."""
     if int(db.scalar("PRAGMA user_version")) >= INBOUND_VERSION:
         return
     with db.write():
         version = int(db.scalar("PRAGMA user_version"))
         if version >= INBOUND_VERSION:
             return
-        if version < 2:
-            db.execute("ALTER TABLE deliveries ADD COLUMN chunks_sent INTEGER NOT NULL DEFAULT 0")
+        # Each column only if missing: a file can be older in its version than in its shape.
+        have = {str(r[1]) for r in db.all("PRAGMA table_info(deliveries)")}
+        for column, declaration in (
+            ("chunks_sent", "INTEGER NOT NULL DEFAULT 0"),
+            ("out_rowid", "INTEGER"),
+            ("inbound_seq", "INTEGER"),
+        ):
+            if column not in have:
+                db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {declaration}")
+        if version < 3:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS outbound_cursor (id INTEGER PRIMARY KEY"
+                " CHECK (id = 1), out_rowid INTEGER NOT NULL, message_out_id TEXT NOT NULL,"
+                " max_seq INTEGER NOT NULL)"
+            )
         db.execute(f"PRAGMA user_version = {INBOUND_VERSION}")
 
 
@@ -562,34 +634,51 @@ class InboundStore(InboundReader):
 
     def record_outbound(self, message_out_id: str, seq: int, *, now: int | None = None) -> bool:
         """Start tracking an outbound row as ``pending``; False if already tracked."""
-        stamp = now_ms() if now is None else now
-        with self.db.write():
+        return self.record_outbounds([(message_out_id, seq)], now=now) == 1
+
+    def _record(self, items: Iterable[Recorded], stamp: int) -> int:
+        """Insert records (inside a write transaction), each with messages_in's max seq of
+        now; move the cursor to the last item that has a rowid. A key already tracked is
+        left alone (its item still moves the cursor)."""
+        added = 0
+        last: Track | None = None
+        top_seq = 0
+        for item in map(_as_track, items):
+            DeliveryStatus(item.status)
             self.db.execute(
                 "INSERT OR IGNORE INTO deliveries (message_out_id, seq, status, attempts,"
-                " created_at_ms, updated_at_ms) VALUES (?, ?, 'pending', 0, ?, ?)",
-                (message_out_id, seq, stamp, stamp),
+                " last_error, created_at_ms, updated_at_ms, out_rowid, inbound_seq)"
+                " VALUES (?, ?, ?, 0, ?, ?, ?, ?, (SELECT ifnull(max(seq), 0) FROM messages_in))",
+                (item.key, item.seq, item.status, item.error, stamp, stamp, item.rowid),
             )
-            return self.db.changes() == 1
+            added += self.db.changes()
+            top_seq = max(top_seq, item.seq)
+            if item.rowid is not None:
+                last = item
+        if last is not None:
+            self.db.execute(
+                "INSERT INTO outbound_cursor (id, out_rowid, message_out_id, max_seq)"
+                " VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " out_rowid = excluded.out_rowid, message_out_id = excluded.message_out_id,"
+                " max_seq = max(max_seq, excluded.max_seq)",
+                (last.rowid, last.key, top_seq),
+            )
+        return added
 
     def begin_attempt(
         self,
         message_out_id: str,
         *,
         now: int | None = None,
-        record: Iterable[tuple[str, int]] = (),
+        record: Iterable[Recorded] = (),
     ) -> int:
         """pending/retry/sending → sending, counting the attempt *before* it is made (a crash
-        mid-send still counts). Returns the attempt number. ``record`` (id, seq) pairs are
-        tracked as ``pending`` in the same transaction first: a row seen and attempted at
-        once costs one fsync instead of two."""
+        mid-send still counts). Returns the attempt number. ``record`` items (id, seq[,
+        rowid]) are tracked as ``pending`` in the same transaction first: a row seen and
+        attempted at once costs one fsync instead of two."""
         stamp = now_ms() if now is None else now
         with self.db.write():
-            for out_id, seq in record:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO deliveries (message_out_id, seq, status, attempts,"
-                    " created_at_ms, updated_at_ms) VALUES (?, ?, 'pending', 0, ?, ?)",
-                    (out_id, seq, stamp, stamp),
-                )
+            self._record(record, stamp)
             self.db.execute(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1,"
                 " updated_at_ms = ? WHERE message_out_id = ?"
@@ -602,6 +691,18 @@ class InboundStore(InboundReader):
                 self.db.scalar(
                     "SELECT attempts FROM deliveries WHERE message_out_id = ?", (message_out_id,)
                 )
+            )
+
+    def reset_outbound_cursor(self, out_rowid: int, message_out_id: str) -> None:
+        """Put the tail at ``out_rowid`` (the seq watermark stays): after the file was found
+        rewritten, or to start a tail for deliveries recorded by seq alone."""
+        with self.db.write():
+            self.db.execute(
+                "INSERT INTO outbound_cursor (id, out_rowid, message_out_id, max_seq)"
+                " VALUES (1, ?, ?, (SELECT ifnull(max(seq), 0) FROM deliveries))"
+                " ON CONFLICT (id) DO UPDATE SET out_rowid = excluded.out_rowid,"
+                " message_out_id = excluded.message_out_id",
+                (out_rowid, message_out_id),
             )
 
     def finish_delivery(
@@ -661,20 +762,13 @@ class InboundStore(InboundReader):
             )
         ]
 
-    def record_outbounds(self, items: Iterable[tuple[str, int]], *, now: int | None = None) -> int:
-        """``record_outbound`` for several (id, seq) pairs in one transaction (one fsync);
-        returns how many were new."""
+    def record_outbounds(self, items: Iterable[Recorded], *, now: int | None = None) -> int:
+        """Start tracking several outbound rows as ``pending`` (id, seq[, rowid]), in one
+        transaction (one fsync); returns how many were new. Items with a rowid move the
+        tail's cursor."""
         stamp = now_ms() if now is None else now
-        added = 0
         with self.db.write():
-            for message_out_id, seq in items:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO deliveries (message_out_id, seq, status, attempts,"
-                    " created_at_ms, updated_at_ms) VALUES (?, ?, 'pending', 0, ?, ?)",
-                    (message_out_id, seq, stamp, stamp),
-                )
-                added += self.db.changes()
-        return added
+            return self._record(items, stamp)
 
     def reopen_delivery(self, message_out_id: str, *, now: int | None = None) -> None:
         """An operator's retry: a failed or denied row goes back to ``retry`` with its attempt

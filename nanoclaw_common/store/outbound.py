@@ -4,23 +4,163 @@
 Container rows take the next **odd** seq, allocated inside the ``BEGIN IMMEDIATE`` transaction
 that inserts the row (upstream read the max outside any transaction, a race between the
 runner and its tool processes).
+
+**Every byte of this file is the container's.** A row may hold a 100 MB column, a seq that
+is text, a kind the CHECK constraint never saw (the container can rewrite the file), and
+``messages_out`` may even be a view. So the host's reads are bounded before anything is
+fetched (docs/security.md, "Rows"):
+
+- the host's connection has ``SQLITE_LIMIT_LENGTH`` = ``MAX_VALUE_BYTES``: no value longer
+  than the largest legitimate one is ever materialized;
+- every column is checked in SQL (``typeof``, ``octet_length``, which SQLite answers from the
+  record header without reading the value) and fetched only when within its bound;
+- delivery tails ``messages_out`` by ``rowid`` (``tail``), which SQLite assigns in insertion
+  order, so a row written with a seq at or below what the host has seen is still *seen* (and
+  refused), never skipped; lookups go by rowid or seq, never through the text index on
+  ``id``, whose comparisons load a whole key however long it is;
+- the content of a row is fetched only when it is processed (``content_at``), one at a
+  time, so a page of rows costs kilobytes, not a page of megabyte contents;
+- ``messages_out`` must be an ordinary table without generated columns, checked in the same
+  read transaction as the read (a view could compute rows forever).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+import apsw
 import msgspec
 
 from nanoclaw_common import messages
 from nanoclaw_common.clock import now_ms
-from nanoclaw_common.ids import new_id
+from nanoclaw_common.errors import Refused
+from nanoclaw_common.ids import is_safe_id, new_id
 from nanoclaw_common.states import AckStatus
 from nanoclaw_common.store import rows
 from nanoclaw_common.store.migrations import open_session_db
 from nanoclaw_common.store.sqlite import Database, Mode, columns
+
+#: ``SQLITE_LIMIT_LENGTH`` of the host's connections to ``outbound.db``. The largest
+#: legitimate value is a row's content, whose JSON the decoder refuses above
+#: ``messages.MAX_PAYLOAD_BYTES``; every other column is far smaller. So nothing longer is
+#: ever worth reading, and a longer one fails the query instead of being allocated.
+MAX_VALUE_BYTES: Final = messages.MAX_PAYLOAD_BYTES
+#: Ids, addresses, run ids: generous for what they hold (``messages.MAX_ID_CHARS`` characters
+#: of up to 4 UTF-8 bytes, an inbound id's ``:<agent group id>``), tiny next to memory.
+MAX_FIELD_BYTES: Final = 1024
+#: The prefix of the deliveries key of a row whose own id is unusable (too long, not text,
+#: not a safe id). ``#`` is not in a safe id, so no row's own id can take such a key.
+UNUSABLE_ID_PREFIX: Final = "#row-"
+
+_TEXT: Final = ("text",)
+_TEXT_OR_NULL: Final = ("text", "null")
+_INTEGER: Final = ("integer",)
+_INTEGER_OR_NULL: Final = ("integer", "null")
+
+# (column, SQLite types it may hold, byte bound) for every column of ``rows.OutboundRow`` but
+# ``content``, in that order.
+_META: Final[tuple[tuple[str, tuple[str, ...], int], ...]] = (
+    ("id", _TEXT, MAX_FIELD_BYTES),
+    ("seq", _INTEGER, MAX_FIELD_BYTES),
+    ("in_reply_to", _TEXT_OR_NULL, MAX_FIELD_BYTES),
+    ("timestamp_ms", _INTEGER, MAX_FIELD_BYTES),
+    ("deliver_after_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
+    ("kind", _TEXT, MAX_FIELD_BYTES),
+    ("platform_id", _TEXT_OR_NULL, MAX_FIELD_BYTES),
+    ("channel_type", _TEXT_OR_NULL, MAX_FIELD_BYTES),
+    ("thread_id", _TEXT_OR_NULL, MAX_FIELD_BYTES),
+)
+_RUN_ID: Final = ("run_id", _TEXT_OR_NULL, MAX_FIELD_BYTES)
+_CONTENT: Final = ("content", _TEXT, messages.MAX_PAYLOAD_BYTES)
+_KINDS: Final = ("chat", "system")
+
+
+def _fits(column: str, types: tuple[str, ...], limit: int) -> str:
+    """SQL that is true when ``column`` holds one of ``types`` within ``limit`` bytes. Both
+    tests are answered from the record header: the value itself is not read."""
+    kinds = ", ".join(f"'{t}'" for t in types)
+    return f"(typeof({column}) IN ({kinds}) AND ifnull(octet_length({column}), 0) <= {limit})"
+
+
+def _probe(column: str, limit: int) -> str:
+    """SQL for (the value if within ``limit`` bytes else NULL, its type, its length)."""
+    return (
+        f"CASE WHEN octet_length({column}) <= {limit} THEN {column} END,"
+        f" typeof({column}), octet_length({column})"
+    )
+
+
+_ALL_FIT: Final = " AND ".join(_fits(*spec) for spec in (*_META, _CONTENT, _RUN_ID))
+_TAIL_SELECT: Final = (
+    "SELECT rowid, "
+    + ", ".join(_probe(name, limit) for name, _t, limit in (*_META, _RUN_ID))
+    + ", typeof(content), octet_length(content) FROM messages_out"
+)
+
+
+class Tailed(msgspec.Struct, frozen=True):
+    """One ``messages_out`` row as delivery's tail sees it, every column checked.
+
+    ``key`` is what the host tracks it by (``deliveries.message_out_id``): the row's id, or
+    ``#row-<rowid>`` when the id itself is unusable. ``row`` is the row with its content left
+    out (``content`` is ""; ``OutboundReader.content_at`` fetches it when the row is
+    processed), or None when a column is not what it must be; then ``defect`` says which,
+    in words that quote sizes and types, never the value. ``seq`` is the row's seq when it
+    is an integer (None otherwise), whatever the other columns."""
+
+    rowid: int
+    key: str
+    seq: int | None
+    row: rows.OutboundRow | None
+    defect: str | None
+    content_bytes: int
+
+
+def _tailed(values: Sequence[Any]) -> Tailed:
+    rowid = int(values[0])
+    fields: list[Any] = []
+    defects: list[str] = []
+    for index, (name, types, limit) in enumerate((*_META, _RUN_ID)):
+        value, kind, size = values[1 + 3 * index : 4 + 3 * index]
+        fields.append(value)
+        if kind not in types:
+            defects.append(f"{name} is {kind}, not {' or '.join(types)}")
+        elif size is not None and size > limit:
+            defects.append(f"{name} is {size} bytes, over the {limit}-byte limit")
+    content_kind, content_size = values[-2], values[-1]
+    if content_kind != "text":
+        defects.append(f"content is {content_kind}, not text")
+    elif content_size > messages.MAX_PAYLOAD_BYTES:
+        defects.append(
+            f"content is {content_size} bytes, over the {messages.MAX_PAYLOAD_BYTES}-byte limit"
+        )
+    row_id, seq, kind = fields[0], fields[1], fields[5]
+    usable_id = isinstance(row_id, str) and is_safe_id(row_id)
+    if isinstance(row_id, str) and not usable_id and not defects:
+        defects.append("id is not a safe id (letters, digits and _.:- only, at most 200)")
+    if not defects and kind not in _KINDS:
+        defects.append("kind is neither chat nor system")
+    key = row_id if usable_id else f"{UNUSABLE_ID_PREFIX}{rowid}"
+    number = seq if isinstance(seq, int) else None
+    size = int(content_size or 0)
+    if defects:
+        return Tailed(rowid, key, number, None, "; ".join(defects), size)
+    row = rows.OutboundRow(
+        id=row_id,
+        seq=seq,
+        in_reply_to=fields[2],
+        timestamp_ms=fields[3],
+        deliver_after_ms=fields[4],
+        kind=kind,
+        platform_id=fields[6],
+        channel_type=fields[7],
+        thread_id=fields[8],
+        content="",
+        run_id=fields[9],
+    )
+    return Tailed(rowid, key, number, row, None, size)
 
 
 class NewOutbound(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,8 +189,13 @@ def next_odd(max_seq: int | None) -> int:
 
 
 class OutboundReader:
+    """Reads of ``outbound.db``. Opened by the host (``path``) it is read-only and bounded
+    (module docstring); the runner's ``OutboundStore`` shares the verbs on its own
+    connection."""
+
     def __init__(self, path: Path | str, *, _db: Database | None = None) -> None:
-        self.db = _db or Database(path, Mode.SESSION_READONLY)
+        self.db = _db or open_host_reader(path)
+        self._checked_schema: int | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -58,30 +203,133 @@ class OutboundReader:
     def data_version(self) -> int:
         return self.db.data_version()
 
+    # -- delivery's tail (bounded, by rowid) ----------------------------------------------
+
+    def _check_schema(self) -> None:
+        """``messages_out`` must be an ordinary table with no generated column: the
+        container can replace it with a view (rows computed forever, values built in
+        memory) or add generated columns. Checked again whenever the schema changed; call
+        inside a read transaction, so the schema cannot change between this and the read."""
+        version = int(self.db.scalar("PRAGMA schema_version"))
+        if version == self._checked_schema:
+            return
+        try:
+            found = self.db.one(
+                "SELECT type, substr(sql, 1, 30) FROM sqlite_schema WHERE name = 'messages_out'"
+            )
+            plain = (
+                found is not None
+                and found[0] == "table"
+                and not str(found[1] or "").upper().startswith("CREATE VIRTUAL")
+                and all(
+                    int(hidden) == 0
+                    for *_cols, hidden in self.db.all("PRAGMA table_xinfo(messages_out)")
+                )
+            )
+        except apsw.Error as exc:
+            raise Refused(f"outbound.db: messages_out cannot be inspected ({exc})") from None
+        if not plain:
+            raise Refused("outbound.db: messages_out is not a plain table (refusing to read it)")
+        self._checked_schema = version
+
+    def tail(self, after_rowid: int, *, limit: int = 500) -> list[Tailed]:
+        """Rows inserted after ``after_rowid`` (SQLite's insertion order), at most
+        ``limit``, every column checked (``Tailed``); content not fetched."""
+        with self.db.read():
+            self._check_schema()
+            return [
+                _tailed(values)
+                for values in self.db.all(
+                    f"{_TAIL_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (after_rowid, limit),
+                )
+            ]
+
+    def tailed_at(self, rowid: int) -> Tailed | None:
+        with self.db.read():
+            self._check_schema()
+            found = self.db.one(f"{_TAIL_SELECT} WHERE rowid = ?", (rowid,))
+        return _tailed(found) if found else None
+
+    def tailed_by_seq(self, seq: int) -> list[Tailed]:
+        """Rows with this seq (more than one only in a file the container forged), for
+        deliveries recorded before rowids were."""
+        with self.db.read():
+            self._check_schema()
+            return [
+                _tailed(values)
+                for values in self.db.all(
+                    f"{_TAIL_SELECT} WHERE seq = ? ORDER BY rowid LIMIT 10", (seq,)
+                )
+            ]
+
+    def key_at(self, rowid: int) -> str | None:
+        """The deliveries key of the row at ``rowid`` (None: no such row)."""
+        found = self.tailed_at(rowid)
+        return found.key if found else None
+
+    def last_rowid_up_to_seq(self, seq: int) -> int:
+        """The highest rowid among rows with an integer seq ``<= seq`` (0: none): where a
+        tail resumes for deliveries recorded by seq alone (``inbound.db`` version 2)."""
+        with self.db.read():
+            self._check_schema()
+            value = self.db.scalar(
+                "SELECT max(rowid) FROM messages_out WHERE typeof(seq) = 'integer' AND seq <= ?",
+                (seq,),
+            )
+        return 0 if value is None else int(value)
+
+    def content_at(self, tailed: Tailed) -> str | None:
+        """The content of the row ``tailed`` names, fetched now (bounded); None when that
+        row is gone, changed its id, or now holds content that is not text within
+        ``messages.MAX_PAYLOAD_BYTES`` (the container rewrote it)."""
+        with self.db.read():
+            self._check_schema()
+            found = self.db.one(
+                "SELECT CASE WHEN typeof(id) = 'text' AND octet_length(id) <= ? THEN id END,"
+                f" CASE WHEN {_fits(*_CONTENT)} THEN content END"
+                " FROM messages_out WHERE rowid = ?",
+                (MAX_FIELD_BYTES, tailed.rowid),
+            )
+        if found is None:
+            return None
+        row_id, content = found
+        same = row_id == tailed.key or (
+            tailed.key.startswith(UNUSABLE_ID_PREFIX) and not is_safe_id(str(row_id or ""))
+        )
+        return str(content) if same and isinstance(content, str) else None
+
+    # -- bounded reads for everyone else ------------------------------------------------
+
     def messages_after(self, seq: int, *, limit: int = 100) -> list[rows.OutboundRow]:
+        """Rows with a seq above ``seq``, in seq order; rows with a column out of bounds are
+        left out (delivery reports those)."""
         return [
             rows.OutboundRow(*r)
             for r in self.db.all(
                 f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE seq > ?"
-                " ORDER BY seq LIMIT ?",
+                f" AND {_ALL_FIT} ORDER BY seq LIMIT ?",
                 (seq, limit),
             )
         ]
 
     def get_message(self, message_id: str) -> rows.OutboundRow | None:
         found = self.db.one(
-            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE id = ?", (message_id,)
+            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE id = ? AND {_ALL_FIT}",
+            (message_id,),
         )
         return rows.OutboundRow(*found) if found else None
 
     def get_by_seq(self, seq: int) -> rows.OutboundRow | None:
         found = self.db.one(
-            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE seq = ?", (seq,)
+            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE seq = ? AND {_ALL_FIT}",
+            (seq,),
         )
         return rows.OutboundRow(*found) if found else None
 
     def max_seq(self) -> int:
-        return int(self.db.scalar("SELECT ifnull(max(seq), 0) FROM messages_out"))
+        value = self.db.scalar("SELECT max(seq) FROM messages_out WHERE typeof(seq) = 'integer'")
+        return 0 if value is None else int(value)
 
     def replies_to(self, message_ids: Iterable[str]) -> list[rows.OutboundRow]:
         """Rows written in reply to any of ``message_ids``, in seq order: what an earlier,
@@ -95,10 +343,10 @@ class OutboundReader:
         return [
             rows.OutboundRow(*r)
             for r in self.db.all(
-                f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE id IN"
-                f" (SELECT message_out_id FROM answers WHERE message_in_id IN ({marks}))"
+                f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE {_ALL_FIT} AND"
+                f" (id IN (SELECT message_out_id FROM answers WHERE message_in_id IN ({marks}))"
                 f" OR (in_reply_to IN ({marks}) AND NOT EXISTS"
-                "  (SELECT 1 FROM answers WHERE message_out_id = messages_out.id))"
+                "  (SELECT 1 FROM answers WHERE message_out_id = messages_out.id)))"
                 " ORDER BY seq",
                 [*ids, *ids],
             )
@@ -109,17 +357,20 @@ class OutboundReader:
         return [
             str(m)
             for (m,) in self.db.all(
-                "SELECT message_in_id FROM answers WHERE message_out_id = ? ORDER BY message_in_id",
+                "SELECT message_in_id FROM answers WHERE message_out_id = ?"
+                f" AND {_fits('message_in_id', _TEXT, MAX_FIELD_BYTES)} ORDER BY message_in_id",
                 (message_out_id,),
             )
         ]
 
     def acks(self, status: str | None = None) -> list[rows.Ack]:
-        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        """Acks, oldest change first; malformed ones (wrong types, oversized ids, an
+        unknown status) are left out: they cannot name a message or a run."""
+        where, params = ("AND status = ?", (status,)) if status else ("", ())
         return [
             rows.Ack(*r)
             for r in self.db.all(
-                f"SELECT {columns(rows.Ack)} FROM processing_ack {where}"
+                f"SELECT {columns(rows.Ack)} FROM processing_ack WHERE {_ACK_FITS} {where}"
                 " ORDER BY status_changed_ms",
                 params,
             )
@@ -130,7 +381,8 @@ class OutboundReader:
         return {
             m
             for (m,) in self.db.all(
-                "SELECT message_id FROM processing_ack WHERE status <> 'processing'"
+                "SELECT message_id FROM processing_ack WHERE status IN ('completed', 'failed')"
+                f" AND {_ACK_FITS}"
             )
         }
 
@@ -138,28 +390,36 @@ class OutboundReader:
         return {
             m
             for (m,) in self.db.all(
-                "SELECT message_id FROM processing_ack WHERE status = 'processing' AND run_id = ?",
+                "SELECT message_id FROM processing_ack WHERE status = 'processing'"
+                f" AND run_id = ? AND {_ACK_FITS}",
                 (run_id,),
             )
         }
 
     def last_activity_ms(self) -> int | None:
         """The newest write by the container: an outbound row or an ack (not the heartbeat,
-        which beats whether or not the agent does anything)."""
+        which beats whether or not the agent does anything). Non-integer times are ignored."""
         value = self.db.scalar(
             "SELECT max(t) FROM (SELECT max(timestamp_ms) AS t FROM messages_out"
-            " UNION ALL SELECT max(status_changed_ms) FROM processing_ack)"
+            " WHERE typeof(timestamp_ms) = 'integer' UNION ALL SELECT max(status_changed_ms)"
+            " FROM processing_ack WHERE typeof(status_changed_ms) = 'integer')"
         )
         return None if value is None else int(value)
 
     def container_state(self) -> rows.ContainerState | None:
+        """The current run's state; None when missing or malformed."""
         found = self.db.one(
             f"SELECT {columns(rows.ContainerState)} FROM container_state WHERE id = 1"
+            f" AND {_STATE_FITS}"
         )
         return rows.ContainerState(*found) if found else None
 
     def get_state(self, key: str) -> str | None:
-        value = self.db.scalar("SELECT value FROM session_state WHERE key = ?", (key,))
+        value = self.db.scalar(
+            "SELECT value FROM session_state WHERE key = ?"
+            f" AND {_fits('value', _TEXT, MAX_VALUE_BYTES)}",
+            (key,),
+        )
         return None if value is None else str(value)
 
 
@@ -179,6 +439,42 @@ def upgrade_outbound(db: Database) -> None:
             " message_in_id TEXT NOT NULL, PRIMARY KEY (message_in_id, message_out_id))"
         )
         db.execute(f"PRAGMA user_version = {OUTBOUND_VERSION}")
+
+
+_ACK_FITS: Final = " AND ".join(
+    (
+        _fits("message_id", _TEXT, MAX_FIELD_BYTES),
+        _fits("run_id", _TEXT, MAX_FIELD_BYTES),
+        _fits("status_changed_ms", _INTEGER, MAX_FIELD_BYTES),
+        "status IN ('processing', 'completed', 'failed')",
+    )
+)
+_STATE_FITS: Final = " AND ".join(
+    (
+        _fits("run_id", _TEXT_OR_NULL, MAX_FIELD_BYTES),
+        _fits("started_at_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
+        _fits("current_tool", _TEXT_OR_NULL, MAX_FIELD_BYTES),
+        _fits("tool_declared_timeout_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
+        _fits("tool_started_at_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
+        _fits("turns", _INTEGER, MAX_FIELD_BYTES),
+        _fits("updated_at_ms", _INTEGER, MAX_FIELD_BYTES),
+    )
+)
+
+
+def open_host_reader(path: Path | str, mode: Mode = Mode.SESSION_READONLY) -> Database:
+    """The host's connection to a container-written ``outbound.db``: values capped at
+    ``MAX_VALUE_BYTES`` (``SQLITE_LIMIT_LENGTH``), the schema's own SQL (views, triggers)
+    barred from functions with side effects, cell sizes checked on every page read (a
+    forged file fails cleanly instead of being trusted)."""
+    db = Database(path, mode, create=False, max_value_bytes=MAX_VALUE_BYTES)
+    try:
+        db.execute("PRAGMA trusted_schema = OFF")
+        db.execute("PRAGMA cell_size_check = ON")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 class OutboundStore(OutboundReader):

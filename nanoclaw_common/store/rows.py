@@ -225,6 +225,8 @@ class Delivery(Row, frozen=True):
     platform_message_id: str | None
     created_at_ms: int
     updated_at_ms: int
+    out_rowid: int | None = None  # the row's rowid in outbound.db (None: recorded by seq only)
+    inbound_seq: int | None = None  # messages_in's max seq when the row was first recorded
 
 
 class DestinationEntry(Row, frozen=True):

@@ -16,8 +16,8 @@ import apsw
 
 from nanoclaw_common.store import rows
 from nanoclaw_common.store.central import CentralStore
-from nanoclaw_common.store.outbound import OutboundReader
-from nanoclaw_common.store.sqlite import Database, Mode, columns
+from nanoclaw_common.store.outbound import OutboundReader, open_host_reader
+from nanoclaw_common.store.sqlite import Mode, columns
 
 
 class FailedMessage(rows.Row, frozen=True):
@@ -90,7 +90,7 @@ def leftover_claims(outbound_db: Path) -> list[rows.Ack]:
             reader.close()
     except apsw.ReadOnlyError:
         pass  # a hot journal: roll it back below
-    recovery = Database(outbound_db, Mode.SESSION, create=False)
+    recovery = open_host_reader(outbound_db, Mode.SESSION)
     try:
         return OutboundReader(outbound_db, _db=recovery).acks("processing")
     finally:

@@ -32,7 +32,18 @@ class Mode(Enum):
 class Database:
     """One apsw connection with our policy. Used only by the store modules, which hold the SQL."""
 
-    def __init__(self, path: Path | str, mode: Mode, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        mode: Mode,
+        *,
+        create: bool = True,
+        max_value_bytes: int | None = None,
+    ) -> None:
+        """``max_value_bytes`` sets ``SQLITE_LIMIT_LENGTH`` on the connection: no string or
+        blob longer than that is ever materialized by a query (``TooBigError`` instead). For
+        connections to files a container writes, so a hostile row cannot make us allocate
+        what it stored (a 100 MB column would otherwise be read whole)."""
         self.path = Path(path)
         self.mode = mode
         if mode is Mode.SESSION_READONLY:
@@ -47,6 +58,8 @@ class Database:
             flags |= apsw.SQLITE_OPEN_NOFOLLOW
         self.conn = apsw.Connection(str(self.path), flags=flags)
         self.conn.setbusytimeout(BUSY_TIMEOUT_MS)
+        if max_value_bytes is not None:
+            self.conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_value_bytes)
         # Double-quoted strings are identifiers, never literals: a typo must fail loudly.
         self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)

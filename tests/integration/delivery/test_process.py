@@ -224,7 +224,7 @@ def test_an_owner_notice_survives_a_sigkill(
         delivery.start()
         wait_until(terminal.texts, "the notice reached the terminal")
         wait_until(
-            lambda: [n.status for n in world.central.list_owner_notices()] == ["sent"],
+            lambda: [n.status for n in world.notices.list()] == ["sent"],
             "the notice is recorded as sent",
         )
         [notice] = terminal.texts()

@@ -20,6 +20,7 @@ from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import EngageMode, Role
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound, Written
+from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.rows import AgentGroup, MessagingGroup, Session
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.engine import SessionWorker
@@ -167,6 +168,11 @@ class World:
     @property
     def telegram(self) -> RecordingAdapter:
         return self.adapters["telegram"]
+
+    @property
+    def notices(self) -> OwnerNotices:
+        """The owner-notice queue (``central.owner_notices``)."""
+        return OwnerNotices(self.central)
 
     @property
     def deps(self) -> Deps:

@@ -642,7 +642,7 @@ def assert_no_secret_anywhere(world: World, log_lines: list[str], *out_ids: str)
     for out_id in out_ids:
         assert SECRET not in (world.delivery(out_id).last_error or "")
     assert all(SECRET not in text for text, _t, _w in world.notes())
-    assert all(SECRET not in n.text for n in world.central.list_owner_notices())
+    assert all(SECRET not in n.text for n in world.notices.list())
     assert all(SECRET not in line for line in log_lines)
 
 

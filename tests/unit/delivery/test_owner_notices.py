@@ -44,7 +44,7 @@ def test_the_notice_names_a_command_that_works(world: World) -> None:
 def test_a_failed_send_does_not_silence_the_group(world: World) -> None:
     """The owner's DM fails once: the notice is kept and retried, and no window is claimed,
     so the owner still hears about the problem (before: one failed send claimed the hour
-    and the notice was gone)."""
+    and the notice was gone). A second problem meanwhile joins the same notice."""
     world.telegram.fail_at[1] = RetryLater("502 Bad Gateway")  # the notice's DM
     refused(world, "first")
     world.drain()
@@ -53,46 +53,78 @@ def test_a_failed_send_does_not_silence_the_group(world: World) -> None:
     refused(world, "second")  # another problem: its report runs a notice pass
     world.drain()
     [sent] = owner_dms(world)
-    assert "#1" in sent  # the first problem's notice, retried
+    assert "2 messages" in sent and "#3" in sent  # both problems, the latest quoted
     from nanoclaw_delivery.notify import owner_notice_key
 
-    # The window started with that send: the second problem is counted, not sent.
-    assert [n.status for n in world.central.list_owner_notices()] == ["sent", "suppressed"]
-    [first, _second] = world.central.list_owner_notices()
-    assert first.attempts == 2 and first.updated_at_ms == world.clock()
+    [notice] = world.notices.list()
+    assert (notice.status, notice.count, notice.attempts) == ("sent", 2, 2)
+    assert notice.updated_at_ms == world.clock()
     window = world.central.last_notice_ms(owner_notice_key(world.group.id))
     assert window == world.clock()
 
 
-def test_one_notice_per_group_is_in_flight(world: World) -> None:
-    """While the group's oldest notice waits for its retry, later ones wait behind it: the
-    owner gets the oldest first, and no window is claimed by the failure."""
+def test_a_notice_waiting_for_its_retry_gathers_later_problems(world: World) -> None:
+    """While the group's notice waits for its retry, later problems of the same kind are
+    counted into it, not queued beside it: the owner gets one DM, and no window is claimed
+    by the failure."""
     from nanoclaw_delivery.notify import owner_notice_key, send_owner_notices
 
     world.telegram.fail_at[1] = RetryLater("502 Bad Gateway")
     refused(world, "first")
     world.drain()
-    [waiting] = world.central.list_owner_notices("pending")
+    [waiting] = world.notices.list("pending")
     assert waiting.attempts == 1 and "502" in (waiting.last_error or "")
     assert world.central.last_notice_ms(owner_notice_key(world.group.id)) is None
     refused(world, "second")
     world.drain()
-    assert owner_dms(world) == []  # the second does not overtake the first
+    assert owner_dms(world) == []  # nothing overtakes the retry
+    [gathered] = world.notices.list("pending")
+    assert gathered.id == waiting.id and gathered.count == 2
     world.clock.value = waiting.next_attempt_at_ms
     assert run(send_owner_notices(world.deps)) == 1
     [sent] = owner_dms(world)
-    assert "#1" in sent
+    assert "2 messages" in sent
 
 
-def test_a_permanent_failure_lets_the_next_notice_through(world: World) -> None:
+def test_a_notice_inside_the_window_waits_for_its_end(world: World) -> None:
+    """After a notice went out, later problems wait for the end of the group's window and
+    then go out together, counted (before: each was marked suppressed and never told)."""
+    from nanoclaw_delivery.notify import send_owner_notices
+
+    refused(world, "first")
+    world.drain()
+    assert len(owner_dms(world)) == 1
+    for n in range(3):
+        world.clock.advance(1_000)
+        refused(world, f"later {n}")
+        world.drain()
+    assert len(owner_dms(world)) == 1  # inside the hour
+    [waiting] = world.notices.list("pending")
+    interval_ms = int(world.settings.owner_notice_interval_s * 1000)
+    sent_at = world.notices.list("sent")[0].updated_at_ms
+    assert waiting.count == 3 and waiting.next_attempt_at_ms == sent_at + interval_ms
+    world.clock.value = waiting.next_attempt_at_ms
+    assert run(send_owner_notices(world.deps)) == 1
+    assert "3 messages" in owner_dms(world)[1]
+
+
+def test_a_permanent_failure_is_retried_too(world: World) -> None:
+    """A refused DM (the owner blocked the bot) is retried like any failure: the owner may
+    unblock it, and meanwhile the group's one notice only counts on (before: a failed row
+    per problem)."""
+    from nanoclaw_delivery.notify import send_owner_notices
+
     world.telegram.fail_at[1] = PermanentFailure("bot was blocked by the user")
     refused(world, "first")
     world.drain()
     refused(world, "second")
     world.drain()
-    assert len(owner_dms(world)) == 1  # not silenced by the failure
-    assert [n.status for n in world.central.list_owner_notices()] == ["failed", "sent"]
-    assert "blocked" in (world.central.list_owner_notices()[0].last_error or "")
+    [waiting] = world.notices.list()
+    assert waiting.status == "pending" and waiting.count == 2
+    assert "blocked" in (waiting.last_error or "")
+    world.clock.value = waiting.next_attempt_at_ms
+    assert run(send_owner_notices(world.deps)) == 1
+    assert len(owner_dms(world)) == 1
 
 
 def test_notices_are_given_up_after_a_day(world: World) -> None:
@@ -102,12 +134,12 @@ def test_notices_are_given_up_after_a_day(world: World) -> None:
     refused(world)
     world.drain()
     for _ in range(400):
-        pending = world.central.list_owner_notices("pending")
+        pending = world.notices.list("pending")
         if not pending:
             break
         world.clock.value = pending[0].next_attempt_at_ms
         run(send_owner_notices(world.deps))
-    [given_up] = world.central.list_owner_notices("failed")
+    [given_up] = world.notices.list("failed")
     assert "gave up after a day" in (given_up.last_error or "")
     assert given_up.updated_at_ms - given_up.created_at_ms >= 24 * 3600 * 1000
 
@@ -149,4 +181,4 @@ def test_a_notice_queued_before_a_crash_is_sent_after_the_restart(world: World) 
         deps.offload.close()
     [notice] = owner_dms(world)
     assert "denied" in notice
-    assert [(n.status, n.attempts) for n in world.central.list_owner_notices()] == [("sent", 2)]
+    assert [(n.status, n.attempts) for n in world.notices.list()] == [("sent", 2)]

@@ -15,7 +15,9 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.errors import NotFound
 from nanoclaw_common.states import Role
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, rows
+from nanoclaw_common.store.inbound import INBOUND_VERSION
 from nanoclaw_common.store.migrations import apply_migrations, central_migrations
+from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.router_outbox import RouterOutbox
 from nanoclaw_common.store.sqlite import Database, Mode
 
@@ -252,12 +254,16 @@ def test_parts_progress_keeps_the_first_parts_id(inbound: InboundStore) -> None:
 
 
 def test_open_deliveries_page_by_seq(inbound: InboundStore) -> None:
+    """Pages by (seq, id): rows that share a seq (a refused row may repeat another's) are
+    never skipped at a page boundary."""
     inbound.record_outbounds([(f"r{n}", 2 * n + 1) for n in range(7)], now=NOW)
-    pages, after = [], 0
-    while page := inbound.open_deliveries(after_seq=after, limit=3):
+    inbound.record_outbounds([("r2-again", 5)], now=NOW)
+    pages: list[list[str]] = []
+    after: tuple[int, str] | None = None
+    while page := inbound.open_deliveries(after=after, limit=3):
         pages.append([d.message_out_id for d in page])
-        after = page[-1].seq
-    assert pages == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]
+        after = (page[-1].seq, page[-1].message_out_id)
+    assert pages == [["r0", "r1", "r2"], ["r2-again", "r3", "r4"], ["r5", "r6"]]
 
 
 def test_task_statuses_cover_the_series(inbound: InboundStore) -> None:
@@ -272,7 +278,8 @@ def test_task_statuses_cover_the_series(inbound: InboundStore) -> None:
 
 def test_a_version_1_inbound_db_is_upgraded(tmp_path: Path) -> None:
     """A file written before ``deliveries.chunks_sent`` existed (user_version 1) gains the
-    column, keeps its rows, and says version 2; opening it again changes nothing."""
+    column (and the later ones), keeps its rows, and says the current version; opening it
+    again changes nothing."""
     path = tmp_path / "old.db"
     store = InboundStore(path)
     store.record_outbounds([("a", 1)], now=NOW)
@@ -281,13 +288,10 @@ def test_a_version_1_inbound_db_is_upgraded(tmp_path: Path) -> None:
     store.close()
     upgraded = InboundStore(path)
     try:
-        assert upgraded.db.scalar("PRAGMA user_version") == 2
+        assert upgraded.db.scalar("PRAGMA user_version") == INBOUND_VERSION
         assert (
             upgraded.db.scalar("SELECT chunks_sent FROM deliveries WHERE message_out_id = 'a'") == 0
         )
-        from nanoclaw_common.store.inbound import INBOUND_VERSION
-
-        assert INBOUND_VERSION == 2
         assert upgraded.parts_sent("a") == 0
         upgraded.record_part("a", 1, "p-1", now=NOW)
         assert upgraded.get_delivery("a") is not None
@@ -422,25 +426,30 @@ def test_registrations_pending_before_migration_0031_keep_their_card(tmp_path: P
 
 
 def test_owner_notice_queue(central: CentralStore) -> None:
+    """One pending notice per group and kind, counting its causes; a cause counted once
+    (a re-run after a crash) is not counted again; causes that came while a DM was on its
+    way stay pending; settled notices are purged by age and by count."""
+    notices = OwnerNotices(central)
     key = "delivery-owner:g"
-    assert central.queue_owner_notice("n1", "g", "first", now=NOW)
-    assert not central.queue_owner_notice("n1", "g", "again", now=NOW + 1)  # a re-run
-    assert central.queue_owner_notice("n2", "g", "second", now=NOW + 2)
-    assert [n.id for n in central.due_owner_notices(now=NOW + 2)] == ["n1", "n2"]
-    central.retry_owner_notice("n1", "502", NOW + 5_000, now=NOW + 3)
-    assert [n.id for n in central.due_owner_notices(now=NOW + 3)] == ["n2"]
-    assert central.next_owner_notice_ms() == NOW + 2
+    assert notices.queue("g", "denied", "c1", "first", now=NOW)
+    assert not notices.queue("g", "denied", "c1", "first again", now=NOW + 1)  # a re-run
+    assert notices.queue("g", "denied", "c2", "second", now=NOW + 2)
+    assert notices.queue("g", "failed", "c3", "other kind", now=NOW + 2)
+    [denied, failed] = notices.list("pending")
+    assert (denied.kind, denied.count, denied.text) == ("denied", 2, "second")
+    assert (failed.kind, failed.count) == ("failed", 1)
+    notices.retry(denied.id, "502", NOW + 5_000, now=NOW + 3)
+    assert notices.next_due_ms() == NOW + 2  # the failed-kind one
     assert central.last_notice_ms(key) is None  # a failed send claims nothing
-    central.owner_notice_sent("n1", key, now=NOW + 5_000)
+    notices.queue("g", "denied", "c4", "while sending", now=NOW + 4)
+    notices.sent(denied, key, now=NOW + 5_000)  # the DM said 2; c4 came meanwhile
     assert central.last_notice_ms(key) == NOW + 5_000
-    central.suppress_owner_notice("n2", key, now=NOW + 5_001)
-    assert central.db.scalar("SELECT suppressed FROM notices WHERE key = ?", (key,)) == 1
-    central.queue_owner_notice("n3", "g", "third", now=NOW + 6_000)
-    central.fail_owner_notice("n3", "no reachable owner", now=NOW + 6_001)
-    assert {n.id: n.status for n in central.list_owner_notices()} == {
-        "n1": "sent",
-        "n2": "suppressed",
-        "n3": "failed",
-    }
-    assert central.purge_owner_notices(before_ms=NOW + 5_001) == 1  # n1 only: older
-    assert [n.id for n in central.list_owner_notices()] == ["n2", "n3"]
+    by_status = {(n.kind, n.status): n for n in notices.list()}
+    assert by_status["denied", "sent"].count == 2
+    assert by_status["denied", "pending"].count == 1
+    assert by_status["denied", "pending"].text == "while sending"
+    assert not notices.queue("g", "denied", "c2", "second", now=NOW + 6)  # counted and sent
+    notices.fail(failed.id, "gave up", now=NOW + 6_001)
+    assert notices.purge(before_ms=NOW + 5_001) == 1  # the sent one: older
+    assert notices.purge(before_ms=0, keep=0) == 1  # the failed one: over the count
+    assert [(n.kind, n.status) for n in notices.list()] == [("denied", "pending")]

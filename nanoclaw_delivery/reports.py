@@ -1,0 +1,96 @@
+"""The words of a report about a failed or refused row: the log line, the agent's note, the
+owner's notice. Everything the container chose (a chat id, an agent group id, a row id) goes
+through ``untrusted.shown``: one line, control characters escaped, length capped. A chat id
+with a newline cannot forge a ``delivered`` line in the log, and a 300 KB one cannot become a
+300 KB DM in the bot's voice."""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from nanoclaw_common.states import DeliveryStatus
+from nanoclaw_common.store import InboundStore
+from nanoclaw_common.store.rows import OutboundRow, Session
+from nanoclaw_common.untrusted import shown, shown_text
+from nanoclaw_delivery.acl import AGENT_CHANNEL
+from nanoclaw_delivery.context import Deps
+from nanoclaw_delivery.notify import note_agent, queue_owner_notice, send_owner_notices
+from nanoclaw_delivery.text import redact
+
+log = logger.bind(component="delivery")
+
+
+def describe_destination(row: OutboundRow | None) -> str:
+    """Where the row was going, safe to show."""
+    if row is None:
+        return "(an unreadable or vanished row)"
+    if row.kind == "system":
+        return "(a system action)"
+    if row.channel_type == AGENT_CHANNEL:
+        return f"to agent group {shown(row.platform_id)}"
+    if row.channel_type and row.platform_id:
+        return f"to {shown(row.channel_type, 40)}:{shown(row.platform_id)}"
+    return "to this conversation's chat"
+
+
+def message_ref(seq: int, key: str) -> str:
+    """``#<seq>``, or the row's key when it has no seq of its own (a forged row)."""
+    return f"#{seq}" if seq else shown(key)
+
+
+def owner_notice_text(session: Session, ref: str, status: str, reason: str) -> str:
+    """One cause, for the owner. ``reason`` may quote the container: shown capped."""
+    return (
+        f"NanoClaw: a message from agent group {session.agent_group_id} (session {session.id},"
+        f" {ref}) was {status}: {shown_text(reason)}. See `nanoclaw deliveries list --failed`."
+    )
+
+
+async def send_notices(deps: Deps) -> None:
+    """A notice pass beside the drain: a failure is logged (the queue keeps the notice; the
+    service's notice loop tries again)."""
+    try:
+        await send_owner_notices(deps)
+    except Exception as exc:
+        log.opt(exception=exc).error("owner notice pass failed: {!r}", exc)
+
+
+def tell(
+    deps: Deps,
+    session: Session,
+    inbound: InboundStore,
+    *,
+    key: str,
+    seq: int,
+    row: OutboundRow | None,
+    status: DeliveryStatus,
+    reason: str,
+    note_id: str,
+    notify_owner: bool = True,
+) -> str:
+    """The log line, the agent's note and the owner's notice about a dropped row (``key``,
+    ``seq``). Returns the reason as stored: redacted, escaped and capped (it quotes the
+    container, and reaches the log, notes, notices and ``nanoclaw deliveries``)."""
+    ids = {"session": session.id, "message": key, "seq": seq}
+    secrets = deps.secrets()
+    reason = shown_text(redact(reason, secrets))
+    where = redact(describe_destination(row), secrets)
+    ref = message_ref(seq, key)
+    if status == DeliveryStatus.DENIED:
+        deps.counters.denied += 1
+        log.warning("MESSAGE DROPPED (denied) {}: {}", where, reason, **ids)
+        note = f"Your message {ref} {where} was refused and not delivered: {reason}."
+    else:
+        deps.counters.failed += 1
+        log.error("MESSAGE DROPPED (failed) {}: {}", where, reason, **ids)
+        note = f"Your message {ref} {where} could not be delivered: {reason}."
+    note_agent(deps, session, inbound, note_id, note, rate_limited=True)
+    if notify_owner:
+        queue_owner_notice(
+            deps,
+            session.agent_group_id,
+            str(status),
+            f"delivery:{session.id}:{key}:{status}",
+            owner_notice_text(session, ref, status, reason),
+        )
+    return reason
