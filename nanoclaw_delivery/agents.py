@@ -2,19 +2,24 @@
 
 **What "admin only" means for create_agent, decided on the host.** Agents hold no roles;
 people do. The runner sets a request's ``in_reply_to`` to the first row of the batch its turn
-answers, and the request's own seq is above every inbound row that existed when it was
-written, so the inbound rows with ``in_reply_to.seq <= seq < request.seq`` are what the agent
-had in front of it (plus, at most, rows that arrived during the turn). The request is applied
-only if ``in_reply_to`` names a ``chat`` row of the same session, and **every** chat message
-in that range (system notes aside; other agents' messages included) comes from a user with
-admin privilege over the session's agent group (the owner, a global admin, or an admin of
-that group). In words: only admins were talking to the agent when it decided to create one.
-A request prompted by a member (nanocoai/nanoclaw#2807: upstream trusted the container), by
-a task, by a note only, or by another agent is refused, and so is one where a member's
-message sits in the same batch as an admin's (it could carry the instruction). The container
-chooses ``in_reply_to``; a compromised container could point it at an older admin-only
-stretch of the same session, but never borrow an admin who did not talk to this session, and
-the rows it cites must exist in the host-owned ``inbound.db``.
+answers. The batch ends where the host says, never where the container says: at
+``deliveries.inbound_seq``, the highest ``messages_in`` seq when delivery first recorded the
+request (a message recorded after that cannot have prompted it). The request is applied only
+if ``in_reply_to`` names a ``chat`` row of the same session at or below that end, and
+**every** row from it to the end is either a note from the host or a chat message from a
+user with admin privilege over the session's agent group (the owner, a global admin, or an
+admin of that group). In words: between the admin's message the request cites and the moment
+the host saw the request, only admins spoke. A request prompted by a member
+(nanocoai/nanoclaw#2807: upstream trusted the container), by a task, by a note only, by a
+webhook or by another agent is refused, and so is one where a member's message (or a task,
+a webhook, an agent, a click) sits in the range beside an admin's (it could carry the
+instruction).
+
+The request's own seq plays no part (issue 8: with seq 13 between an owner's message 12 and
+a member's 14, the old rule stopped the batch at 13 and created an agent on the member's
+behalf). The cited row is the container's choice, but it must be a real admin message the
+host recorded in this session, and everything after it up to the host's end counts: a
+compromised container can cite the latest admin message, never hide a later member's one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from nanoclaw_common.states import DestinationType, SessionMode, SessionStatus
 from nanoclaw_common.store import InboundStore, NewInbound
 from nanoclaw_common.store.central import normalize_name
 from nanoclaw_common.store.rows import AgentGroup, Session
+from nanoclaw_common.untrusted import shown
 from nanoclaw_delivery.acl import AGENT_CHANNEL, check_agent
 from nanoclaw_delivery.files import stage_files
 from nanoclaw_delivery.job import Job
@@ -56,6 +62,10 @@ def stable_id(prefix: str, seed: str, stamp_ms: int) -> str:
 # -- create_agent ---------------------------------------------------------------------------
 
 
+#: Rows a create_agent range may span; a longer one is refused rather than half checked.
+MAX_RANGE_ROWS = 500
+
+
 def requesting_admin(job: Job) -> str:
     """The admin who asked (raises ``Denied``; see the module docstring for the rule)."""
     reference = job.row.in_reply_to
@@ -65,24 +75,38 @@ def requesting_admin(job: Job) -> str:
     answered = job.inbound.get_message(reference)
     if answered is None or answered.kind != "chat":
         raise Denied("create_agent is admin-only: the request does not answer a person")
+    recorded = job.inbound.get_delivery(job.row.id)
+    end = recorded.inbound_seq if recorded and recorded.inbound_seq else job.inbound.max_seq()
+    if answered.seq > end:
+        raise Denied("create_agent is admin-only: it cites a message that came after it")
+    batch = job.inbound.messages_between(answered.seq, end + 1, limit=MAX_RANGE_ROWS + 1)
+    if len(batch) > MAX_RANGE_ROWS:
+        raise Denied(
+            f"create_agent is admin-only: more than {MAX_RANGE_ROWS} messages since the one"
+            " it cites; ask again"
+        )
     senders: list[str] = []
-    for row in job.inbound.messages_between(answered.seq, job.row.seq):
-        if row.kind != "chat":
-            continue
+    for row in batch:
         try:
             content = m.decode_inbound_content(row.content)
         except DecodeError:
             raise Denied("create_agent is admin-only: an answered message is unreadable") from None
-        if isinstance(content, m.ChatContent) and content.sender_id != "system":
-            senders.append(content.sender_id)
+        if isinstance(content, m.ChatContent) and content.sender_id == "system":
+            continue  # the host's own note
+        if row.kind != "chat" or not isinstance(content, m.ChatContent):
+            raise Denied(
+                f"create_agent is admin-only: a {row.kind} row (#{row.seq}) came with the"
+                " request, not only admins' messages"
+            )
+        senders.append(content.sender_id)
     if not senders:
         raise Denied("create_agent is admin-only: the request does not answer a person")
     central = job.deps.central
     outsiders = sorted({s for s in senders if not central.has_admin_privilege(s, group)})
     if outsiders:
         raise Denied(
-            f"create_agent is admin-only: {', '.join(outsiders)} is not an owner or admin of"
-            f" agent group {group}"
+            f"create_agent is admin-only: {', '.join(shown(o) for o in outsiders[:5])} is not"
+            f" an owner or admin of agent group {group}"
         )
     return senders[-1]
 
@@ -120,7 +144,11 @@ async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
     job.guard_texts(name, action.instructions or "")
     local_name = normalize_name(name)
     now = deps.clock()
-    child_id = stable_id("ag", f"{session.id}:{job.row.id}", job.row.timestamp_ms)
+    # Derived from the row and the host's record of it (not the row's own timestamp, which
+    # the container wrote): a re-run after a crash finds the same group.
+    recorded = job.inbound.get_delivery(job.row.id)
+    first_seen = recorded.created_at_ms if recorded else job.row.timestamp_ms
+    child_id = stable_id("ag", f"{session.id}:{job.row.id}", first_seen)
     child = central.get_agent_group(child_id)
     if child is None:
         if central.find_destination(source.id, local_name) is not None:

@@ -1,7 +1,14 @@
 """Self-modification behind an approval: ``install_packages`` and ``add_mcp_server``.
 
 Request (an outbound system row, handled like any other delivery):
-1. validate strictly (names, counts, no secrets); invalid → ``denied`` with the reason;
+1. validate strictly (names, counts, no secrets, no environment variable that changes how a
+   program loads code: ``nanoclaw_common.loader_env``); invalid → ``denied`` with the reason;
+   then compose the card: it shows **the whole request** that will be recorded and applied
+   (every package; for an MCP server the command, every argument and every environment
+   variable, quoted, control characters escaped), and a request whose card would not fit
+   the smallest card text we send (``CARD_TEXT_CHARS``) is refused, never cut (issue 8: a
+   card cut at 4,000 characters, and one that left the environment out, let an owner approve
+   ``NODE_OPTIONS=--require …`` and a hidden argument);
 2. approvers = scoped admins → global admins → owners (``CentralStore.pick_approvers``);
    none → ``denied``;
 3. the first approver with a reachable DM, preferring the channel type of the session's chat
@@ -39,11 +46,13 @@ from loguru import logger
 from nanoclaw_common import messages as m
 from nanoclaw_common import packages
 from nanoclaw_common.errors import DecodeError
+from nanoclaw_common.loader_env import is_loader_variable
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.states import ApprovalStatus
 from nanoclaw_common.store import InboundStore
 from nanoclaw_common.store.central import unguessable_id
 from nanoclaw_common.store.rows import PendingApproval, Session
+from nanoclaw_common.untrusted import escaped
 from nanoclaw_delivery.acl import origin_chat
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
@@ -91,22 +100,58 @@ def validate_mcp(action: m.AddMcpServer) -> None:
     for key in action.env:
         if not ENV_NAME.match(key):
             raise Denied(f"add_mcp_server: invalid environment variable name {key!r}")
+    loaders = sorted(key for key in action.env if is_loader_variable(key))
+    if loaders:
+        raise Denied(
+            f"add_mcp_server: {', '.join(loaders)} would change how the server loads code;"
+            " such variables are refused (an operator can set them in the group's config)"
+        )
+
+
+#: The longest card text (title, blank line, question) an approval may have: the smallest
+#: any adapter shows whole (Slack's section block, 3,000 characters; Telegram's message is
+#: 4,096). A longer request is refused rather than cut.
+CARD_TEXT_CHARS: Final = 3_000
+
+
+def _quoted(value: str) -> str:
+    """A value as the card shows it: quoted, backslashes and quotes escaped, control and
+    format characters escaped (a newline cannot fake a line of the card), nothing cut."""
+    return '"' + escaped(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def describe(action: SelfMod) -> tuple[str, str, str]:
-    """(action name, card title, one-line summary)."""
+    """(action name, card title, the whole request as lines of text): what the card shows,
+    which is everything that is recorded and applied."""
     if isinstance(action, m.InstallPackages):
-        listed = ", ".join(
-            part
-            for part in (
-                f"apt: {' '.join(action.apt)}" if action.apt else "",
-                f"pip: {' '.join(action.pip)}" if action.pip else "",
-            )
-            if part
+        lines = [
+            f"apt: {' '.join(action.apt)}" if action.apt else "",
+            f"pip: {' '.join(action.pip)}" if action.pip else "",
+        ]
+        if action.reason:
+            lines.append(f"Reason: {_quoted(action.reason)}")
+        return "install_packages", "Install Packages Request", "\n".join(x for x in lines if x)
+    lines = [f"name: {action.name}", f"command: {_quoted(action.command)}"]
+    lines.append(f"arguments ({len(action.args)}):" if action.args else "arguments: none")
+    lines += [f"  {n}. {_quoted(arg)}" for n, arg in enumerate(action.args, start=1)]
+    lines.append(f"environment ({len(action.env)}):" if action.env else "environment: none")
+    lines += [f"  {key}={_quoted(value)}" for key, value in sorted(action.env.items())]
+    return "add_mcp_server", "Add MCP Request", "\n".join(lines)
+
+
+def card_question(agent_name: str, action: SelfMod) -> str:
+    """The card's text below its title; raises ``Denied`` when title and text together
+    would not fit ``CARD_TEXT_CHARS`` (the request is refused, never shown in part)."""
+    name, title, request = describe(action)
+    question = f"Agent {_quoted(agent_name)} asks to {_verb(action)}:\n{request}"
+    size = len(title) + 2 + len(question)
+    if size > CARD_TEXT_CHARS:
+        raise Denied(
+            f"{name}: the request is too long to show in full on an approval card ({size}"
+            f" characters; at most {CARD_TEXT_CHARS}), and a card never shows only part of"
+            " what would run. Ask for less at once."
         )
-        return "install_packages", "Install Packages Request", listed
-    args = " ".join(action.args)
-    return "add_mcp_server", "Add MCP Request", f"{action.name} ({action.command} {args})".strip()
+    return question
 
 
 # -- request --------------------------------------------------------------------------------
@@ -132,7 +177,10 @@ async def request(job: Job, action: SelfMod) -> Sent:
         validate_mcp(action)
     deps, session = job.deps, job.session
     central = deps.central
-    name, title, summary = describe(action)
+    group = central.get_agent_group(session.agent_group_id)
+    # The whole request, or a refusal: composed before anyone is asked.
+    question = card_question(group.name if group else session.agent_group_id, action)
+    name, title, _request = describe(action)
     existing = central.find_pending_approval_for(session.id, job.row.id)
     if existing is not None and existing.platform_message_id:
         return Sent(None)  # the card went out before a crash
@@ -143,11 +191,6 @@ async def request(job: Job, action: SelfMod) -> Sent:
     reach = await reach_first(deps, approvers, origin.channel_type if origin else None)
     if reach is None:
         raise Denied(f"{name}: no DM channel found for any eligible approver")
-    group = central.get_agent_group(session.agent_group_id)
-    agent_name = group.name if group else session.agent_group_id
-    question = f'Agent "{agent_name}" asks to {_verb(action)}:\n{summary}'
-    if isinstance(action, m.InstallPackages) and action.reason:
-        question += f"\nReason: {action.reason}"
     now = deps.clock()
     approval_id = existing.approval_id if existing else unguessable_id("appr", now)
     if existing is None:
@@ -170,9 +213,7 @@ async def request(job: Job, action: SelfMod) -> Sent:
                 expires_at_ms=now + int(deps.settings.approval_timeout_s * 1000),
             )
         )
-    card = m.AskQuestion(
-        question_id=approval_id, title=title, question=question[:4000], options=OPTIONS
-    )
+    card = m.AskQuestion(question_id=approval_id, title=title, question=question, options=OPTIONS)
     sent = await reach.adapter.send_question(reach.chat.platform_id, None, card)
     if sent is not None:
         central.set_approval_platform_message(approval_id, sent)
@@ -289,7 +330,7 @@ class ApprovalWatcher:
         note_id: str,
     ) -> None:
         deps, group_id = self.deps, approval.agent_group_id or session.agent_group_id
-        listed = describe(action)[2]
+        listed = describe(action)[2].replace("\n", "; ")
         try:
             # The builder merges these with the group's earlier packages and records both
             # the packages and the new image tag only when the build succeeds.

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -49,14 +48,15 @@ from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundStore, OutboundReader
 from nanoclaw_common.store.outbound import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
+from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_delivery import agents, approvals, files, operations, tasks
 from nanoclaw_delivery.acl import is_agent_row
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
-from nanoclaw_delivery.reports import send_notices, tell
+from nanoclaw_delivery.reports import send_notices, tell, traceable
 from nanoclaw_delivery.tail import READ_PAGE_ROWS, Fresh, Tail
-from nanoclaw_delivery.text import contains_secret, redact
+from nanoclaw_delivery.text import redact
 
 log = logger.bind(component="delivery")
 
@@ -406,9 +406,8 @@ class SessionWorker:
             # do not know); the attempt limit bounds them.
             # The traceback helps with adapter bugs, but only when it quotes no secret
             # (an error text can hold a request URL with the bot token).
-            shown = exc if not self._quotes_secret(exc) else None
-            log.opt(exception=shown).warning(
-                "attempt {} raised {}", attempt, self._redact(repr(exc)), **ids
+            log.opt(exception=exc if traceable(exc, deps.secrets()) else None).warning(
+                "attempt {} raised {}", attempt, shown_text(self._redact(repr(exc))), **ids
             )
             return await self._retry(delivery, row, attempt, repr(exc), None, patient=patient)
         finally:
@@ -421,7 +420,8 @@ class SessionWorker:
             deps.counters.delivered += 1
         else:
             deps.counters.actions += 1
-        log.info("delivered platform_message_id={}", sent.platform_message_id, **ids)
+        # An edit's or reaction's target is the container's text: shown, not raw.
+        log.info("delivered platform_message_id={}", shown(sent.platform_message_id), **ids)
         if isinstance(content, m.SendText) and content.files:
             self._remove_outbox(row.id)
         return None
@@ -471,10 +471,6 @@ class SessionWorker:
     def _redact(self, text: str) -> str:
         return redact(text, self.deps.secrets())
 
-    def _quotes_secret(self, exc: BaseException) -> bool:
-        text = "".join(traceback.format_exception(exc))
-        return contains_secret([text], self.deps.secrets())
-
     async def _retry(
         self,
         delivery: Delivery,
@@ -489,7 +485,7 @@ class SessionWorker:
         terminal) is not bounded by attempts but by ``terminal_patience_s`` from when it was
         first seen, retried at most ``TERMINAL_RETRY_MAX_S`` apart."""
         settings = self.deps.settings
-        reason = self._redact(reason)
+        reason = shown_text(self._redact(reason))  # may quote the container (a channel type)
         now = self.deps.clock()
         max_s = settings.delivery_backoff_max_s
         if patient:

@@ -39,6 +39,7 @@ from nanoclaw_common.messages import system_note
 from nanoclaw_common.store import InboundStore, NewInbound
 from nanoclaw_common.store.owner_notices import OwnerNotice, OwnerNotices
 from nanoclaw_common.store.rows import MessagingGroup, Session
+from nanoclaw_common.untrusted import shown_text
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.text import redact
 
@@ -98,7 +99,7 @@ def note_agent(
             note_id,
             int(trigger),
             int(on_wake),
-            text,
+            shown_text(text),  # notes quote the container
             session=session.id,
         )
     return result.created
@@ -266,11 +267,11 @@ async def _send_notice(deps: Deps, notices: OwnerNotices, notice: OwnerNotice, k
         )
         if now - notice.created_at_ms >= NOTICE_MAX_AGE_MS:
             notices.fail(notice.id, f"gave up after a day: {reason}", now=now)
-            log.warning("owner notice {} given up: {}", notice.id, reason, group=group)
+            log.warning("owner notice {} given up: {}", notice.id, shown_text(reason), group=group)
             return False
         wait_ms = min(NOTICE_RETRY_MAX_MS, NOTICE_RETRY_BASE_MS * 2 ** min(notice.attempts, 20))
         notices.retry(notice.id, reason, now + wait_ms, now=now)
-        log.warning("owner notice {} not sent yet: {}", notice.id, reason, group=group)
+        log.warning("owner notice {} not sent yet: {}", notice.id, shown_text(reason), group=group)
         return False
     notices.sent(notice, key, now=deps.clock())
     log.info("owner notice {} sent to {}", notice.id, reach.user_id, group=group)

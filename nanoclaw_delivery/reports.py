@@ -6,16 +6,19 @@ with a newline cannot forge a ``delivered`` line in the log, and a 300 KB one ca
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Sequence
+
 from loguru import logger
 
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundStore
 from nanoclaw_common.store.rows import OutboundRow, Session
-from nanoclaw_common.untrusted import shown, shown_text
+from nanoclaw_common.untrusted import escaped, shown, shown_text
 from nanoclaw_delivery.acl import AGENT_CHANNEL
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.notify import note_agent, queue_owner_notice, send_owner_notices
-from nanoclaw_delivery.text import redact
+from nanoclaw_delivery.text import contains_secret, redact
 
 log = logger.bind(component="delivery")
 
@@ -94,3 +97,20 @@ def tell(
             owner_notice_text(session, ref, status, reason),
         )
     return reason
+
+
+def traceable(exc: BaseException, secrets: Sequence[str]) -> bool:
+    """Whether ``exc``'s traceback may be logged: it quotes no secret, and no exception in
+    its chain has a control character in its message (an error text quoting a chat id with
+    a newline would forge log lines; the frames are our own code)."""
+    if contains_secret(["".join(traceback.format_exception(exc))], secrets):
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        message = str(current)
+        if escaped(message) != message:
+            return False
+        current = current.__cause__ or current.__context__
+    return True

@@ -5,6 +5,17 @@ Authorization, decided on the host: an agent acts only on tasks in its **own** s
 a task that will reply somewhere needs that address to pass the destination ACL, exactly as
 a message would. Update, pause, resume and cancel are series-wide: every live occurrence of a
 recurring task changes together.
+
+**Task ids live in a namespace of their own.** The row a task becomes in ``messages_in`` has
+an id the host derives, ``task-<session>-<seq of the outbound row>`` (``host_task_id``), never
+the id the agent chose: that id was once the row's, and an agent could schedule a task under
+the id of a message yet to come (``t<chat>_<n>:<group>`` on Telegram is predictable,
+``wh-<source>-<delivery>:<group>`` too), and the real message would then have been dropped as
+a duplicate (issue 8). Every row the router writes has ``:<agent group>`` in its id; a host
+task id has no ``:``, so the two can never meet. The agent's own id is the task's
+``series_id``, which is what ``list_tasks`` shows and update, pause, resume and cancel name
+(``kind = 'task'`` rows only). The seq is unique per session, so a re-run after a crash
+finds the row it wrote.
 """
 
 from __future__ import annotations
@@ -25,6 +36,11 @@ def _valid_cron(expression: str) -> bool:
     return bool(croniter.is_valid(expression))
 
 
+def host_task_id(session_id: str, seq: int) -> str:
+    """The ``messages_in`` id of the task an outbound row schedules (module docstring)."""
+    return f"task-{session_id}-{seq}"
+
+
 def schedule(job: Job, action: m.ScheduleTask) -> Sent:
     if not is_safe_id(action.task_id):
         raise Denied(f"schedule_task: invalid task id {action.task_id!r}", notify_owner=False)
@@ -41,9 +57,19 @@ def schedule(job: Job, action: m.ScheduleTask) -> Sent:
         check_chat(central, job.session, address)
     # else: a session with no chat of its own (agent-to-agent only); the task has no reply
     # address and the agent names destinations itself, as in any turn of that session.
-    result = job.inbound.insert_message(
+    row_id = host_task_id(job.session.id, job.row.seq)
+    if job.inbound.get_message(row_id) is None and job.inbound.task_statuses(action.task_id) & {
+        "pending",
+        "paused",
+    }:
+        # Another live task answers to this id: two would be one series by accident.
+        raise Denied(
+            f"schedule_task: a task with id {action.task_id!r} is already scheduled",
+            notify_owner=False,
+        )
+    job.inbound.insert_message(
         NewInbound(
-            id=action.task_id,
+            id=row_id,
             content=m.TaskContent(prompt=action.prompt, script=action.script),
             timestamp_ms=job.deps.clock(),
             channel_type=address.channel_type if address else None,
@@ -55,13 +81,7 @@ def schedule(job: Job, action: m.ScheduleTask) -> Sent:
         ),
         now=job.deps.clock(),
     )
-    if not result.created:
-        existing = job.inbound.get_message(action.task_id)
-        # The same task again is a re-run after a crash; anything else is a collision.
-        if existing is None or existing.kind != "task":
-            raise Denied(
-                f"schedule_task: id {action.task_id!r} is already used", notify_owner=False
-            )
+    # Not created: this row's own task, written before a crash (the id is derived from it).
     return Sent(action.task_id)
 
 

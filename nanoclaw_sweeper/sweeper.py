@@ -211,12 +211,12 @@ class Sweeper:
             # host never writes that file); they are history, not work in progress.
             claims = [
                 c
-                for c in leftover_claims(paths.outbound_db)
+                for c in leftover_claims(paths.outbound_db, session.run_id)
                 if not self.ledger.is_settled(session.id, c.run_id)
             ]
             outbound = OutboundReader(paths.outbound_db) if paths.outbound_db.exists() else None
             try:
-                report.acks_synced += inbound.sync_acks(outbound.acks()) if outbound else 0
+                report.acks_synced += inbound.sync_acks(outbound.settled_acks()) if outbound else 0
                 report.recurrences += self._advance_recurrences(session, inbound, now)
                 state = outbound.container_state() if outbound else None
                 out_activity = outbound.last_activity_ms() if outbound else None

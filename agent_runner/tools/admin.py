@@ -16,6 +16,7 @@ import msgspec
 from agent_runner.tools.base import Tool, ToolContext, ToolError, schema, string
 from nanoclaw_common import messages, packages
 from nanoclaw_common.ids import new_id
+from nanoclaw_common.loader_env import is_loader_variable
 from nanoclaw_common.store.outbound import NewOutbound
 
 MCP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -86,6 +87,12 @@ def add_mcp_server(ctx: ToolContext, args: McpInput) -> str:
     bad = [key for key in args.env if not ENV_NAME.match(key)]
     if bad:
         raise ToolError(f"invalid environment variable name(s): {', '.join(bad)}")
+    loaders = sorted(key for key in args.env if is_loader_variable(key))
+    if loaders:
+        # The host refuses these too (an approved server must run as the card shows it).
+        raise ToolError(
+            f"{', '.join(loaders)}: variables that change how a program loads code are refused"
+        )
     try:
         content = msgspec.convert(
             {

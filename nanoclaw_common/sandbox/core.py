@@ -263,7 +263,7 @@ class Sandbox:
         return True
 
     def _settle(self, session: Session, paths: SessionPaths, now: int) -> None:
-        claims = leftover_claims(paths.outbound_db)
+        claims = leftover_claims(paths.outbound_db, session.run_id)
         if not claims:
             return
         inbound = InboundStore(paths.inbound_db)

@@ -569,11 +569,16 @@ class InboundStore(InboundReader):
 
     def sync_acks(self, acks: Iterable[rows.Ack]) -> int:
         """Copy the container's completed/failed acks onto pending rows; returns rows changed.
-        A failed ack stays failed (upstream turned it into completed)."""
+        A failed ack stays failed (upstream turned it into completed). Only acks naming a
+        pending row cost a write: the container may have written any number of others."""
         changed = 0
         with self.db.write():
+            pending = {
+                str(row_id)
+                for (row_id,) in self.db.all("SELECT id FROM messages_in WHERE status = 'pending'")
+            }
             for ack in acks:
-                if ack.status not in ("completed", "failed"):
+                if ack.status not in ("completed", "failed") or ack.message_id not in pending:
                     continue
                 self.db.execute(
                     "UPDATE messages_in SET status = ? WHERE id = ? AND status = 'pending'",

@@ -26,7 +26,7 @@ fetched (docs/security.md, "Rows"):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -363,10 +363,15 @@ class OutboundReader:
             )
         ]
 
-    def acks(self, status: str | None = None) -> list[rows.Ack]:
-        """Acks, oldest change first; malformed ones (wrong types, oversized ids, an
-        unknown status) are left out: they cannot name a message or a run."""
-        where, params = ("AND status = ?", (status,)) if status else ("", ())
+    def acks(self, status: str | None = None, *, run_id: str | None = None) -> list[rows.Ack]:
+        """Acks (of ``status``, of ``run_id``), oldest change first; malformed ones (wrong
+        types, oversized ids, an unknown status) are left out: they cannot name a message
+        or a run."""
+        where, params = "", []
+        if status:
+            where, params = "AND status = ?", [status]
+        if run_id is not None:
+            where, params = f"{where} AND run_id = ?", [*params, run_id]
         return [
             rows.Ack(*r)
             for r in self.db.all(
@@ -375,6 +380,19 @@ class OutboundReader:
                 params,
             )
         ]
+
+    def settled_acks(self) -> Iterator[rows.Ack]:
+        """Completed and failed acks, one at a time (however many the container wrote, none
+        is held longer than it takes to look at it). Consume it before closing the reader."""
+        cursor = self.db.conn.execute(
+            f"SELECT {columns(rows.Ack)} FROM processing_ack"
+            f" WHERE status IN ('completed', 'failed') AND {_ACK_FITS}"
+        )
+        try:
+            for values in cursor:
+                yield rows.Ack(*values)
+        finally:
+            cursor.close()
 
     def settled_ids(self) -> set[str]:
         """Ids any run acked completed or failed: never process these again."""

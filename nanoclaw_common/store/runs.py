@@ -78,20 +78,25 @@ class RunLedger:
         ]
 
 
-def leftover_claims(outbound_db: Path) -> list[rows.Ack]:
-    """The ``processing`` claims in ``outbound_db`` (empty when the file does not exist)."""
-    if not outbound_db.exists():
+def leftover_claims(outbound_db: Path, run_id: str | None) -> list[rows.Ack]:
+    """The ``processing`` claims of run ``run_id`` in ``outbound_db`` (empty when the file
+    does not exist, or there is no run). Only the run the host recorded for the session
+    (``sessions.run_id``) can have left claims to settle: a later run drops every other
+    run's claims when it starts. Claims under any other run id were written by hand, and
+    reading (and settling) them would let a container grow ``settled_runs`` one forged run
+    id at a time, and make each pass read however many it wrote."""
+    if not outbound_db.exists() or not run_id:
         return []
     try:
         reader = OutboundReader(outbound_db)
         try:
-            return reader.acks("processing")
+            return reader.acks("processing", run_id=run_id)
         finally:
             reader.close()
     except apsw.ReadOnlyError:
         pass  # a hot journal: roll it back below
     recovery = open_host_reader(outbound_db, Mode.SESSION)
     try:
-        return OutboundReader(outbound_db, _db=recovery).acks("processing")
+        return OutboundReader(outbound_db, _db=recovery).acks("processing", run_id=run_id)
     finally:
         recovery.close()

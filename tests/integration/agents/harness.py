@@ -134,7 +134,7 @@ class AgentSession:
         try:
             settled = settle_leftover_claims(
                 session_id=self.session_id,
-                claims=leftover_claims(self.paths.outbound_db),
+                claims=leftover_claims(self.paths.outbound_db, self.run_id),
                 inbound=inbound,
                 ledger=RunLedger(central),
                 max_tries=5,

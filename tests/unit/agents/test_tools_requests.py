@@ -173,6 +173,9 @@ def test_install_packages_and_mcp_rows(session: Session, ctx: ToolContext) -> No
         ctx, "add_mcp_server", name="ok", command="x", env={"A B": "1"}
     )
     assert "required" in refused(ctx, "add_mcp_server", name="ok", command=" ")
+    assert "loads code are refused" in refused(
+        ctx, "add_mcp_server", name="ok", command="npx", env={"NODE_OPTIONS": "--require x"}
+    )
     install, mcp = session.contents()
     assert install == messages.InstallPackages(
         apt=["ffmpeg", "libc6-dev", "g++"],

@@ -69,6 +69,7 @@ class RecordingAdapter(ChannelAdapter):
         self.supports_cards = supports_cards  # type: ignore[misc]
         self.calls: list[tuple[str, ...]] = []
         self.files: list[list[tuple[str, bytes]]] = []
+        self.questions: list[m.AskQuestion] = []  # every card asked for, whole
         self.failures: list[BaseException] = []
         self.fail_at: dict[int, BaseException] = {}
         self.connected = True
@@ -120,6 +121,7 @@ class RecordingAdapter(ChannelAdapter):
         self, platform_id: str, thread_id: str | None, question: m.AskQuestion
     ) -> str | None:
         labels = ",".join(o.value for o in question.options)
+        self.questions.append(question)
         return await self._call(
             "question", platform_id, thread_id or "", question.question_id, question.title, labels
         )

@@ -4,14 +4,20 @@ and their refusals."""
 from __future__ import annotations
 
 from nanoclaw_common import messages as m
+from nanoclaw_delivery.tasks import host_task_id
 from tests.unit.delivery.helpers import SECRET, World
 
 
 def task_rows(world: World) -> dict[str, tuple[str, int | None, str | None]]:
+    """Task rows by their (host) id: (status, process_after_ms, recurrence)."""
+    return {row_id: (st, due, rec) for row_id, (_series, st, due, rec) in _task_rows(world).items()}
+
+
+def _task_rows(world: World) -> dict[str, tuple[str | None, str, int | None, str | None]]:
     store = world.inbound()
     try:
         return {
-            r.id: (r.status, r.process_after_ms, r.recurrence)
+            r.id: (r.series_id, r.status, r.process_after_ms, r.recurrence)
             for r in store.list_messages()
             if r.kind == "task"
         }
@@ -35,7 +41,7 @@ def test_schedule_inserts_a_task_row_with_the_session_routing(world: World) -> N
     world.drain()
     assert world.delivery(out).status == "delivered"
     store = world.inbound()
-    row = store.get_message("task-1")
+    row = store.get_message(host_task_id(world.session.id, world.delivery(out).seq))
     store.close()
     assert row is not None
     assert (row.kind, row.series_id, row.recurrence) == ("task", "task-1", "0 9 * * *")
@@ -52,14 +58,14 @@ def test_schedule_is_idempotent_after_a_crash(world: World) -> None:
     store.db.execute("UPDATE deliveries SET status = 'sending'")  # as if we died mid-action
     store.close()
     world.drain()
-    assert list(task_rows(world)) == ["task-1"]
+    assert [series for series, *_ in _task_rows(world).values()] == ["task-1"]
 
 
 def test_schedule_refusals(world: World) -> None:
     bad_cron = schedule(world, "task-2", recurrence="every day")
     bad_id = schedule(world, "../etc")
-    world.user_message("chat-x", "telegram:5")
-    taken = schedule(world, "chat-x")
+    first = schedule(world, "twice")
+    taken = schedule(world, "twice")
     leak = world.write(
         m.ScheduleTask(task_id="task-3", prompt=SECRET, process_after_ms=world.clock())
     ).id
@@ -72,14 +78,15 @@ def test_schedule_refusals(world: World) -> None:
     for out, reason in (
         (bad_cron, "not a valid cron"),
         (bad_id, "invalid task id"),
-        (taken, "already used"),
+        (taken, "already scheduled"),
         (leak, "leak guard"),
         (elsewhere, "no destination grants"),
     ):
         row = world.delivery(out)
         assert row.status == "denied", out
         assert reason in row.last_error
-    assert task_rows(world) == {}
+    assert world.delivery(first).status == "delivered"
+    assert [series for series, *_ in _task_rows(world).values()] == ["twice"]
 
 
 def test_pause_resume_update_cancel_are_series_wide(world: World) -> None:
@@ -177,3 +184,31 @@ def test_a_pause_of_a_finished_task_is_still_refused(world: World) -> None:
     assert world.delivery(pause).status == "denied"  # nothing live to pause
     assert world.delivery(resume).status == "denied"  # nor to resume
     assert world.delivery(again).status == "delivered"  # it will not run: already so
+
+
+def test_a_task_id_is_never_a_row_id_a_message_will_take(world: World) -> None:
+    """Issue 8: an agent scheduled a task under the id of a message yet to come (Telegram's
+    ``t<chat>_<n>:<group>`` is predictable); the real message was then dropped as a
+    duplicate. Task rows get ids of their own: the future message's id stays free, and the
+    agent still names the task by its own id."""
+    future = f"t100_43:{world.group.id}"
+    out = schedule(world, future)
+    world.drain()
+    assert world.delivery(out).status == "delivered"
+    store = world.inbound()
+    try:
+        assert store.get_message(future) is None  # the message's id is still free
+        [task] = [r for r in store.list_messages() if r.kind == "task"]
+        assert task.series_id == future and ":" not in task.id
+    finally:
+        store.close()
+    world.user_message(future, "telegram:owner", "the real message")
+    store = world.inbound()
+    try:
+        arrived = store.get_message(future)
+        assert arrived is not None and arrived.kind == "chat"
+    finally:
+        store.close()
+    world.write(m.PauseTask(task_id=future))  # the agent's own id still names it
+    world.drain()
+    assert {status for status, _p, _r in task_rows(world).values()} == {"paused"}

@@ -63,12 +63,14 @@ def settle(
     max_tries: int = 5,
     now: int = NOW,
     live_run_id: str | None = None,
+    runs: tuple[str, ...] = ("run-old",),
 ) -> Settled:
+    """Settle the claims of ``runs`` (in production: the session's recorded run)."""
     inbound = InboundStore(paths.inbound_db)
     try:
         return settle_leftover_claims(
             session_id=session.id,
-            claims=leftover_claims(paths.outbound_db),
+            claims=[c for run in runs for c in leftover_claims(paths.outbound_db, run)],
             inbound=inbound,
             ledger=RunLedger(central),
             max_tries=max_tries,
@@ -122,7 +124,7 @@ def test_each_run_is_settled_once(
     assert row is not None and row.tries == 1
     # A later run dying on it counts once more.
     claim(paths, ["m1"], "run-newer")
-    settle(paths, central, session, now=NOW + 20_000)
+    settle(paths, central, session, now=NOW + 20_000, runs=("run-newer",))
     row = inbound.get_message("m1")
     assert row is not None and (row.tries, row.process_after_ms) == (2, NOW + 20_000 + 10_000)
     inbound.close()
@@ -168,7 +170,7 @@ def test_what_is_not_a_leftover_is_left_alone(
     outbound = OutboundStore(paths.outbound_db)
     outbound.complete(["gone"], "run-old", now=NOW)
     outbound.close()
-    result = settle(paths, central, session, live_run_id="run-live")
+    result = settle(paths, central, session, live_run_id="run-live", runs=("run-old", "run-live"))
     assert result.runs == ["run-old"]
     assert result.rescheduled == [] and result.failed == []
     for message_id in ("live", "gone"):
@@ -199,7 +201,21 @@ def test_leftover_claims_survive_a_hot_journal(tmp_path: Path) -> None:
     (crashed / "outbound.db-journal").write_bytes(journal.read_bytes())
     store.db.conn.execute("ROLLBACK")
     store.close()
-    claims = leftover_claims(crashed / "outbound.db")
+    claims = leftover_claims(crashed / "outbound.db", "run-1")
     assert [(c.message_id, c.run_id, c.status) for c in claims] == [("m1", "run-1", "processing")]
     assert not (crashed / "outbound.db-journal").exists()
-    assert leftover_claims(tmp_path / "missing.db") == []
+    assert leftover_claims(tmp_path / "missing.db", "run-1") == []
+
+
+def test_claims_under_forged_run_ids_are_not_read(tmp_path: Path) -> None:
+    """Only the run the host recorded can have left claims: a container that writes claims
+    under made-up run ids makes the host read (and settle, one ``settled_runs`` row each)
+    none of them."""
+    outbound = OutboundStore(tmp_path / "outbound.db")
+    outbound.claim(["m1"], "run-real", now=NOW)
+    for n in range(200):
+        outbound.claim([f"x{n}"], f"run-forged-{n}", now=NOW)
+    outbound.close()
+    claims = leftover_claims(tmp_path / "outbound.db", "run-real")
+    assert [(c.message_id, c.run_id) for c in claims] == [("m1", "run-real")]
+    assert leftover_claims(tmp_path / "outbound.db", None) == []  # no run: no leftovers
