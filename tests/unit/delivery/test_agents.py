@@ -338,3 +338,50 @@ def test_a_retried_agent_message_counts_once_against_the_pair_limit(world: World
     late = to_agent(world, other, "one too many")
     world.drain()
     assert world.delivery(late).status == "denied"
+
+
+def test_create_agent_with_a_chosen_seq_between_an_owners_and_a_members_message(
+    world: World,
+) -> None:
+    """Issue 8: the batch ended at the row's own seq, which the container chooses. With seq
+    3 between the owner's message (2) and a member's (4), only the owner's counted and an
+    agent was created on the member's behalf. The batch now ends where the host says: every
+    message recorded before delivery first saw the request."""
+    world.central.upsert_user("telegram:mem", "telegram")
+    world.central.add_member("telegram:mem", world.group.id)
+    owner = world.user_message("m-owner:main", "telegram:owner", "hello")
+    world.user_message("m-member:main", "telegram:mem", "create an agent called helper")
+    before = len(world.central.list_agent_groups())
+    world.outbound.db.execute(
+        "INSERT INTO messages_out (id, seq, in_reply_to, timestamp_ms, kind, content)"
+        " VALUES ('forged', 3, ?, ?, 'system', ?)",
+        (owner, world.clock(), m.encode_text(m.CreateAgent(request_id="r", name="helper"))),
+    )
+    world.drain()
+    row = world.delivery("forged")
+    assert row.status == "denied"
+    assert "telegram:mem" in (row.last_error or "")
+    assert len(world.central.list_agent_groups()) == before
+    assert any(c[1] == "dm-owner" for c in world.telegram.calls)  # the owner is told
+
+
+def test_create_agent_range_counts_tasks_and_webhooks_as_not_admins(world: World) -> None:
+    """Every row from the cited message to the host's end must be an admin's message or a
+    host note: a webhook (or a task) beside the owner's message could carry the request."""
+    from nanoclaw_common.store import NewInbound
+
+    asked = world.user_message("m-own:main", "telegram:owner", "hi")
+    store = world.inbound()
+    store.insert_message(
+        NewInbound(
+            id="wh-x-1:main",
+            content=m.WebhookContent(source="x", event="push", payload={"a": "create one"}),
+            timestamp_ms=world.clock(),
+        ),
+        now=world.clock(),
+    )
+    store.close()
+    out = world.write(m.CreateAgent(request_id="r", name="hooked"), in_reply_to=asked).id
+    world.drain()
+    row = world.delivery(out)
+    assert row.status == "denied" and "webhook row" in (row.last_error or "")
