@@ -54,7 +54,7 @@ from nanoclaw_delivery.acl import is_agent_row
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
-from nanoclaw_delivery.reports import send_notices, tell, traceable
+from nanoclaw_delivery.reports import send_notices, tell, tell_refused, traceable
 from nanoclaw_delivery.tail import READ_PAGE_ROWS, Fresh, Tail
 from nanoclaw_delivery.text import redact
 
@@ -259,12 +259,16 @@ class SessionWorker:
         # Rows read but not recorded yet take part as pending (they are recorded with the
         # first write below, or at the end of the pass). Their seqs are above every recorded
         # one, so seq order holds; refused ones are settled at once.
+        refused: list[Fresh] = []
         for item in fresh:
             if self.stopping():
                 break
             if item.refusal is not None:
-                await self._refuse(item)
+                refused.append(item)
                 continue
+            if refused:  # told before the next write records them
+                await self._refuse(refused)
+                refused = []
             tailed = item.tailed
             delivery = Delivery(
                 tailed.key,
@@ -281,6 +285,8 @@ class SessionWorker:
             due = await self._consider(delivery, held)
             if due is not None:
                 next_due = _earliest(next_due, due)
+        if refused:
+            await self._refuse(refused)
         # The next pass reads after these (the cursor moves with what is recorded).
         if self.tail.unrecorded:
             await db(self.flush_new)
@@ -558,24 +564,10 @@ class SessionWorker:
             # a crash, and the service's notice loop retries it.
             await self.deps.spawn(send_notices(self.deps))
 
-    async def _refuse(self, item: Fresh) -> None:
-        """A row refused as it was read (``tail``): its record is written already settled,
-        by the drain's next write, *after* the note and the notice (a crash in between reads
-        the row again, decides the same and writes nothing twice)."""
-        assert item.refusal is not None
-        status, reason = item.refusal
-        key, seq = item.track.key, item.track.seq
-        tell(
-            self.deps,
-            self.session,
-            self.inbound,
-            key=key,
-            seq=seq,
-            row=item.tailed.row,
-            status=status,
-            reason=reason,
-            note_id=f"refused-{key}",
-        )
+    async def _refuse(self, items: list[Fresh]) -> None:
+        """Tell about rows refused as they were read (``reports.tell_refused``); their
+        records are written settled by the drain's next write, after this."""
+        tell_refused(self.deps, self.session, self.inbound, items)
         await self.deps.spawn(send_notices(self.deps))
 
     def _remove_outbox(self, message_out_id: str) -> None:

@@ -18,6 +18,7 @@ from nanoclaw_common.untrusted import escaped, shown, shown_text
 from nanoclaw_delivery.acl import AGENT_CHANNEL
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.notify import note_agent, queue_owner_notice, send_owner_notices
+from nanoclaw_delivery.tail import Fresh
 from nanoclaw_delivery.text import contains_secret, redact
 
 log = logger.bind(component="delivery")
@@ -68,12 +69,15 @@ def tell(
     row: OutboundRow | None,
     status: DeliveryStatus,
     reason: str,
-    note_id: str,
+    note_id: str = "",
     notify_owner: bool = True,
+    note: bool = True,
 ) -> str:
-    """The log line, the agent's note and the owner's notice about a dropped row (``key``,
-    ``seq``). Returns the reason as stored: redacted, escaped and capped (it quotes the
-    container, and reaches the log, notes, notices and ``nanoclaw deliveries``)."""
+    """The log line, the agent's note (``note_id``; none when ``note`` is False: the caller
+    writes one for several rows) and the owner's notice about a dropped row (``key``,
+    ``seq``). Returns the note's line for the row (with ``note`` False) or the reason as
+    stored: redacted, escaped and capped (it quotes the container, and reaches the log,
+    notes, notices and ``nanoclaw deliveries``)."""
     ids = {"session": session.id, "message": key, "seq": seq}
     secrets = deps.secrets()
     reason = shown_text(redact(reason, secrets))
@@ -82,12 +86,13 @@ def tell(
     if status == DeliveryStatus.DENIED:
         deps.counters.denied += 1
         log.warning("MESSAGE DROPPED (denied) {}: {}", where, reason, **ids)
-        note = f"Your message {ref} {where} was refused and not delivered: {reason}."
+        text = f"Your message {ref} {where} was refused and not delivered: {reason}."
     else:
         deps.counters.failed += 1
         log.error("MESSAGE DROPPED (failed) {}: {}", where, reason, **ids)
-        note = f"Your message {ref} {where} could not be delivered: {reason}."
-    note_agent(deps, session, inbound, note_id, note, rate_limited=True)
+        text = f"Your message {ref} {where} could not be delivered: {reason}."
+    if note:
+        note_agent(deps, session, inbound, note_id, text, rate_limited=True)
     if notify_owner:
         queue_owner_notice(
             deps,
@@ -96,7 +101,21 @@ def tell(
             f"delivery:{session.id}:{key}:{status}",
             owner_notice_text(session, ref, status, reason),
         )
-    return reason
+    return reason if note else text
+
+
+#: Rows a refusal note lists one by one; the rest are counted.
+NOTE_ROWS = 20
+
+
+def refusal_note(lines: list[str]) -> str:
+    """One note for several refused rows (``tell``'s lines)."""
+    if len(lines) == 1:
+        return lines[0]
+    shown_lines = lines[:NOTE_ROWS]
+    more = len(lines) - len(shown_lines)
+    tail = f"\n…and {more} more, refused the same way." if more else ""
+    return f"{len(lines)} of your messages were not delivered:\n" + "\n".join(shown_lines) + tail
 
 
 def traceable(exc: BaseException, secrets: Sequence[str]) -> bool:
@@ -114,3 +133,35 @@ def traceable(exc: BaseException, secrets: Sequence[str]) -> bool:
             return False
         current = current.__cause__ or current.__context__
     return True
+
+
+def tell_refused(deps: Deps, session: Session, inbound: InboundStore, items: list[Fresh]) -> None:
+    """Rows refused as they were read (``tail``), told about together: a log line and an
+    owner-notice count each, one note for the lot (a container that writes thousands of them
+    costs a note per page, not a note per row). Called before their records are written
+    (settled): a crash in between reads them again, decides the same and, the note's id
+    being derived from the rows, writes nothing twice."""
+    lines = [
+        tell(
+            deps,
+            session,
+            inbound,
+            key=item.track.key,
+            seq=item.track.seq,
+            row=item.tailed.row,
+            status=item.refusal[0],
+            reason=item.refusal[1],
+            note=False,
+        )
+        for item in items
+        if item.refusal is not None
+    ]
+    if lines:
+        note_agent(
+            deps,
+            session,
+            inbound,
+            f"refused-{items[0].track.key}-{items[-1].track.key}-{len(items)}",
+            refusal_note(lines),
+            rate_limited=True,
+        )

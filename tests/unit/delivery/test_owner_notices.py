@@ -182,3 +182,39 @@ def test_a_notice_queued_before_a_crash_is_sent_after_the_restart(world: World) 
     [notice] = owner_dms(world)
     assert "denied" in notice
     assert [(n.status, n.attempts) for n in world.notices.list()] == [("sent", 2)]
+
+
+def test_five_thousand_refused_rows_add_a_handful_of_rows_to_central_db(world: World) -> None:
+    """Issue 8: while the owner was unreachable, every refused row left a pending owner
+    notice (5,000 rows refused: 4,940 rows added to central.db). Now the group's one pending
+    notice of each kind counts them, and nothing else in central.db grows per row."""
+
+    def central_rows() -> int:
+        tables = [
+            name
+            for (name,) in world.central.db.all(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return sum(int(world.central.db.scalar(f"SELECT count(*) FROM {t}")) for t in tables)
+
+    world.telegram.connected = False  # the owner's DM cannot be reached
+    world.text("first")  # seq 1; what follows repeats it
+    world.drain()
+    before = central_rows()
+    world.outbound.db.execute("BEGIN")
+    for n in range(5_000):
+        world.outbound.db.execute(
+            "INSERT INTO messages_out (id, seq, timestamp_ms, kind, content)"
+            " VALUES (?, ?, ?, 'chat', ?)",
+            (f"again-{n}", -2 * n - 1, world.clock(), '{"type":"text","text":"x"}'),
+        )
+    world.outbound.db.execute("COMMIT")
+    world.drain()
+    store = world.inbound()
+    refused = [d for d in store.list_deliveries() if d.status == "denied"]
+    store.close()
+    assert len(refused) == 5_000  # every one recorded, none silent
+    assert central_rows() - before <= 3
+    [notice] = world.notices.list("pending")
+    assert notice.count == 5_000 and notice.kind == "denied"
