@@ -237,9 +237,11 @@ def notice_message(notice: OwnerNotice) -> str:
     """The DM for a notice: its one cause, or how many and the latest."""
     if notice.count <= 1:
         return notice.text
+    what = {"denied": "were refused", "failed": "failed"}.get(notice.kind, notice.kind)
+    latest = notice.text.removeprefix("NanoClaw: ")
     return (
-        f"NanoClaw: {notice.count} messages from agent group {notice.agent_group_id} were"
-        f" {notice.kind} since the last notice. The latest: {notice.text}"
+        f"NanoClaw: {notice.count} messages from agent group {notice.agent_group_id} {what}"
+        f" since the last notice. The latest: {latest}"
     )
 
 
