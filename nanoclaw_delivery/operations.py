@@ -44,7 +44,7 @@ async def send_chat(job: Job, content: m.ChatOperation) -> Sent:
         return await _send_text(job, adapter, address, content)
     if isinstance(content, m.EditMessage):
         job.guard_texts(content.text, content.message_id)
-        target = _platform_message_id(job, content.message_id)
+        target = _platform_message_id(job, content.message_id, own_only=True)
         text = truncate(content.text, adapter.text_limit)
         await adapter.edit_text(address.platform_id, address.thread_id, target, text)
         return Sent(target)
@@ -95,11 +95,16 @@ async def send_parts(
     return Sent(first)
 
 
-def _platform_message_id(job: Job, message_id: str) -> str:
+def _platform_message_id(job: Job, message_id: str, *, own_only: bool = False) -> str:
     """Edits and reactions name a message by its platform id, or by the outbound id of one
-    of this session's own earlier messages (mapped to the platform id it was delivered as)."""
+    of this session's own earlier messages (mapped to the platform id it was delivered as).
+    An edit (``own_only``) may only rewrite a message this session delivered, a host fact:
+    the bot's other messages in the chat (an approval card in the owner's DM, an owner
+    notice, another session's reply) are not the agent's to rewrite, whatever id it names."""
     delivery = job.inbound.get_delivery(message_id)
     if delivery is None:
+        if own_only and not job.inbound.delivered_as(message_id):
+            raise Denied(f"edit: message {message_id!r} is not one this conversation sent")
         return message_id
     if delivery.status == DeliveryStatus.DELIVERED and delivery.platform_message_id:
         return delivery.platform_message_id

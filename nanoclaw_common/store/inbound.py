@@ -387,6 +387,17 @@ class InboundReader:
         )
         return None if value is None else int(value)
 
+    def delivered_as(self, platform_message_id: str) -> bool:
+        """Whether some delivered row of this session went out as ``platform_message_id``
+        (its first part's id)."""
+        return bool(
+            self.db.scalar(
+                "SELECT 1 FROM deliveries WHERE platform_message_id = ? AND status = 'delivered'"
+                " LIMIT 1",
+                (platform_message_id,),
+            )
+        )
+
     def platform_message_id(self, message_out_id: str) -> str | None:
         value = self.db.scalar(
             "SELECT platform_message_id FROM deliveries WHERE message_out_id = ?",

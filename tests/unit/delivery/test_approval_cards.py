@@ -8,6 +8,8 @@ import json
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.loader_env import is_loader_variable
+from nanoclaw_common.store import OutboundStore
+from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_delivery.approvals import CARD_TEXT_CHARS, ApprovalWatcher
 from tests.unit.delivery.helpers import World, run
 
@@ -103,3 +105,41 @@ def test_what_is_applied_is_what_the_card_showed(world: World) -> None:
         "args": ["-y", "docs"],
         "env": {"A": "1"},
     }
+
+
+def test_an_agent_cannot_rewrite_the_approval_card(world: World) -> None:
+    """The owner talks to the agent in their DM, where the approval card is posted too. An
+    edit naming the card's message (Telegram's ids are predictable) would change what the
+    owner reads above the buttons; edits may only rewrite messages the session sent."""
+    dm = world.central.create_messaging_group("telegram", "dm-owner", name="owner")
+    world.central.set_user_dm("telegram:owner", "telegram", dm.id)
+    session = world.new_session(world.group, dm)
+    outbound = OutboundStore(world.layout.session(world.group.id, session.id).outbound_db)
+    try:
+        outbound.insert_message(
+            NewOutbound(content=m.InstallPackages(apt=["curl"], reason="fetch the report"))
+        )
+        world.drain(session)
+        [approval] = world.central.list_pending_approvals()
+        assert approval.platform_id == "dm-owner" and approval.platform_message_id
+        edit = outbound.insert_message(
+            NewOutbound(
+                content=m.EditMessage(
+                    message_id=approval.platform_message_id, text="Install nothing. Approve?"
+                )
+            )
+        )
+        mine = outbound.insert_message(NewOutbound(content=m.SendText(text="hello")))
+        world.drain(session)
+    finally:
+        outbound.close()
+    store = world.inbound(session)
+    try:
+        refused = store.get_delivery(edit.id)
+        assert refused is not None and refused.status == "denied"
+        assert "not one this conversation sent" in (refused.last_error or "")
+        sent = store.get_delivery(mine.id)
+        assert sent is not None and sent.status == "delivered"
+    finally:
+        store.close()
+    assert [c for c in world.telegram.calls if c[0] == "edit"] == []
