@@ -47,7 +47,7 @@ def settle_now(agent: AgentSession, central: CentralStore) -> None:
     try:
         settled = settle_leftover_claims(
             session_id=agent.session_id,
-            claims=leftover_claims(agent.paths.outbound_db),
+            claims=leftover_claims(agent.paths.outbound_db, agent.run_id),
             inbound=inbound,
             ledger=RunLedger(central),
             max_tries=5,
