@@ -330,7 +330,14 @@ class ApprovalWatcher:
         note_id: str,
     ) -> None:
         deps, group_id = self.deps, approval.agent_group_id or session.agent_group_id
-        listed = describe(action)[2].replace("\n", "; ")
+        listed = ", ".join(
+            part
+            for part in (
+                f"apt: {' '.join(action.apt)}" if action.apt else "",
+                f"pip: {' '.join(action.pip)}" if action.pip else "",
+            )
+            if part
+        )
         try:
             # The builder merges these with the group's earlier packages and records both
             # the packages and the new image tag only when the build succeeds.

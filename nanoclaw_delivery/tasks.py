@@ -25,6 +25,7 @@ from croniter import croniter
 from nanoclaw_common import messages as m
 from nanoclaw_common.ids import is_safe_id
 from nanoclaw_common.store import NewInbound
+from nanoclaw_common.untrusted import escaped
 from nanoclaw_delivery.acl import ChatAddress, chat_address, check_chat, origin_chat
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
@@ -33,7 +34,10 @@ TaskAction = m.ScheduleTask | m.UpdateTask | m.PauseTask | m.ResumeTask | m.Canc
 
 
 def _valid_cron(expression: str) -> bool:
-    return bool(croniter.is_valid(expression))
+    """A cron expression croniter accepts, with no control character: croniter splits on
+    any whitespace, so ``"0\n9 * * *"`` would pass, and the expression is shown in the
+    sweeper's log and in ``list_tasks``."""
+    return escaped(expression) == expression and bool(croniter.is_valid(expression))
 
 
 def host_task_id(session_id: str, seq: int) -> str:

@@ -42,6 +42,7 @@ from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import ContainerStatus, SessionStatus
 from nanoclaw_common.store import CentralStore, InboundStore, OutboundReader, rows
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
+from nanoclaw_common.untrusted import shown_text
 from nanoclaw_sweeper.liveness import (
     KILLS,
     Observation,
@@ -335,7 +336,9 @@ class Sweeper:
             except ValueError as exc:
                 # A bad expression stops the series (the agent sees the task gone from
                 # list_tasks); it is not retried every second.
-                log.warning("recurrence dropped: {}", exc, session=session.id, message=done.id)
+                log.warning(
+                    "recurrence dropped: {}", shown_text(exc), session=session.id, message=done.id
+                )
                 inbound.advance_recurrence(done, new_id("task", now), now, now=now)
                 continue
             prefix = "task" if done.kind == "task" else "msg"

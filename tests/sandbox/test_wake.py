@@ -27,6 +27,7 @@ from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 from nanoclaw_common.sandbox.service import PodmanService
 from nanoclaw_common.sandbox.settle import failure_note_id
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.states import ContainerStatus
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundStore, rows
 from nanoclaw_common.store.runs import RunLedger
 from nanoclaw_sweeper.sweeper import Sweeper
@@ -158,7 +159,11 @@ def test_stop_escalates_to_kill(
     assert containers_of(box, session) == []
 
 
-def add_message(layout: Layout, session: rows.Session, message_id: str, tries: int = 0) -> None:
+def add_message(
+    layout: Layout, central: CentralStore, session: rows.Session, message_id: str, tries: int = 0
+) -> rows.Session:
+    """A message claimed by a run that died: the session's recorded run (only its claims are
+    leftovers to settle). Returns the session as central.db now has it."""
     paths = layout.session(session.agent_group_id, session.id)
     inbound = InboundStore(paths.inbound_db)
     inbound.insert_message(
@@ -176,6 +181,11 @@ def add_message(layout: Layout, session: rows.Session, message_id: str, tries: i
     outbound = OutboundStore(paths.outbound_db)
     outbound.claim([message_id], "run-that-died")
     outbound.close()
+    central.set_container_status(session.id, ContainerStatus.STARTING, run_id="run-that-died")
+    central.set_container_status(session.id, ContainerStatus.STOPPED)
+    recorded = central.get_session(session.id)
+    assert recorded is not None
+    return recorded
 
 
 def test_wake_settles_the_previous_runs_claims(
@@ -186,7 +196,7 @@ def test_wake_settles_the_previous_runs_claims(
 ) -> None:
     box = make_sandbox()
     session = make_session()
-    add_message(layout, session, "m1")
+    session = add_message(layout, central, session, "m1")
     assert box.wake(session)
     paths = layout.session(session.agent_group_id, session.id)
     inbound = InboundStore(paths.inbound_db)
@@ -214,7 +224,7 @@ def test_a_message_that_keeps_killing_its_run_fails(
 ) -> None:
     box = make_sandbox(settings=msgspec.structs.replace(box_settings, max_tries=3))
     session = make_session()
-    add_message(layout, session, "poison", tries=2)
+    session = add_message(layout, central, session, "poison", tries=2)
     assert box.wake(session)
     inbound = InboundStore(layout.session(session.agent_group_id, session.id).inbound_db)
     row = inbound.get_message("poison")

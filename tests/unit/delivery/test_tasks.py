@@ -212,3 +212,13 @@ def test_a_task_id_is_never_a_row_id_a_message_will_take(world: World) -> None:
     world.write(m.PauseTask(task_id=future))  # the agent's own id still names it
     world.drain()
     assert {status for status, _p, _r in task_rows(world).values()} == {"paused"}
+
+
+def test_a_cron_expression_with_a_control_character_is_refused(world: World) -> None:
+    """croniter splits on any whitespace, so ``"0\\n9 * * *"`` is valid to it; the expression
+    is shown in logs and in list_tasks, so it must be one line."""
+    out = schedule(world, "nightly", recurrence="0\n9 * * *")
+    world.drain()
+    row = world.delivery(out)
+    assert row.status == "denied" and "not a valid cron" in (row.last_error or "")
+    assert "\n" not in (row.last_error or "")
