@@ -46,7 +46,7 @@ from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundStore, OutboundReader
-from nanoclaw_common.store.outbound import Tailed
+from nanoclaw_common.store.bounds import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_delivery import agents, approvals, files, operations, tasks

@@ -32,8 +32,8 @@ from loguru import logger
 
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundStore, OutboundReader
-from nanoclaw_common.store.inbound import Track
-from nanoclaw_common.store.outbound import UNUSABLE_ID_PREFIX, Tailed
+from nanoclaw_common.store.bounds import UNUSABLE_ID_PREFIX, Tailed
+from nanoclaw_common.store.deliveries import Track
 
 log = logger.bind(component="delivery")
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import apsw
 import msgspec
@@ -39,128 +39,23 @@ from nanoclaw_common.errors import Refused
 from nanoclaw_common.ids import is_safe_id, new_id
 from nanoclaw_common.states import AckStatus
 from nanoclaw_common.store import rows
+from nanoclaw_common.store.bounds import (
+    ACK_FITS,
+    ALL_FIT,
+    CONTENT,
+    MAX_FIELD_BYTES,
+    MAX_VALUE_BYTES,
+    STATE_FITS,
+    TAIL_SELECT,
+    TEXT,
+    UNUSABLE_ID_PREFIX,
+    Tailed,
+    fits,
+    open_host_reader,
+    tailed,
+)
 from nanoclaw_common.store.migrations import open_session_db
-from nanoclaw_common.store.sqlite import Database, Mode, columns
-
-#: ``SQLITE_LIMIT_LENGTH`` of the host's connections to ``outbound.db``. The largest
-#: legitimate value is a row's content, whose JSON the decoder refuses above
-#: ``messages.MAX_PAYLOAD_BYTES``; every other column is far smaller. So nothing longer is
-#: ever worth reading, and a longer one fails the query instead of being allocated.
-MAX_VALUE_BYTES: Final = messages.MAX_PAYLOAD_BYTES
-#: Ids, addresses, run ids: generous for what they hold (``messages.MAX_ID_CHARS`` characters
-#: of up to 4 UTF-8 bytes, an inbound id's ``:<agent group id>``), tiny next to memory.
-MAX_FIELD_BYTES: Final = 1024
-#: The prefix of the deliveries key of a row whose own id is unusable (too long, not text,
-#: not a safe id). ``#`` is not in a safe id, so no row's own id can take such a key.
-UNUSABLE_ID_PREFIX: Final = "#row-"
-
-_TEXT: Final = ("text",)
-_TEXT_OR_NULL: Final = ("text", "null")
-_INTEGER: Final = ("integer",)
-_INTEGER_OR_NULL: Final = ("integer", "null")
-
-# (column, SQLite types it may hold, byte bound) for every column of ``rows.OutboundRow`` but
-# ``content``, in that order.
-_META: Final[tuple[tuple[str, tuple[str, ...], int], ...]] = (
-    ("id", _TEXT, MAX_FIELD_BYTES),
-    ("seq", _INTEGER, MAX_FIELD_BYTES),
-    ("in_reply_to", _TEXT_OR_NULL, MAX_FIELD_BYTES),
-    ("timestamp_ms", _INTEGER, MAX_FIELD_BYTES),
-    ("deliver_after_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
-    ("kind", _TEXT, MAX_FIELD_BYTES),
-    ("platform_id", _TEXT_OR_NULL, MAX_FIELD_BYTES),
-    ("channel_type", _TEXT_OR_NULL, MAX_FIELD_BYTES),
-    ("thread_id", _TEXT_OR_NULL, MAX_FIELD_BYTES),
-)
-_RUN_ID: Final = ("run_id", _TEXT_OR_NULL, MAX_FIELD_BYTES)
-_CONTENT: Final = ("content", _TEXT, messages.MAX_PAYLOAD_BYTES)
-_KINDS: Final = ("chat", "system")
-
-
-def _fits(column: str, types: tuple[str, ...], limit: int) -> str:
-    """SQL that is true when ``column`` holds one of ``types`` within ``limit`` bytes. Both
-    tests are answered from the record header: the value itself is not read."""
-    kinds = ", ".join(f"'{t}'" for t in types)
-    return f"(typeof({column}) IN ({kinds}) AND ifnull(octet_length({column}), 0) <= {limit})"
-
-
-def _probe(column: str, limit: int) -> str:
-    """SQL for (the value if within ``limit`` bytes else NULL, its type, its length)."""
-    return (
-        f"CASE WHEN octet_length({column}) <= {limit} THEN {column} END,"
-        f" typeof({column}), octet_length({column})"
-    )
-
-
-_ALL_FIT: Final = " AND ".join(_fits(*spec) for spec in (*_META, _CONTENT, _RUN_ID))
-_TAIL_SELECT: Final = (
-    "SELECT rowid, "
-    + ", ".join(_probe(name, limit) for name, _t, limit in (*_META, _RUN_ID))
-    + ", typeof(content), octet_length(content) FROM messages_out"
-)
-
-
-class Tailed(msgspec.Struct, frozen=True):
-    """One ``messages_out`` row as delivery's tail sees it, every column checked.
-
-    ``key`` is what the host tracks it by (``deliveries.message_out_id``): the row's id, or
-    ``#row-<rowid>`` when the id itself is unusable. ``row`` is the row with its content left
-    out (``content`` is ""; ``OutboundReader.content_at`` fetches it when the row is
-    processed), or None when a column is not what it must be; then ``defect`` says which,
-    in words that quote sizes and types, never the value. ``seq`` is the row's seq when it
-    is an integer (None otherwise), whatever the other columns."""
-
-    rowid: int
-    key: str
-    seq: int | None
-    row: rows.OutboundRow | None
-    defect: str | None
-    content_bytes: int
-
-
-def _tailed(values: Sequence[Any]) -> Tailed:
-    rowid = int(values[0])
-    fields: list[Any] = []
-    defects: list[str] = []
-    for index, (name, types, limit) in enumerate((*_META, _RUN_ID)):
-        value, kind, size = values[1 + 3 * index : 4 + 3 * index]
-        fields.append(value)
-        if kind not in types:
-            defects.append(f"{name} is {kind}, not {' or '.join(types)}")
-        elif size is not None and size > limit:
-            defects.append(f"{name} is {size} bytes, over the {limit}-byte limit")
-    content_kind, content_size = values[-2], values[-1]
-    if content_kind != "text":
-        defects.append(f"content is {content_kind}, not text")
-    elif content_size > messages.MAX_PAYLOAD_BYTES:
-        defects.append(
-            f"content is {content_size} bytes, over the {messages.MAX_PAYLOAD_BYTES}-byte limit"
-        )
-    row_id, seq, kind = fields[0], fields[1], fields[5]
-    usable_id = isinstance(row_id, str) and is_safe_id(row_id)
-    if isinstance(row_id, str) and not usable_id and not defects:
-        defects.append("id is not a safe id (letters, digits and _.:- only, at most 200)")
-    if not defects and kind not in _KINDS:
-        defects.append("kind is neither chat nor system")
-    key = row_id if usable_id else f"{UNUSABLE_ID_PREFIX}{rowid}"
-    number = seq if isinstance(seq, int) else None
-    size = int(content_size or 0)
-    if defects:
-        return Tailed(rowid, key, number, None, "; ".join(defects), size)
-    row = rows.OutboundRow(
-        id=row_id,
-        seq=seq,
-        in_reply_to=fields[2],
-        timestamp_ms=fields[3],
-        deliver_after_ms=fields[4],
-        kind=kind,
-        platform_id=fields[6],
-        channel_type=fields[7],
-        thread_id=fields[8],
-        content="",
-        run_id=fields[9],
-    )
-    return Tailed(rowid, key, number, row, None, size)
+from nanoclaw_common.store.sqlite import Database, columns
 
 
 class NewOutbound(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,9 +133,9 @@ class OutboundReader:
         with self.db.read():
             self._check_schema()
             return [
-                _tailed(values)
+                tailed(values)
                 for values in self.db.all(
-                    f"{_TAIL_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    f"{TAIL_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     (after_rowid, limit),
                 )
             ]
@@ -248,8 +143,8 @@ class OutboundReader:
     def tailed_at(self, rowid: int) -> Tailed | None:
         with self.db.read():
             self._check_schema()
-            found = self.db.one(f"{_TAIL_SELECT} WHERE rowid = ?", (rowid,))
-        return _tailed(found) if found else None
+            found = self.db.one(f"{TAIL_SELECT} WHERE rowid = ?", (rowid,))
+        return tailed(found) if found else None
 
     def tailed_by_seq(self, seq: int) -> list[Tailed]:
         """Rows with this seq (more than one only in a file the container forged), for
@@ -257,9 +152,9 @@ class OutboundReader:
         with self.db.read():
             self._check_schema()
             return [
-                _tailed(values)
+                tailed(values)
                 for values in self.db.all(
-                    f"{_TAIL_SELECT} WHERE seq = ? ORDER BY rowid LIMIT 10", (seq,)
+                    f"{TAIL_SELECT} WHERE seq = ? ORDER BY rowid LIMIT 10", (seq,)
                 )
             ]
 
@@ -287,7 +182,7 @@ class OutboundReader:
             self._check_schema()
             found = self.db.one(
                 "SELECT CASE WHEN typeof(id) = 'text' AND octet_length(id) <= ? THEN id END,"
-                f" CASE WHEN {_fits(*_CONTENT)} THEN content END"
+                f" CASE WHEN {fits(*CONTENT)} THEN content END"
                 " FROM messages_out WHERE rowid = ?",
                 (MAX_FIELD_BYTES, tailed.rowid),
             )
@@ -308,21 +203,21 @@ class OutboundReader:
             rows.OutboundRow(*r)
             for r in self.db.all(
                 f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE seq > ?"
-                f" AND {_ALL_FIT} ORDER BY seq LIMIT ?",
+                f" AND {ALL_FIT} ORDER BY seq LIMIT ?",
                 (seq, limit),
             )
         ]
 
     def get_message(self, message_id: str) -> rows.OutboundRow | None:
         found = self.db.one(
-            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE id = ? AND {_ALL_FIT}",
+            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE id = ? AND {ALL_FIT}",
             (message_id,),
         )
         return rows.OutboundRow(*found) if found else None
 
     def get_by_seq(self, seq: int) -> rows.OutboundRow | None:
         found = self.db.one(
-            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE seq = ? AND {_ALL_FIT}",
+            f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE seq = ? AND {ALL_FIT}",
             (seq,),
         )
         return rows.OutboundRow(*found) if found else None
@@ -343,7 +238,7 @@ class OutboundReader:
         return [
             rows.OutboundRow(*r)
             for r in self.db.all(
-                f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE {_ALL_FIT} AND"
+                f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE {ALL_FIT} AND"
                 f" (id IN (SELECT message_out_id FROM answers WHERE message_in_id IN ({marks}))"
                 f" OR (in_reply_to IN ({marks}) AND NOT EXISTS"
                 "  (SELECT 1 FROM answers WHERE message_out_id = messages_out.id)))"
@@ -358,7 +253,7 @@ class OutboundReader:
             str(m)
             for (m,) in self.db.all(
                 "SELECT message_in_id FROM answers WHERE message_out_id = ?"
-                f" AND {_fits('message_in_id', _TEXT, MAX_FIELD_BYTES)} ORDER BY message_in_id",
+                f" AND {fits('message_in_id', TEXT, MAX_FIELD_BYTES)} ORDER BY message_in_id",
                 (message_out_id,),
             )
         ]
@@ -375,7 +270,7 @@ class OutboundReader:
         return [
             rows.Ack(*r)
             for r in self.db.all(
-                f"SELECT {columns(rows.Ack)} FROM processing_ack WHERE {_ACK_FITS} {where}"
+                f"SELECT {columns(rows.Ack)} FROM processing_ack WHERE {ACK_FITS} {where}"
                 " ORDER BY status_changed_ms",
                 params,
             )
@@ -386,7 +281,7 @@ class OutboundReader:
         is held longer than it takes to look at it). Consume it before closing the reader."""
         cursor = self.db.conn.execute(
             f"SELECT {columns(rows.Ack)} FROM processing_ack"
-            f" WHERE status IN ('completed', 'failed') AND {_ACK_FITS}"
+            f" WHERE status IN ('completed', 'failed') AND {ACK_FITS}"
         )
         try:
             for values in cursor:
@@ -400,7 +295,7 @@ class OutboundReader:
             m
             for (m,) in self.db.all(
                 "SELECT message_id FROM processing_ack WHERE status IN ('completed', 'failed')"
-                f" AND {_ACK_FITS}"
+                f" AND {ACK_FITS}"
             )
         }
 
@@ -409,7 +304,7 @@ class OutboundReader:
             m
             for (m,) in self.db.all(
                 "SELECT message_id FROM processing_ack WHERE status = 'processing'"
-                f" AND run_id = ? AND {_ACK_FITS}",
+                f" AND run_id = ? AND {ACK_FITS}",
                 (run_id,),
             )
         }
@@ -428,14 +323,14 @@ class OutboundReader:
         """The current run's state; None when missing or malformed."""
         found = self.db.one(
             f"SELECT {columns(rows.ContainerState)} FROM container_state WHERE id = 1"
-            f" AND {_STATE_FITS}"
+            f" AND {STATE_FITS}"
         )
         return rows.ContainerState(*found) if found else None
 
     def get_state(self, key: str) -> str | None:
         value = self.db.scalar(
             "SELECT value FROM session_state WHERE key = ?"
-            f" AND {_fits('value', _TEXT, MAX_VALUE_BYTES)}",
+            f" AND {fits('value', TEXT, MAX_VALUE_BYTES)}",
             (key,),
         )
         return None if value is None else str(value)
@@ -457,42 +352,6 @@ def upgrade_outbound(db: Database) -> None:
             " message_in_id TEXT NOT NULL, PRIMARY KEY (message_in_id, message_out_id))"
         )
         db.execute(f"PRAGMA user_version = {OUTBOUND_VERSION}")
-
-
-_ACK_FITS: Final = " AND ".join(
-    (
-        _fits("message_id", _TEXT, MAX_FIELD_BYTES),
-        _fits("run_id", _TEXT, MAX_FIELD_BYTES),
-        _fits("status_changed_ms", _INTEGER, MAX_FIELD_BYTES),
-        "status IN ('processing', 'completed', 'failed')",
-    )
-)
-_STATE_FITS: Final = " AND ".join(
-    (
-        _fits("run_id", _TEXT_OR_NULL, MAX_FIELD_BYTES),
-        _fits("started_at_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
-        _fits("current_tool", _TEXT_OR_NULL, MAX_FIELD_BYTES),
-        _fits("tool_declared_timeout_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
-        _fits("tool_started_at_ms", _INTEGER_OR_NULL, MAX_FIELD_BYTES),
-        _fits("turns", _INTEGER, MAX_FIELD_BYTES),
-        _fits("updated_at_ms", _INTEGER, MAX_FIELD_BYTES),
-    )
-)
-
-
-def open_host_reader(path: Path | str, mode: Mode = Mode.SESSION_READONLY) -> Database:
-    """The host's connection to a container-written ``outbound.db``: values capped at
-    ``MAX_VALUE_BYTES`` (``SQLITE_LIMIT_LENGTH``), the schema's own SQL (views, triggers)
-    barred from functions with side effects, cell sizes checked on every page read (a
-    forged file fails cleanly instead of being trusted)."""
-    db = Database(path, mode, create=False, max_value_bytes=MAX_VALUE_BYTES)
-    try:
-        db.execute("PRAGMA trusted_schema = OFF")
-        db.execute("PRAGMA cell_size_check = ON")
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 class OutboundStore(OutboundReader):

@@ -15,8 +15,9 @@ from pathlib import Path
 import apsw
 
 from nanoclaw_common.store import rows
+from nanoclaw_common.store.bounds import open_host_reader
 from nanoclaw_common.store.central import CentralStore
-from nanoclaw_common.store.outbound import OutboundReader, open_host_reader
+from nanoclaw_common.store.outbound import OutboundReader
 from nanoclaw_common.store.sqlite import Mode, columns
 
 

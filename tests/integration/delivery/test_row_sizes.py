@@ -15,7 +15,7 @@ import pytest
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.states import ContainerStatus
-from nanoclaw_common.store.outbound import UNUSABLE_ID_PREFIX
+from nanoclaw_common.store.bounds import UNUSABLE_ID_PREFIX
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
 from tests.unit.delivery.helpers import World

@@ -13,7 +13,7 @@ import pytest
 from nanoclaw_common import messages as m
 from nanoclaw_common.errors import Refused
 from nanoclaw_common.store import OutboundReader
-from nanoclaw_common.store.outbound import MAX_VALUE_BYTES, UNUSABLE_ID_PREFIX
+from nanoclaw_common.store.bounds import MAX_VALUE_BYTES, UNUSABLE_ID_PREFIX
 from tests.unit.delivery.helpers import World
 
 BIG = 2_000_000  # bytes: over every bound (content's is 1,000,000)
