@@ -60,6 +60,12 @@ def fits(column: str, types: tuple[str, ...], limit: int) -> str:
     return f"(typeof({column}) IN ({kinds}) AND ifnull(octet_length({column}), 0) <= {limit})"
 
 
+def guarded(column: str, types: tuple[str, ...], limit: int) -> str:
+    """SQL for ``column``'s value when it ``fits``, else NULL: what a comparison in a WHERE
+    clause must use (``run_id = ?`` alone would fetch a 100 MB run id to compare it)."""
+    return f"(CASE WHEN {fits(column, types, limit)} THEN {column} END)"
+
+
 def _probe(column: str, limit: int) -> str:
     """SQL for (the value if within ``limit`` bytes else NULL, its type, its length)."""
     return (
@@ -139,12 +145,14 @@ def tailed(values: Sequence[Any]) -> Tailed:
     return Tailed(rowid, key, number, row, None, size)
 
 
+ACK_STATUS: Final = guarded("status", TEXT, 16)
+ACK_RUN_ID: Final = guarded("run_id", TEXT, MAX_FIELD_BYTES)
 ACK_FITS: Final = " AND ".join(
     (
         fits("message_id", TEXT, MAX_FIELD_BYTES),
         fits("run_id", TEXT, MAX_FIELD_BYTES),
         fits("status_changed_ms", INTEGER, MAX_FIELD_BYTES),
-        "status IN ('processing', 'completed', 'failed')",
+        f"{ACK_STATUS} IN ('processing', 'completed', 'failed')",
     )
 )
 STATE_FITS: Final = " AND ".join(

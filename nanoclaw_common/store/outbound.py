@@ -41,6 +41,8 @@ from nanoclaw_common.states import AckStatus
 from nanoclaw_common.store import rows
 from nanoclaw_common.store.bounds import (
     ACK_FITS,
+    ACK_RUN_ID,
+    ACK_STATUS,
     ALL_FIT,
     CONTENT,
     MAX_FIELD_BYTES,
@@ -48,9 +50,11 @@ from nanoclaw_common.store.bounds import (
     STATE_FITS,
     TAIL_SELECT,
     TEXT,
+    TEXT_OR_NULL,
     UNUSABLE_ID_PREFIX,
     Tailed,
     fits,
+    guarded,
     open_host_reader,
     tailed,
 )
@@ -240,8 +244,9 @@ class OutboundReader:
             for r in self.db.all(
                 f"SELECT {columns(rows.OutboundRow)} FROM messages_out WHERE {ALL_FIT} AND"
                 f" (id IN (SELECT message_out_id FROM answers WHERE message_in_id IN ({marks}))"
-                f" OR (in_reply_to IN ({marks}) AND NOT EXISTS"
-                "  (SELECT 1 FROM answers WHERE message_out_id = messages_out.id)))"
+                f" OR ({guarded('in_reply_to', TEXT_OR_NULL, MAX_FIELD_BYTES)} IN ({marks})"
+                " AND NOT EXISTS (SELECT 1 FROM answers WHERE"
+                f" {guarded('message_out_id', TEXT, MAX_FIELD_BYTES)} = messages_out.id)))"
                 " ORDER BY seq",
                 [*ids, *ids],
             )
@@ -252,7 +257,8 @@ class OutboundReader:
         return [
             str(m)
             for (m,) in self.db.all(
-                "SELECT message_in_id FROM answers WHERE message_out_id = ?"
+                "SELECT message_in_id FROM answers WHERE"
+                f" {guarded('message_out_id', TEXT, MAX_FIELD_BYTES)} = ?"
                 f" AND {fits('message_in_id', TEXT, MAX_FIELD_BYTES)} ORDER BY message_in_id",
                 (message_out_id,),
             )
@@ -264,9 +270,9 @@ class OutboundReader:
         or a run."""
         where, params = "", []
         if status:
-            where, params = "AND status = ?", [status]
+            where, params = f"AND {ACK_STATUS} = ?", [status]
         if run_id is not None:
-            where, params = f"{where} AND run_id = ?", [*params, run_id]
+            where, params = f"{where} AND {ACK_RUN_ID} = ?", [*params, run_id]
         return [
             rows.Ack(*r)
             for r in self.db.all(
@@ -281,7 +287,7 @@ class OutboundReader:
         is held longer than it takes to look at it). Consume it before closing the reader."""
         cursor = self.db.conn.execute(
             f"SELECT {columns(rows.Ack)} FROM processing_ack"
-            f" WHERE status IN ('completed', 'failed') AND {ACK_FITS}"
+            f" WHERE {ACK_STATUS} IN ('completed', 'failed') AND {ACK_FITS}"
         )
         try:
             for values in cursor:
@@ -294,8 +300,8 @@ class OutboundReader:
         return {
             m
             for (m,) in self.db.all(
-                "SELECT message_id FROM processing_ack WHERE status IN ('completed', 'failed')"
-                f" AND {ACK_FITS}"
+                "SELECT message_id FROM processing_ack"
+                f" WHERE {ACK_STATUS} IN ('completed', 'failed') AND {ACK_FITS}"
             )
         }
 
@@ -303,8 +309,8 @@ class OutboundReader:
         return {
             m
             for (m,) in self.db.all(
-                "SELECT message_id FROM processing_ack WHERE status = 'processing'"
-                f" AND run_id = ? AND {ACK_FITS}",
+                f"SELECT message_id FROM processing_ack WHERE {ACK_STATUS} = 'processing'"
+                f" AND {ACK_RUN_ID} = ? AND {ACK_FITS}",
                 (run_id,),
             )
         }
