@@ -567,7 +567,7 @@ class SessionWorker:
     async def _refuse(self, items: list[Fresh]) -> None:
         """Tell about rows refused as they were read (``reports.tell_refused``); their
         records are written settled by the drain's next write, after this."""
-        tell_refused(self.deps, self.session, self.inbound, items)
+        tell_refused(self.deps, self.session, self.inbound, self.outbound, items)
         await self.deps.spawn(send_notices(self.deps))
 
     def _remove_outbox(self, message_out_id: str) -> None:

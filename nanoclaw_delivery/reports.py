@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from loguru import logger
 
 from nanoclaw_common.states import DeliveryStatus
-from nanoclaw_common.store import InboundStore
+from nanoclaw_common.store import InboundStore, OutboundReader
 from nanoclaw_common.store.rows import OutboundRow, Session
 from nanoclaw_common.untrusted import escaped, shown, shown_text
 from nanoclaw_delivery.acl import AGENT_CHANNEL
@@ -135,12 +135,19 @@ def traceable(exc: BaseException, secrets: Sequence[str]) -> bool:
     return True
 
 
-def tell_refused(deps: Deps, session: Session, inbound: InboundStore, items: list[Fresh]) -> None:
+def tell_refused(
+    deps: Deps,
+    session: Session,
+    inbound: InboundStore,
+    outbound: OutboundReader,
+    items: list[Fresh],
+) -> None:
     """Rows refused as they were read (``tail``), told about together: a log line and an
     owner-notice count each, one note for the lot (a container that writes thousands of them
     costs a note per page, not a note per row). Called before their records are written
     (settled): a crash in between reads them again, decides the same and, the note's id
-    being derived from the rows, writes nothing twice."""
+    being derived from the rows, writes nothing twice. A malformed row's destination is
+    shown from the start of its address (``address_preview``), escaped and capped."""
     lines = [
         tell(
             deps,
@@ -148,7 +155,7 @@ def tell_refused(deps: Deps, session: Session, inbound: InboundStore, items: lis
             inbound,
             key=item.track.key,
             seq=item.track.seq,
-            row=item.tailed.row,
+            row=item.tailed.row or _stand_in(outbound, item),
             status=item.refusal[0],
             reason=item.refusal[1],
             note=False,
@@ -165,3 +172,24 @@ def tell_refused(deps: Deps, session: Session, inbound: InboundStore, items: lis
             refusal_note(lines),
             rate_limited=True,
         )
+
+
+def _stand_in(outbound: OutboundReader, item: Fresh) -> OutboundRow | None:
+    """A malformed row's address, as far as it can be shown (None: not even that)."""
+    channel_type, platform_id = outbound.address_preview(item.tailed.rowid)
+    if not channel_type and not platform_id:
+        return None  # no address, or none that can be read
+    unreadable = "(unreadable)"
+    return OutboundRow(
+        id=item.track.key,
+        seq=item.track.seq,
+        in_reply_to=None,
+        timestamp_ms=0,
+        deliver_after_ms=None,
+        kind="chat",
+        platform_id=unreadable if platform_id is None else platform_id,
+        channel_type=unreadable if channel_type is None else channel_type,
+        thread_id=None,
+        content="",
+        run_id=None,
+    )

@@ -198,6 +198,29 @@ class OutboundReader:
         )
         return str(content) if same and isinstance(content, str) else None
 
+    def address_preview(self, rowid: int, chars: int = 200) -> tuple[str | None, str | None]:
+        """The first ``chars`` characters of a row's channel_type and platform_id, to show
+        where a refused row was going. A value is read only when it is text of at most
+        ``MAX_VALUE_BYTES`` (one row, one value at a time: a bounded, passing cost); NULL is
+        "", a longer value or another type None."""
+        probes = ", ".join(
+            f"CASE WHEN {column} IS NULL THEN '' WHEN {fits(column, TEXT, MAX_VALUE_BYTES)}"
+            f" THEN substr({column}, 1, ?) END"
+            for column in ("channel_type", "platform_id")
+        )
+        with self.db.read():
+            self._check_schema()
+            found = self.db.one(
+                f"SELECT {probes} FROM messages_out WHERE rowid = ?", (chars, chars, rowid)
+            )
+        if found is None:
+            return None, None
+        channel_type, platform_id = found
+        return (
+            channel_type if isinstance(channel_type, str) else None,
+            platform_id if isinstance(platform_id, str) else None,
+        )
+
     # -- bounded reads for everyone else ------------------------------------------------
 
     def messages_after(self, seq: int, *, limit: int = 100) -> list[rows.OutboundRow]:

@@ -255,3 +255,5 @@ def test_a_long_chat_id_makes_no_long_dm(world: World) -> None:
     dms = [c[3] for c in world.telegram.calls if c[1] == "dm-owner"]
     assert dms and all(len(dm) < 3_000 for dm in dms)
     assert all(len(text) < 1_500 for text, _t, _w in world.notes())
+    # Where the refused row was going, as far as it can be shown: its start, cut.
+    assert any("to telegram:999" in text and "(cut: " in text for text, _t, _w in world.notes())
