@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 
+from agent_runner.diskfull import DiskWait
 from agent_runner.model import ApiMessage, Block
 from agent_runner.paths import write_replacing
 
@@ -102,13 +103,14 @@ def text_chars(blocks: list[Block]) -> int:
 
 
 class Conversation:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, disk: DiskWait | None = None) -> None:
         self.path = path
         self.state = ConversationState()
+        self.disk = disk  # saves wait out a full disk (diskfull.py); None: they raise
 
     @classmethod
-    def load(cls, path: Path) -> Conversation:
-        conversation = cls(path)
+    def load(cls, path: Path, *, disk: DiskWait | None = None) -> Conversation:
+        conversation = cls(path, disk=disk)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -127,8 +129,14 @@ class Conversation:
         return self.state.messages
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_replacing(self.path, msgspec.json.encode(self.state), fsync=True)
+        def write() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_replacing(self.path, msgspec.json.encode(self.state), fsync=True)
+
+        if self.disk is None:
+            write()
+        else:
+            self.disk.until_written(write, "the conversation state")
 
     def add_user(self, blocks: list[Block]) -> None:
         self.state.messages = with_user(self.state.messages, blocks)

@@ -39,6 +39,7 @@ from agent_runner import prompts, shed
 from agent_runner.compaction import archive_transcript
 from agent_runner.conversation import Conversation
 from agent_runner.destinations import Destinations, Target
+from agent_runner.diskfull import DiskFullStop, DiskWait
 from agent_runner.faults import Faults
 from agent_runner.formatter import decode_content, format_batch, resolve_zone
 from agent_runner.mcp import McpTools
@@ -139,6 +140,7 @@ class Runner:
         self._monotonic = monotonic
         self._sdk_loaded = sdk_loaded
         self.faults = faults or Faults()
+        self.disk = DiskWait(stop)
         self._idle_since_s = monotonic()
         self._due_rows = 0  # the batch size the last poll found
         self._in_turn = False
@@ -178,8 +180,9 @@ class Runner:
             mcp=mcp,
             processes=ToolProcesses(spare=mcp.pids if mcp is not None else frozenset),
             faults=self.faults,
+            disk=self.disk,
         )
-        self.conversation = Conversation.load(self.paths.conversation_file)
+        self.conversation = Conversation.load(self.paths.conversation_file, disk=self.disk)
         # A turn the previous run died in is rolled back before anything else is added, so
         # its batch is not left as a dangling user turn the next batch would merge into.
         self.conversation.reconcile(self.ctx.settled)
@@ -223,6 +226,8 @@ class Runner:
                     if not worked and self.shed_due():
                         shedding = True
                         return True
+                except DiskFullStop:
+                    return False  # stopped during a disk-full wait: claims left unacked
                 except Exception:
                     # A storage hiccup (busy past the timeout, a vanished file) must not end
                     # the runner; an error that persists is logged every second.
@@ -304,7 +309,7 @@ class Runner:
 
     def claim(self, rows: Sequence[InboundRow]) -> None:
         ids = [r.id for r in rows]
-        self.outbound.claim(ids, self.run_id)
+        self.disk.until_written(lambda: self.outbound.claim(ids, self.run_id), "a claim")
         self._claimed += ids
 
     def settle(self, ids: list[str]) -> None:
@@ -319,7 +324,7 @@ class Runner:
 
     def handle(self, batch: list[InboundRow]) -> None:
         self.claim(batch)
-        self.outbound.reset_turns()
+        self.disk.best_effort(self.outbound.reset_turns, "the turn count")
         self.batches += 1
         kinds = ",".join(sorted({r.kind for r in batch}))
         log.info("processing {} message(s), kinds: {}", len(batch), kinds, run=self.run_id)
@@ -332,6 +337,7 @@ class Runner:
         failed = False
         closing: str | None = None  # the conversation's last word on a turn that went wrong
         unavailable: ModelUnavailable | None = None
+        stopped = False  # stopped while waiting for disk space: nothing is acked
         self._in_turn = True
         try:
             rest = self.run_commands(batch)
@@ -349,6 +355,9 @@ class Runner:
                 final = self.engine.run(f"{prompt}\n\n{note}" if note else prompt)
         except ModelUnavailable as exc:
             unavailable = exc
+        except DiskFullStop:
+            stopped = True
+            raise
         except ModelError as exc:
             failed = True
             log.warning("model error: {}", exc.user_message, run=self.run_id)
@@ -376,6 +385,12 @@ class Runner:
             self._idle_since_s = self._monotonic()
             if unavailable is not None:
                 self.give_back(unavailable)
+            elif stopped:
+                log.warning(
+                    "stopped while the disk was full: {} claim(s) left for the host's retry",
+                    len(self._claimed),
+                    run=self.run_id,
+                )
             else:
                 if failed:
                     self.failures += 1
@@ -408,12 +423,15 @@ class Runner:
         keeps."""
         ids = list(self._claimed)
         self.faults.crash("before_batch_ack")
-        written = self.outbound.write_and_ack(
-            [self.ctx.batch.stamp(new) for new in final],
-            ids,
-            AckStatus.FAILED if failed else AckStatus.COMPLETED,
-            run_id=self.run_id,
-            min_seq=self.inbound.max_seq(),
+        written = self.disk.until_written(
+            lambda: self.outbound.write_and_ack(
+                [self.ctx.batch.stamp(new) for new in final],
+                ids,
+                AckStatus.FAILED if failed else AckStatus.COMPLETED,
+                run_id=self.run_id,
+                min_seq=self.inbound.max_seq(),
+            ),
+            "the batch's answer and ack",
         )
         for row in written:
             log.info("message written", message=row.id, seq=row.seq)
@@ -503,8 +521,15 @@ class Runner:
                     target, "Conversation compacted." if compacted else "Nothing to compact yet."
                 )
         ids = [row.id for row in done]
-        self.outbound.write_and_ack(
-            notices, ids, AckStatus.COMPLETED, run_id=self.run_id, min_seq=self.inbound.max_seq()
+        self.disk.until_written(
+            lambda: self.outbound.write_and_ack(
+                notices,
+                ids,
+                AckStatus.COMPLETED,
+                run_id=self.run_id,
+                min_seq=self.inbound.max_seq(),
+            ),
+            "the commands' notices and acks",
         )
         self.ctx.settled.update(ids)
         self._claimed = [i for i in self._claimed if i not in set(ids)]

@@ -113,7 +113,7 @@ class TurnEngine:
             raise TurnLimitReached(self.batch_calls)
         self.calls += 1
         self.batch_calls += 1
-        self.ctx.outbound.count_turn()
+        self.ctx.disk.best_effort(self.ctx.outbound.count_turn, "the turn count")
         self.ctx.faults.crash("before_model_call")
         return self._provider().create(request)
 

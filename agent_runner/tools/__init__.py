@@ -46,32 +46,39 @@ def execute(ctx: ToolContext, name: str, arguments: Any) -> tuple[str, bool]:
     """Run one tool call: (text for the model, is_error). Never raises. Whatever processes
     the call started are killed when it ends (``reaper``), detached ones included."""
     if ctx.mcp is not None and ctx.mcp.handles(name):
-        ctx.outbound.set_tool(name, declared_timeout_ms=int(CALL_TIMEOUT_S * 1000))
+        _set_tool(ctx, name, int(CALL_TIMEOUT_S * 1000))
         ctx.processes.begin()
         try:
             return ctx.mcp.call(name, arguments)
         finally:
             _sweep(ctx, name)
-            ctx.outbound.set_tool(None)
+            _set_tool(ctx, None, None)
     tool = TOOLS.get(name)
     if tool is None:
         return f"Error: unknown tool {name!r}", True
     try:
         args = tool.parse(arguments)
         timeout_ms = tool.declared_timeout_ms(ctx, args)
-        ctx.outbound.set_tool(name, declared_timeout_ms=timeout_ms)
+        _set_tool(ctx, name, timeout_ms)
         ctx.processes.begin()
         try:
             return tool.handler(ctx, args), False
         finally:
             _sweep(ctx, name)
-            ctx.outbound.set_tool(None)
+            _set_tool(ctx, None, None)
     except ToolError as exc:
         log.info("tool {} refused: {}", name, exc)
         return f"Error: {exc}", True
     except Exception as exc:
         log.exception("tool {} failed", name)
         return f"Error: {name} failed unexpectedly ({type(exc).__name__}: {exc})", True
+
+
+def _set_tool(ctx: ToolContext, name: str | None, timeout_ms: int | None) -> None:
+    """Record the tool in flight for the sweeper (skipped, not failed, on a full disk)."""
+    ctx.disk.best_effort(
+        lambda: ctx.outbound.set_tool(name, declared_timeout_ms=timeout_ms), "the tool in flight"
+    )
 
 
 def _sweep(ctx: ToolContext, name: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from agent_runner.destinations import Destinations
+from agent_runner.diskfull import DiskWait
 from agent_runner.faults import Faults
 from agent_runner.mcp import McpTools
 from agent_runner.reaper import ToolProcesses
@@ -84,18 +85,24 @@ class ToolContext:
     processes: ToolProcesses = field(default_factory=ToolProcesses)
     grep_timeout_s: float = GREP_TIMEOUT_S
     faults: Faults = field(default_factory=Faults)  # test-only crash points (faults.py)
+    # Writes wait out a full disk instead of failing (diskfull.py); the runner sets its own.
+    disk: DiskWait = field(default_factory=lambda: DiskWait(threading.Event()))
 
     def write(self, new: NewOutbound) -> Written:
         """Insert an outbound row with the next odd seq above both tables, recorded as
         answering the current batch."""
-        written = self.outbound.insert_message(
-            self.batch.stamp(new), run_id=self.run_id, min_seq=self.inbound.max_seq()
+        stamped = self.batch.stamp(new)
+        written = self.disk.until_written(
+            lambda: self.outbound.insert_message(
+                stamped, run_id=self.run_id, min_seq=self.inbound.max_seq()
+            ),
+            "a message",
         )
         self.faults.crash("after_send")
         return written
 
     def ack_completed(self, ids: list[str]) -> None:
-        self.outbound.complete(ids, self.run_id)
+        self.disk.until_written(lambda: self.outbound.complete(ids, self.run_id), "an ack")
         self.settled.update(ids)
 
     def workspace_path(self, raw: str) -> Path:

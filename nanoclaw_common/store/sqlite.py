@@ -89,7 +89,11 @@ class Database:
             yield
         except BaseException:
             self._depth = 0
-            self.conn.execute("ROLLBACK")
+            # SQLite rolls back by itself after some errors (SQLITE_FULL, SQLITE_IOERR, ...):
+            # a ROLLBACK then fails and would hide the real error ("database or disk is full")
+            # behind "cannot rollback - no transaction is active".
+            if not self.conn.getautocommit():
+                self.conn.execute("ROLLBACK")
             raise
         self._depth = 0
         try:
