@@ -140,6 +140,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle = True  # between requests: waiting for a head
         self._head_started = False
+        self.idle_since = 0.0  # loop time when it last became idle (opened, or answered)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class GuardedProtocol(asyncio.Protocol):
         self.guard.by_transport[id(transport)] = self
         self.inner = self._make_inner()
         self.inner.connection_made(transport)
+        self.idle_since = asyncio.get_running_loop().time()
         self._arm(self.guard.idle_timeout_s, "idle")
 
     def data_received(self, data: bytes) -> None:
@@ -199,7 +201,13 @@ class GuardedProtocol(asyncio.Protocol):
         """The response is written: the connection is idle again."""
         self._idle = True
         self._head_started = False
+        self.idle_since = asyncio.get_running_loop().time()
         self._arm(self.guard.idle_timeout_s, "idle")
+
+    def fresh(self, now: float, grace_s: float) -> bool:
+        """Idle for less than ``grace_s``, or its head is arriving: a request may be on its
+        way (written by the client, not yet read), so a stopping proxy must not close it."""
+        return self._idle and (self._head_started or now - self.idle_since < grace_s)
 
     # -- deadlines -----------------------------------------------------------------------
 

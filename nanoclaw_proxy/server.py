@@ -27,6 +27,10 @@ from nanoclaw_proxy.guard import ConnectionGuard, install_accept_error_log
 log = logger.bind(component="proxy")
 
 MAX_HEAD_LINE: Final = 16 * 1024
+# After it stops accepting, a stopping proxy waits this long for requests on connections it
+# accepted just before: their bytes may be written but not yet read (a loaded machine takes
+# its time), and closing such a connection loses the request (the client sees EOF).
+FRESH_GRACE_S: Final = 0.5
 
 
 def _server_kwargs() -> dict[str, Any]:
@@ -73,7 +77,7 @@ async def serve(
         await _wait_idle(state, deadline)
         server.close()  # our copy of the socket: the keeper's stays open
         # Connections accepted just before the close may carry a request already.
-        await asyncio.sleep(0)
+        await _wait_fresh(guard, deadline)
         await _wait_idle(state, deadline)
         if state.in_flight:
             log.warning(
@@ -81,6 +85,16 @@ async def serve(
             )
     finally:
         await runner.cleanup()
+
+
+async def _wait_fresh(guard: ConnectionGuard, deadline: float) -> None:
+    """Until no open connection may still carry an unread request (``fresh``)."""
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < deadline:
+        now = loop.time()
+        if not any(p.fresh(now, FRESH_GRACE_S) for p in list(guard.by_transport.values())):
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _wait_idle(state: Any, deadline: float) -> None:
