@@ -3,11 +3,11 @@
 Importing ``anthropic`` costs ~60 MB of RSS (its pydantic types) that Python never gives
 back, which puts a runner that has called the model above its 80 MB idle target. So after
 ``RunnerConfig.shed_after_s`` with nothing to do, a runner that has the SDK loaded replaces
-itself with a fresh copy (``os.execve``: same pid, same argv, same environment plus the run's
-private variables, so the container and the run go on), which starts small and imports the
-SDK again at its next model call (~1.5 s). Nothing is lost: the conversation is saved
-(fsynced) after every change, acks and outbound rows are committed as they happen, and
-shedding waits for a moment with no work in hand.
+itself with a fresh copy (``os.execve``: same pid, same argv but always isolated (``-I``),
+same environment plus the run's private variables, so the container and the run go on),
+which starts small and imports the SDK again at its next model call (~1.5 s). Nothing is
+lost: the conversation is saved (fsynced) after every change, acks and outbound rows are
+committed as they happen, and shedding waits for a moment with no work in hand.
 
 The exec protocol:
 - before: the loop ends and tears down (MCP servers closed, DBs closed), stop signals are
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -91,11 +91,23 @@ def reexec_environment(
     return {**environ, **private, REEXEC_ENV: str(heartbeat), **marker}
 
 
+def reexec_argv(orig_argv: Sequence[str], *, isolated: bool) -> list[str]:
+    """The new process's command line: ours (``sys.orig_argv`` keeps ``-I -m agent_runner``
+    or the console script), in isolated mode whatever we were started with. Isolated, the
+    interpreter ignores PYTHON* variables and the user site-packages and puts neither the
+    working folder nor a script's folder on ``sys.path``: nothing the agent wrote since the
+    start can ride into the new process (docs/security.md)."""
+    argv = list(orig_argv)
+    if isolated:
+        return argv
+    return [argv[0], "-I", *argv[1:]]
+
+
 def reexec(environment: Mapping[str, str]) -> NoReturn:
-    """Replace this process with a fresh runner: the same interpreter and command line
-    (``sys.orig_argv`` keeps ``-m agent_runner`` or the console script). Raises OSError when
-    the exec fails."""
-    os.execve(sys.executable, sys.orig_argv, dict(environment))
+    """Replace this process with a fresh runner: the same interpreter and command line, made
+    isolated (``reexec_argv``). Raises OSError when the exec fails."""
+    argv = reexec_argv(sys.orig_argv, isolated=bool(sys.flags.isolated))
+    os.execve(sys.executable, argv, dict(environment))
 
 
 def touch_heartbeat(path: Path) -> None:

@@ -37,6 +37,9 @@ DEFAULT_MIRROR: Final = "http://deb.debian.org/debian"
 BOOTSTRAP_PACKAGES: Final = "python3,python3-venv,ca-certificates"
 CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 PULL_TIMEOUT_S: Final = 300.0
+# Clears every setuid/setgid bit on the image's own filesystem (the Containerfile does the
+# same for the agent image).
+STRIP_SETID: Final = "find / -xdev -perm /6000 -type f -exec chmod a-s {} +"
 BUILD_TIMEOUT_S: Final = 1800.0
 
 
@@ -349,12 +352,15 @@ def group_image_tag(image: str, agent_group_id: str) -> str:
 
 def render_group_containerfile(base_image: str, apt: Sequence[str], pip: Sequence[str]) -> str:
     """``FROM`` the agent image, packages installed as root, then back to the agent user.
-    Names were checked by ``check_packages``, so they are safe as shell words."""
+    Names were checked by ``check_packages``, so they are safe as shell words. Like the agent
+    image, a group image keeps no setuid or setgid file (an apt package may bring one: sudo,
+    fuse, ping...)."""
     lines = [f"FROM {base_image}", "USER root"]
     if apt:
         lines.append(
             "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y"
             f" --no-install-recommends {' '.join(apt)} && rm -rf /var/lib/apt/lists/*"
+            f" && {STRIP_SETID}"
         )
     if pip:
         lines.append(

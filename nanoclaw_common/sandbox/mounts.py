@@ -53,10 +53,15 @@ MAX_EXTRA_MOUNTS: Final = 20
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 TMP_SIZE_MB: Final = 256
+# Every bind mount: a setuid file or a device node in a host folder means nothing inside.
+# (Podman's tmpfs mounts have both already.)
+BIND_OPTIONS: Final = ("nosuid", "nodev")
 
 
 class Mount(msgspec.Struct, frozen=True):
-    """One mount of the container, in the form podman-py's ``mounts=`` takes."""
+    """One mount of the container. podman-py takes a tmpfs in ``mounts=`` (``to_podman``)
+    and a bind with mount options only in ``volumes=`` (``to_podman_volume``): its
+    ``mounts=`` entries cannot carry ``nosuid``/``nodev``."""
 
     kind: Literal["bind", "tmpfs"]
     source: str
@@ -64,19 +69,25 @@ class Mount(msgspec.Struct, frozen=True):
     read_only: bool
 
     def to_podman(self) -> dict[str, Any]:
-        if self.kind == "tmpfs":
-            return {
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "target": self.target,
-                "size": f"{TMP_SIZE_MB}m",
-                "mode": "1777",
-            }
+        """A tmpfs as an entry of ``mounts=``."""
+        if self.kind != "tmpfs":
+            raise ValueError("a bind mount goes in volumes= (to_podman_volume)")
         return {
-            "type": "bind",
-            "source": self.source,
+            "type": "tmpfs",
+            "source": "tmpfs",
             "target": self.target,
-            "read_only": self.read_only,
+            "size": f"{TMP_SIZE_MB}m",
+            "mode": "1777",
+        }
+
+    def to_podman_volume(self) -> dict[str, Any]:
+        """A bind mount as the value of ``volumes={source: ...}``."""
+        if self.kind != "bind":
+            raise ValueError("a tmpfs goes in mounts= (to_podman)")
+        return {
+            "bind": self.target,
+            "mode": "ro" if self.read_only else "rw",
+            "extended_mode": list(BIND_OPTIONS),
         }
 
 
@@ -209,6 +220,7 @@ def check_extra_mounts(
     mounts: list[Mount] = []
     refusals: list[Refusal] = []
     names: set[str] = set()
+    sources: set[str] = set()
     for request in wanted:
         outcome = _check_one(request, patterns, roots, guarded)
         if isinstance(outcome, Refusal):
@@ -219,7 +231,12 @@ def check_extra_mounts(
         if name in names:
             refusals.append(Refusal(request.host_path, f"container path {name!r} used twice"))
             continue
+        if mount.source in sources:
+            # podman-py takes binds keyed by host path (spec.bind_volumes).
+            refusals.append(Refusal(request.host_path, f"host folder {mount.source} used twice"))
+            continue
         names.add(name)
+        sources.add(mount.source)
         mounts.append(mount)
         if note is not None:
             refusals.append(note)

@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 
 from nanoclaw_common.errors import Refused
+from nanoclaw_common.sandbox import seccomp
 from nanoclaw_common.sandbox.mounts import Mount
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 
@@ -27,7 +28,10 @@ LABEL_RUN: Final = "nanoclaw.run"
 ULIMITS: Final = (("nofile", 4096), ("nproc", 4096))
 CPU_PERIOD_US: Final = 100_000
 LOG_MAX_BYTES: Final = 10_000_000  # the runner's stderr, kept by conmon; bounded
-WORKDIR: Final = "/workspace"
+# The runner's working folder: root's, on the read-only root filesystem. Never /workspace:
+# nothing the agent can write may be the runner's cwd (docs/security.md). Tools get
+# /workspace as theirs explicitly.
+WORKDIR: Final = "/"
 
 _CONTAINER_NAME: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,252}$")
 
@@ -73,12 +77,17 @@ def create_kwargs(spec: RunSpec) -> dict[str, Any]:
         "name": spec.name,
         "labels": dict(spec.labels),
         "environment": dict(spec.env),
-        "mounts": [mount.to_podman() for mount in spec.mounts],
+        "mounts": [mount.to_podman() for mount in spec.mounts if mount.kind == "tmpfs"],
+        "volumes": bind_volumes(spec.mounts),
         # DESIGN.md §7
         "network_mode": "none",
         "read_only": True,
         "cap_drop": ["ALL"],
         "no_new_privileges": True,
+        # Our own profile (seccomp.py), shipped with the package, at every start. Podman
+        # reads the file itself; a missing file fails the create rather than running the
+        # container unconfined.
+        "seccomp_profile_path": str(seccomp.profile_path()),
         "mem_limit": f"{spec.memory_mb}m",
         "memswap_limit": f"{spec.memory_mb}m",  # no swap on top of the memory limit
         "cpu_period": CPU_PERIOD_US,
@@ -99,3 +108,17 @@ def create_kwargs(spec: RunSpec) -> dict[str, Any]:
     else:
         kwargs["user"] = f"{AGENT_UID}:{AGENT_GID}"
     return kwargs
+
+
+def bind_volumes(mounts: list[Mount]) -> dict[str, dict[str, Any]]:
+    """The bind mounts as podman-py's ``volumes=``, keyed by host path. Raises ``Refused``
+    when two binds share a host path (one would silently replace the other; the mount
+    checks never let that happen)."""
+    volumes: dict[str, dict[str, Any]] = {}
+    for mount in mounts:
+        if mount.kind != "bind":
+            continue
+        if mount.source in volumes:
+            raise Refused(f"host folder {mount.source} would be mounted twice")
+        volumes[mount.source] = mount.to_podman_volume()
+    return volumes

@@ -18,6 +18,7 @@ from agent_runner.hardening import TOKEN_FD_ENV
 from agent_runner.shed import (
     REEXEC_ENV,
     Activity,
+    reexec_argv,
     reexec_environment,
     sdk_loaded,
     seconds_until_shed,
@@ -93,6 +94,25 @@ def test_the_reexec_environment_carries_the_run_and_the_markers(tmp_path: Path) 
     }
     no_token = reexec_environment({}, private={"NANOCLAW_RUN_ID": "run-1"}, heartbeat=heartbeat)
     assert TOKEN_FD_ENV not in no_token  # the scripted model has none to pass
+
+
+def test_the_reexec_is_always_isolated() -> None:
+    image_cmd = ["/opt/venv/bin/python", "-I", "-B", "-u", "-m", "agent_runner"]
+    assert reexec_argv(image_cmd, isolated=True) == image_cmd
+    # Started without -I (an older image's CMD, a host run): the new process gets it, so the
+    # working folder, PYTHON* variables and the user site are off its import path.
+    assert reexec_argv(
+        ["/usr/bin/python3", "-m", "agent_runner", "--workspace", "/w"], isolated=False
+    ) == [
+        "/usr/bin/python3",
+        "-I",
+        "-m",
+        "agent_runner",
+        "--workspace",
+        "/w",
+    ]
+    script = ["/opt/venv/bin/python", "/opt/venv/bin/nanoclaw-agent-runner"]
+    assert reexec_argv(script, isolated=False) == [script[0], "-I", script[1]]
 
 
 def test_touch_heartbeat_creates_and_refreshes_but_follows_no_symlink(tmp_path: Path) -> None:

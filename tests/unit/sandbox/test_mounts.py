@@ -58,14 +58,19 @@ def test_proxy_mount_prefers_a_folder_of_its_own(tmp_path: Path) -> None:
 
 
 def test_mount_to_podman() -> None:
-    assert Mount("bind", "/a", "/b", read_only=True).to_podman() == {
-        "type": "bind",
-        "source": "/a",
-        "target": "/b",
-        "read_only": True,
+    # Every bind is nosuid,nodev (podman-py passes options only through volumes=).
+    assert Mount("bind", "/a", "/b", read_only=True).to_podman_volume() == {
+        "bind": "/b",
+        "mode": "ro",
+        "extended_mode": ["nosuid", "nodev"],
     }
+    assert Mount("bind", "/a", "/b", read_only=False).to_podman_volume()["mode"] == "rw"
     tmpfs = Mount("tmpfs", "tmpfs", "/tmp", read_only=False).to_podman()
     assert tmpfs["type"] == "tmpfs" and tmpfs["target"] == "/tmp" and tmpfs["mode"] == "1777"
+    with pytest.raises(ValueError):
+        Mount("bind", "/a", "/b", read_only=True).to_podman()
+    with pytest.raises(ValueError):
+        Mount("tmpfs", "tmpfs", "/tmp", read_only=False).to_podman_volume()
 
 
 # -- the allowlist file ---------------------------------------------------------------------
@@ -274,3 +279,15 @@ def test_a_name_is_used_once(tree: dict[str, Path]) -> None:
     result = check(tree, RequestedMount(docs), RequestedMount(docs))
     assert len(result.mounts) == 1
     assert reasons(result) == ["container path 'docs' used twice"]
+
+
+def test_a_host_folder_is_mounted_once(tree: dict[str, Path]) -> None:
+    # Two names for one folder: podman-py keys binds by host path (spec.bind_volumes).
+    docs = str(tree["root"] / "docs")
+    result = check(
+        tree,
+        RequestedMount(docs, container_path="a"),
+        RequestedMount(docs, container_path="b"),
+    )
+    assert [m.target for m in result.mounts] == ["/workspace/extra/a"]
+    assert reasons(result) == [f"host folder {Path(docs).resolve()} used twice"]

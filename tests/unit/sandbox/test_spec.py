@@ -7,7 +7,7 @@ import os
 import pytest
 
 from nanoclaw_common.errors import Refused
-from nanoclaw_common.sandbox import spec
+from nanoclaw_common.sandbox import seccomp, spec
 from nanoclaw_common.sandbox.mounts import Mount
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 
@@ -71,10 +71,39 @@ def test_identity_and_environment() -> None:
     # The environment is exactly this: nothing secret (PID 1's environ is readable inside),
     # nothing inherited from the host. The proxy token goes through agent/.proxy-token.
     assert kwargs["environment"] == {"NANOCLAW_RUN_ID": "run-1", "TZ": "Europe/Paris"}
-    assert kwargs["mounts"] == [
-        {"type": "bind", "source": "/h/s", "target": "/session", "read_only": True}
-    ]
+    assert kwargs["mounts"] == []
+    assert kwargs["volumes"] == {
+        "/h/s": {"bind": "/session", "mode": "ro", "extended_mode": ["nosuid", "nodev"]}
+    }
     assert kwargs["init"] is True
+
+
+def test_confinement() -> None:
+    kwargs = spec.create_kwargs(make_spec())
+    # Our own profile, from the installed package, for every container.
+    assert kwargs["seccomp_profile_path"] == str(seccomp.profile_path())
+    assert seccomp.profile_path().is_file()
+    # The runner's working folder is nothing a mount makes writable.
+    assert kwargs["working_dir"] == "/"
+
+
+def test_mounts_split_between_binds_and_tmpfs() -> None:
+    mounts = [
+        Mount("bind", "/h/s", "/session", read_only=True),
+        Mount("bind", "/h/s/agent", "/session/agent", read_only=False),
+        Mount("tmpfs", "tmpfs", "/tmp", read_only=False),
+    ]
+    kwargs = spec.create_kwargs(make_spec(mounts=mounts))
+    assert [m["target"] for m in kwargs["mounts"]] == ["/tmp"]
+    options = ["nosuid", "nodev"]
+    assert kwargs["volumes"] == {
+        "/h/s": {"bind": "/session", "mode": "ro", "extended_mode": options},
+        "/h/s/agent": {"bind": "/session/agent", "mode": "rw", "extended_mode": options},
+    }
+    # Keyed by host path: a second bind of one folder would silently replace the first.
+    twice = [*mounts, Mount("bind", "/h/s", "/workspace/extra/s", read_only=True)]
+    with pytest.raises(Refused, match="mounted twice"):
+        spec.create_kwargs(make_spec(mounts=twice))
 
 
 def test_rootless_keeps_the_host_user() -> None:
