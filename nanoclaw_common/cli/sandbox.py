@@ -15,7 +15,7 @@ from nanoclaw_common.cli.context import CliContext, json_option, pass_context
 from nanoclaw_common.cli.output import console, print_json, print_table
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.sandbox import images, runtime, service
+from nanoclaw_common.sandbox import confinement, images, runtime, service
 from nanoclaw_common.sandbox.group_image import build_recorded_group_image
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
@@ -178,14 +178,19 @@ class DoctorReport(msgspec.Struct):
     probe_image: str | None
     probes: list[runtime.Probe]
     chosen: str  # "defaults", our containers.conf's path, or "none worked"
-    ok: bool
+    # Seccomp profile, no-new-privileges, mount options, isolated runner: tried in a
+    # container started as wake starts one (None: no container could run).
+    confinement: confinement.Confinement | None
+    ok: bool  # a runtime setting works and the confinement is in force
 
 
 @click.command()
 @json_option
 @pass_context
 def doctor(ctx: CliContext) -> None:
-    """Check how Podman runs containers here, choose the runtime settings, and say why."""
+    """Check how Podman runs containers here, choose the runtime settings, say why, and
+    check in a throwaway container that the confinement (seccomp profile, mount options,
+    isolated runner) is in force. Exits 1 when anything failed."""
     ctx.layout.home.mkdir(parents=True, exist_ok=True)
     report = diagnose(ctx.layout, ctx.settings)
     if ctx.as_json:
@@ -218,6 +223,7 @@ def diagnose(layout: Layout, settings: Settings) -> DoctorReport:
         probe_image=probe_image,
         probes=[],
         chosen="none worked",
+        confinement=None,
         ok=False,
     )
     if probe_image is None:
@@ -239,11 +245,14 @@ def diagnose(layout: Layout, settings: Settings) -> DoctorReport:
         report.probes.append(result)
         if result.ok:
             working.append(candidate)
-    if working:
-        report.chosen = runtime.config_label(runtime.write_conf(layout, working[0]))
-        report.ok = True
-    else:
+    if not working:
         runtime.write_conf(layout, heuristic)
+        return report
+    report.chosen = runtime.config_label(runtime.write_conf(layout, working[0]))
+    report.confinement = confinement.probe(
+        layout=layout, settings=settings, image=probe_image, agent_image=present
+    )
+    report.ok = report.confinement.in_force
     return report
 
 
@@ -319,8 +328,25 @@ def _print_report(report: DoctorReport) -> None:
         for p in report.probes
     ]
     print_table(probe_rows, ["config", "result", "seconds", "error"], title="Throwaway containers")
-    verdict = "chose" if report.ok else "FAILED:"
+    verdict = "chose" if report.probes and report.chosen != "none worked" else "FAILED:"
     console.print(f"{verdict} {report.chosen} (tried with {report.probe_image})", markup=False)
+    _print_confinement(report.confinement)
+
+
+def _print_confinement(found: confinement.Confinement | None) -> None:
+    if found is None:
+        return
+    rows = [
+        {"check": check.name, "result": "ok" if check.ok else "FAILED", "found": check.found}
+        for check in found.checks
+    ]
+    print_table(
+        rows, ["check", "result", "found"], title="Confinement (a container as wake starts it)"
+    )
+    if found.error:
+        console.print(f"FAILED: {found.error}", markup=False)
+    state = "in force" if found.in_force else "NOT in force"
+    console.print(f"confinement {state} (seccomp profile {found.profile})", markup=False)
 
 
 # -- the Podman API service (supervisord's `podman-api` program) ----------------------------

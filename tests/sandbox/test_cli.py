@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from nanoclaw_common.cli import cli
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.sandbox import images, runtime
+from nanoclaw_common.sandbox import images, mounts, runtime, seccomp
 from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.store import CentralStore
 from tests.environ import clean_environ
@@ -44,8 +44,45 @@ def test_doctor_tries_containers_and_chooses(home: Path, agent_image: str) -> No
     # The first candidate is the heuristic's own choice; a failed one says why.
     for probe in report["probes"]:
         assert probe["ok"] or probe["error"]
+    # The confinement, tried in a container started as wake starts one.
+    confinement = report["confinement"]
+    assert confinement["in_force"] is True and confinement["error"] == ""
+    assert confinement["profile"] == str(seccomp.profile_path())
+    assert {check["name"]: check["ok"] for check in confinement["checks"]} == {
+        "seccomp filter": True,
+        "no new privileges": True,
+        "FIFOs refused": True,
+        "user namespaces refused": True,
+        "binds nosuid,nodev": True,
+        "runner starts isolated (python -I)": True,
+    }
     human = CliRunner().invoke(cli, ["--home", str(home), "doctor"])
     assert human.exit_code == 0 and "Throwaway containers" in human.output
+    assert "confinement in force" in human.output
+
+
+def test_doctor_says_when_the_confinement_is_not_in_force(
+    home: Path, agent_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile that allows everything still shows `Seccomp: 2`: the doctor goes by what the
+    container can do, and fails."""
+    permissive = tmp_path / "allow-all.json"
+    permissive.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}))
+    monkeypatch.setattr(seccomp, "profile_path", lambda: permissive)
+    monkeypatch.setattr(mounts, "BIND_OPTIONS", ())
+    result = CliRunner().invoke(cli, ["--home", str(home), "doctor", "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is False and any(probe["ok"] for probe in report["probes"])
+    confinement = report["confinement"]
+    assert confinement["in_force"] is False and confinement["profile"] == str(permissive)
+    failed = {check["name"]: check["found"] for check in confinement["checks"] if not check["ok"]}
+    assert set(failed) == {"FIFOs refused", "user namespaces refused", "binds nosuid,nodev"}
+    assert "mkfifo /workspace: allowed" in failed["FIFOs refused"]
+    assert "unshare(CLONE_NEWUSER): allowed" in failed["user namespaces refused"]
+    assert "/workspace: rw,relatime" in failed["binds nosuid,nodev"]
+    human = CliRunner().invoke(cli, ["--home", str(home), "doctor"])
+    assert human.exit_code == 1 and "confinement NOT in force" in human.output
 
 
 def test_image_build_reuses_the_offline_base(home: Path, agent_image: str) -> None:

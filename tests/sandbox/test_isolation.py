@@ -152,8 +152,9 @@ def test_the_process_is_not_root(running: tuple[Sandbox, rows.Session]) -> None:
         session,
         "import os\n"
         "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-        "    cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
-        "    if cmd.split(b'\\0')[1:3] == [b'-m', b'agent_runner']:\n"
+        "    args = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+        # The runner, not the init that started it (`podman-init -- <the runner's argv>`).
+        "    if args[0] != b'/run/podman-init' and args[-3:-1] == [b'-m', b'agent_runner']:\n"
         "        print(os.stat(f'/proc/{pid}').st_uid)\n",
     )
     assert code == 0 and out.split() == [str(AGENT_UID)]
@@ -216,7 +217,7 @@ def test_no_process_environment_holds_the_token_or_the_key(
         "    try:\n"
         "        env = open(f'/proc/{pid}/environ', 'rb').read()\n"
         "    except OSError as exc:\n"
-        "        seen[pid] = [cmd[1:3] == [b'-m', b'agent_runner'], exc.errno]\n"
+        "        seen[pid] = [cmd[-3:-1] == [b'-m', b'agent_runner'], exc.errno]\n"
         "        continue\n"
         "    names = [v.split(b'=', 1)[0].decode() for v in env.split(b'\\0') if v]\n"
         f"    seen[pid] = [{token.encode()!r} in env, {CANARY_KEY.encode()!r} in env, names]\n"

@@ -7,6 +7,7 @@ runner sheds the SDK by re-executing itself inside the running container."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,8 +217,13 @@ def test_tool_processes_end_with_their_call_inside_the_container(
     child of a timed-out bash call back, kills and reaps it; grep passes a FIFO by."""
     box: Sandbox = make_sandbox(command=None)
     session = make_session(provider="anthropic")
+    # The container cannot make a FIFO (the seccomp profile); one in the group folder can
+    # still come from the host side.
+    group = central.get_agent_group(session.agent_group_id)
+    assert group is not None
+    os.mkfifo(layout.group_dir(group.folder) / "pipe")
     escape = (
-        "mkfifo /workspace/pipe && echo needle > /workspace/hay.txt && "
+        "echo needle > /workspace/hay.txt && "
         "setsid sh -c 'echo $$ > /workspace/holder.pid; exec sleep 300' & sleep 60"
     )
     probe = (
