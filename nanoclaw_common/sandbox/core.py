@@ -407,12 +407,13 @@ class Sandbox:
         return True
 
     def exec_in(self, session_id: str, argv: Sequence[str]) -> tuple[int, str, str]:
-        """Run ``argv`` in the session's running container as its user: (exit code, stdout,
-        stderr). For diagnostics and the sandbox tests."""
+        """Run ``argv`` in the session's running container as its user, in ``/workspace``
+        like the agent's own commands (the container's working folder is the runner's):
+        (exit code, stdout, stderr). For diagnostics and the sandbox tests."""
         container = self._get(self.container_name(session_id))
         if container is None:
             raise NotReady(f"no container for session {session_id}")
-        code, output = container.exec_run(list(argv), demux=True)
+        code, output = container.exec_run(list(argv), demux=True, workdir=str(CONTAINER.workspace))
         stdout, stderr = output if isinstance(output, tuple) else (output, b"")
         return (
             int(code or 0),

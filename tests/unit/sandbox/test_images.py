@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,8 @@ def test_group_containerfile() -> None:
     assert lines[0] == "FROM localhost/nanoclaw-agent:latest"
     assert lines[1] == "USER root"
     assert "apt-get install -y --no-install-recommends jq" in lines[2]
+    # An apt package may bring a setuid binary (sudo, ping...): none is kept.
+    assert lines[2].endswith("&& find / -xdev -perm /6000 -type f -exec chmod a-s {} +")
     assert "--mount=type=secret,id=cacert" in lines[3] and "pip install six" in lines[3]
     assert lines[-1] == "USER 20000:20000"
     assert "pip" not in images.render_group_containerfile("base", ["jq"], [])
@@ -85,3 +88,14 @@ def test_source_root_has_the_containerfile() -> None:
     text = (root / "Containerfile").read_text()
     assert "ARG BASE_IMAGE=docker.io/library/python:3.12-slim" in text
     assert "ARG AGENT_UID=20000" in text  # ownership.AGENT_UID
+
+
+def test_the_image_starts_the_runner_isolated_from_a_read_only_folder() -> None:
+    """The runner's import path holds nothing the agent can write (docs/security.md); the
+    sandbox tests check the built image, this the file it is built from."""
+    text = (images.source_root() / "Containerfile").read_text()
+    assert 'CMD ["/opt/venv/bin/python", "-I", "-B", "-u", "-m", "agent_runner"]' in text
+    assert "\nWORKDIR /\n" in text and "WORKDIR /workspace" not in text
+    assert re.search(r"^\s*(ENV\s+)?PYTHONPATH=", text, re.MULTILINE) is None
+    assert "nanoclaw.pth" in text
+    assert "find / -xdev -perm /6000 -type f -exec chmod a-s {} +" in text
