@@ -47,7 +47,7 @@ from typing import Any, Final
 import pytest
 
 from nanoclaw_common import messages
-from nanoclaw_common.paths import Layout
+from nanoclaw_common.paths import CONTAINER, Layout
 from nanoclaw_common.sandbox import Sandbox, runtime
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 from nanoclaw_common.sandbox.spec import container_name
@@ -127,9 +127,12 @@ class Agent:
         (after the test)."""
         uid, gid = self.stack.container_user()
         user = f"{uid}:{gid}"
+        # In /workspace, where the agent's own commands run (the container's working folder
+        # is the runner's, which the agent cannot write).
         done = self.stack.podman(
-            "exec", "-i", "--user", user, self.container, *argv, stdin=stdin, timeout_s=timeout_s
-        )
+            "exec", "-i", "--user", user, "--workdir", str(CONTAINER.workspace), self.container,
+            *argv, stdin=stdin, timeout_s=timeout_s,
+        )  # fmt: skip
         if check and done.returncode != 0:
             raise AssertionError(
                 f"{argv[:2]} in {self.container} exited {done.returncode}\n"
