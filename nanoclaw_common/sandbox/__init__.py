@@ -5,6 +5,8 @@
 - ``settle``: a dead run's leftover claims (also used by the sweeper);
 - ``ownership``: handing the writable folders to the container user;
 - ``runtime``: our containers.conf (runc, lowered ulimits) and the doctor's probe;
+- ``seccomp``: our seccomp profile (``seccomp.json``, package data, applied at every wake);
+- ``confinement``: the doctor's check that the confinement is in force, in a real container;
 - ``service``: the ``podman system service`` that podman-py talks to;
 - ``images``: the agent image and per-group images.
 """

@@ -50,6 +50,7 @@ from nanoclaw_common import messages
 from nanoclaw_common.paths import CONTAINER, Layout
 from nanoclaw_common.sandbox import Sandbox, runtime
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
+from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.sandbox.spec import container_name
 from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.settings import Settings
@@ -278,6 +279,11 @@ class HostileStack:
             session = central.get_session(self.session.id)
             assert session is not None
             refresh_projections(central, self.layout, session)
+        # supervisord reports podman-api and the proxy RUNNING a moment before their sockets
+        # answer; a wake before that fails (NotReady), so a test right after start-up waits.
+        podman_socket = Path(self.settings.podman_socket_url.removeprefix("unix://"))
+        for path, what in ((podman_socket, "Podman API"), (self.layout.proxy_socket, "proxy")):
+            wait_until(lambda path=path: socket_answers(path), timeout_s, f"the {what} socket")
         sandbox = Sandbox(self.settings)
         try:
             if not sandbox.wake(session):
