@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanoclaw_common import privacy
 from nanoclaw_common.errors import Refused
 from nanoclaw_common.ids import is_safe_id
 
@@ -130,7 +131,14 @@ class Layout:
             raise Refused(f"group folder {folder!r} escapes {self.groups_dir}")
         return path
 
+    @property
+    def archive_dir(self) -> Path:
+        """Where ``nanoclaw groups remove`` moves a group's folder (``archive/groups/``)."""
+        return self.home / "archive"
+
     def ensure(self) -> None:
+        """Create the folders, and keep the data folder private (privacy.py): an older
+        version's 0755 folders and 0644 databases are tightened here, at every start."""
         for directory in (
             self.home,
             self.sessions_dir,
@@ -138,8 +146,14 @@ class Layout:
             self.run_dir,
             self.logs_dir,
         ):
-            directory.mkdir(parents=True, exist_ok=True)
-        self.run_dir.chmod(0o700)
+            directory.mkdir(parents=True, exist_ok=True, mode=privacy.PRIVATE_DIR)
+            privacy.make_private(directory, folder=True)
+        for name in ("archive", "downloads"):
+            privacy.make_private(self.home / name, folder=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            privacy.make_private(
+                self.central_db.with_name(self.central_db.name + suffix), folder=False
+            )
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     watchdog_backoff_s: float = 300.0  # the next restart of one program waits this, doubling
     watchdog_backoff_max_s: float = 3600.0  # ... up to this; reset after this long in health
 
+    # -- host files (hostfs, stall)
+    # One step of a host program's work on a session's container-written files (opening and
+    # reading its outbound.db, its outbox, its heartbeat) that takes longer than this cuts
+    # the session off and quarantines it: a planted FIFO must never stall a whole loop.
+    session_io_limit_s: float = 10.0
+
     def __repr__(self) -> str:
         shown = {
             name: ("***" if name in SECRET_FIELDS and getattr(self, name) else getattr(self, name))
@@ -210,6 +216,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "watchdog_stale_s",
             "watchdog_rss_max_mb",
             "watchdog_backoff_s",
+            "session_io_limit_s",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{env_name(name)} must be positive")

@@ -31,6 +31,7 @@ from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.stall import StallGuard
 from nanoclaw_common.store import CentralStore
 
 T = TypeVar("T")
@@ -147,10 +148,15 @@ class Deps:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     notices: NoticeState = field(default_factory=NoticeState)
     terminal_patience_s: float = TERMINAL_PATIENCE_S
+    # Reads of a session's container-written files, each bounded in time (stall.py).
+    session_io: StallGuard = field(init=False)
 
     def __post_init__(self) -> None:
         if self.a2a_limiter is None:
             self.a2a_limiter = PairLimiter(self.settings.a2a_max_per_minute)
+        self.session_io = StallGuard(
+            self.settings.session_io_limit_s, name="session-io", inline=self.offload.inline
+        )
 
     async def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run work that may take seconds (a pass over the owner-notice queue: DMs) beside

@@ -34,15 +34,16 @@ platforms (an error message), either of which may carry a configured secret.
 from __future__ import annotations
 
 import asyncio
-import os
+import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from loguru import logger
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
+from nanoclaw_common.hostfs import unblock
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store import InboundStore, OutboundReader
@@ -59,6 +60,7 @@ from nanoclaw_delivery.tail import READ_PAGE_ROWS, Fresh, Tail
 from nanoclaw_delivery.text import redact
 
 log = logger.bind(component="delivery")
+T = TypeVar("T")
 
 Address = tuple[str, str] | None
 
@@ -202,16 +204,20 @@ class SessionWorker:
         "delivered" and the cleanup). Folders of failed or denied rows stay, so an operator's
         retry still has the files."""
         removed = 0
-        try:
-            entries = list(os.scandir(self.paths.outbox))
-        except OSError:
-            return 0
-        for entry in entries:
-            delivery = self.inbound.get_delivery(entry.name)
+        for name in files.outbox_names(self.paths):
+            delivery = self.inbound.get_delivery(name)
             if delivery is not None and delivery.status == DeliveryStatus.DELIVERED:
                 self._remove_outbox(delivery.message_out_id)
                 removed += 1
         return removed
+
+    async def _files(self, what: str, func: Callable[[], T]) -> T:
+        """Work that opens or reads the container's files (``outbound.db``, ``outbox/``),
+        on a worker and bounded in time: a call that stalls raises ``Stalled`` and the
+        service quarantines the session (``nanoclaw_common.stall``)."""
+        return await self.deps.session_io.acall(
+            self.session.id, what, func, release=lambda: unblock(self.paths.agent_dir)
+        )
 
     async def drain(self) -> int | None:
         """Take every due row as far as it goes now, until caught up. Returns when to look
@@ -233,10 +239,10 @@ class SessionWorker:
     async def _drain(self, db: Callable[..., Awaitable[Any]]) -> tuple[int | None, bool]:
         """One pass: open deliveries page by page, then the rows read now. Returns (earliest
         future retry, whether a full page of new rows was read)."""
-        fresh, full = await db(self.read_new)
+        fresh, full = await self._files("reading outbound.db", self.read_new)
         if not self._swept:
             self._swept = True
-            await db(self.sweep_outbox)
+            await self._files("sweeping the outbox", self.sweep_outbox)
         held: set[Address] = set()
         next_due: int | None = None
         after: tuple[int, str] | None = None
@@ -295,7 +301,9 @@ class SessionWorker:
     async def _consider(self, delivery: Delivery, held: set[Address]) -> int | None:
         """Take one open row as far as it goes now (or leave it: not due, or held behind an
         earlier row to the same address). Returns its next due time, if it has one."""
-        tailed = await self.deps.offload.db(self._tailed, delivery)
+        tailed = self._rows.get(delivery.message_out_id) or await self._files(
+            "reading outbound.db", functools.partial(self._tailed, delivery)
+        )
         if tailed is None or tailed.row is None:
             # Vanished from outbound.db (a wiped or replaced session file), or rewritten into
             # something unreadable: nothing can be sent, and that is reported like any other

@@ -25,6 +25,7 @@ from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.states import SessionStatus
 from nanoclaw_common.store.owner_notices import OwnerNotices
+from nanoclaw_common.store.quarantine import HOSTILE_FILES, Quarantine, quarantine_session
 from nanoclaw_common.store.rows import Session
 from nanoclaw_delivery.approvals import ApprovalWatcher
 from nanoclaw_delivery.context import Deps
@@ -67,6 +68,7 @@ class Tracked:
         self.last_drain = 0.0
         self.busy = False  # a drain (maybe a platform call) is running
         self.failures = 0  # drains that raised in a row
+        self.quarantined = False  # its files were refused or stalled: no longer served
 
 
 class DeliveryService:
@@ -128,13 +130,22 @@ class DeliveryService:
     # -- which sessions ------------------------------------------------------------------------
 
     def _startup_scan(self) -> None:
+        quarantined = Quarantine(self.deps.central).ids()
         for session in self.deps.central.list_sessions(status=SessionStatus.ACTIVE):
-            self._track(session)
+            if session.id not in quarantined:
+                self._track(session)
 
     def _refresh(self, loop_time: float) -> None:
         now = self.deps.clock()
         since = now - int(self.deps.settings.delivery_recent_s * 1000)
-        live = {s.id: s for s in self.deps.central.live_sessions(since)}
+        # A quarantined session is not read at all (whoever quarantined it: this process,
+        # the sweeper, the router); released by the operator, it is watched again.
+        quarantined = Quarantine(self.deps.central).ids()
+        for session_id in quarantined & self.sessions.keys():
+            tracked = self.sessions[session_id]
+            if not tracked.busy:
+                self._untrack(tracked)
+        live = {s.id: s for s in self.deps.central.live_sessions(since) if s.id not in quarantined}
         for session in live.values():
             if session.id not in self.sessions:
                 self._track(session)
@@ -179,7 +190,10 @@ class DeliveryService:
         if tracked.watch is not None and self.inotify is not None:
             self._by_watch.pop(tracked.watch, None)
             self.inotify.remove(tracked.watch)
-        tracked.worker.close()
+        try:
+            tracked.worker.close()
+        except Exception as exc:  # a quarantined session's connection may still be in use
+            log.warning("could not close the session's files: {!r}", exc, session=session_id)
         log.debug("no longer watching session", session=session_id)
 
     # -- change detection ------------------------------------------------------------------
@@ -261,6 +275,17 @@ class DeliveryService:
                 tracked.failures = 0
             except asyncio.CancelledError:
                 raise
+            except HOSTILE_FILES as exc:
+                # Its files were refused or stalled a call: not a transient failure. Recorded
+                # and logged once; the next refresh stops watching it.
+                tracked.quarantined = True
+                try:
+                    quarantine_session(
+                        self.deps.central, worker.session.id, exc, program="delivery", log=log
+                    )
+                except Exception as error:  # central.db busy: still never read it again here
+                    log.error("could not record the quarantine: {!r} ({!r})", error, exc)
+                return
             except Exception as exc:
                 # A storage error (disk full, a locked file past the busy timeout, a damaged
                 # database): log, back off (1 s doubling to a minute), try again; never let

@@ -30,6 +30,8 @@ IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
@@ -66,7 +68,9 @@ class Inotify:
         return self.fd
 
     def add(self, directory: Path) -> int:
-        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK))
+        # A folder, never through a link (agent/ is the host's, but cheap to insist on).
+        mask = WATCH_MASK | IN_ONLYDIR | IN_DONT_FOLLOW
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(directory), mask))
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(directory))
@@ -109,9 +113,10 @@ def open_inotify() -> Inotify | None:
 
 
 def file_signature(path: Path) -> tuple[int, int] | None:
-    """(mtime ns, size) of a file, or None when it does not exist."""
+    """(mtime ns, size) of a file, or None when it does not exist. A link is not followed:
+    a planted one must not make us watch some other file."""
     try:
-        info = os.stat(path)
+        info = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
     return (info.st_mtime_ns, info.st_size)

@@ -384,10 +384,12 @@ def upgrade_outbound(db: Database) -> None:
 
 
 class OutboundStore(OutboundReader):
-    """The agent runner's writer. Creates the file and its schema when missing."""
+    """The agent runner's writer. Creates the file and its schema when missing. The host
+    opens one only to create the file (``guarded=True``); the runner's own is not guarded
+    (its folder is its own to spoil)."""
 
-    def __init__(self, path: Path | str) -> None:
-        db = open_session_db(path, "outbound.sql")
+    def __init__(self, path: Path | str, *, guarded: bool = False) -> None:
+        db = open_session_db(path, "outbound.sql", guarded=guarded)
         try:
             upgrade_outbound(db)
         except BaseException:

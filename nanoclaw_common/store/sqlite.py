@@ -8,6 +8,7 @@ savepoint. A deferred transaction that reads and then writes can fail to upgrade
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+
+from nanoclaw_common.store import session_vfs
 
 BUSY_TIMEOUT_MS = (
     5000  # three processes share central.db; apsw's helper default (100 ms) is too short
@@ -39,11 +42,14 @@ class Database:
         *,
         create: bool = True,
         max_value_bytes: int | None = None,
+        guarded: bool = False,
     ) -> None:
         """``max_value_bytes`` sets ``SQLITE_LIMIT_LENGTH`` on the connection: no string or
         blob longer than that is ever materialized by a query (``TooBigError`` instead). For
         connections to files a container writes, so a hostile row cannot make us allocate
-        what it stored (a 100 MB column would otherwise be read whole)."""
+        what it stored (a 100 MB column would otherwise be read whole). ``guarded``: the file
+        sits in a folder the container writes (``outbound.db``, opened by the host): only
+        regular files are opened, and no open can block (``session_vfs``)."""
         self.path = Path(path)
         self.mode = mode
         if mode is Mode.SESSION_READONLY:
@@ -53,10 +59,14 @@ class Database:
             if create:
                 flags |= apsw.SQLITE_OPEN_CREATE
         if mode is not Mode.CENTRAL:
-            # Session files sit in folders the container can write: a planted symlink must
-            # not steer a (root) host process to another database, such as central.db.
+            # Session files sit in folders the container can write (or next to them): a
+            # planted symlink must not steer a (root) host process to another database, such
+            # as central.db.
             flags |= apsw.SQLITE_OPEN_NOFOLLOW
-        self.conn = apsw.Connection(str(self.path), flags=flags)
+        if mode is Mode.CENTRAL and create:
+            _create_private(self.path)
+        vfs = session_vfs.vfs_name() if guarded else None
+        self.conn = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
         self.conn.setbusytimeout(BUSY_TIMEOUT_MS)
         if max_value_bytes is not None:
             self.conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_value_bytes)
@@ -145,6 +155,19 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty database file with mode 0600 before SQLite does (it would use 0644):
+    ``central.db`` holds every conversation. SQLite gives its ``-wal`` and ``-shm`` the
+    database file's mode."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except (FileExistsError, FileNotFoundError):
+        return  # already there; or the folder is missing, which SQLite reports better
+    os.close(fd)
 
 
 def columns(struct_type: type[Any]) -> str:

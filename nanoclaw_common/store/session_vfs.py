@@ -1,0 +1,170 @@
+"""The SQLite VFS for session databases: SQLite opens only regular files, and never blocks.
+
+``outbound.db`` and its journal live in ``agent/``, which the container writes. SQLite opens
+them by name, and not only when a connection opens: at the start of *every* read
+transaction it looks for a hot journal and, when ``outbound.db-journal`` exists, opens it.
+A FIFO planted under that name made that ``open`` block forever (a read-only open of a FIFO
+waits for a writer), which hung the sweeper's whole pass and a delivery thread.
+
+This VFS inherits the default unix VFS and changes only ``xOpen``:
+
+- the name SQLite is about to open must be absent or a regular file (``lstat``: no link is
+  followed, a FIFO or socket is never opened), else ``UnsafeSessionFile``;
+- the read-only journal probe of the hot-journal check (``SQLITE_OPEN_MAIN_JOURNAL`` with
+  ``SQLITE_OPEN_READONLY``, the open that happens on every read) is served by ``_Probe``,
+  a file opened by us with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``: there is
+  no window between check and open at all;
+- a ``-wal`` file is refused: session databases use a rollback journal (DESIGN.md §2), and a
+  container that switched its file to WAL would make us open ``-shm`` with SQLite's own
+  unguarded code.
+
+Everything else (reads, writes, locks) goes to the unix VFS unchanged, through apsw's thin
+``VFSFile`` wrapper (measured: docs/performance.md, "Session VFS").
+
+What is left: between the ``lstat`` and SQLite's own ``open`` of ``outbound.db`` itself
+(once per connection), a FIFO renamed into place would still block the read-only open.
+The seccomp profile denies creating FIFOs in containers; where one exists anyway, the stall
+backstop (``nanoclaw_common.stall``) cuts the session off. Locks are checked against the
+real file: closing a descriptor of the main database would drop the process's POSIX locks
+on it (other connections' included), which is why the main file is only ``lstat``-ed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from typing import Final
+
+import apsw
+
+from nanoclaw_common.errors import Refused
+
+VFS_NAME: Final = "nanoclaw-session"
+_PROBE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_SECTOR_SIZE: Final = 4096
+
+_registered: _SessionVFS | None = None
+_lock = threading.Lock()
+
+
+class UnsafeSessionFile(apsw.CantOpenError, Refused):
+    """A session database file (or its journal) is not a regular file, or is reached through
+    a symlink. SQLite could not open it: an ``apsw.CantOpenError`` like any other."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_regular_or_absent(path: str) -> None:
+    """Raise ``UnsafeSessionFile`` unless ``path`` is missing or a regular file (no link
+    followed)."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeSessionFile(f"{os.path.basename(path)} is {_kind(info.st_mode)}")
+
+
+class _Probe:
+    """The hot-journal probe's file: read-only, opened and checked by us in one step, so
+    the file read is the file checked. SQLite reads its first byte and closes it."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, _PROBE_FLAGS)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafeSessionFile(f"{os.path.basename(path)} is {_kind(info.st_mode)}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def xRead(self, amount: int, offset: int) -> bytes:  # noqa: N802 (apsw's names)
+        return os.pread(self.fd, amount, offset)  # short reads are SQLite's to handle
+
+    def xWrite(self, data: bytes, offset: int) -> None:  # noqa: N802
+        raise apsw.ReadOnlyError("the journal probe is read-only")
+
+    def xTruncate(self, newsize: int) -> None:  # noqa: N802
+        raise apsw.ReadOnlyError("the journal probe is read-only")
+
+    def xSync(self, flags: int) -> None:  # noqa: N802
+        pass
+
+    def xFileSize(self) -> int:  # noqa: N802
+        return os.fstat(self.fd).st_size
+
+    def xLock(self, level: int) -> None:  # noqa: N802
+        pass  # SQLite locks the database file, never its journal
+
+    def xUnlock(self, level: int) -> None:  # noqa: N802
+        pass
+
+    def xCheckReservedLock(self) -> bool:  # noqa: N802
+        return False
+
+    def xFileControl(self, op: int, ptr: int) -> bool:  # noqa: N802
+        return False
+
+    def xSectorSize(self) -> int:  # noqa: N802
+        return _SECTOR_SIZE
+
+    def xDeviceCharacteristics(self) -> int:  # noqa: N802
+        return 0
+
+    def xClose(self) -> None:  # noqa: N802
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _SessionVFS(apsw.VFS):
+    def __init__(self) -> None:
+        super().__init__(VFS_NAME, base="")
+
+    def xFullPathname(self, name: str) -> str:  # noqa: N802 (apsw's name)
+        # The unix VFS reports a symlink on the way with SQLITE_OK_SYMLINK, which an inherited
+        # Python VFS cannot pass on (it surfaces as "not an error"); the same rule as
+        # SQLITE_OPEN_NOFOLLOW, with a clear message.
+        absolute = os.path.abspath(name)
+        if os.path.realpath(absolute) != absolute:
+            raise UnsafeSessionFile(f"{absolute} is or passes through a symlink")
+        return absolute
+
+    def xOpen(  # noqa: N802 (apsw's name)
+        self, name: str | apsw.URIFilename | None, flags: list[int]
+    ) -> apsw.VFSFile:
+        path = name.filename() if isinstance(name, apsw.URIFilename) else name
+        wanted = flags[0]
+        if path is not None:
+            if wanted & apsw.SQLITE_OPEN_WAL:
+                raise UnsafeSessionFile(
+                    f"{os.path.basename(path)}: session databases use a rollback journal, not WAL"
+                )
+            if wanted & apsw.SQLITE_OPEN_MAIN_JOURNAL and wanted & apsw.SQLITE_OPEN_READONLY:
+                flags[1] = apsw.SQLITE_OPEN_READONLY
+                return _Probe(path)  # type: ignore[return-value]  # apsw takes any file object
+            check_regular_or_absent(path)
+        return apsw.VFSFile("", name, flags)
+
+
+def vfs_name() -> str:
+    """Register the session VFS once per process (idempotent, thread-safe); its name."""
+    global _registered  # noqa: PLW0603 (one registration per process, by design)
+    if _registered is None:
+        with _lock:
+            if _registered is None:
+                _registered = _SessionVFS()
+    return VFS_NAME
