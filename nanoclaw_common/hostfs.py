@@ -39,7 +39,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import shutil
 import stat
 from collections.abc import Iterator
@@ -85,7 +84,7 @@ class _Openat2:
     refuses unknown calls) means the component walk is used instead."""
 
     def __init__(self) -> None:
-        self.number = _SYS_OPENAT2.get(platform.machine())
+        self.number = _SYS_OPENAT2.get(os.uname().machine)
         self._syscall: Any = None  # libc's syscall(), once probed
         self._usable: bool | None = None
         self.forced_off = False  # tests: exercise the fallback walk

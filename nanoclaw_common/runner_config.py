@@ -23,18 +23,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import stat
 from pathlib import Path
 from typing import Final, Literal
 
 import msgspec
 
+from nanoclaw_common.hostfs import Dir
 from nanoclaw_common.messages import decode_as, encode
 
 PROXY_TOKEN_FILE: Final = ".proxy-token"  # in the session's agent/ folder
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class McpServer(msgspec.Struct, frozen=True):
@@ -88,39 +86,22 @@ def write_proxy_token(agent_dir: Path, token: str, *, owner: tuple[int, int] | N
 
     ``agent_dir`` is writable by the container, so an earlier run may have planted anything
     there: the folder is opened without following a symlink, the temp file is created with
-    ``O_EXCL | O_NOFOLLOW`` (nothing that exists under its name is ever opened), and
+    ``O_EXCL | O_NOFOLLOW`` relative to it (``hostfs.Dir.create_file``: nothing that exists
+    under its name is ever opened), and
     ``rename`` replaces a planted link at the final name instead of writing through it. A
     planted directory there is removed (it would make the rename fail on every wake)."""
-    dir_fd = os.open(agent_dir, _DIR_FLAGS)
-    try:
-        try:
-            info = os.stat(PROXY_TOKEN_FILE, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            pass
-        else:
-            if stat.S_ISDIR(info.st_mode):
-                # shutil's fd-based walk: it never follows a link out of the folder.
-                shutil.rmtree(PROXY_TOKEN_FILE, dir_fd=dir_fd)
+    with Dir.trusted(agent_dir) as agent:
+        info = agent.lstat(PROXY_TOKEN_FILE)
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            agent.remove(PROXY_TOKEN_FILE)  # fd-based: never follows a link out of it
         temp = f".{PROXY_TOKEN_FILE}.{secrets.token_hex(8)}.tmp"
-        fd = os.open(temp, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+        agent.create_file(temp, token.encode(), mode=0o600, owner=owner)
         try:
-            try:
-                if owner is not None:
-                    os.fchown(fd, *owner)
-                os.fchmod(fd, 0o600)  # whatever the umask
-                data = token.encode()
-                while data:
-                    data = data[os.write(fd, data) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, PROXY_TOKEN_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.rename(temp, PROXY_TOKEN_FILE, src_dir_fd=agent.fd, dst_dir_fd=agent.fd)
         except BaseException:
-            os.unlink(temp, dir_fd=dir_fd)
+            os.unlink(temp, dir_fd=agent.fd)
             raise
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        agent.sync()
     return agent_dir / PROXY_TOKEN_FILE
 
 

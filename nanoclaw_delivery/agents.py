@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-from pathlib import Path
 
+from nanoclaw_common import group_folders, privacy
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels.base import OutgoingFile, card_fallback_text
 from nanoclaw_common.errors import DecodeError, Refused
-from nanoclaw_common.paths import Layout, SessionPaths
+from nanoclaw_common.hostfs import Dir
+from nanoclaw_common.messages import MAX_ATTACHMENT_BYTES
+from nanoclaw_common.paths import SessionPaths, safe_component
 from nanoclaw_common.sessions import ensure_session_files, refresh_projections
 from nanoclaw_common.states import DestinationType, SessionMode, SessionStatus
 from nanoclaw_common.store import InboundStore, NewInbound
@@ -111,19 +112,6 @@ def requesting_admin(job: Job) -> str:
     return senders[-1]
 
 
-def safe_group_dir(layout: Layout, folder: str) -> Path:
-    """``groups/<folder>``, refusing anything that resolves elsewhere (defence in depth: the
-    folder is already normalized)."""
-    try:
-        path = layout.group_dir(folder)
-    except Refused as exc:
-        raise Denied(f"create_agent: invalid folder path ({exc})") from None
-    groups = Path(os.path.realpath(layout.groups_dir))
-    if Path(os.path.realpath(path)) != groups / folder:
-        raise Denied(f"create_agent: folder {folder!r} resolves outside {groups}")
-    return path
-
-
 def _check_name(name: str) -> str:
     stripped = name.strip()
     if not stripped:
@@ -156,10 +144,17 @@ async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
                 f'create_agent: you already have a destination named "{local_name}"',
                 notify_owner=False,
             )
-        folder = central.unique_folder(name)
-        safe_group_dir(layout, folder)
+        # A folder that no group uses and that nothing on disk has, created now: a folder
+        # left by a removed group (and whatever its agent planted there) is never reused.
+        folder = group_folders.claim_new_folder(layout, central, name)
         child = central.create_agent_group(name, folder, id=child_id, now=now)
-    _init_group_folder(safe_group_dir(layout, child.folder), child, action.instructions)
+    body = (
+        action.instructions.strip() if action.instructions else "Keep notes here that should last."
+    )
+    try:
+        group_folders.write_first_memory(layout, child.folder, f"# {child.name}\n\n{body}\n")
+    except Refused as exc:
+        raise Denied(f"create_agent: invalid folder path ({exc})") from None
     name_at_source = _grant(job, source, child, local_name)
     _grant(job, child, source, "parent")
     for each in central.list_sessions(agent_group_id=source.id, status=SessionStatus.ACTIVE):
@@ -184,14 +179,6 @@ def _grant(job: Job, owner: AgentGroup, target: AgentGroup, wanted: str) -> str:
     name = central.unique_local_name(owner.id, wanted)
     central.add_destination(owner.id, name, DestinationType.AGENT, target.id, now=job.deps.clock())
     return name
-
-
-def _init_group_folder(path: Path, group: AgentGroup, instructions: str | None) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    memory = path / "AGENT.md"
-    if not memory.exists():
-        body = instructions.strip() if instructions else "Keep notes here that should last."
-        memory.write_text(f"# {group.name}\n\n{body}\n")
 
 
 # -- agent-to-agent -------------------------------------------------------------------------
@@ -226,24 +213,42 @@ def target_session(job: Job, target: AgentGroup) -> Session:
 
 
 def _forward(files: list[OutgoingFile], paths: SessionPaths, a2a_id: str) -> list[m.Attachment]:
-    """Copy verified (staged) files into the target session's ``inbox/<a2a id>/``."""
+    """Copy verified (staged, host-private) files into the target session's
+    ``inbox/<a2a id>/``: through directory descriptors, each file new (``O_EXCL``), readable
+    by the target's container alone (``privacy``). A re-run after a crash finds the folder
+    from the first attempt and starts it afresh."""
     if not files:
         return []
-    folder = paths.inbox_for(a2a_id)
-    if folder.is_symlink():
-        raise Denied(f"target inbox folder {a2a_id} is a symlink")
-    folder.mkdir(parents=True, exist_ok=True)
+    safe_component(a2a_id, "message id")
+    shared = privacy.agent_readable_mode(folder=True)
     attachments = []
-    for staged in files:
-        shutil.copyfile(staged.path, folder / staged.name, follow_symlinks=False)
-        attachments.append(
-            m.Attachment(
-                name=staged.name,
-                kind="file",
-                size=staged.path.stat().st_size,
-                local_path=f"inbox/{a2a_id}/{staged.name}",
-            )
-        )
+    with Dir.trusted(paths.root) as root, root.make_dir("inbox", mode=shared) as inbox:
+        inbox.remove(a2a_id)  # a half-written folder from an attempt that crashed
+        with inbox.make_new_dir(a2a_id, mode=shared) as folder:
+            privacy.share_with_agent(folder.fd, folder=True)
+            for staged in files:
+                with Dir.trusted(staged.path.parent) as staging:
+                    size = staging.copy_to(
+                        (staged.name,),
+                        folder,
+                        staged.name,
+                        max_bytes=MAX_ATTACHMENT_BYTES,
+                        mode=privacy.agent_readable_mode(folder=False),
+                    )
+                fd, _ = folder.open_regular(staged.name)
+                try:
+                    privacy.share_with_agent(fd, folder=False)
+                finally:
+                    os.close(fd)
+                attachments.append(
+                    m.Attachment(
+                        name=staged.name,
+                        kind="file",
+                        size=size,
+                        local_path=f"inbox/{a2a_id}/{staged.name}",
+                    )
+                )
+            folder.sync()
     return attachments
 
 

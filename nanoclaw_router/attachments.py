@@ -4,9 +4,10 @@ inserted, so the agent never sees a row whose files are missing.
 Safety (the container reads this folder; the names come from strangers):
 - file names are reduced to one safe component (no ``/``, ``\\``, ``..``, leading dots,
   control characters), at most 100 characters;
-- every step goes through directory file descriptors opened with ``O_NOFOLLOW``: a symlink
+- every step goes through directory descriptors (``nanoclaw_common.hostfs``): a symlink
   planted at ``inbox``, ``inbox/<id>`` or a file name is refused, never followed;
-- files are created with ``O_EXCL`` (never overwrite) and fsynced before the row commits;
+- files are created with ``O_EXCL`` (never overwrite) and fsynced before the row commits,
+  readable by the session's container and nobody else (``privacy``);
 - size limits per file (the event struct's) and per message (``MAX_MESSAGE_BYTES``).
 
 A re-sent message (same row id) finds its files already there: a regular file of the same
@@ -15,8 +16,6 @@ size is taken as already saved.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import os
 import re
@@ -24,7 +23,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Final
 
+from nanoclaw_common import privacy
 from nanoclaw_common.channels.common import MAX_MESSAGE_ATTACHMENT_BYTES
+from nanoclaw_common.hostfs import Dir, UnsafePath
 from nanoclaw_common.ids import is_safe_id
 from nanoclaw_common.messages import Attachment, IncomingAttachment
 from nanoclaw_common.paths import SessionPaths
@@ -78,32 +79,26 @@ def inbox_dir_name(row_id: str) -> str:
     return "a-" + hashlib.sha256(row_id.encode()).hexdigest()[:32]
 
 
-def _open_dir(name: str, dir_fd: int | None, *, create: bool) -> int:
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o755, dir_fd=dir_fd)
-    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-
-
-def _write_new(dir_fd: int, name: str, data: bytes) -> bool:
+def _write_new(folder: Dir, name: str, data: bytes) -> bool:
     """Create ``name`` with ``data``; False if a different entry already has that name."""
     try:
-        fd = os.open(
-            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd
-        )
+        folder.create_file(name, data, mode=privacy.agent_readable_mode(folder=False))
     except FileExistsError:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        info = folder.lstat(name)
         # The same message re-sent after a crash: the file is already there.
-        return stat.S_ISREG(info.st_mode) and info.st_size == len(data)
+        return info is not None and stat.S_ISREG(info.st_mode) and info.st_size == len(data)
+    fd, _size = folder.open_regular(name)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        privacy.share_with_agent(fd, folder=False)
     finally:
         os.close(fd)
     return True
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnsafePath):
+        return "a symlink or not a folder"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def save_attachments(paths: SessionPaths, row_id: str, files: list[IncomingAttachment]) -> Saved:
@@ -113,19 +108,21 @@ def save_attachments(paths: SessionPaths, row_id: str, files: list[IncomingAttac
     if not files:
         return saved
     folder = inbox_dir_name(row_id)
+    shared = privacy.agent_readable_mode(folder=True)
     try:
-        inbox_fd = _open_dir(str(paths.inbox), None, create=True)
-    except OSError as exc:
-        saved.notes.append(f"[attachments not saved: inbox unusable ({exc.strerror})]")
+        root = Dir.trusted(paths.root)
+        inbox = root.make_dir("inbox", mode=shared)
+    except (OSError, UnsafePath) as exc:
+        saved.notes.append(f"[attachments not saved: inbox unusable ({_reason(exc)})]")
         return saved
     try:
         try:
-            message_fd = _open_dir(folder, inbox_fd, create=True)
-        except OSError as exc:
-            reason = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
-            saved.notes.append(f"[attachments not saved: inbox folder is {reason}]")
+            message_dir = inbox.make_dir(folder, mode=shared)
+            privacy.share_with_agent(message_dir.fd, folder=True)
+        except (OSError, UnsafePath) as exc:
+            saved.notes.append(f"[attachments not saved: inbox folder is {_reason(exc)}]")
             return saved
-        try:
+        with message_dir:
             total = 0
             used: set[str] = set()
             for index, item in enumerate(files):
@@ -136,7 +133,7 @@ def save_attachments(paths: SessionPaths, row_id: str, files: list[IncomingAttac
                 name = safe_filename(item.name, index, item.mime_type, item.kind)
                 candidate, n = name, 2
                 while True:
-                    if candidate not in used and _write_new(message_fd, candidate, item.data):
+                    if candidate not in used and _write_new(message_dir, candidate, item.data):
                         break
                     stem, dot, ext = name.rpartition(".")
                     candidate = f"{stem}-{n}.{ext}" if dot and stem else f"{name}-{n}"
@@ -157,9 +154,8 @@ def save_attachments(paths: SessionPaths, row_id: str, files: list[IncomingAttac
                         local_path=f"inbox/{folder}/{candidate}",
                     )
                 )
-            os.fsync(message_fd)
-        finally:
-            os.close(message_fd)
+            message_dir.sync()
     finally:
-        os.close(inbox_fd)
+        inbox.close()
+        root.close()
     return saved

@@ -26,6 +26,7 @@ from agent_runner.hardening import (
     take_token_file,
     tool_environment,
 )
+from nanoclaw_common.hostfs import UnsafePath
 from nanoclaw_common.runner_config import PROXY_TOKEN_FILE, discard_proxy_token, write_proxy_token
 
 TOKEN = "tok-" + "x" * 40
@@ -121,7 +122,7 @@ def test_a_planted_directory_is_removed(agent_dir: Path, tmp_path: Path) -> None
 def test_the_folder_itself_must_not_be_a_link(agent_dir: Path, tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(agent_dir)
-    with pytest.raises(OSError):
+    with pytest.raises(UnsafePath):
         write_proxy_token(link, TOKEN)
     assert os.listdir(agent_dir) == []
 
