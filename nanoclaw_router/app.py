@@ -64,6 +64,7 @@ class Router:
             self.adapters,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             clock=clock,
+            io_limit_s=settings.session_io_limit_s,
         )
         self.drops = DropThrottle(central, clock=clock)
         self.ingest = Ingest(

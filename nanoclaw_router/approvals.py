@@ -47,6 +47,7 @@ from loguru import logger
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import DecodeError, NanoclawError
+from nanoclaw_common.group_folders import claim_new_folder
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.messages import (
     AskQuestion,
@@ -455,9 +456,9 @@ class Approvals:
         name = " ".join(event.text.split())[:MAX_AGENT_NAME]
         if not name:
             return True  # consumed, nothing to do: wait for a real name
-        folder = self.central.unique_folder(name)
+        # A folder in no group's use and not on disk (an old group's is never reused).
+        folder = claim_new_folder(self.layout, self.central, name)
         group = self.central.create_agent_group(name, folder, now=self.clock())
-        self.layout.group_dir(group.folder).mkdir(parents=True, exist_ok=True)
         log.info("agent group {} created from a name reply", group.id, group=group.id)
         await self._connect(approval, group.id, event.sender_id)
         self.outbox.queue_text(

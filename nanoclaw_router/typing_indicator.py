@@ -12,7 +12,7 @@ a reply was delivered, so the indicator does not linger under the answer.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,7 +22,9 @@ from loguru import logger
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.hostfs import Dir, UnsafePath, unblock
 from nanoclaw_common.paths import Layout
+from nanoclaw_common.stall import Stalled, StallGuard
 from nanoclaw_common.store import InboundReader, OutboundReader
 from nanoclaw_router.waiting import wait_event
 
@@ -91,9 +93,13 @@ class TypingTracker:
         *,
         heartbeat_interval_s: float,
         clock: Callable[[], int] = now_ms,
+        io_limit_s: float = 10.0,
     ) -> None:
         self.layout = layout
         self.adapters = adapters
+        # The facts come from the container's files: read with a deadline, so one session
+        # whose files stall (stall.py) ends its own indicator, not everyone's.
+        self.session_io = StallGuard(io_limit_s, threads=1, name="typing-io")
         # Fresh means within three runner heartbeats, and never under upstream's 6 s.
         self.heartbeat_fresh_ms = max(6_000, int(heartbeat_interval_s * 3000))
         self.clock = clock
@@ -127,10 +133,9 @@ class TypingTracker:
     def facts(self, state: Typing) -> Facts:
         """Read the session's files (blocking; called in a thread)."""
         paths = self.layout.session(state.agent_group_id, state.session_id)
-        try:
-            heartbeat: int | None = os.stat(paths.heartbeat).st_mtime_ns // 1_000_000
-        except OSError:
-            heartbeat = None
+        heartbeat: int | None = None
+        with contextlib.suppress(OSError, UnsafePath), Dir.trusted(paths.agent_dir) as agent:
+            heartbeat = agent.mtime_ms("heartbeat")  # a regular file's, never through a link
         work_done = False
         try:
             outbound = OutboundReader(paths.outbound_db)
@@ -151,15 +156,36 @@ class TypingTracker:
             last_delivery = None
         return Facts(heartbeat, work_done, last_delivery)
 
+    async def _facts(self, state: Typing) -> Facts | None:
+        """``facts`` on a worker, bounded in time; None when the session's files stalled."""
+        first = not self.session_io.is_cut_off(state.session_id)
+        paths = self.layout.session(state.agent_group_id, state.session_id)
+        try:
+            return await self.session_io.acall(
+                state.session_id,
+                "reading the heartbeat and outbound.db",
+                lambda: self.facts(state),
+                release=lambda: unblock(paths.agent_dir),
+            )
+        except Stalled as exc:
+            if first:
+                log.warning("typing stopped: {}", exc, session=state.session_id)
+            return None
+
     async def tick(self) -> int:
         """One pass over the active indicators; returns how many fired."""
         if not self.active:
             return 0
         states = list(self.active.items())
-        facts = await asyncio.to_thread(lambda: [self.facts(s) for _, s in states])
+        facts: list[Facts | None] = []
+        for _key, state in states:
+            facts.append(await self._facts(state))
         fired = 0
         now = self.clock()
         for (key, state), fact in zip(states, facts, strict=True):
+            if fact is None:
+                self.active.pop(key, None)
+                continue
             action = decide(
                 now, state.started_ms, state.last_fired_ms, fact, self.heartbeat_fresh_ms
             )

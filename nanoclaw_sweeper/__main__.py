@@ -39,6 +39,7 @@ def _noteworthy(report: PassReport) -> bool:
         or report.settled
         or report.woken
         or report.restarted
+        or report.quarantined
         or report.deferred
         or report.orphans_removed
         or report.recurrences

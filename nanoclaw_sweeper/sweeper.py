@@ -25,6 +25,7 @@ cheap enough to run every second, so due work is woken within about a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -34,13 +35,16 @@ from typing import Protocol
 import msgspec
 from loguru import logger
 
+from nanoclaw_common.hostfs import Dir, unblock
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout, SessionPaths
 from nanoclaw_common.sandbox.settle import settle_leftover_claims
 from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.stall import Stalled, StallGuard
 from nanoclaw_common.states import ContainerStatus, SessionStatus
 from nanoclaw_common.store import CentralStore, InboundStore, OutboundReader, rows
+from nanoclaw_common.store.quarantine import HOSTILE_FILES, Quarantine, quarantine_session
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
 from nanoclaw_common.untrusted import shown_text
 from nanoclaw_sweeper.liveness import (
@@ -87,8 +91,44 @@ class PassReport(msgspec.Struct, kw_only=True):
     settled: list[str] = []
     woken: list[str] = []
     restarted: list[str] = []  # stopped for a restart request (a fresh run follows)
+    quarantined: list[str] = []  # its files were refused or stalled now: no longer served
     deferred: list[str] = []  # due work waiting for a container slot
     orphans_removed: list[str] = []
+
+
+@dataclass
+class ContainerSide:
+    """What the sweeper reads from a session's container-written files, all at once, on a
+    worker with a deadline (``stall.StallGuard``): the one part of a pass a planted file
+    could stall."""
+
+    claims: list[rows.Ack]  # processing claims of the run the host recorded
+    acks_synced: int  # completed and failed acks copied onto messages_in
+    state: rows.ContainerState | None
+    last_activity_ms: int | None
+    heartbeat_ms: int | None  # mtime of agent/heartbeat; None when absent or not a file
+
+
+def read_container_side(
+    paths: SessionPaths, run_id: str | None, inbound: InboundStore
+) -> ContainerSide:
+    """Also syncs the acks into ``inbound``: they stream from ``outbound.db`` one at a time
+    (``settled_acks``), however many the container wrote."""
+    claims = leftover_claims(paths.outbound_db, run_id)
+    synced = 0
+    state = activity = None
+    if os.path.lexists(paths.outbound_db):
+        outbound = OutboundReader(paths.outbound_db)
+        try:
+            synced = inbound.sync_acks(outbound.settled_acks())
+            state = outbound.container_state()
+            activity = outbound.last_activity_ms()
+        finally:
+            outbound.close()
+    heartbeat = None
+    with contextlib.suppress(FileNotFoundError), Dir.trusted(paths.agent_dir) as agent:
+        heartbeat = agent.mtime_ms("heartbeat")
+    return ContainerSide(claims, synced, state, activity, heartbeat)
 
 
 @dataclass
@@ -111,12 +151,14 @@ class Sweeper:
     layout: Layout = field(init=False)
     policy: Policy = field(init=False)
     ledger: RunLedger = field(init=False)
+    session_io: StallGuard = field(init=False)
     _seen: dict[str, _Seen] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.settings.home_path)
         self.policy = Policy.from_settings(self.settings)
         self.ledger = RunLedger(self.central)
+        self.session_io = StallGuard(self.settings.session_io_limit_s, threads=2, name="sweep-io")
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -126,6 +168,7 @@ class Sweeper:
         self._restart_requested(live, now, report)
         # Listed after the restarts, so a session stopped just now is seen as stopped.
         sessions = self.central.list_sessions(status=SessionStatus.ACTIVE)
+        quarantined = Quarantine(self.central).ids()
         report.sessions = len(sessions)
         wanted: list[rows.Session] = []
         idle_running: list[tuple[int, str]] = []  # (idle since, session id)
@@ -133,10 +176,23 @@ class Sweeper:
             self.beat()
             paths = self.layout.session(session.agent_group_id, session.id)
             running = session.id in live
+            if session.id in quarantined:
+                # Not read at all; a hostile agent's container does not keep running.
+                if running:
+                    log.warning("stopping a quarantined session's container", session=session.id)
+                    self.sandbox.stop(session.id)
+                continue
             if not running and not self._worth_examining(session, paths, now):
                 continue
             report.examined += 1
-            verdict, idle_since = self._examine(session, paths, running, now, report)
+            try:
+                verdict, idle_since = self._examine(session, paths, running, now, report)
+            except HOSTILE_FILES as exc:
+                quarantine_session(self.central, session.id, exc, program="sweeper", log=log)
+                report.quarantined.append(session.id)
+                if running:
+                    self.sandbox.stop(session.id)
+                continue
             if verdict is Verdict.WAKE:
                 wanted.append(session)
             elif running and verdict is Verdict.OK and idle_since is not None:
@@ -208,28 +264,30 @@ class Sweeper:
         outbound_mtime = _mtime_ns(paths.outbound_db)
         inbound = InboundStore(paths.inbound_db)
         try:
+            side = self.session_io.call(
+                session.id,
+                "reading the session's agent/ files",
+                lambda: read_container_side(paths, session.run_id, inbound),
+                release=lambda: unblock(paths.agent_dir),
+            )
+        except BaseException as exc:
+            if not isinstance(exc, Stalled):  # else the stuck worker still holds it
+                inbound.close()
+            raise
+        try:
             # A settled run's claims stay in outbound.db until the next run drops them (the
             # host never writes that file); they are history, not work in progress.
-            claims = [
-                c
-                for c in leftover_claims(paths.outbound_db, session.run_id)
-                if not self.ledger.is_settled(session.id, c.run_id)
-            ]
-            outbound = OutboundReader(paths.outbound_db) if paths.outbound_db.exists() else None
-            try:
-                report.acks_synced += inbound.sync_acks(outbound.settled_acks()) if outbound else 0
-                report.recurrences += self._advance_recurrences(session, inbound, now)
-                state = outbound.container_state() if outbound else None
-                out_activity = outbound.last_activity_ms() if outbound else None
-            finally:
-                if outbound:
-                    outbound.close()
+            claims = [c for c in side.claims if not self.ledger.is_settled(session.id, c.run_id)]
+            report.acks_synced += side.acks_synced
+            report.recurrences += self._advance_recurrences(session, inbound, now)
+            state = side.state
+            out_activity = side.last_activity_ms
             # Tool and claim times count only when they belong to the run Podman is running.
             current = state if state and running and state.run_id == session.run_id else None
             obs = Observation(
                 running=running,
                 run_started_at_ms=session.run_started_at_ms,
-                heartbeat_ms=_mtime_ms(paths.heartbeat),
+                heartbeat_ms=side.heartbeat_ms,
                 claims=len(claims),
                 due=inbound.count_due(now=now),
                 pending=inbound.count_pending(),
@@ -383,14 +441,8 @@ class Sweeper:
 
 
 def _mtime_ns(path: Path) -> int:
+    # The entry itself: a planted link must not make us watch another file.
     try:
-        return os.stat(path).st_mtime_ns
+        return os.stat(path, follow_symlinks=False).st_mtime_ns
     except FileNotFoundError:
         return 0
-
-
-def _mtime_ms(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns // 1_000_000
-    except FileNotFoundError:
-        return None

@@ -12,6 +12,7 @@ from nanoclaw_common.cli.context import CliContext
 from nanoclaw_common.cli.deliveries import deliveries
 from nanoclaw_common.cli.dropped import dropped
 from nanoclaw_common.cli.groups import groups
+from nanoclaw_common.cli.quarantine import quarantine
 from nanoclaw_common.cli.sandbox import doctor, image, podman_service
 from nanoclaw_common.cli.service import ctl, down, up
 from nanoclaw_common.cli.setup import init
@@ -47,7 +48,7 @@ def cli(click_ctx: click.Context, home: str | None, as_json: bool) -> None:
 
 cli.add_command(init)
 cli.add_command(chat)
-for command in (groups, chats, wirings, users, roles, members, dropped):
+for command in (groups, chats, wirings, users, roles, members, dropped, quarantine):
     cli.add_command(command)
 cli.add_command(status)
 cli.add_command(deliveries)

@@ -4,7 +4,9 @@
 - ``groups add NAME [--folder F]``: the folder under ``groups/`` defaults to the normalized
   name, made unique.
 - ``groups remove ID_OR_FOLDER``: deletes the group with its wirings, sessions and
-  destinations (its folder on disk is kept).
+  destinations, and moves its folder out of ``groups/`` to
+  ``archive/groups/<folder>-<UTC time>/`` (printed), so no later group ever gets it, or
+  what its agent left in it.
 - ``groups config ID_OR_FOLDER [...]``: its token budget and what the proxy lets its agents
   do (``group_config``).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import click
 
+from nanoclaw_common import group_folders
 from nanoclaw_common.cli import refs
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
 from nanoclaw_common.cli.group_config import config
@@ -57,10 +60,16 @@ def add_group(ctx: CliContext, name: str, folder: str | None) -> None:
             f"folder {folder!r} is not a plain name; try {normalize_name(folder)!r}"
         )
     try:
-        group = store.create_agent_group(name, folder or store.unique_folder(name))
+        # The folder is created now, and must not exist on disk: never an old group's.
+        if folder is None:
+            folder = group_folders.claim_new_folder(ctx.layout, store, name)
+        else:
+            if store.find_agent_group(folder) is not None:
+                raise click.ClickException(f"folder {folder!r} is in use by another group")
+            group_folders.claim_exact_folder(ctx.layout, folder)
+        group = store.create_agent_group(name, folder)
     except NanoclawError as exc:
         raise click.ClickException(str(exc)) from None
-    ctx.layout.group_dir(group.folder).mkdir(parents=True, exist_ok=True)
     if ctx.as_json:
         print_json(group)
     else:
@@ -76,7 +85,13 @@ def remove_group(ctx: CliContext, ref: str) -> None:
     store = ctx.store()
     group = refs.agent_group(store, ref)
     store.delete_agent_group(group.id)
+    archived = group_folders.archive(ctx.layout, group.folder)
     if ctx.as_json:
-        print_json({"removed": group.id})
+        print_json({"removed": group.id, "archived": str(archived) if archived else None})
+    elif archived is not None:
+        console.print(
+            f"removed agent group {group.id}; its folder groups/{group.folder} was moved to"
+            f" {archived}"
+        )
     else:
-        console.print(f"removed agent group {group.id} ({group.folder}); its folder is kept")
+        console.print(f"removed agent group {group.id} (it had no folder on disk)")

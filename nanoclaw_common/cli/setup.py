@@ -8,8 +8,10 @@ import getpass
 import click
 from rich.text import Text
 
+from nanoclaw_common import group_folders
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
 from nanoclaw_common.cli.output import console, print_json, styled
+from nanoclaw_common.group_folders import Memory
 from nanoclaw_common.states import EngageMode, Role, SessionMode, UnknownSenderPolicy
 from nanoclaw_common.store import CentralStore
 
@@ -24,6 +26,7 @@ This file is yours: keep notes here that should survive across conversations.
 def initialise(store: CentralStore, ctx: CliContext) -> dict[str, object]:
     """Create what is missing; report what exists. Idempotent."""
     created: list[str] = []
+    warnings: list[str] = []
     if store.get_user(CLI_OWNER) is None:
         created.append(f"user {CLI_OWNER}")
     store.upsert_user(CLI_OWNER, "cli", getpass.getuser())
@@ -32,13 +35,22 @@ def initialise(store: CentralStore, ctx: CliContext) -> dict[str, object]:
 
     group = store.find_agent_group(DEFAULT_GROUP_FOLDER)
     if group is None:
+        # A new group never reuses a folder on disk: an old one named "main" (an older
+        # version's, kept when its group was removed) is archived first, and said so.
+        archived = group_folders.archive(ctx.layout, DEFAULT_GROUP_FOLDER)
+        if archived is not None:
+            warnings.append(f"an old groups/{DEFAULT_GROUP_FOLDER} was moved to {archived}")
+        group_folders.claim_exact_folder(ctx.layout, DEFAULT_GROUP_FOLDER)
         group = store.create_agent_group("Main", DEFAULT_GROUP_FOLDER)
         created.append(f"agent group {group.id} ({DEFAULT_GROUP_FOLDER})")
-    group_dir = ctx.layout.group_dir(group.folder)
-    group_dir.mkdir(parents=True, exist_ok=True)
-    memory = group_dir / "AGENT.md"
-    if not memory.exists():
-        memory.write_text(AGENT_MD)
+    # Created only when the name is free (O_EXCL), so a re-run never writes through a link.
+    if group_folders.write_first_memory(ctx.layout, group.folder, AGENT_MD) is Memory.REFUSED:
+        # The agent may have planted a link there (to /etc/cron.d/...): never written
+        # through, never removed (the operator may want to look at it).
+        warnings.append(
+            f"groups/{group.folder}/{group_folders.MEMORY_FILE} is not a regular file (a"
+            " symlink?); left as it is, not written"
+        )
 
     chat = store.find_messaging_group("cli", "local")
     if chat is None:
@@ -62,6 +74,7 @@ def initialise(store: CentralStore, ctx: CliContext) -> dict[str, object]:
         "owner": CLI_OWNER,
         "agent_group": group.id,
         "created": created,
+        "warnings": warnings,
     }
 
 
@@ -83,3 +96,7 @@ def init(ctx: CliContext) -> None:
     assert isinstance(created, list)
     for line in created or ["nothing to do: already initialised"]:
         console.print(f"  - {line}")
+    warnings = report["warnings"]
+    assert isinstance(warnings, list)
+    for line in warnings:
+        console.print(styled(f"  ! {line}", "yellow"))

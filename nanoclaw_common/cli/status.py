@@ -10,6 +10,7 @@ from nanoclaw_common.cli.group_config import budget_line, budget_report
 from nanoclaw_common.cli.output import print_json, print_mapping, to_builtins
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.states import DeliveryStatus
+from nanoclaw_common.store.quarantine import Quarantine
 
 RECENT_PROBLEMS = 3
 
@@ -31,6 +32,9 @@ def status(ctx: CliContext) -> None:
     problems = collect(ctx, statuses=PROBLEMS, session_id=None, limit=10_000)
     report["failed_deliveries"] = sum(p.status == DeliveryStatus.FAILED for p in problems)
     report["denied_deliveries"] = sum(p.status == DeliveryStatus.DENIED for p in problems)
+    # Sessions no host program serves any more (their files were unsafe): see
+    # `nanoclaw quarantine list`.
+    report["quarantined_sessions"] = len(Quarantine(store).ids())
     report["recent_delivery_problems"] = [
         f"{p.session_id} #{p.seq} {p.status}: {p.last_error or ''}"
         for p in problems[-RECENT_PROBLEMS:]

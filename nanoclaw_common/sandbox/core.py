@@ -38,8 +38,10 @@ from loguru import logger
 from podman.domain.containers import Container
 from podman.errors import NotFound, PodmanError
 
+from nanoclaw_common import privacy
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NanoclawError, Refused
+from nanoclaw_common.hostfs import Dir, unblock
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import CONTAINER, Layout, SessionPaths, safe_component
 from nanoclaw_common.peer_identity import container_identity
@@ -56,9 +58,11 @@ from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.sandbox.settle import settle_leftover_claims
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.stall import StallGuard
 from nanoclaw_common.states import ContainerStatus
 from nanoclaw_common.store import CentralStore, InboundStore
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
+from nanoclaw_common.store.quarantine import HOSTILE_FILES, Quarantine, quarantine_session
 from nanoclaw_common.store.rows import AgentGroup, ContainerConfig, Session
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
 
@@ -121,6 +125,7 @@ class Sandbox:
         self.command = list(command) if command is not None else None
         self.new_token = new_token
         self.rootless = os.geteuid() != 0
+        self.session_io = StallGuard(settings.session_io_limit_s, threads=2, name="wake-io")
         self._local = threading.local()
         self._opened: list[CentralStore | podman.PodmanClient] = []
         self._opened_lock = threading.Lock()
@@ -168,10 +173,16 @@ class Sandbox:
     # -- wake ------------------------------------------------------------------------------
 
     def wake(self, session: Session) -> bool:
-        """Make sure the session's container runs (see the module docstring)."""
+        """Make sure the session's container runs (see the module docstring). A quarantined
+        session (its files were refused or stalled a host program) is never woken."""
         try:
             with wake_lock(self.layout, session.id):
                 return self._wake_locked(session)
+        except HOSTILE_FILES as exc:
+            with suppress(Exception):  # recorded once; the refusal is logged either way
+                quarantine_session(self._central(), session.id, exc, program="wake", log=log)
+            log.warning("wake refused: {}", exc, session=session.id)
+            return False
         except (PodmanError, OSError, NanoclawError) as exc:
             log.warning("wake failed: {}", exc, session=session.id, group=session.agent_group_id)
             return False
@@ -188,13 +199,15 @@ class Sandbox:
             existing.remove(force=True)
         now = now_ms()
         central = self._central()
+        if Quarantine(central).is_quarantined(session.id):
+            raise Refused("the session is quarantined (`nanoclaw quarantine list`)")
         group = central.get_agent_group(session.agent_group_id)
         if group is None:
             raise NotReady(f"agent group {session.agent_group_id} does not exist")
         config = central.get_container_config(group.id)
         paths = ensure_session_files(self.layout, session)
         group_dir = self.layout.group_dir(group.folder)
-        group_dir.mkdir(parents=True, exist_ok=True)
+        group_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
         self._settle(session, paths, now)
         runner = self.runner_config(session, group, config)
@@ -205,7 +218,8 @@ class Sandbox:
         write_proxy_token(
             paths.agent_dir, token, owner=None if self.rootless else (AGENT_UID, AGENT_GID)
         )
-        paths.heartbeat.unlink(missing_ok=True)
+        with Dir.trusted(paths.agent_dir) as agent:
+            agent.remove("heartbeat")  # whatever was planted there; never followed
         if not self.rootless:
             hand_over(paths.agent_dir)
             hand_over(group_dir)
@@ -263,7 +277,14 @@ class Sandbox:
         return True
 
     def _settle(self, session: Session, paths: SessionPaths, now: int) -> None:
-        claims = leftover_claims(paths.outbound_db, session.run_id)
+        # outbound.db is the container's file: read with a deadline (stall.py), so a wake
+        # (on the router's pool, in the sweeper's pass) never hangs on it.
+        claims = self.session_io.call(
+            session.id,
+            "reading outbound.db",
+            lambda: leftover_claims(paths.outbound_db, session.run_id),
+            release=lambda: unblock(paths.agent_dir),
+        )
         if not claims:
             return
         inbound = InboundStore(paths.inbound_db)
@@ -464,10 +485,13 @@ def wake_lock(
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename, fsync the folder: a reader sees the old
-    file or the new one, never half of one."""
+    file or the new one, never half of one. For a file the container reads (``runner.json``,
+    in the host-owned session folder): readable by the container's user alone (privacy.py)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    mode = privacy.agent_readable_mode(folder=False)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
+        privacy.share_with_agent(fd, folder=False)
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -10,6 +10,7 @@ is opened read-write once, which rolls it back, exactly as the next run would.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import apsw
@@ -85,8 +86,9 @@ def leftover_claims(outbound_db: Path, run_id: str | None) -> list[rows.Ack]:
     (``sessions.run_id``) can have left claims to settle: a later run drops every other
     run's claims when it starts. Claims under any other run id were written by hand, and
     reading (and settling) them would let a container grow ``settled_runs`` one forged run
-    id at a time, and make each pass read however many it wrote."""
-    if not outbound_db.exists() or not run_id:
+    id at a time, and make each pass read however many it wrote. A link at ``outbound_db``
+    is not followed but refused (``session_vfs``)."""
+    if not os.path.lexists(outbound_db) or not run_id:
         return []
     try:
         reader = OutboundReader(outbound_db)

@@ -6,27 +6,29 @@ transaction it looks for a hot journal and, when ``outbound.db-journal`` exists,
 A FIFO planted under that name made that ``open`` block forever (a read-only open of a FIFO
 waits for a writer), which hung the sweeper's whole pass and a delivery thread.
 
-This VFS inherits the default unix VFS and changes only ``xOpen``:
+This VFS inherits the default unix VFS and changes only how files are opened. The opens
+that could block are read-only opens (Linux never blocks ``O_RDWR`` on a FIFO), and a
+read-only connection makes two kinds:
 
-- the name SQLite is about to open must be absent or a regular file (``lstat``: no link is
-  followed, a FIFO or socket is never opened), else ``UnsafeSessionFile``;
-- the read-only journal probe of the hot-journal check (``SQLITE_OPEN_MAIN_JOURNAL`` with
-  ``SQLITE_OPEN_READONLY``, the open that happens on every read) is served by ``_Probe``,
-  a file opened by us with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``: there is
-  no window between check and open at all;
-- a ``-wal`` file is refused: session databases use a rollback journal (DESIGN.md §2), and a
-  container that switched its file to WAL would make us open ``-shm`` with SQLite's own
-  unguarded code.
+- the hot-journal probe (``SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_READONLY``, the open made
+  on every read): served by ``_Probe``, a file opened by us with ``O_NOFOLLOW | O_NONBLOCK``
+  and checked with ``fstat`` in the same step, so there is no window between check and use;
+- the database itself (once per connection): opened by the unix VFS *read-write* (no
+  create), while SQLite is told the file is read-only. The pager of a read-only file never
+  writes (a hot journal is still ``SQLITE_READONLY_ROLLBACK``, as with
+  ``SQLITE_OPEN_READONLY``), and the descriptor is one that cannot block. Where ``O_RDWR``
+  is refused (rootless, a file the container made read-only) SQLite falls back to a
+  read-only open: only there is a window left, between the check below and that open,
+  which the stall backstop (``nanoclaw_common.stall``) covers.
 
-Everything else (reads, writes, locks) goes to the unix VFS unchanged, through apsw's thin
-``VFSFile`` wrapper (measured: docs/performance.md, "Session VFS").
-
-What is left: between the ``lstat`` and SQLite's own ``open`` of ``outbound.db`` itself
-(once per connection), a FIFO renamed into place would still block the read-only open.
-The seccomp profile denies creating FIFOs in containers; where one exists anyway, the stall
-backstop (``nanoclaw_common.stall``) cuts the session off. Locks are checked against the
-real file: closing a descriptor of the main database would drop the process's POSIX locks
-on it (other connections' included), which is why the main file is only ``lstat``-ed.
+Before any open, the name must be absent or a regular file (``lstat``: a FIFO, a socket or a
+link is refused with ``UnsafeSessionFile``), and a ``-wal`` file is refused: session
+databases use a rollback journal (DESIGN.md §2), and a container that switched its file to
+WAL would make us open ``-shm`` with SQLite's own unguarded code. Reads, writes and locks go
+to the unix VFS unchanged, through apsw's thin ``VFSFile`` wrapper (measured:
+docs/performance.md, "Session VFS"). The main file is only ``lstat``-ed, never opened by us:
+closing a descriptor of it would drop the process's POSIX locks on it (other connections'
+included).
 """
 
 from __future__ import annotations
@@ -153,10 +155,17 @@ class _SessionVFS(apsw.VFS):
                 raise UnsafeSessionFile(
                     f"{os.path.basename(path)}: session databases use a rollback journal, not WAL"
                 )
-            if wanted & apsw.SQLITE_OPEN_MAIN_JOURNAL and wanted & apsw.SQLITE_OPEN_READONLY:
+            readonly = bool(wanted & apsw.SQLITE_OPEN_READONLY)
+            if readonly and wanted & apsw.SQLITE_OPEN_MAIN_JOURNAL:
                 flags[1] = apsw.SQLITE_OPEN_READONLY
                 return _Probe(path)  # type: ignore[return-value]  # apsw takes any file object
             check_regular_or_absent(path)
+            if readonly and wanted & apsw.SQLITE_OPEN_MAIN_DB:
+                inner = [(wanted & ~apsw.SQLITE_OPEN_READONLY) | apsw.SQLITE_OPEN_READWRITE, 0]
+                opened = apsw.VFSFile("", name, inner)
+                # Read-only to SQLite whatever the descriptor allows.
+                flags[1] = (inner[1] & ~apsw.SQLITE_OPEN_READWRITE) | apsw.SQLITE_OPEN_READONLY
+                return opened
         return apsw.VFSFile("", name, flags)
 
 
