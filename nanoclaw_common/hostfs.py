@@ -327,9 +327,7 @@ class Dir:
             if info.st_nlink != 1:
                 raise UnsafePath(f"{where} has other hard links")
             if max_bytes is not None and info.st_size > max_bytes:
-                raise UnsafePath(
-                    f"{where} is {info.st_size} bytes, over the {max_bytes}-byte limit"
-                )
+                raise TooLarge(f"{where} is {info.st_size} bytes, over the {max_bytes}-byte limit")
         except BaseException:
             os.close(fd)
             raise

@@ -46,6 +46,7 @@ from nanoclaw_common.states import ContainerStatus, SessionStatus
 from nanoclaw_common.store import CentralStore, InboundStore, OutboundReader, rows
 from nanoclaw_common.store.quarantine import HOSTILE_FILES, Quarantine, quarantine_session
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
+from nanoclaw_common.store.sqlite import StoreError
 from nanoclaw_common.untrusted import shown_text
 from nanoclaw_sweeper.liveness import (
     KILLS,
@@ -153,6 +154,7 @@ class Sweeper:
     ledger: RunLedger = field(init=False)
     session_io: StallGuard = field(init=False)
     _seen: dict[str, _Seen] = field(default_factory=dict, init=False)
+    _read_errors: dict[str, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.settings.home_path)
@@ -193,6 +195,12 @@ class Sweeper:
                 if running:
                     self.sandbox.stop(session.id)
                 continue
+            except StoreError as exc:
+                # One session's database trouble (its lock held past the busy timeout, a file
+                # the container damaged) costs that session this pass, not everyone's.
+                self._read_failed(session.id, exc)
+                continue
+            self._read_errors.pop(session.id, None)
             if verdict is Verdict.WAKE:
                 wanted.append(session)
             elif running and verdict is Verdict.OK and idle_since is not None:
@@ -200,6 +208,13 @@ class Sweeper:
         self._wake_within_capacity(wanted, len(live), idle_running, report, now)
         self._reap_orphans({s.id for s in sessions}, report)
         return report
+
+    def _read_failed(self, session_id: str, exc: BaseException) -> None:
+        """Log a session's read failure when it is new (not once a second while it lasts)."""
+        text = shown_text(repr(exc))
+        if self._read_errors.get(session_id) != text:
+            self._read_errors[session_id] = text
+            log.warning("session skipped this pass: {}", text, session=session_id)
 
     def _restart_requested(
         self, live: dict[str, RunningContainer], now: int, report: PassReport

@@ -33,9 +33,11 @@ included).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
+from dataclasses import dataclass
 from typing import Final
 
 import apsw
@@ -45,9 +47,26 @@ from nanoclaw_common.errors import Refused
 VFS_NAME: Final = "nanoclaw-session"
 _PROBE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _SECTOR_SIZE: Final = 4096
+# A hot journal the host would roll back (``leftover_claims``' recovery) holds the original
+# pages of one runner transaction: kilobytes. One this large is planted; rolling it back as
+# root would cost minutes of I/O.
+MAX_JOURNAL_BYTES: Final = 256 * 1024 * 1024
 
 _registered: _SessionVFS | None = None
 _lock = threading.Lock()
+
+
+@dataclass
+class Layers:
+    """The defences of ``xOpen``, each of which a test may switch off to show that the
+    layer under it holds on its own (production never changes them)."""
+
+    type_check: bool = True  # lstat: absent or a regular file
+    probe: bool = True  # the hot-journal probe opened by us, without blocking
+    rw_open: bool = True  # the database opened O_RDWR, read-only to SQLite
+
+
+LAYERS: Final = Layers()
 
 
 class UnsafeSessionFile(apsw.CantOpenError, Refused):
@@ -67,15 +86,19 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def check_regular_or_absent(path: str) -> None:
+def check_regular_or_absent(path: str, max_bytes: int | None = None) -> None:
     """Raise ``UnsafeSessionFile`` unless ``path`` is missing or a regular file (no link
-    followed)."""
+    followed) of at most ``max_bytes``."""
     try:
         info = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeSessionFile(f"{os.path.basename(path)} is {_kind(info.st_mode)}")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise UnsafeSessionFile(
+            f"{os.path.basename(path)} is {info.st_size} bytes (more than {max_bytes})"
+        )
 
 
 class _Probe:
@@ -83,7 +106,14 @@ class _Probe:
     the file read is the file checked. SQLite reads its first byte and closes it."""
 
     def __init__(self, path: str) -> None:
-        fd = os.open(path, _PROBE_FLAGS)
+        try:
+            fd = os.open(path, _PROBE_FLAGS)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeSessionFile(f"{os.path.basename(path)} is a symlink") from None
+            # Gone since SQLite saw it (a commit just ended), or unreadable: what the unix
+            # VFS would report, so SQLite handles it as it always does.
+            raise apsw.CantOpenError(f"{os.path.basename(path)}: {exc.strerror}") from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -156,11 +186,13 @@ class _SessionVFS(apsw.VFS):
                     f"{os.path.basename(path)}: session databases use a rollback journal, not WAL"
                 )
             readonly = bool(wanted & apsw.SQLITE_OPEN_READONLY)
-            if readonly and wanted & apsw.SQLITE_OPEN_MAIN_JOURNAL:
+            journal = bool(wanted & apsw.SQLITE_OPEN_MAIN_JOURNAL)
+            if readonly and journal and LAYERS.probe:
                 flags[1] = apsw.SQLITE_OPEN_READONLY
                 return _Probe(path)  # type: ignore[return-value]  # apsw takes any file object
-            check_regular_or_absent(path)
-            if readonly and wanted & apsw.SQLITE_OPEN_MAIN_DB:
+            if LAYERS.type_check:
+                check_regular_or_absent(path, MAX_JOURNAL_BYTES if journal else None)
+            if readonly and wanted & apsw.SQLITE_OPEN_MAIN_DB and LAYERS.rw_open:
                 inner = [(wanted & ~apsw.SQLITE_OPEN_READONLY) | apsw.SQLITE_OPEN_READWRITE, 0]
                 opened = apsw.VFSFile("", name, inner)
                 # Read-only to SQLite whatever the descriptor allows.

@@ -22,8 +22,15 @@ from nanoclaw_common.store import session_vfs
 BUSY_TIMEOUT_MS = (
     5000  # three processes share central.db; apsw's helper default (100 ms) is too short
 )
+# For the host's connections to a container's database: the runner holds its lock for a
+# commit (milliseconds); a container that holds it longer is attacking, and each host read
+# that waits for it must end soon (a reader waits on a worker, never a loop: stall.py).
+GUARDED_BUSY_TIMEOUT_MS = 1000
 
 SqlParams = Sequence[Any] | dict[str, Any]
+# Any SQLite error (busy past the timeout, a damaged file, a missing table), for callers
+# outside the store, which never import apsw.
+StoreError = apsw.Error
 
 
 class Mode(Enum):
@@ -67,7 +74,7 @@ class Database:
             _create_private(self.path)
         vfs = session_vfs.vfs_name() if guarded else None
         self.conn = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
-        self.conn.setbusytimeout(BUSY_TIMEOUT_MS)
+        self.conn.setbusytimeout(GUARDED_BUSY_TIMEOUT_MS if guarded else BUSY_TIMEOUT_MS)
         if max_value_bytes is not None:
             self.conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_value_bytes)
         # Double-quoted strings are identifiers, never literals: a typo must fail loudly.
