@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.states import DestinationType, Role
@@ -119,6 +120,45 @@ def test_create_agent_is_idempotent_after_a_crash(world: World) -> None:
     assert [g.folder for g in world.central.list_agent_groups()].count("solo") == 1
     assert len(world.central.list_destinations(world.group.id)) == 2  # home chat + solo
     assert sum("created" in text for text, _t, _w in world.notes()) == 1
+
+
+def test_create_agent_never_reuses_a_folder_left_on_disk(world: World, tmp_path: Path) -> None:
+    """Issue 8 §1: a group folder kept on disk after its group was removed held a planted
+    ``AGENT.md`` symlink, and root wrote the new agent's instructions through it (to
+    ``/etc/cron.d/x``: a root cron job). The new group gets a fresh folder instead."""
+    cron = tmp_path / "cron.d"
+    cron.mkdir()
+    left = world.layout.groups_dir / "research-bot"
+    left.mkdir()
+    (left / "AGENT.md").symlink_to(cron / "x")  # dangling: writing through it creates x
+    out = ask_create(world, "Research Bot", "telegram:owner")
+    world.drain()
+    child = world.central.get_agent_group(world.delivery(out).platform_message_id)
+    assert child is not None and child.folder == "research-bot-2"
+    assert not (cron / "x").exists()
+    assert (left / "AGENT.md").is_symlink()  # the old folder is left as it was
+    memory = world.layout.group_dir("research-bot-2") / "AGENT.md"
+    assert not memory.is_symlink() and "You research things." in memory.read_text()
+
+
+def test_a_retried_create_agent_never_writes_through_a_planted_memory(
+    world: World, tmp_path: Path
+) -> None:
+    """Between a crash and the re-run, the new agent's container replaced its AGENT.md with a
+    link: the re-run creates AGENT.md only if the name is free (O_EXCL), so nothing is
+    written through it."""
+    out = ask_create(world, "Solo", "telegram:owner")
+    world.drain()
+    memory = world.layout.group_dir("solo") / "AGENT.md"
+    memory.unlink()
+    target = tmp_path / "cron-x"
+    memory.symlink_to(target)
+    store = world.inbound()
+    store.db.execute("UPDATE deliveries SET status = 'sending' WHERE message_out_id = ?", (out,))
+    store.close()
+    world.drain()
+    assert world.delivery(out).status == "delivered"
+    assert not target.exists() and memory.is_symlink()
 
 
 # -- agent-to-agent -------------------------------------------------------------------------
