@@ -71,6 +71,7 @@ class StallGuard:
         self._lock = threading.Lock()
         self._cut_off: dict[str, str] = {}  # session id -> what stalled
         self._workers = 0
+        self.in_flight = 0  # calls running on a worker now (a stuck one counts until freed)
         for _ in range(0 if inline else max(1, threads)):
             self._start_worker()
 
@@ -91,10 +92,15 @@ class StallGuard:
             func, future = job
             if not future.set_running_or_notify_cancel():
                 continue
+            with self._lock:
+                self.in_flight += 1
             try:
                 future.set_result(func())
             except BaseException as exc:  # handed to the caller, whatever it is
                 future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
 
     def close(self) -> None:
         """Let idle workers end (a stuck one stays stuck: it is a daemon thread)."""

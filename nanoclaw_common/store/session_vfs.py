@@ -37,6 +37,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,6 +62,7 @@ class Layers:
     """The defences of ``xOpen``, each of which a test may switch off to show that the
     layer under it holds on its own (production never changes them)."""
 
+    vfs: bool = True  # False: guarded connections use SQLite's own unix VFS (the old code)
     type_check: bool = True  # lstat: absent or a regular file
     probe: bool = True  # the hot-journal probe opened by us, without blocking
     rw_open: bool = True  # the database opened O_RDWR, read-only to SQLite
@@ -163,8 +165,19 @@ class _Probe:
 
 
 class _SessionVFS(apsw.VFS):
+    """Every method runs with the GIL held (apsw calls into Python, and from there into the
+    unix VFS), so none may block: a blocked call would freeze every thread of the program,
+    the stall backstop's included. Hence our own probe, the ``O_RDWR`` open, and ``xSleep``
+    below."""
+
     def __init__(self) -> None:
         super().__init__(VFS_NAME, base="")
+
+    def xSleep(self, microseconds: int) -> int:  # noqa: N802 (apsw's name)
+        # SQLite's busy handler sleeps through the VFS between lock attempts; the unix VFS's
+        # sleep, called from here, would hold the GIL for each nap (up to 100 ms).
+        time.sleep(microseconds / 1_000_000)
+        return microseconds
 
     def xFullPathname(self, name: str) -> str:  # noqa: N802 (apsw's name)
         # The unix VFS reports a symlink on the way with SQLITE_OK_SYMLINK, which an inherited
@@ -201,9 +214,12 @@ class _SessionVFS(apsw.VFS):
         return apsw.VFSFile("", name, flags)
 
 
-def vfs_name() -> str:
-    """Register the session VFS once per process (idempotent, thread-safe); its name."""
+def vfs_name() -> str | None:
+    """Register the session VFS once per process (idempotent, thread-safe); its name (None
+    only when a test switched the VFS off)."""
     global _registered  # noqa: PLW0603 (one registration per process, by design)
+    if not LAYERS.vfs:
+        return None
     if _registered is None:
         with _lock:
             if _registered is None:

@@ -3,6 +3,7 @@ regular files, and none of its opens can block (``store/session_vfs.py``)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -190,6 +191,33 @@ def test_a_guarded_reader_waits_at_most_a_second_for_a_held_lock(outbound: Path)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_waiting_for_a_lock_never_holds_up_other_threads(outbound: Path) -> None:
+    """The VFS runs with the GIL held; SQLite's busy handler naps through ``xSleep``, which
+    must let every other thread run meanwhile."""
+    holder = apsw.Connection(str(outbound))
+    holder.execute("BEGIN EXCLUSIVE")
+    ticks: list[float] = []
+    waiting = threading.Event()
+
+    def ticker() -> None:
+        while not waiting.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.002)
+
+    beat = threading.Thread(target=ticker, daemon=True)
+    beat.start()
+    try:
+        assert isinstance(bounded(lambda: claims(outbound), timeout_s=10), apsw.BusyError)
+    finally:
+        waiting.set()
+        beat.join()
+        holder.execute("ROLLBACK")
+        holder.close()
+    gaps = sorted(b - a for a, b in itertools.pairwise(ticks))
+    # The unix VFS's own sleep held the GIL for naps of up to 100 ms, 12 of them a second.
+    assert sum(gap > 0.08 for gap in gaps) <= 1, gaps[-5:]
 
 
 def test_rows_read_through_the_vfs_are_the_rows(outbound: Path) -> None:
