@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 
@@ -44,7 +45,8 @@ def test_a_stalled_call_cuts_its_session_off_and_runs_release(guard: StallGuard)
     # Everyone else is served, by a replacement worker, even with both stuck at once.
     with pytest.raises(Stalled):
         guard.call("bad-2", "reading", hang)
-    assert [guard.call(f"s{n}", "reading", lambda n=n: n) for n in range(5)] == list(range(5))
+    served = [guard.call(f"s{n}", "reading", functools.partial(int, n)) for n in range(5)]
+    assert served == list(range(5))
     stuck.set()
     guard.forget("bad")
     assert guard.call("bad", "reading", lambda: "served again") == "served again"

@@ -6,6 +6,7 @@ bound. With the VFS's defences switched off, the stall backstop cuts the stuck c
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Iterator
 
@@ -50,13 +51,17 @@ def attacked_session(world: World) -> tuple[Session, OutboundStore]:
     return session, store
 
 
+def sent_more_than(world: World, count: int) -> bool:
+    return len(world.telegram.texts()) > count
+
+
 def served_while_attacked(world: World, attacked: Session) -> DeliveryService:
     async def scenario() -> DeliveryService:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
         for n in range(3):
             world.text(f"reply {n}")
-            await until(lambda n=n: len(world.telegram.texts()) > n, BOUND_S)
+            await until(functools.partial(sent_more_than, world, n), BOUND_S)
         await until(lambda: attacked.id in Quarantine(world.central).ids(), BOUND_S)
         await until(lambda: attacked.id not in service.sessions, BOUND_S)
         world.text("after the quarantine")
