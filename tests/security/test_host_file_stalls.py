@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,14 +20,32 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.sandbox import Sandbox
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
+from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.store import InboundReader, InboundStore, NewInbound, OutboundReader
 from nanoclaw_common.store.rows import Session
+from tests.fakes.anthropic_api import text
 from tests.security.conftest import Agent, HostileStack, wait_until
 from tests.stack import echo_reply
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
+
+@pytest.fixture(autouse=True)
+def proxy_listening(hostile: HostileStack) -> None:
+    """``nanoclaw up`` returns once supervisord calls the proxy RUNNING, which on a loaded
+    machine can be before it listens; a wake before that is refused (NotReady)."""
+    wait_until(hostile.layout.proxy_socket.is_socket, 60, "the proxy to listen")
+
+
 BOUND_S = 30.0  # generous for a loaded machine; the sweeper passes every second
+
+
+def echo_or_nothing(body: dict[str, Any]) -> dict[str, Any]:
+    """``echo_reply`` for a person's message; a turn prompted only by a system note (the
+    refusal told to the agent) sends nothing."""
+    if 'from=\\"' not in json.dumps(body["messages"][-1]["content"]):
+        return text("<internal>noted</internal>")
+    return echo_reply(body)
 
 
 def cli(stack: HostileStack, *args: str) -> str:
@@ -54,8 +73,11 @@ def quarantined(stack: HostileStack) -> list[dict[str, object]]:
 
 
 def bystander(stack: HostileStack) -> Session:
+    """Another session of the group, with its folder and DBs (as the router makes one)."""
     with stack.central() as central:
-        return central.create_session(stack.group.id, None)
+        session = central.create_session(stack.group.id, None)
+        refresh_projections(central, stack.layout, session)
+        return session
 
 
 def give_work(stack: HostileStack, session: Session) -> str:
@@ -125,8 +147,9 @@ def test_a_fifo_journal_quarantines_that_session_alone(hostile: HostileStack) ->
         finally:
             sandbox.close()
     # Released and cleaned: served again.
-    stack.fake_api.reply(echo_reply)
-    assert stack.chat("are you back?") == ["echo: are you back?"]
+    for _ in range(3):
+        stack.fake_api.reply(echo_or_nothing)
+    assert "echo: are you back?" in stack.chat("are you back?")
     stack.assert_up(pids)
 
 
@@ -158,8 +181,9 @@ def test_fifos_as_heartbeat_and_outbox_file_cost_only_their_own(hostile: Hostile
     agent.sh("rm -f /session/agent/heartbeat && mkfifo /session/agent/heartbeat", check=False)
     if not paths.heartbeat.exists():
         os.mkfifo(paths.heartbeat)
-    stack.fake_api.reply(echo_reply)
-    assert stack.chat("still answering?") == ["echo: still answering?"]  # every loop serves
+    for _ in range(3):  # the refusal's note to the agent may take a turn first
+        stack.fake_api.reply(echo_or_nothing)
+    assert "echo: still answering?" in stack.chat("still answering?")  # every loop serves
     assert "MESSAGE DROPPED (denied)" in stack.log("delivery")
     assert quarantined(stack) == []  # a refused file costs its row, not the session
     stack.assert_up(pids)

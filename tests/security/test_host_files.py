@@ -24,6 +24,14 @@ from tests.stack import echo_reply
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
+
+@pytest.fixture(autouse=True)
+def proxy_listening(hostile: HostileStack) -> None:
+    """``nanoclaw up`` returns once supervisord calls the proxy RUNNING, which on a loaded
+    machine can be before it listens; a wake before that is refused (NotReady)."""
+    wait_until(hostile.layout.proxy_socket.is_socket, 60, "the proxy to listen")
+
+
 RACE_S = 8.0
 ROWS = 150
 
@@ -248,6 +256,9 @@ def test_another_local_user_reads_nothing_of_the_data_folder(hostile: HostileSta
     stack = hostile
     if os.geteuid() != 0:
         pytest.skip("needs root to act as another local user")
+    # The data folder where installs keep it: in a folder every local user can traverse
+    # (./data of a checkout in a home folder; the test stack's own root is 0700).
+    stack.base.root.chmod(0o755)
     stack.fake_api.reply(echo_reply)
     stack.chat("a private conversation")
     pids = stack.pids()
@@ -263,10 +274,10 @@ def test_another_local_user_reads_nothing_of_the_data_folder(hostile: HostileSta
         as_nobody = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(target)],
             capture_output=True,
-            text=True,
             check=False,
         )
-        assert as_nobody.returncode != 0 and "Permission denied" in as_nobody.stderr, target
+        assert as_nobody.returncode != 0, f"{target} is readable by another local user"
+        assert b"Permission denied" in as_nobody.stderr, target
     # The container still reads what it must (inbound.db through its group, read-only).
     agent = stack.agent()
     seen = agent.py(
