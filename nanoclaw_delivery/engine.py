@@ -212,12 +212,10 @@ class SessionWorker:
         return removed
 
     async def _files(self, what: str, func: Callable[[], T]) -> T:
-        """Work that opens or reads the container's files (``outbound.db``, ``outbox/``),
-        on a worker and bounded in time: a call that stalls raises ``Stalled`` and the
-        service quarantines the session (``nanoclaw_common.stall``)."""
-        return await self.deps.session_io.acall(
-            self.session.id, what, func, release=lambda: unblock(self.paths.agent_dir)
-        )
+        """Work on the container's files (``outbound.db``, ``outbox/``), on a worker with a
+        deadline: a stall raises ``Stalled``, and the service quarantines the session."""
+        unjam = functools.partial(unblock, self.paths.agent_dir)
+        return await self.deps.session_io.acall(self.session.id, what, func, release=unjam)
 
     async def drain(self) -> int | None:
         """Take every due row as far as it goes now, until caught up. Returns when to look
