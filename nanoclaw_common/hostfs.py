@@ -314,17 +314,20 @@ class Dir:
 
     # -- files -------------------------------------------------------------------------------
 
-    def open_regular(self, *names: str, max_bytes: int | None = None) -> tuple[int, int]:
+    def open_regular(
+        self, *names: str, max_bytes: int | None = None, single_link: bool = True
+    ) -> tuple[int, int]:
         """A read-only descriptor of the regular file ``names`` and its size. Refused: a link
         anywhere, a FIFO, socket or device (opened without blocking, then seen by ``fstat``),
-        a file with other hard links, a size over ``max_bytes``."""
+        a file with other hard links (unless ``single_link`` is False: a host-owned file a
+        backup may have linked), a size over ``max_bytes``."""
         fd = _open_beneath(self.fd, names, FILE_FLAGS)
         try:
             info = os.fstat(fd)
             where = "/".join(shown(n) for n in names)
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafePath(f"{where} is not a regular file")
-            if info.st_nlink != 1:
+            if single_link and info.st_nlink != 1:
                 raise UnsafePath(f"{where} has other hard links")
             if max_bytes is not None and info.st_size > max_bytes:
                 raise TooLarge(f"{where} is {info.st_size} bytes, over the {max_bytes}-byte limit")

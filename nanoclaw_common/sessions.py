@@ -44,7 +44,7 @@ def ensure_session_files(layout: Layout, session: Session) -> SessionPaths:
             new_outbound = info is not None and stat.S_ISREG(info.st_mode) and not info.st_size
         if not _create_empty(root, "inbound.db", shared=True):
             # An older version's 0644 file: shared with the container alone from now on.
-            fd, _size = root.open_regular("inbound.db")
+            fd, _size = root.open_regular("inbound.db", single_link=False)
             try:
                 privacy.share_with_agent(fd, folder=False)
             finally:

@@ -72,6 +72,7 @@ class StallGuard:
         self._cut_off: dict[str, str] = {}  # session id -> what stalled
         self._workers = 0
         self.in_flight = 0  # calls running on a worker now (a stuck one counts until freed)
+        self._closed = False
         for _ in range(0 if inline else max(1, threads)):
             self._start_worker()
 
@@ -103,7 +104,9 @@ class StallGuard:
                     self.in_flight -= 1
 
     def close(self) -> None:
-        """Let idle workers end (a stuck one stays stuck: it is a daemon thread)."""
+        """Let idle workers end (a stuck one stays stuck: it is a daemon thread). Calls after
+        this are refused."""
+        self._closed = True
         with self._lock:
             count = self._workers
         for _ in range(count):
@@ -125,6 +128,8 @@ class StallGuard:
             raise Stalled(session_id, f"{what} (the session is cut off: {stalled})", self.limit_s)
 
     def _submit(self, session_id: str, what: str, func: Callable[[], T]) -> Future[T]:
+        if self._closed:
+            raise RuntimeError(f"the {self.name} guard is closed")
         self._check(session_id, what)
         future: Future[T] = Future()
         self._jobs.put((func, future))

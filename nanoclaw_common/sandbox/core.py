@@ -156,6 +156,7 @@ class Sandbox:
         return client
 
     def close(self) -> None:
+        self.session_io.close()
         with self._opened_lock:
             opened, self._opened = self._opened, []
         for resource in opened:

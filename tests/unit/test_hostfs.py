@@ -99,6 +99,11 @@ def test_hard_links_are_refused(root: Path) -> None:
     os.link(root / "a" / "b" / "f.txt", root / "a" / "twin")
     with pytest.raises(UnsafePath, match="hard links"):
         read(root, "a", "twin")
+    # A host-owned file a backup linked (cp -al) is still the host's own.
+    with Dir.trusted(root) as folder:
+        fd, size = folder.open_regular("a", "twin", single_link=False)
+        os.close(fd)
+    assert size == 6
 
 
 def test_sizes_are_checked_before_reading(root: Path) -> None:
