@@ -143,12 +143,15 @@ OPENAT2: Final = _Openat2()
 def safe_name(name: str, what: str = "name") -> str:
     """``name`` when it is one safe path component: not empty, not ``.`` or ``..``, no
     ``/``, ``\\`` or NUL, at most 255 bytes. Raises ``UnsafePath`` otherwise."""
+    try:
+        size = len(os.fsencode(name)) if isinstance(name, str) else MAX_NAME_BYTES + 1
+    except UnicodeError:  # a lone surrogate: no file name can hold it
+        size = MAX_NAME_BYTES + 1
     if (
-        not isinstance(name, str)
-        or not name
+        not name
         or name in (".", "..")
         or any(c in name for c in "/\\\x00")
-        or len(os.fsencode(name)) > MAX_NAME_BYTES
+        or size > MAX_NAME_BYTES
     ):
         raise UnsafePath(f"unsafe {what} {shown(name)!r}")
     return name
@@ -157,7 +160,7 @@ def safe_name(name: str, what: str = "name") -> str:
 def is_safe_name(name: str) -> bool:
     try:
         safe_name(name)
-    except (UnsafePath, UnicodeError):
+    except UnsafePath:
         return False
     return True
 

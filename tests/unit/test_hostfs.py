@@ -50,7 +50,10 @@ def test_reads_a_regular_file_below_the_root(root: Path) -> None:
     assert read(root, "a", "b", "f.txt") == b"inside"
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/etc", "x\x00y", "a\\b", "é" * 200])
+UNSAFE_NAMES = ["", ".", "..", "a/b", "/etc", "x\x00y", "a\\b", "é" * 200, "\ud800"]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
 def test_a_name_is_one_safe_component(root: Path, name: str) -> None:
     with pytest.raises(UnsafePath):
         safe_name(name)
