@@ -51,7 +51,7 @@ def ensure_session_files(layout: Layout, session: Session) -> SessionPaths:
                 os.close(fd)
     InboundStore(paths.inbound_db).close()
     if new_outbound:
-        OutboundStore(paths.outbound_db, guarded=True).close()
+        OutboundStore(paths.outbound_db, container_file=True).close()
     return paths
 
 

@@ -27,4 +27,4 @@ def create_session_files(inbound_path: Path, outbound_path: Path) -> None:
     """Create both session DBs with their schemas (idempotent). The host creates
     ``outbound.db`` too, so a container never starts against a missing file."""
     InboundStore(inbound_path).close()
-    OutboundStore(outbound_path).close()
+    OutboundStore(outbound_path, container_file=True).close()

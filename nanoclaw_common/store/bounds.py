@@ -173,8 +173,8 @@ def open_host_reader(path: Path | str, mode: Mode = Mode.SESSION_READONLY) -> Da
     ``MAX_VALUE_BYTES`` (``SQLITE_LIMIT_LENGTH``), the schema's own SQL (views, triggers)
     barred from functions with side effects, cell sizes checked on every page read (a
     forged file fails cleanly instead of being trusted), and opened only when it and its
-    journal are regular files, by opens that cannot block (``guarded``: ``session_vfs``)."""
-    db = Database(path, mode, create=False, max_value_bytes=MAX_VALUE_BYTES, guarded=True)
+    journal are regular files, by opens that cannot block (``container_file``: ``session_vfs``)."""
+    db = Database(path, mode, create=False, max_value_bytes=MAX_VALUE_BYTES, container_file=True)
     try:
         db.execute("PRAGMA trusted_schema = OFF")
         db.execute("PRAGMA cell_size_check = ON")

@@ -27,11 +27,13 @@ def schema_text(name: str) -> str:
     return resources.files("nanoclaw_schema").joinpath(name).read_text()
 
 
-def open_session_db(path: Path | str, schema_name: str, *, guarded: bool = False) -> Database:
+def open_session_db(
+    path: Path | str, schema_name: str, *, container_file: bool = False
+) -> Database:
     """Open a session DB for writing, creating its schema (``schema/<schema_name>``) when the
     file is new. The check runs inside the write lock: two processes creating the same file
-    at once apply the schema once. ``guarded``: see ``Database``."""
-    db = Database(path, Mode.SESSION, guarded=guarded)
+    at once apply the schema once. ``container_file``: see ``Database``."""
+    db = Database(path, Mode.SESSION, container_file=container_file)
     if not db.scalar("PRAGMA user_version"):
         with db.write():
             if not db.scalar("PRAGMA user_version"):

@@ -385,11 +385,11 @@ def upgrade_outbound(db: Database) -> None:
 
 class OutboundStore(OutboundReader):
     """The agent runner's writer. Creates the file and its schema when missing. The host
-    opens one only to create the file (``guarded=True``); the runner's own is not guarded
-    (its folder is its own to spoil)."""
+    opens one only to create the file (``container_file=True``: see ``Database``); the
+    runner's own is plain (its folder is its own to spoil)."""
 
-    def __init__(self, path: Path | str, *, guarded: bool = False) -> None:
-        db = open_session_db(path, "outbound.sql", guarded=guarded)
+    def __init__(self, path: Path | str, *, container_file: bool = False) -> None:
+        db = open_session_db(path, "outbound.sql", container_file=container_file)
         try:
             upgrade_outbound(db)
         except BaseException:

@@ -62,7 +62,7 @@ class Layers:
     """The defences of ``xOpen``, each of which a test may switch off to show that the
     layer under it holds on its own (production never changes them)."""
 
-    vfs: bool = True  # False: guarded connections use SQLite's own unix VFS (the old code)
+    vfs: bool = True  # False: the host's connections use SQLite's own unix VFS (old code)
     type_check: bool = True  # lstat: absent or a regular file
     probe: bool = True  # the hot-journal probe opened by us, without blocking
     rw_open: bool = True  # the database opened O_RDWR, read-only to SQLite

@@ -25,7 +25,7 @@ BUSY_TIMEOUT_MS = (
 # For the host's connections to a container's database: the runner holds its lock for a
 # commit (milliseconds); a container that holds it longer is attacking, and each host read
 # that waits for it must end soon (a reader waits on a worker, never a loop: stall.py).
-GUARDED_BUSY_TIMEOUT_MS = 1000
+CONTAINER_FILE_BUSY_TIMEOUT_MS = 1000
 
 SqlParams = Sequence[Any] | dict[str, Any]
 # Any SQLite error (busy past the timeout, a damaged file, a missing table), for callers
@@ -49,12 +49,12 @@ class Database:
         *,
         create: bool = True,
         max_value_bytes: int | None = None,
-        guarded: bool = False,
+        container_file: bool = False,
     ) -> None:
         """``max_value_bytes`` sets ``SQLITE_LIMIT_LENGTH`` on the connection: no string or
         blob longer than that is ever materialized by a query (``TooBigError`` instead). For
         connections to files a container writes, so a hostile row cannot make us allocate
-        what it stored (a 100 MB column would otherwise be read whole). ``guarded``: the file
+        what it stored (a 100 MB column would otherwise be read whole). ``container_file``: the file
         sits in a folder the container writes (``outbound.db``, opened by the host): only
         regular files are opened, and no open can block (``session_vfs``)."""
         self.path = Path(path)
@@ -72,9 +72,11 @@ class Database:
             flags |= apsw.SQLITE_OPEN_NOFOLLOW
         if mode is Mode.CENTRAL and create:
             _create_private(self.path)
-        vfs = session_vfs.vfs_name() if guarded else None
+        vfs = session_vfs.vfs_name() if container_file else None
         self.conn = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
-        self.conn.setbusytimeout(GUARDED_BUSY_TIMEOUT_MS if guarded else BUSY_TIMEOUT_MS)
+        self.conn.setbusytimeout(
+            CONTAINER_FILE_BUSY_TIMEOUT_MS if container_file else BUSY_TIMEOUT_MS
+        )
         if max_value_bytes is not None:
             self.conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_value_bytes)
         # Double-quoted strings are identifiers, never literals: a typo must fail loudly.

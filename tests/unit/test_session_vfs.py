@@ -180,7 +180,7 @@ def test_only_the_hosts_connections_are_guarded(outbound: Path) -> None:
     reader.close()
 
 
-def test_a_guarded_reader_waits_at_most_a_second_for_a_held_lock(outbound: Path) -> None:
+def test_the_hosts_reader_waits_at_most_a_second_for_a_held_lock(outbound: Path) -> None:
     holder = apsw.Connection(str(outbound))
     holder.execute("BEGIN EXCLUSIVE")
     try:
