@@ -158,7 +158,7 @@ def test_a_hot_journal_is_still_rolled_back_by_the_recovery(outbound: Path) -> N
         reader.acks()
     reader.close()
     assert os.path.exists(f"{outbound}-journal")
-    found = leftover_claims(outbound)  # the one read-write recovery
+    found = leftover_claims(outbound, "run-1")  # the one read-write recovery
     assert [(a.message_id, a.status) for a in found] == [("m1", "processing")]
     assert not os.path.exists(f"{outbound}-journal")
 
@@ -167,7 +167,7 @@ def test_a_huge_planted_journal_is_not_rolled_back(outbound: Path) -> None:
     crash_mid_write(outbound)
     with open(f"{outbound}-journal", "r+b") as handle:
         handle.truncate(MAX_JOURNAL_BYTES + 1)
-    error = bounded(lambda: leftover_claims(outbound))
+    error = bounded(lambda: leftover_claims(outbound, "run-1"))
     assert isinstance(error, UnsafeSessionFile) and "bytes" in str(error)
 
 
