@@ -20,7 +20,6 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.sandbox import Sandbox
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
-from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.store import InboundReader, InboundStore, NewInbound, OutboundReader
 from nanoclaw_common.store.rows import Session
@@ -29,16 +28,6 @@ from tests.security.conftest import Agent, HostileStack, wait_until
 from tests.stack import echo_reply
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def services_listening(hostile: HostileStack) -> None:
-    """``nanoclaw up`` returns once supervisord calls the programs RUNNING, which on a
-    loaded machine can be before the proxy and the Podman API service answer; a wake before
-    that is refused (NotReady)."""
-    wait_until(hostile.layout.proxy_socket.is_socket, 60, "the proxy to listen")
-    podman = hostile.layout.podman_socket
-    wait_until(lambda: socket_answers(podman), 60, "the Podman API service to answer")
 
 
 BOUND_S = 30.0  # generous for a loaded machine; the sweeper passes every second

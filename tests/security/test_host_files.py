@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from nanoclaw_common.sandbox import Sandbox
-from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.sandbox.spec import container_name
 from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.store import InboundReader, OutboundReader
@@ -24,16 +23,6 @@ from tests.security.conftest import Agent, HostileStack, wait_until
 from tests.stack import echo_reply
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def services_listening(hostile: HostileStack) -> None:
-    """``nanoclaw up`` returns once supervisord calls the programs RUNNING, which on a
-    loaded machine can be before the proxy and the Podman API service answer; a wake before
-    that is refused (NotReady)."""
-    wait_until(hostile.layout.proxy_socket.is_socket, 60, "the proxy to listen")
-    podman = hostile.layout.podman_socket
-    wait_until(lambda: socket_answers(podman), 60, "the Podman API service to answer")
 
 
 RACE_S = 8.0
