@@ -223,9 +223,9 @@ async def _notice_pass(deps: Deps) -> int:
                 notices.defer(notice.id, last + interval_ms, now=now)
                 log.info("owner notice {} waits for the group's window", notice.id, group=group)
             continue
-        if group in seen:
-            continue  # one notice per group in flight: the oldest decides the window
-        seen.add(group)
+        if key in seen:
+            continue  # one notice per window in flight: the oldest decides the window
+        seen.add(key)
         if notice.next_attempt_at_ms > now:
             continue  # waiting for its retry; later notices of the group wait behind it
         if await _send_notice(deps, notices, notice, key):

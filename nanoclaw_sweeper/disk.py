@@ -35,10 +35,11 @@ import msgspec
 from loguru import logger
 
 from nanoclaw_common.disk.limits import Limit, Scope, group_limit, human_bytes, session_limit
-from nanoclaw_common.disk.quotas import DiskQuotas, free_bytes
+from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.disk.walk import FolderWalk
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.states import SessionStatus
 from nanoclaw_common.store import CentralStore, InboundStore, rows
 from nanoclaw_common.store.disk import (
     BLOCK_CLEANUP,
@@ -158,7 +159,7 @@ class DiskWatch:
 
     def _floor(self, now: int, report: DiskPass) -> None:
         assert self.quotas is not None
-        free = free_bytes(self.layout.home)
+        free = self.quotas.free()
         self._last_free = free
         floor_bytes = self.quotas.floor_bytes
         blocked = any(b.scope == Scope.FLOOR for b in self.ledger.list_blocks())
@@ -196,8 +197,8 @@ class DiskWatch:
         found = []
         for session_id in live:
             session = self.central.get_session(session_id)
-            if session is not None:
-                found.append(session)
+            if session is not None and session.status == SessionStatus.ACTIVE:
+                found.append(session)  # a closed session's container is an orphan: reaped
         return found
 
     def _watched(self, running: list[rows.Session], blocks: dict[Key, DiskBlock]) -> list[_Folder]:
@@ -239,7 +240,7 @@ class DiskWatch:
             blocked_session = self.central.get_session(scope_id) if scope == Scope.SESSION else None
             gone = group is None or (
                 scope == Scope.SESSION
-                and (blocked_session is None or blocked_session.status != "active")
+                and (blocked_session is None or blocked_session.status != SessionStatus.ACTIVE)
             )
             if gone:
                 self.ledger.lift(scope, scope_id)  # nothing left to protect
@@ -269,7 +270,13 @@ class DiskWatch:
             walking = self._walking.get(folder.key)
             if walking is None:
                 try:
-                    walk = FolderWalk(folder.path, max_entries=folder.limit.entries)
+                    walk = FolderWalk(
+                        folder.path, max_entries=folder.limit.entries, clock=self.clock
+                    )
+                except FileNotFoundError:
+                    # Not made yet (the first wake makes it): it holds nothing.
+                    self._walked[folder.key] = Measured(0, 0, True, now)
+                    continue
                 except OSError as exc:
                     log.warning("cannot measure {}: {}", folder.path, exc)
                     continue
@@ -363,9 +370,7 @@ class DiskWatch:
         )
         label = f"{folder.scope}:{folder.scope_id}"
         if verdict is Verdict.OVER and measured is not None:
-            reason = measured.stopped_because or (
-                f"{human_bytes(measured.bytes)} in {measured.entries} entries"
-            )
+            reason = _over_reason(folder, measured)
             cleanup_session = folder.running[0].id if folder.running else None
             added = self.ledger.add_block(
                 DiskBlock(
@@ -491,3 +496,15 @@ class DiskWatch:
                 )
         finally:
             inbound.close()
+
+
+def _over_reason(folder: _Folder, measured: Measured) -> str:
+    """Why the folder is over, in our words (never a name the container chose)."""
+    what = "the group folder" if folder.scope is Scope.GROUP else "the session's agent/ folder"
+    if measured.stopped_because:
+        why = measured.stopped_because
+    elif folder.limit.bytes and measured.bytes > folder.limit.bytes:
+        why = f"{human_bytes(measured.bytes)} of {human_bytes(folder.limit.bytes)} allowed"
+    else:
+        why = f"{measured.entries} entries of {folder.limit.entries} allowed"
+    return f"{what} is over its disk quota: {why}"

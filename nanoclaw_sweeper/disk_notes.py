@@ -62,8 +62,7 @@ def agent_note(block: DiskBlock, largest: list[tuple[str, int]]) -> str:
     where = container_folder(block.scope)
     head = (
         f"Disk quota: {where} holds {_usage(block)}, over its quota of"
-        f" {_quota(block.limit_bytes, block.limit_entries)} ({block.reason}), so your container"
-        " was stopped."
+        f" {_quota(block.limit_bytes, block.limit_entries)}, so your container was stopped."
     )
     if block.state == BLOCK_CLEANUP:
         ceiling = cleanup_ceiling(block, Limit(block.limit_bytes, block.limit_entries))
@@ -77,8 +76,8 @@ def agent_note(block: DiskBlock, largest: list[tuple[str, int]]) -> str:
             " been told."
         )
     return (
-        f"{head} Messages wait until the folder is under its quota again (the owner has"
-        " been told); then you are woken as usual."
+        f"{head} It stays stopped ({block.reason}). Messages wait until the folder is under"
+        " its quota again (the owner has been told); then you are woken as usual."
     )
 
 

@@ -31,7 +31,7 @@ from nanoclaw_common.disk.limits import Limit
 from nanoclaw_common.store.disk import BLOCK_CLEANUP, DiskBlock
 
 SHARP_DROP_BYTES: Final = 64 * 1024 * 1024  # free space lost in one pass that calls for a look
-FLOOR_MARGIN: Final = 1.1  # a floor block is lifted at 110 % of the floor
+FLOOR_MARGIN_PERCENT: Final = 110  # a floor block is lifted at 110 % of the floor
 
 
 class Measured(msgspec.Struct, frozen=True):
@@ -133,7 +133,6 @@ def judge_floor(free: int | None, floor_bytes: int, *, blocked: bool) -> FloorVe
         # No floor, or statvfs failed: never hold everything back on a guess.
         return FloorVerdict.RECOVERED if blocked else FloorVerdict.OK
     if blocked:
-        return (
-            FloorVerdict.RECOVERED if free >= floor_bytes * FLOOR_MARGIN else FloorVerdict.STILL_LOW
-        )
+        recovered = free * 100 > floor_bytes * FLOOR_MARGIN_PERCENT
+        return FloorVerdict.RECOVERED if recovered else FloorVerdict.STILL_LOW
     return FloorVerdict.LOW if free < floor_bytes else FloorVerdict.OK

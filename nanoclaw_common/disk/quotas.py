@@ -111,12 +111,18 @@ class DiskQuotas:
         layout: Layout,
         *,
         clock: Callable[[], float] = time.monotonic,
+        free_space: Callable[[Path], int | None] = free_bytes,
     ) -> None:
         self.settings = settings
         self.layout = layout
         self.floor_bytes = settings.disk_min_free_mb * MIB
         self._clock = clock
+        self._free_space = free_space
         self._choices: dict[Scope, tuple[float, Choice]] = {}
+
+    def free(self) -> int | None:
+        """Free space on the data folder's filesystem (None when statvfs failed)."""
+        return self._free_space(self.layout.home)
 
     def choice(self, scope: Scope) -> Choice:
         folder = self.layout.groups_dir if scope is Scope.GROUP else self.layout.sessions_dir
@@ -126,8 +132,10 @@ class DiskQuotas:
             return cached[1]
         folder.mkdir(parents=True, exist_ok=True)
         decided = choose(self.settings.disk_quota_mechanism, folder)
-        if cached is None or cached[1] != decided:
-            log.info("{} folders: {} quotas ({})", scope.value, decided.mechanism, decided.reason)
+        if cached is not None and cached[1] != decided:
+            log.info(
+                "{} folders: now {} quotas ({})", scope.value, decided.mechanism, decided.reason
+            )
         self._choices[scope] = (now, decided)
         return decided
 
@@ -135,7 +143,7 @@ class DiskQuotas:
 
     def refusal(self, central: CentralStore, session: Session, *, now: int) -> str | None:
         """Why the session may not start now (recorded against the block), or None."""
-        floor = floor_refusal(free_bytes(self.layout.home), self.floor_bytes)
+        floor = floor_refusal(self.free(), self.floor_bytes)
         ledger = DiskLedger(central)
         blocks = ledger.blocks_covering(session.id, session.agent_group_id)
         holding = block_refusal(blocks, session.id)

@@ -86,8 +86,16 @@ class FolderWalk:
     walk is over and ``usage()`` is its result. Raises ``OSError`` only when the folder itself
     cannot be opened."""
 
-    def __init__(self, root: Path, *, max_entries: int = 0, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_entries: int = 0,
+        max_depth: int = MAX_DEPTH,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.root = root
+        self.clock = clock
         self.max_entries = max_entries
         self.max_depth = max_depth
         self.bytes = 0
@@ -111,11 +119,11 @@ class FolderWalk:
         return not self._stack
 
     def step(self, max_entries: int, deadline: float) -> int:
-        """Look at up to ``max_entries`` more entries, or until ``time.monotonic()`` passes
+        """Look at up to ``max_entries`` more entries, or until ``clock()`` passes
         ``deadline``; at least one entry when any is left, so a walk always progresses."""
         looked = 0
         while self._stack and looked < max_entries:
-            if looked % _CLOCK_EVERY == _CLOCK_EVERY - 1 and time.monotonic() > deadline:
+            if looked % _CLOCK_EVERY == _CLOCK_EVERY - 1 and self.clock() > deadline:
                 break
             level = self._stack[-1]
             try:
@@ -173,7 +181,7 @@ class FolderWalk:
         self._count_top(top, blocks)
         if not is_dir:
             return
-        if len(self._stack) >= self.max_depth:
+        if len(self._stack) > self.max_depth:  # the root plus max_depth folders below it
             self._stop(f"folders nested deeper than {self.max_depth} levels")
             return
         fd = open_subfolder(level.fd, entry.name)
