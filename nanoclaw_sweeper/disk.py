@@ -146,7 +146,8 @@ class DiskWatch:
     def holds(self, session: rows.Session) -> bool:
         """Whether the blocks of the last ``check`` hold this session's wake back."""
         return any(
-            block.covers(session.id, session.agent_group_id) and not block.lets_run(session.id)
+            block.covers(session.id, session.agent_group_id)
+            and not block.may_start(session.id, session.run_id)
             for block in self._blocks
         )
 
@@ -354,8 +355,7 @@ class DiskWatch:
         cleanup_running = cleanup_ran = False
         if block is not None and block.state == BLOCK_CLEANUP and block.cleanup_session_id:
             cleanup = self.central.get_session(block.cleanup_session_id)
-            started = cleanup.run_started_at_ms if cleanup else None
-            cleanup_ran = started is not None and started >= block.blocked_at_ms
+            cleanup_ran = cleanup is not None and block.cleanup_ran(cleanup.run_id)
             cleanup_running = cleanup_ran and any(
                 s.id == block.cleanup_session_id for s in folder.running
             )
@@ -371,14 +371,15 @@ class DiskWatch:
         label = f"{folder.scope}:{folder.scope_id}"
         if verdict is Verdict.OVER and measured is not None:
             reason = _over_reason(folder, measured)
-            cleanup_session = folder.running[0].id if folder.running else None
+            cleanup = folder.running[0] if folder.running else None
             added = self.ledger.add_block(
                 DiskBlock(
                     scope=folder.scope.value,
                     scope_id=folder.scope_id,
                     agent_group_id=folder.group.id if folder.group else None,
-                    state=BLOCK_CLEANUP if cleanup_session else BLOCK_HELD,
-                    cleanup_session_id=cleanup_session,
+                    state=BLOCK_CLEANUP if cleanup else BLOCK_HELD,
+                    cleanup_session_id=cleanup.id if cleanup else None,
+                    cleanup_after_run=cleanup.run_id if cleanup else None,
                     bytes=measured.bytes,
                     entries=measured.entries,
                     limit_bytes=folder.limit.bytes,
@@ -414,10 +415,7 @@ class DiskWatch:
                 block
                 for block in self._blocks
                 if block.covers(session.id, session.agent_group_id)
-                and not (
-                    block.lets_run(session.id)
-                    and (session.run_started_at_ms or 0) >= block.blocked_at_ms
-                )
+                and not block.lets_run(session.id, session.run_id)
             ]
             if not blocking:
                 continue
@@ -428,7 +426,7 @@ class DiskWatch:
             self.stop(session.id)
             report.stopped.append(session.id)
             self._stopped_for.setdefault((block.scope, block.scope_id), []).append(session.id)
-            if not block.lets_run(session.id):
+            if block.cleanup_session_id != session.id:
                 self._write_note(
                     session,
                     block,

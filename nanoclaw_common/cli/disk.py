@@ -228,7 +228,7 @@ def disk_cleanup(ctx: CliContext, ref: str, session_ref: str | None) -> None:
         target = store.newest_active_session(group_id)
     if target is None or target.agent_group_id != group_id:
         raise click.ClickException(f"no session of {group_id} to wake (give --session)")
-    ledger.grant_cleanup(scope, scope_id, target.id, now=now_ms())
+    ledger.grant_cleanup(scope, scope_id, target.id, target.run_id, now=now_ms())
     console.print(
         f"{scope} {scope_id}: {target.id} may run once to delete files; the sweeper wakes it"
         " and lifts the block once the folder is under its quota",

@@ -96,10 +96,10 @@ def floor_refusal(free: int | None, floor_bytes: int) -> str | None:
     )
 
 
-def block_refusal(blocks: list[DiskBlock], session_id: str) -> DiskBlock | None:
-    """The first block that holds this session back (a cleanup block lets its one session
-    through), or None."""
-    return next((block for block in blocks if not block.lets_run(session_id)), None)
+def block_refusal(blocks: list[DiskBlock], session: Session) -> DiskBlock | None:
+    """The first block that holds this session's wake back (a cleanup block lets its one
+    session start one run), or None."""
+    return next((b for b in blocks if not b.may_start(session.id, session.run_id)), None)
 
 
 class DiskQuotas:
@@ -146,7 +146,7 @@ class DiskQuotas:
         floor = floor_refusal(self.free(), self.floor_bytes)
         ledger = DiskLedger(central)
         blocks = ledger.blocks_covering(session.id, session.agent_group_id)
-        holding = block_refusal(blocks, session.id)
+        holding = block_refusal(blocks, session)
         if floor is None and holding is None:
             return None
         if holding is not None:

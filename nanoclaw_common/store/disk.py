@@ -44,6 +44,7 @@ class DiskBlock(rows.Row, frozen=True):
     limit_entries: int
     reason: str
     blocked_at_ms: int
+    cleanup_after_run: str | None = None  # the cleanup session's run when blocked: not it
     notified_at_ms: int | None = None
     refused_wakes: int = 0
     last_refused_at_ms: int | None = None
@@ -56,9 +57,27 @@ class DiskBlock(rows.Row, frozen=True):
             return self.scope_id == session_id
         return self.scope_id == agent_group_id
 
-    def lets_run(self, session_id: str) -> bool:
-        """A covering block that still lets this session run (its cleanup run)."""
-        return self.state == BLOCK_CLEANUP and self.cleanup_session_id == session_id
+    def may_start(self, session_id: str, latest_run_id: str | None) -> bool:
+        """Whether a covering block lets this session start a run: only its cleanup
+        session, and only once (its latest run is still the one it had when blocked)."""
+        return (
+            self.state == BLOCK_CLEANUP
+            and self.cleanup_session_id == session_id
+            and latest_run_id == self.cleanup_after_run
+        )
+
+    def lets_run(self, session_id: str, run_id: str | None) -> bool:
+        """Whether a covering block lets this session's running ``run_id`` go on: only the
+        cleanup run, started after the block."""
+        return (
+            self.state == BLOCK_CLEANUP
+            and self.cleanup_session_id == session_id
+            and self.cleanup_ran(run_id)
+        )
+
+    def cleanup_ran(self, run_id: str | None) -> bool:
+        """Whether ``run_id`` (the cleanup session's latest) is its cleanup run."""
+        return run_id is not None and run_id != self.cleanup_after_run
 
 
 class DiskLedger:
@@ -111,7 +130,7 @@ class DiskLedger:
         with self.db.write():
             self.db.execute(
                 f"INSERT OR IGNORE INTO disk_blocks ({columns(DiskBlock)})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 tuple(getattr(block, name) for name in DiskBlock.__struct_fields__),
             )
             return self.db.changes() == 1
@@ -127,14 +146,17 @@ class DiskLedger:
             )
             return self.db.changes() == 1
 
-    def grant_cleanup(self, scope: str, scope_id: str, session_id: str, *, now: int) -> bool:
+    def grant_cleanup(
+        self, scope: str, scope_id: str, session_id: str, run_id: str | None, *, now: int
+    ) -> bool:
         """Let ``session_id`` run once more to delete files (the owner asked,
-        ``nanoclaw disk cleanup``); the run is judged from ``now``."""
+        ``nanoclaw disk cleanup``): a run after ``run_id`` (its latest), judged from
+        ``now``."""
         with self.db.write():
             self.db.execute(
-                "UPDATE disk_blocks SET state = ?, cleanup_session_id = ?, blocked_at_ms = ?,"
-                " notified_at_ms = NULL WHERE scope = ? AND scope_id = ?",
-                (BLOCK_CLEANUP, session_id, now, scope, scope_id),
+                "UPDATE disk_blocks SET state = ?, cleanup_session_id = ?, cleanup_after_run = ?,"
+                " blocked_at_ms = ?, notified_at_ms = NULL WHERE scope = ? AND scope_id = ?",
+                (BLOCK_CLEANUP, session_id, run_id, now, scope, scope_id),
             )
             return self.db.changes() == 1
 

@@ -31,7 +31,8 @@ CREATE TABLE disk_blocks (
   scope_id            TEXT NOT NULL,
   agent_group_id      TEXT,                    -- NULL for the floor
   state               TEXT NOT NULL CHECK (state IN ('cleanup', 'blocked')),
-  cleanup_session_id  TEXT,                    -- the one session a 'cleanup' row lets run
+  cleanup_session_id  TEXT,                    -- the one session a 'cleanup' row lets run...
+  cleanup_after_run   TEXT,                    -- ...in a run other than this one (its run then)
   bytes               INTEGER NOT NULL,        -- usage when blocked (free bytes for the floor)
   entries             INTEGER NOT NULL,
   limit_bytes         INTEGER NOT NULL,

@@ -218,6 +218,9 @@ def test_a_cleanup_run_that_ends_still_over_holds_the_block(disk: Disk) -> None:
     disk.sweep(T0 + 1_000)  # stopped, and woken for the cleanup run
     assert session.id in disk.sandbox.live
     disk.sandbox.live.pop(session.id)  # it ended without deleting anything
+    add_message(paths, "m1")
+    report = disk.sweep(T0 + 2_000)  # before the next walk: one cleanup run, not two
+    assert report.woken == [] and report.disk_held == [session.id]  # type: ignore[attr-defined]
     report = disk.sweep(T0 + 1_000 + INTERVAL_MS)
     (block,) = disk.blocks()
     assert block.state == BLOCK_HELD and "after its cleanup run" in block.reason
@@ -385,6 +388,7 @@ def test_the_gate_refuses_by_block_and_by_floor(disk: Disk) -> None:
             agent_group_id=disk.group.id,
             state=BLOCK_CLEANUP,
             cleanup_session_id=session.id,
+            cleanup_after_run=session.run_id,  # the run that was going when it was blocked
             bytes=9 * MIB,
             entries=3,
             limit_bytes=8 * MIB,
@@ -395,6 +399,11 @@ def test_the_gate_refuses_by_block_and_by_floor(disk: Disk) -> None:
     )
     assert gate.refusal(disk.central, session, now=T0) is None  # its cleanup run
     assert gate.refusal(disk.central, other, now=T0) == "disk quota: 9.0 MiB in 3 entries"
+    disk.sandbox.start(session)  # the cleanup run: a new run id
+    cleaned = disk.refreshed(session)
+    assert gate.refusal(disk.central, cleaned, now=T0) == "disk quota: 9.0 MiB in 3 entries"
+    disk.ledger.lift("group", disk.group.id)
+    assert gate.refusal(disk.central, cleaned, now=T0) is None
     disk.free.append(10 * MIB)
-    refusal = gate.refusal(disk.central, session, now=T0)
+    refusal = gate.refusal(disk.central, cleaned, now=T0)
     assert refusal is not None and "less than disk_min_free_mb" in refusal
