@@ -11,7 +11,7 @@ Per pass:
    ``disk_check_interval_s``, sooner when free space fell sharply. Walks share a budget of
    ``disk_walk_entries_per_pass`` entries and ``WALK_TIME_BUDGET_S`` per pass; one that does
    not finish continues in the next pass, so a big folder costs many cheap passes, never
-   one long one;
+   one long one (the interval counts from the end of a folder's walk);
 4. judge each folder (``disk_rules.judge_folder``) and record blocks (``central.disk_blocks``);
 5. enforce: a running container that a block does not let run is stopped (TERM, bounded wait,
    KILL: ``Sandbox.stop``); the sweeper then settles its claims like any dead run's;
@@ -61,7 +61,9 @@ from nanoclaw_sweeper.disk_rules import (
     sharp_drop,
 )
 
-WALK_TIME_BUDGET_S: Final = 0.1  # per pass, for all walks together
+# Per pass, for all walks together: about 5,000 entries on a busy small VPS, so walking costs
+# the sweeper at most ~5 % of a core however big the folders are (docs/performance.md).
+WALK_TIME_BUDGET_S: Final = 0.05
 
 log = logger.bind(component="disk")
 
@@ -108,6 +110,7 @@ class DiskWatch:
     ledger: DiskLedger = field(init=False)
     _walking: dict[Key, _Walking] = field(default_factory=dict, init=False)
     _walked: dict[Key, Measured] = field(default_factory=dict, init=False)
+    _walk_ended: dict[Key, int] = field(default_factory=dict, init=False)
     _largest: dict[Key, list[tuple[str, int]]] = field(default_factory=dict, init=False)
     _kernel: dict[Key, Measured] = field(default_factory=dict, init=False)
     _recorded_at: dict[Key, int] = field(default_factory=dict, init=False)
@@ -277,6 +280,7 @@ class DiskWatch:
                 except FileNotFoundError:
                     # Not made yet (the first wake makes it): it holds nothing.
                     self._walked[folder.key] = Measured(0, 0, True, now)
+                    self._walk_ended[folder.key] = now
                     continue
                 except OSError as exc:
                     log.warning("cannot measure {}: {}", folder.path, exc)
@@ -297,10 +301,13 @@ class DiskWatch:
                     usage.stopped_because,
                 )
                 self._largest[folder.key] = usage.largest
+                self._walk_ended[folder.key] = now
         self._record(folders, now)
 
     def _walk_order(self, folders: list[_Folder], *, urgent: bool, now: int) -> list[_Folder]:
-        """The walk in progress first, then the folders due, least recently measured first."""
+        """The walk in progress first, then the folders due, least recently measured first.
+        The interval counts from the end of a folder's last walk: a folder that takes many
+        passes to walk is not walked back to back."""
         interval_ms = int(self.settings.disk_check_interval_s * 1000)
         in_progress = [f for f in folders if f.key in self._walking]
         due = [
@@ -308,13 +315,10 @@ class DiskWatch:
             for f in folders
             if f.key not in self._walking
             and measurement_due(
-                self._walked[f.key].at_ms if f.key in self._walked else None,
-                interval_ms=interval_ms,
-                now=now,
-                urgent=urgent,
+                self._walk_ended.get(f.key), interval_ms=interval_ms, now=now, urgent=urgent
             )
         ]
-        due.sort(key=lambda f: self._walked[f.key].at_ms if f.key in self._walked else -1)
+        due.sort(key=lambda f: self._walk_ended.get(f.key, -1))
         return in_progress + due
 
     def _measured(self, key: Key) -> Measured | None:

@@ -38,6 +38,7 @@ def quota_settings(box_settings: Settings) -> Settings:
         session_disk_quota_mb=32,
         disk_check_interval_s=INTERVAL_S,
         disk_quota_mechanism="walk",
+        spawn_grace_s=600.0,  # the containers only sleep and never beat: not liveness' test
     ).validate()
 
 
