@@ -97,8 +97,10 @@ def judge_folder(state: FolderState) -> Verdict:
         if measured is None or not over_quota(measured, state.limit):
             return Verdict.OK
         return Verdict.OVER
-    if measured is None or measured.at_ms < block.blocked_at_ms:
-        return Verdict.KEEP  # nothing measured since the block (or since a cleanup grant)
+    if measured is None or measured.at_ms <= block.blocked_at_ms:
+        # Nothing measured since the block (the walk that found it over, or one before a
+        # cleanup grant, says nothing about what the cleanup did).
+        return Verdict.KEEP
     if not over_quota(measured, state.limit):
         return Verdict.LIFT
     if block.state == BLOCK_CLEANUP:

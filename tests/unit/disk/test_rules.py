@@ -108,7 +108,8 @@ def test_a_walk_that_stopped_early_counts_as_over() -> None:
 def test_a_block_is_judged_again_only_on_a_walk_that_started_after_it() -> None:
     under_before = Measured(1, 1, at_ms=T0 - 1)
     assert state(under_before, block()) is Verdict.KEEP
-    assert state(Measured(1, 1, at_ms=T0), block()) is Verdict.LIFT
+    assert state(Measured(1, 1, at_ms=T0), block()) is Verdict.KEEP  # the walk that blocked it
+    assert state(Measured(1, 1, at_ms=T0 + 1), block()) is Verdict.LIFT
     assert state(None, block()) is Verdict.KEEP
 
 
