@@ -260,6 +260,15 @@ class DiskWatch:
         watched = {folder.key for folder in folders}
         for key in [k for k in self._walking if k not in watched]:
             self._walking.pop(key).walk.close()  # its container stopped: measured when needed
+        for memo in (
+            self._walked,
+            self._walk_ended,
+            self._kernel,
+            self._largest,
+            self._recorded_at,
+        ):
+            for key in [k for k in memo if k not in watched]:
+                del memo[key]  # walked afresh if its session runs again
         for folder in folders:
             counted = self.quotas.project_usage(
                 self.central, folder.scope, folder.scope_id, folder.path
@@ -284,9 +293,18 @@ class DiskWatch:
                     continue
                 except OSError as exc:
                     log.warning("cannot measure {}: {}", folder.path, exc)
+                    self._walk_ended[folder.key] = now  # tried again after the interval
                     continue
                 walking = self._walking[folder.key] = _Walking(walk, now)
-            spent = walking.walk.step(budget, deadline)
+            try:
+                spent = walking.walk.step(budget, deadline)
+            except OSError as exc:
+                # Out of descriptors, an I/O error: this walk is dropped (tried again after
+                # the interval); the pass and the other folders go on.
+                log.warning("walk of {} failed: {}", folder.path, exc)
+                self._walking.pop(folder.key).walk.close()
+                self._walk_ended[folder.key] = now
+                continue
             budget -= spent
             report.walked += spent
             if walking.walk.done:

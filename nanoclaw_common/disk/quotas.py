@@ -119,6 +119,7 @@ class DiskQuotas:
         self._clock = clock
         self._free_space = free_space
         self._choices: dict[Scope, tuple[float, Choice]] = {}
+        self._unreadable: set[Path] = set()
 
     def free(self) -> int | None:
         """Free space on the data folder's filesystem (None when statvfs failed)."""
@@ -244,9 +245,13 @@ class DiskQuotas:
         except OSError:
             return None
         try:
-            return project.get_usage(choice.mount, fd, project_id)
+            counted = project.get_usage(choice.mount, fd, project_id)
         except OSError as exc:
-            log.warning("cannot read the project quota of {}: {}", folder, exc)
+            if folder not in self._unreadable:  # once, not every pass
+                self._unreadable.add(folder)
+                log.warning("cannot read the project quota of {}: {}", folder, exc)
             return None
         finally:
             os.close(fd)
+        self._unreadable.discard(folder)
+        return counted

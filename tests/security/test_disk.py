@@ -23,7 +23,7 @@ from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.store.disk import BLOCK_CLEANUP, BLOCK_HELD, DiskBlock, DiskLedger
 from tests.fakes.anthropic_api import text, tool_use
 from tests.security.conftest import HostileStack, wait_until
-from tests.stack import TurnTimeout, echo_reply
+from tests.stack import TurnTimeout
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -147,7 +147,7 @@ def test_a_cleanup_run_that_keeps_writing_is_held_and_messages_wait(
     held = next(b for b in blocks(stack) if b.state == BLOCK_HELD)
     assert "grew" in held.reason
     # A message now waits: the router's wake is refused (recorded), nothing answers it...
-    stack.fake_api.reply(echo_reply)
+    stack.fake_api.reply(text('<message to="terminal">back after the cleanup</message>'))
     replies: list[str] = []
     failure: list[BaseException] = []
 
@@ -167,7 +167,8 @@ def test_a_cleanup_run_that_keeps_writing_is_held_and_messages_wait(
         (host_group_dir(stack) / name).unlink()
     talker.join(150)
     assert not failure, failure
-    assert "echo: are you there" in replies
+    assert "back after the cleanup" in replies
+    assert "are you there" in str(stack.fake_api.message_requests()[-1].body["messages"])
     assert blocks(stack) == []
     stack.assert_up(pids)
 

@@ -407,3 +407,15 @@ def test_the_gate_refuses_by_block_and_by_floor(disk: Disk) -> None:
     disk.free.append(10 * MIB)
     refusal = gate.refusal(disk.central, cleaned, now=T0)
     assert refusal is not None and "less than disk_min_free_mb" in refusal
+
+
+def test_what_is_remembered_is_only_what_is_watched(disk: Disk) -> None:
+    """A sweeper that runs for months sees thousands of sessions come and go: it keeps
+    measurements only of folders it still watches (running, or blocked)."""
+    session, _ = disk.running_session()
+    disk.sweep(T0 + 1_000)
+    assert len(disk.sweeper.disk._walked) == 2
+    disk.sandbox.stop(session.id)
+    disk.sweep(T0 + 2_000)
+    watch = disk.sweeper.disk
+    assert (watch._walked, watch._walk_ended, watch._largest, watch._walking) == ({}, {}, {}, {})
