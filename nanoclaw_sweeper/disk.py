@@ -49,6 +49,7 @@ from nanoclaw_common.store.disk import (
     DiskLedger,
     DiskUsageRow,
 )
+from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_sweeper import disk_notes
 from nanoclaw_sweeper.disk_rules import (
     FloorVerdict,
@@ -477,9 +478,12 @@ class DiskWatch:
                 self.central.get_agent_group(block.agent_group_id) if block.agent_group_id else None
             )
             folder = self._host_folder(block, group)
-            self.central.queue_owner_notice(
-                disk_notes.notice_id(block),
+            # Coalesced like delivery's (one pending disk notice per group, counting), the
+            # cause being this block state: a re-run after a crash counts nothing twice.
+            OwnerNotices(self.central).queue(
                 block.agent_group_id or disk_notes.FLOOR_NOTICE_GROUP,
+                disk_notes.NOTICE_KIND,
+                disk_notes.notice_cause(block),
                 disk_notes.owner_notice(block, group, folder, stopped),
                 now=now,
             )

@@ -2,15 +2,18 @@
 each written once (derived from the block: its scope, folder and time).
 
 Notes are ``chat`` rows from ``system`` with no reply address, as delivery writes them
-(``nanoclaw_delivery/notify.py``); owner notices are ``central.owner_notices`` rows, sent by
-delivery's notice pass. Names of files the agent made are container-chosen: they go through
+(``nanoclaw_delivery/notify.py``); owner notices are ``central.owner_notices`` rows of kind
+``disk``, coalesced per group like delivery's (``store.owner_notices``), sent by delivery's
+notice pass. Names of files the agent made are container-chosen: they go through
 ``untrusted.shown``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
+from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.disk.limits import Limit, Scope, human_bytes
 from nanoclaw_common.messages import system_note
 from nanoclaw_common.paths import CONTAINER
@@ -20,16 +23,17 @@ from nanoclaw_common.store.rows import AgentGroup
 from nanoclaw_common.untrusted import shown
 from nanoclaw_sweeper.disk_rules import cleanup_ceiling
 
-FLOOR_NOTICE_GROUP = "(all groups)"  # owner_notices.agent_group_id of a floor notice
+FLOOR_NOTICE_GROUP: Final = "(all groups)"  # owner_notices.agent_group_id of a floor notice
+NOTICE_KIND: Final = OWNER_NOTICE_KIND
 
 
 def note_id(block: DiskBlock) -> str:
     return f"disk-{block.scope}-{block.scope_id}-{block.blocked_at_ms}-{block.state}"
 
 
-def notice_id(block: DiskBlock) -> str:
-    """Owner notice ids start with ``disk-``: delivery gives them a rate-limit window of their
-    own, so a notice about a failed delivery does not silence this one."""
+def notice_cause(block: DiskBlock) -> str:
+    """The cause an owner notice counts: this block in this state (a crash and a re-run
+    count it once)."""
     return note_id(block)
 
 

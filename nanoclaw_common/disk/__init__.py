@@ -5,3 +5,11 @@ running sessions and stops those over quota, is ``nanoclaw_sweeper/disk.py``.
 
 docs/internals.md "Disk quotas" states the contract; docs/security.md the threat model.
 """
+
+from __future__ import annotations
+
+from typing import Final
+
+# ``owner_notices.kind`` of the sweeper's disk notices: delivery's notice pass gives them a
+# rate-limit window of their own (``nanoclaw_delivery.notify.notice_window_key``).
+OWNER_NOTICE_KIND: Final = "disk"

@@ -12,12 +12,14 @@ import msgspec
 import pytest
 
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import Sandbox
 from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundReader, rows
 from nanoclaw_common.store.disk import BLOCK_CLEANUP, DiskLedger
+from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_sweeper.sweeper import PassReport, Sweeper
 from tests.sandbox.conftest import SandboxFactory, SessionFactory
 
@@ -94,7 +96,7 @@ def test_a_container_filling_the_workspace_is_stopped_told_and_cleans_up(
     # Told: the agent (a trigger note naming the folder and the file), the owner (a notice).
     (note,) = disk_notes(layout, session)
     assert note.trigger == 1 and "/workspace" in note.content and "big" in note.content
-    (notice,) = [n for n in central.list_owner_notices() if n.id.startswith("disk-")]
+    (notice,) = [n for n in OwnerNotices(central).list() if n.kind == OWNER_NOTICE_KIND]
     assert "over its disk quota" in notice.text
     (block,) = DiskLedger(central).list_blocks()
     assert (block.state, block.cleanup_session_id) == (BLOCK_CLEANUP, session.id)

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.disk.limits import MIB
 from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.paths import Layout, SessionPaths
@@ -22,6 +23,7 @@ from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundReader, rows
 from nanoclaw_common.store.disk import BLOCK_CLEANUP, BLOCK_HELD, DiskBlock, DiskLedger
+from nanoclaw_common.store.owner_notices import OwnerNotice, OwnerNotices
 from nanoclaw_sweeper.disk import DiskWatch
 from nanoclaw_sweeper.sweeper import Sweeper
 from tests.unit.test_sweeper import T0, FakeSandbox, add_message, beat, claim, inbound_row
@@ -127,8 +129,9 @@ def notes(paths: SessionPaths) -> list[rows.InboundRow]:
         reader.close()
 
 
-def owner_notices(central: CentralStore) -> list[str]:
-    return [n.id for n in central.list_owner_notices() if n.id.startswith("disk-")]
+def disk_notices(central: CentralStore) -> list[OwnerNotice]:
+    """The sweeper's owner notices (coalesced: one pending per group, counting causes)."""
+    return [n for n in OwnerNotices(central).list() if n.kind == OWNER_NOTICE_KIND]
 
 
 def test_a_session_over_its_quota_is_stopped_told_and_loses_nothing(disk: Disk) -> None:
@@ -151,8 +154,8 @@ def test_a_session_over_its_quota_is_stopped_told_and_loses_nothing(disk: Disk) 
     assert "/session/agent" in note.content and "junk" in note.content
     assert "only for cleaning up" in note.content
     # The owner is told: a notice queued for delivery's notice pass.
-    (notice,) = disk.central.list_owner_notices()
-    assert notice.id == note.id and notice.agent_group_id == disk.group.id
+    (notice,) = disk_notices(disk.central)
+    assert (notice.agent_group_id, notice.count, notice.status) == (disk.group.id, 1, "pending")
     assert str(paths.agent_dir) in notice.text and "over its disk quota" in notice.text
     (block,) = disk.blocks()
     assert (block.state, block.cleanup_session_id) == (BLOCK_CLEANUP, session.id)
@@ -171,7 +174,7 @@ def test_a_session_over_its_quota_is_stopped_told_and_loses_nothing(disk: Disk) 
     assert lifted.disk_lifted == [f"session:{session.id}"]  # type: ignore[attr-defined]
     assert disk.blocks() == [] and session.id in disk.sandbox.live
     assert inbound_row(paths, "m2").status == "pending"  # still there for the run: not lost
-    assert len(owner_notices(disk.central)) == 1
+    assert [n.count for n in disk_notices(disk.central)] == [1]
 
 
 def test_a_cleanup_run_that_grows_the_folder_is_stopped_and_held(disk: Disk) -> None:
@@ -190,7 +193,10 @@ def test_a_cleanup_run_that_grows_the_folder_is_stopped_and_held(disk: Disk) -> 
     assert block.state == BLOCK_HELD and "grew" in block.reason
     held_note = [n for n in notes(paths) if n.id.endswith("-blocked")]
     assert len(held_note) == 1 and held_note[0].trigger == 0
-    assert len(owner_notices(disk.central)) == 2  # the block, then the hold
+    # The block, then the hold: two causes in the group's one pending notice (nobody sent
+    # the first here), which now says the latest.
+    (notice,) = disk_notices(disk.central)
+    assert notice.count == 2 and "did not bring it under the quota" in notice.text
 
     # Now nothing wakes it: a new message waits, and the wake gate refuses it too.
     add_message(paths, "m3")
@@ -317,8 +323,8 @@ def test_below_the_free_space_floor_everything_stops_and_waits(disk: Disk) -> No
     for paths in (first_paths, second_paths):
         (note,) = notes(paths)
         assert note.trigger == 0 and "almost full" in note.content
-    (notice,) = disk.central.list_owner_notices()
-    assert notice.id.startswith("disk-floor-data-") and "50.0 MiB free" in notice.text
+    (notice,) = disk_notices(disk.central)
+    assert notice.agent_group_id == "(all groups)" and "50.0 MiB free" in notice.text
     add_message(first_paths, "m1")
     assert disk.sweep(T0 + 2_000).disk_held == [first.id]  # type: ignore[attr-defined]
     disk.free.append(105 * MIB)  # above the floor, inside the 10 % margin: still held
@@ -361,9 +367,9 @@ def test_a_block_written_before_a_crash_is_told_about_after_it(disk: Disk) -> No
         )
     )
     disk.sweep(T0 + 1_000)  # the sweeper restarted: block on disk, nobody told yet
-    assert len(notes(paths)) == 1 and len(owner_notices(disk.central)) == 1
+    assert len(notes(paths)) == 1 and [n.count for n in disk_notices(disk.central)] == [1]
     disk.sweep(T0 + 2_000)
-    assert len(notes(paths)) == 1 and len(owner_notices(disk.central)) == 1  # once
+    assert len(notes(paths)) == 1 and [n.count for n in disk_notices(disk.central)] == [1]
 
 
 def test_blocks_of_deleted_sessions_and_groups_go(disk: Disk) -> None:
