@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.store.disk import BLOCK_CLEANUP, BLOCK_HELD, DiskBlock, DiskLedger
 from tests.fakes.anthropic_api import text, tool_use
 from tests.security.conftest import HostileStack, wait_until
@@ -69,14 +68,6 @@ def host_group_dir(stack: HostileStack) -> Path:
 def small_quotas(hostile: HostileStack) -> None:
     """Small quotas for the main group (the sweeper reads them every pass), and nothing
     left over from the previous test: no block, no file of an earlier attack."""
-    # `nanoclaw up` returns once every program is RUNNING; on a loaded machine the sockets
-    # may answer a little later, and every test here wakes a container at once.
-    sockets = [
-        hostile.layout.podman_socket,
-        hostile.layout.proxy_socket,
-        hostile.layout.cli_socket,
-    ]
-    wait_until(lambda: all(map(socket_answers, sockets)), 60, "the programs' sockets")
     with hostile.central() as central:
         central.update_container_config(
             hostile.group.id, group_disk_quota_mb=GROUP_MB, session_disk_quota_mb=SESSION_MB
