@@ -205,14 +205,17 @@ def test_a_flood_of_empty_files_counts(hostile: HostileStack) -> None:
 
 
 def test_traps_for_the_walk_neither_stall_it_nor_fool_it(hostile: HostileStack) -> None:
-    """A FIFO (a walk that opened it would hang), a link to / (one that followed it would
-    measure the host), 50 names for one 40 MiB file (counted once: under the quota), a
-    sparse terabyte (holds nothing): no block. Then 150 nested folders: over (too deep)."""
+    """A socket file, a link to / (a walk that followed it would measure the host), 50 names
+    for one 40 MiB file (counted once: under the quota), a sparse terabyte (holds nothing):
+    no block. Then 150 nested folders: over (too deep). (A FIFO, which a walk that opened it
+    would hang on, the seccomp profile no longer lets the agent make; tests/unit/disk/
+    test_walk.py plants one from the host.)"""
     stack = hostile
     pids = stack.pids()
     agent = stack.agent()
     agent.sh(
-        "cd /workspace && mkdir attack-traps && cd attack-traps && mkfifo fifo"
+        "cd /workspace && mkdir attack-traps && cd attack-traps"
+        " && python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"sock\")'"
         " && ln -s / root && fallocate -l 40M big"
         " && for i in $(seq 1 50); do ln big link$i; done && truncate -s 1T sparse"
     )
