@@ -57,6 +57,7 @@ DEFAULT_HOME: Final = "./data"
 # redaction and leak guard) ignores values this short, so it could show up in logs.
 MIN_WEBHOOK_SECRET_CHARS: Final = 16  # shorter HMAC keys are guessable offline
 MIN_COMPACT_AT_TOKENS: Final = 10_000
+DISK_QUOTA_MECHANISMS: Final = ("auto", "project", "walk")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -114,6 +115,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_turns_per_batch: int = 50
     tool_ceiling_s: float = 900.0  # a tool call without a declared timeout is hung after this
     claim_ceiling_s: float = 1800.0  # a batch in work longer than this (no long tool) is hung
+
+    # -- disk quotas (nanoclaw_common/disk/, nanoclaw_sweeper/disk.py; docs/security.md)
+    # What a group's folder (/workspace) and a session's agent/ folder may hold; 0 = no limit.
+    # Per group, container_configs.group_disk_quota_mb / session_disk_quota_mb override the MB.
+    group_disk_quota_mb: int = 2048
+    group_disk_quota_entries: int = 200_000  # files, folders and links: empty files cost too
+    session_disk_quota_mb: int = 512
+    session_disk_quota_entries: int = 20_000
+    # auto: kernel project quotas where the filesystem has them (ext4/XFS mounted prjquota),
+    # else the sweeper measures; walk: always the sweeper; project: refuse to start without.
+    disk_quota_mechanism: str = "auto"
+    disk_check_interval_s: float = 10.0  # a running session's folders are measured this often
+    disk_walk_entries_per_pass: int = 20_000  # the most entries one sweeper pass looks at
+    # Below this much free space on the data folder's filesystem no container is started and
+    # running ones are stopped: central.db and the logs must always be able to write.
+    disk_min_free_mb: int = 512
 
     # -- runner
     max_messages_per_prompt: int = 10
@@ -202,6 +219,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "webhook_rate_per_minute",
             "webhook_burst",
             "proxy_peer_connections",
+            "disk_walk_entries_per_pass",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{env_name(name)} must be at least 1")
@@ -217,6 +235,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             "watchdog_rss_max_mb",
             "watchdog_backoff_s",
             "session_io_limit_s",
+            "disk_check_interval_s",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{env_name(name)} must be positive")
@@ -226,6 +245,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for name in ("token_budget_daily", "proxy_keeper_linger_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{env_name(name)} must not be negative")
+        for name in (
+            "group_disk_quota_mb",
+            "group_disk_quota_entries",
+            "session_disk_quota_mb",
+            "session_disk_quota_entries",
+            "disk_min_free_mb",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{env_name(name)} must not be negative (0: no limit)")
+        if self.disk_quota_mechanism not in DISK_QUOTA_MECHANISMS:
+            problems.append(
+                f"{env_name('disk_quota_mechanism')}={self.disk_quota_mechanism!r} is not one of"
+                f" {', '.join(DISK_QUOTA_MECHANISMS)}"
+            )
         if self.runner_shed_after_s < 0:
             problems.append(f"{env_name('runner_shed_after_s')} must not be negative")
         if self.runner_compact_at_tokens < MIN_COMPACT_AT_TOKENS:

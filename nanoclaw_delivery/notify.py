@@ -34,6 +34,7 @@ import msgspec
 from loguru import logger
 
 from nanoclaw_common.channels.base import ChannelAdapter
+from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import system_note
 from nanoclaw_common.store import InboundStore, NewInbound
@@ -173,6 +174,15 @@ def owner_notice_key(agent_group_id: str) -> str:
     return f"delivery-owner:{agent_group_id}"
 
 
+def notice_window_key(notice: OwnerNotice) -> str:
+    """The rate-limit window a notice falls in. The sweeper's disk-quota notices have one of
+    their own per group: a notice about failed replies must not hold back the one saying
+    the group's containers were stopped for a full disk, nor the other way round."""
+    if notice.kind == OWNER_NOTICE_KIND:
+        return f"disk-owner:{notice.agent_group_id}"
+    return owner_notice_key(notice.agent_group_id)
+
+
 def queue_owner_notice(
     deps: Deps, agent_group_id: str, kind: str, cause_id: str, text: str
 ) -> bool:
@@ -214,7 +224,7 @@ async def _notice_pass(deps: Deps) -> int:
     for notice in notices.list("pending"):
         group = notice.agent_group_id
         now = deps.clock()
-        key = owner_notice_key(group)
+        key = notice_window_key(notice)
         last = deps.central.last_notice_ms(key)
         if last is not None and now - last < interval_ms:
             # Inside the window of a notice that went out (maybe a moment ago, in this pass):
@@ -223,9 +233,9 @@ async def _notice_pass(deps: Deps) -> int:
                 notices.defer(notice.id, last + interval_ms, now=now)
                 log.info("owner notice {} waits for the group's window", notice.id, group=group)
             continue
-        if group in seen:
-            continue  # one notice per group in flight: the oldest decides the window
-        seen.add(group)
+        if key in seen:
+            continue  # one notice per window in flight: the oldest decides the window
+        seen.add(key)
         if notice.next_attempt_at_ms > now:
             continue  # waiting for its retry; later notices of the group wait behind it
         if await _send_notice(deps, notices, notice, key):
@@ -237,6 +247,12 @@ def notice_message(notice: OwnerNotice) -> str:
     """The DM for a notice: its one cause, or how many and the latest."""
     if notice.count <= 1:
         return notice.text
+    if notice.kind == OWNER_NOTICE_KIND:
+        latest = notice.text.removeprefix("NanoClaw: ")
+        return (
+            f"NanoClaw: {notice.count} disk-quota events for agent group"
+            f" {notice.agent_group_id} since the last notice. The latest: {latest}"
+        )
     what = {"denied": "were refused", "failed": "failed"}.get(notice.kind, notice.kind)
     latest = notice.text.removeprefix("NanoClaw: ")
     return (

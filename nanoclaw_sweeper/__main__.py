@@ -17,6 +17,8 @@ from loguru import logger
 
 from nanoclaw_common.alive import Proof
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.disk.limits import Scope
+from nanoclaw_common.disk.quotas import Mechanism
 from nanoclaw_common.errors import ConfigError
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
@@ -43,6 +45,9 @@ def _noteworthy(report: PassReport) -> bool:
         or report.deferred
         or report.orphans_removed
         or report.recurrences
+        or report.disk_stopped
+        or report.disk_blocked
+        or report.disk_lifted
     )
 
 
@@ -57,6 +62,7 @@ def run(settings: Settings, stop: GracefulStop) -> int:
     error_delay_s = PASS_INTERVAL_S
     log.info("sweeping every {} s (max {} containers)", PASS_INTERVAL_S, settings.max_containers)
     try:
+        _require_mechanism(settings, sweeper)
         while not stop.stopping:
             proof.touch()
             started = time.monotonic()
@@ -77,9 +83,24 @@ def run(settings: Settings, stop: GracefulStop) -> int:
             stop.wait(max(0.0, PASS_INTERVAL_S - (time.monotonic() - started)))
     finally:
         log.info("stopped after {} passes ({} failed)", passes, errors)
+        sweeper.disk.close()
         sandbox.close()
         central.close()
     return 0
+
+
+def _require_mechanism(settings: Settings, sweeper: Sweeper) -> None:
+    """``disk_quota_mechanism = project`` where the kernel cannot: refuse to start (FATAL
+    under supervisord) rather than run with a weaker guard than the operator asked for."""
+    assert sweeper.disk.quotas is not None
+    for scope in (Scope.GROUP, Scope.SESSION):
+        choice = sweeper.disk.quotas.choice(scope)
+        log.info("disk quotas for {} folders: {} ({})", scope, choice.mechanism, choice.reason)
+        if settings.disk_quota_mechanism == "project" and choice.mechanism is not Mechanism.PROJECT:
+            raise ConfigError(
+                f"disk_quota_mechanism = project, but {scope} folders cannot have it:"
+                f" {choice.reason}"
+            )
 
 
 def main() -> None:

@@ -8,7 +8,10 @@ Per session, in this order:
 then capacity (wake within ``max_containers``, stopping idle containers for room) and orphan
 reaping (this install's containers whose session is gone or closed).
 
-Before all that, restart requests (``restart_requests``, written by delivery after an approval
+Before all that, disk quotas (``disk.DiskWatch``: measure the running sessions' folders, stop
+the containers of a folder over its quota, hold back wakes it blocks; a session stopped there
+is examined below as stopped, so its claims are settled and retried), and before that, restart
+requests (``restart_requests``, written by delivery after an approval
 changed a group's image or MCP config; delivery never talks to Podman): a running session
 whose run started before its request is stopped, so the same pass (or the next, once the
 stopped run's claims are settled) wakes a fresh run for the due ``on_wake`` note.
@@ -48,6 +51,7 @@ from nanoclaw_common.store.quarantine import HOSTILE_FILES, Quarantine, quaranti
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
 from nanoclaw_common.store.sqlite import StoreError
 from nanoclaw_common.untrusted import shown_text
+from nanoclaw_sweeper.disk import DiskWatch
 from nanoclaw_sweeper.liveness import (
     KILLS,
     Observation,
@@ -95,6 +99,10 @@ class PassReport(msgspec.Struct, kw_only=True):
     quarantined: list[str] = []  # its files were refused or stalled now: no longer served
     deferred: list[str] = []  # due work waiting for a container slot
     orphans_removed: list[str] = []
+    disk_stopped: list[str] = []  # stopped for a disk block (over quota, or the floor)
+    disk_blocked: list[str] = []  # "<scope>:<id>" found over quota (or held) in this pass
+    disk_lifted: list[str] = []
+    disk_held: list[str] = []  # due work waiting for its folder to be under quota again
 
 
 @dataclass
@@ -153,6 +161,7 @@ class Sweeper:
     policy: Policy = field(init=False)
     ledger: RunLedger = field(init=False)
     session_io: StallGuard = field(init=False)
+    disk: DiskWatch = field(init=False)
     _seen: dict[str, _Seen] = field(default_factory=dict, init=False)
     _read_errors: dict[str, str] = field(default_factory=dict, init=False)
 
@@ -161,6 +170,7 @@ class Sweeper:
         self.policy = Policy.from_settings(self.settings)
         self.ledger = RunLedger(self.central)
         self.session_io = StallGuard(self.settings.session_io_limit_s, threads=2, name="sweep-io")
+        self.disk = DiskWatch(self.settings, self.central, self.layout, self.sandbox.stop)
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -168,6 +178,7 @@ class Sweeper:
         report = PassReport()
         live = {c.session_id: c for c in self.sandbox.running()}
         self._restart_requested(live, now, report)
+        self._disk_quotas(live, now, report)
         # Listed after the restarts, so a session stopped just now is seen as stopped.
         sessions = self.central.list_sessions(status=SessionStatus.ACTIVE)
         quarantined = Quarantine(self.central).ids()
@@ -246,6 +257,17 @@ class Sweeper:
                 self._seen.pop(session.id, None)
                 report.restarted.append(session.id)
             self.central.clear_restart_request(request.session_id, request.requested_at_ms)
+
+    def _disk_quotas(self, live: dict[str, RunningContainer], now: int, report: PassReport) -> None:
+        """The disk pass; ``live`` loses the sessions it stopped, which this pass then
+        examines as stopped (their claims are settled like a dead run's)."""
+        checked = self.disk.check(list(live), now)
+        for session_id in checked.stopped:
+            live.pop(session_id, None)
+            self._seen.pop(session_id, None)
+        report.disk_stopped = checked.stopped
+        report.disk_blocked = checked.blocked
+        report.disk_lifted = checked.lifted
 
     def _worth_examining(self, session: rows.Session, paths: SessionPaths, now: int) -> bool:
         seen = self._seen.setdefault(session.id, _Seen())
@@ -430,6 +452,12 @@ class Sweeper:
         report: PassReport,
         now: int,
     ) -> None:
+        held = [s for s in wanted if self.disk.holds(s)]
+        for session in held:
+            # Looked at again every pass, so it is woken in the pass that lifts its block.
+            self._seen.setdefault(session.id, _Seen()).next_due_ms = now
+        report.disk_held = [s.id for s in held]
+        wanted = [s for s in wanted if s.id not in report.disk_held]
         by_id = {s.id: s for s in wanted}
         idle_ids = [sid for _, sid in sorted(idle_running)]
         to_wake, to_stop = plan_capacity(

@@ -10,6 +10,7 @@ from nanoclaw_common.cli.chat import chat
 from nanoclaw_common.cli.chats import chats
 from nanoclaw_common.cli.context import CliContext
 from nanoclaw_common.cli.deliveries import deliveries
+from nanoclaw_common.cli.disk import disk
 from nanoclaw_common.cli.dropped import dropped
 from nanoclaw_common.cli.groups import groups
 from nanoclaw_common.cli.quarantine import quarantine
@@ -52,6 +53,7 @@ for command in (groups, chats, wirings, users, roles, members, dropped, quaranti
     cli.add_command(command)
 cli.add_command(status)
 cli.add_command(deliveries)
+cli.add_command(disk)
 cli.add_command(image)
 cli.add_command(doctor)
 cli.add_command(podman_service)

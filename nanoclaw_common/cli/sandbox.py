@@ -12,7 +12,9 @@ import click
 import msgspec
 
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
+from nanoclaw_common.cli.disk import MechanismReport, mechanisms
 from nanoclaw_common.cli.output import console, print_json, print_table
+from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import confinement, images, runtime, service
@@ -182,6 +184,7 @@ class DoctorReport(msgspec.Struct):
     # container started as wake starts one (None: no container could run).
     confinement: confinement.Confinement | None
     ok: bool  # a runtime setting works and the confinement is in force
+    disk_quotas: list[MechanismReport] = []  # kernel project quotas or the sweeper's walk
 
 
 @click.command()
@@ -225,6 +228,7 @@ def diagnose(layout: Layout, settings: Settings) -> DoctorReport:
         chosen="none worked",
         confinement=None,
         ok=False,
+        disk_quotas=mechanisms(settings, DiskQuotas(settings, layout)),
     )
     if probe_image is None:
         report.chosen = runtime.config_label(runtime.write_conf(layout, heuristic))
@@ -313,6 +317,7 @@ def _print_report(report: DoctorReport) -> None:
     print_table(rows, ["check", "found"], title="This machine")
     for reason in report.heuristic.reasons:
         console.print(f"  - {reason}", highlight=False, markup=False)
+    print_table(report.disk_quotas, ["scope", "mechanism", "reason"], title="Disk quotas")
     if report.probe_image is None:
         console.print(
             "no image to try a container with: run `nanoclaw image build` first", markup=False

@@ -6,11 +6,15 @@ import click
 
 from nanoclaw_common.cli.context import CliContext, json_option, pass_context
 from nanoclaw_common.cli.deliveries import PROBLEMS, collect
+from nanoclaw_common.cli.disk import mechanisms
 from nanoclaw_common.cli.group_config import budget_line, budget_report
 from nanoclaw_common.cli.output import print_json, print_mapping, to_builtins
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.disk.limits import human_bytes
+from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store.quarantine import Quarantine
+from nanoclaw_common.store.disk import DiskLedger
 
 RECENT_PROBLEMS = 3
 
@@ -43,10 +47,25 @@ def status(ctx: CliContext) -> None:
     now = now_ms()
     budgets = [budget_report(store, ctx.settings, g, now) for g in store.list_agent_groups()]
     report["token_budgets"] = budgets
+    # Disk: which quota mechanism applies, free space against the floor, what is blocked.
+    quotas = DiskQuotas(ctx.settings, ctx.layout)
+    disk_quotas = {m.scope: f"{m.mechanism} ({m.reason})" for m in mechanisms(ctx.settings, quotas)}
+    disk_blocks = [
+        f"{b.scope}:{b.scope_id} {b.state}: {b.reason}" for b in DiskLedger(store).list_blocks()
+    ]
+    report["disk_quotas"] = disk_quotas
+    report["disk_blocks"] = disk_blocks
+    free = quotas.free()
+    report["disk_free"] = (
+        f"{'unknown' if free is None else human_bytes(free)}"
+        f" (floor {human_bytes(quotas.floor_bytes)})"
+    )
     if ctx.as_json:
         print_json(report)
     else:
         shown = dict(report)
         shown["recent_delivery_problems"] = report["recent_delivery_problems"] or "-"
         shown["token_budgets"] = [budget_line(b) for b in budgets] or "-"
+        shown["disk_quotas"] = [f"{k}: {v}" for k, v in disk_quotas.items()]
+        shown["disk_blocks"] = disk_blocks or "-"
         print_mapping(shown, title="NanoClaw status")  # a list: one line per item

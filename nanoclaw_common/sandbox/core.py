@@ -8,9 +8,12 @@ container already running under the session's name means "nothing to do". Starti
 2. a fresh run id, ``<session>/runner.json`` written atomically, a per-run proxy token (only
    its sha256 is stored; the token itself goes to ``agent/.proxy-token`` for the runner to
    take, never into the container's environment), the stale heartbeat removed;
-3. the writable folders handed to the container user (ownership.py);
+3. the writable folders handed to the container user (ownership.py), and in project-quota mode
+   given their kernel quota (``nanoclaw_common.disk``);
 4. ``sessions.container_status = starting`` with the run id, then create and start.
 
+A wake that a disk block or the free-space floor holds back (``DiskQuotas.refusal``) starts
+nothing and returns False: the message stays pending until the sweeper lifts the block.
 Podman trouble never escapes ``wake`` (it logs and returns False; the message stays pending
 and the sweeper retries). ``stop`` asks with TERM, waits a bounded time, then kills.
 
@@ -40,6 +43,7 @@ from podman.errors import NotFound, PodmanError
 
 from nanoclaw_common import privacy
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.errors import NanoclawError, Refused
 from nanoclaw_common.hostfs import Dir, unblock
 from nanoclaw_common.ids import new_id
@@ -126,6 +130,7 @@ class Sandbox:
         self.new_token = new_token
         self.rootless = os.geteuid() != 0
         self.session_io = StallGuard(settings.session_io_limit_s, threads=2, name="wake-io")
+        self.disk = DiskQuotas(settings, self.layout)  # the wake gate; kernel quotas
         self._local = threading.local()
         self._opened: list[CentralStore | podman.PodmanClient] = []
         self._opened_lock = threading.Lock()
@@ -206,9 +211,23 @@ class Sandbox:
         if group is None:
             raise NotReady(f"agent group {session.agent_group_id} does not exist")
         config = central.get_container_config(group.id)
+        refused = self.disk.refusal(central, session, now=now)
+        if refused is not None:
+            # The message stays pending; the sweeper wakes the session once this is over.
+            log.warning("wake refused: {}", refused, session=session.id, group=group.id)
+            return False
         paths = ensure_session_files(self.layout, session)
         group_dir = self.layout.group_dir(group.folder)
         group_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.disk.prepare(
+            central,
+            group=group,
+            config=config,
+            session=session,
+            paths=paths,
+            group_dir=group_dir,
+            now=now,
+        )
 
         self._settle(session, paths, now)
         runner = self.runner_config(session, group, config)

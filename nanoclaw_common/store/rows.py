@@ -182,6 +182,8 @@ class ContainerConfig(Row, frozen=True):
     cli_scope: str
     token_budget_daily: int | None
     updated_at_ms: int
+    group_disk_quota_mb: int | None = None  # migration 0100; None: the setting
+    session_disk_quota_mb: int | None = None
 
 
 class TokenUsage(Row, frozen=True):

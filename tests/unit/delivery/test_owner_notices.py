@@ -12,6 +12,7 @@ import time
 from click.testing import CliRunner
 
 from nanoclaw_common.cli import cli
+from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.service import DeliveryService
@@ -218,3 +219,40 @@ def test_five_thousand_refused_rows_add_a_handful_of_rows_to_central_db(world: W
     assert central_rows() - before <= 3
     [notice] = world.notices.list("pending")
     assert notice.count == 5_000 and notice.kind == "denied"
+
+
+def test_disk_notices_have_a_window_of_their_own(world: World) -> None:
+    """The sweeper's disk-quota notice goes out even right after a notice about a refused
+    row (before: one window per group for every kind, so it waited up to an hour while the
+    group's containers stood stopped), and does not hold back delivery's next one; a second
+    disk cause inside the disk window waits for its end, counted."""
+    from nanoclaw_delivery.notify import send_owner_notices
+
+    refused(world, "first")
+    world.drain()
+    assert len(owner_dms(world)) == 1  # the delivery notice: the group's window starts
+    world.clock.advance(60_000)
+    world.notices.queue(
+        world.group.id,
+        OWNER_NOTICE_KIND,
+        "disk-group-1-cleanup",
+        "NanoClaw: agent group Main: its folder is over its disk quota",
+        now=world.clock(),
+    )
+    assert run(send_owner_notices(world.deps)) == 1
+    assert "over its disk quota" in owner_dms(world)[-1]
+    world.notices.queue(
+        world.group.id,
+        OWNER_NOTICE_KIND,
+        "disk-group-1-blocked",
+        "NanoClaw: agent group Main: its cleanup did not bring it under the quota",
+        now=world.clock(),
+    )
+    assert run(send_owner_notices(world.deps)) == 0
+    [waiting] = world.notices.list("pending")
+    interval_ms = int(world.settings.owner_notice_interval_s * 1000)
+    assert waiting.kind == OWNER_NOTICE_KIND
+    assert waiting.next_attempt_at_ms == world.clock() + interval_ms
+    world.clock.value = waiting.next_attempt_at_ms
+    assert run(send_owner_notices(world.deps)) == 1
+    assert "did not bring it under the quota" in owner_dms(world)[-1]
