@@ -168,7 +168,10 @@ class McpClient:
         if self.process is None:
             return
         if self.process.stdin is not None:
-            self.process.stdin.close()
+            # Closing flushes what a failed write left buffered: to a server that is gone,
+            # that raises EPIPE again, and a dead server must not fail the caller.
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
         try:
             self.process.wait(2)
         except subprocess.TimeoutExpired:

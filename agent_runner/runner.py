@@ -422,7 +422,7 @@ class Runner:
         commit: a kill in between leaves it open with its rows settled, which the next run
         keeps."""
         ids = list(self._claimed)
-        self.faults.crash("before_batch_ack")
+        self.faults.crash("before_batch_ack", ids)
         written = self.disk.until_written(
             lambda: self.outbound.write_and_ack(
                 [self.ctx.batch.stamp(new) for new in final],

@@ -114,7 +114,7 @@ class TurnEngine:
         self.calls += 1
         self.batch_calls += 1
         self.ctx.disk.best_effort(self.ctx.outbound.count_turn, "the turn count")
-        self.ctx.faults.crash("before_model_call")
+        self.ctx.faults.crash("before_model_call", self.ctx.batch.answers)
         return self._provider().create(request)
 
     # -- compaction -----------------------------------------------------------------------

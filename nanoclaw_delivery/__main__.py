@@ -24,6 +24,7 @@ from nanoclaw_common.alive import beating
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.channels.builtin import build_builtin_adapters
 from nanoclaw_common.errors import ConfigError, NanoclawError
+from nanoclaw_common.faults import CrashPoints
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
@@ -113,10 +114,16 @@ def single_instance(layout: Layout) -> int:
     return fd
 
 
-def make_deps(settings: Settings, layout: Layout, central: CentralStore) -> Deps:
+def make_deps(
+    settings: Settings,
+    layout: Layout,
+    central: CentralStore,
+    faults: CrashPoints | None = None,
+) -> Deps:
     """Delivery's doors to the outside world, as production uses them. No sandbox: delivery
     never starts or stops a container (the sweeper does), so podman-py is never imported
-    here; image builds after an approval run the podman command line."""
+    here; image builds after an approval run the podman command line. ``faults``: the
+    test-only crash points (disarmed in production)."""
     return Deps(
         settings=settings,
         layout=layout,
@@ -125,15 +132,16 @@ def make_deps(settings: Settings, layout: Layout, central: CentralStore) -> Deps
         images=GroupImageBuilder(settings),
         offload=Offload(),
         terminal_patience_s=settings.terminal_patience_s,
+        faults=faults or CrashPoints(),
     )
 
 
-async def serve(settings: Settings, stop: GracefulStop) -> int:
+async def serve(settings: Settings, stop: GracefulStop, faults: CrashPoints | None = None) -> int:
     layout = Layout(settings.home_path)
     layout.ensure()
     lock_fd = single_instance(layout)
     central = CentralStore.open(layout.central_db)
-    deps = make_deps(settings, layout, central)
+    deps = make_deps(settings, layout, central, faults)
     service = DeliveryService(deps, stop)
     stop.install_async(asyncio.get_running_loop(), service.stopped)
     try:
@@ -158,7 +166,7 @@ def main() -> None:
     tune_memory()
     stop = GracefulStop()
     try:
-        code = asyncio.run(serve(settings, stop))
+        code = asyncio.run(serve(settings, stop, CrashPoints.from_environ(os.environ, "delivery")))
     except AlreadyRunning as exc:
         logger.critical("{}", exc)
         sys.exit(1)

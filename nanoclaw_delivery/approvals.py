@@ -48,7 +48,7 @@ from nanoclaw_common import packages
 from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.loader_env import is_loader_variable
 from nanoclaw_common.sessions import ensure_session_files
-from nanoclaw_common.states import ApprovalStatus
+from nanoclaw_common.states import ApprovalStatus, DeliveryStatus
 from nanoclaw_common.store import InboundStore
 from nanoclaw_common.store.central import unguessable_id
 from nanoclaw_common.store.rows import PendingApproval, Session
@@ -73,6 +73,10 @@ OPTIONS: Final = [
 ]
 
 SelfMod = m.InstallPackages | m.AddMcpServer
+# A request row in one of these may be re-run (after a crash): its approval must stay.
+OPEN_DELIVERY: Final = frozenset(
+    {DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.RETRY}
+)
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -257,28 +261,49 @@ class ApprovalWatcher:
                 log.info("approval {} expired (a timeout is a deny)", approval.approval_id)
         for status in (ApprovalStatus.APPROVED, ApprovalStatus.REJECTED, ApprovalStatus.EXPIRED):
             for approval in central.list_pending_approvals(status):
-                await self.settle(approval)
-                handled += 1
+                if await self.settle(approval):
+                    handled += 1
         for question in central.list_pending_questions():
             if question.expires_at_ms is not None and now >= question.expires_at_ms:
                 central.delete_pending_question(question.question_id)
                 log.info("question {} expired unanswered", question.question_id)
         return handled
 
-    async def settle(self, approval: PendingApproval) -> None:
+    async def settle(self, approval: PendingApproval) -> bool:
+        """Apply a decided approval and delete it; False when it must wait: its request row
+        is still open (a crash came between the card and the row's ``delivered``, crash
+        table row 12). That row's re-run finds the approval by its request and sends no
+        second card; settled and deleted first, it would find none and ask again."""
         central = self.deps.central
         session = central.get_session(approval.session_id) if approval.session_id else None
         if session is None:
             log.warning("approval {} has no session any more; dropped", approval.approval_id)
             central.delete_pending_approval(approval.approval_id)
-            return
+            return True
         paths = ensure_session_files(self.deps.layout, session)
         inbound = InboundStore(paths.inbound_db)
         try:
+            request = inbound.get_delivery(approval.request_id)
+            if request is not None and request.status in OPEN_DELIVERY:
+                log.info(
+                    "approval {} decided; applied once its request is settled",
+                    approval.approval_id,
+                    session=session.id,
+                    message=approval.request_id,
+                )
+                return False
             await self._settle(approval, session, inbound)
         finally:
             inbound.close()
+        # Crash point (crash table row 16): applied, the approval row not deleted yet.
+        self.deps.faults.crash(
+            "delivery.after_approval_applied",
+            session=session.id,
+            approval=approval.approval_id,
+            status=str(approval.status),
+        )
         central.delete_pending_approval(approval.approval_id)
+        return True
 
     async def _settle(
         self, approval: PendingApproval, session: Session, inbound: InboundStore

@@ -7,6 +7,9 @@ Delivery talks to the outside world through three doors, each injectable:
   command line; ``nanoclaw_common.sandbox.group_image``);
 - ``clock``: the current time in epoch ms (tests pass a settable clock; nothing sleeps).
 
+``faults`` holds the test-only crash points of docs/delivery.md's crash table
+(``delivery.<moment>``, armed through ``NANOCLAW_TEST_FAULTS``; production never sets it).
+
 Delivery never starts or stops a container, and never imports podman-py (about 10 MB of RSS):
 it commits rows (``trigger=1``) into a session's ``inbound.db`` and the running runner sees
 them at once (inotify), while the sweeper wakes a stopped session with due rows on its next
@@ -29,6 +32,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.faults import CrashPoints
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.stall import StallGuard
@@ -150,6 +154,8 @@ class Deps:
     terminal_patience_s: float = TERMINAL_PATIENCE_S
     # Reads of a session's container-written files, each bounded in time (stall.py).
     session_io: StallGuard = field(init=False)
+    # Test-only crash points (``nanoclaw_common.faults``); disarmed unless a test armed them.
+    faults: CrashPoints = field(default_factory=CrashPoints)
 
     def __post_init__(self) -> None:
         if self.a2a_limiter is None:

@@ -50,7 +50,7 @@ from nanoclaw_common.store import InboundStore, OutboundReader
 from nanoclaw_common.store.bounds import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
-from nanoclaw_delivery import agents, approvals, files, operations, tasks
+from nanoclaw_delivery import agents, approvals, crashpoints, files, operations, tasks
 from nanoclaw_delivery.acl import is_agent_row
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
@@ -177,7 +177,9 @@ class SessionWorker:
     def flush_new(self) -> None:
         """Record rows read but not yet recorded (before any other write of the drain)."""
         if self.tail.unrecorded:
-            self.inbound.record_outbounds(self.tail.take(), now=self.deps.clock())
+            pending = self.tail.take()
+            self.inbound.record_outbounds(pending, now=self.deps.clock())
+            crashpoints.after_pending(self.deps, self.session.id, pending)
 
     def _tailed(self, delivery: Delivery) -> Tailed | None:
         """The row an open delivery is about, found by rowid (or, for one recorded by seq
@@ -357,7 +359,7 @@ class SessionWorker:
         deps = self.deps
         assert tailed.row is not None
         row = tailed.row
-        ids = {"session": self.session.id, "message": row.id, "seq": row.seq}
+        ids = crashpoints.facts(self.session.id, row.id, row.seq)
         max_attempts = deps.settings.delivery_max_attempts
         patient = address is not None and address[0] == TERMINAL_CHANNEL
         if delivery.status == DeliveryStatus.SENDING:
@@ -391,10 +393,12 @@ class SessionWorker:
             return None
         row = msgspec.structs.replace(row, content=text)
         now = deps.clock()
+        recorded = self.tail.take()
         attempt = await deps.offload.db(
-            lambda: self.inbound.begin_attempt(row.id, now=now, record=self.tail.take())
+            lambda: self.inbound.begin_attempt(row.id, now=now, record=recorded)
         )
         log.info("sending attempt {}/{}", attempt, max_attempts, **ids)
+        crashpoints.after_begin(deps, self.session.id, recorded, ids, attempt)
         job = Job(deps, self.session, self.paths, self.inbound, row, attempt)
         deps.counters.in_flight += 1
         try:
@@ -425,6 +429,7 @@ class SessionWorker:
         finally:
             deps.counters.in_flight -= 1
             files.discard(job.staging)
+        crashpoints.after_done(deps, row, content, ids, attempt)
         await self._finish(
             delivery, DeliveryStatus.DELIVERED, platform_message_id=sent.platform_message_id
         )
@@ -435,6 +440,7 @@ class SessionWorker:
         # An edit's or reaction's target is the container's text: shown, not raw.
         log.info("delivered platform_message_id={}", shown(sent.platform_message_id), **ids)
         if isinstance(content, m.SendText) and content.files:
+            crashpoints.before_outbox_removed(deps, ids)
             self._remove_outbox(row.id)
         return None
 
@@ -564,6 +570,8 @@ class SessionWorker:
             note_id=f"delivery-{delivery.seq}-{status}",
             notify_owner=notify_owner,
         )
+        ids = crashpoints.facts(self.session.id, delivery.message_out_id, delivery.seq)
+        crashpoints.after_report_queued(self.deps, ids, status)
         await self._finish(delivery, status, error=reason)
         if notify_owner:
             # Sent beside the drain (a DM may take seconds); the queue row makes it survive
@@ -574,6 +582,7 @@ class SessionWorker:
         """Tell about rows refused as they were read (``reports.tell_refused``); their
         records are written settled by the drain's next write, after this."""
         tell_refused(self.deps, self.session, self.inbound, self.outbound, items)
+        crashpoints.after_refusal_told(self.deps, self.session.id, items)
         await self.deps.spawn(send_notices(self.deps))
 
     def _remove_outbox(self, message_out_id: str) -> None:

@@ -291,6 +291,8 @@ async def _send_notice(deps: Deps, notices: OwnerNotices, notice: OwnerNotice, k
         notices.retry(notice.id, reason, now + wait_ms, now=now)
         log.warning("owner notice {} not sent yet: {}", notice.id, shown_text(reason), group=group)
         return False
+    # Crash point (crash table row 18): the DM was accepted, ``sent`` not recorded.
+    deps.faults.crash("delivery.after_notice_accepted", notice=notice.id, group=group)
     notices.sent(notice, key, now=deps.clock())
     log.info("owner notice {} sent to {}", notice.id, reach.user_id, group=group)
     return True

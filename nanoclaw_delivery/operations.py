@@ -22,6 +22,7 @@ import hashlib
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels.base import ChannelAdapter, OutgoingFile, card_fallback_text
 from nanoclaw_common.errors import DecodeError, RetryLater
+from nanoclaw_common.faults import Fact
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store.rows import PendingQuestion
 from nanoclaw_delivery.acl import ChatAddress, chat_address, check_chat
@@ -89,9 +90,18 @@ async def send_parts(
         if index == 0:
             first = sent
         if index < len(parts) - 1:
+            # Crash points (crash table row 9): part index+1 of len(parts) accepted, before
+            # and after it is recorded.
+            facts: dict[str, Fact] = {
+                "session": job.session.id,
+                "message": job.row.id,
+                "part": index + 1,
+            }
+            job.deps.faults.crash("delivery.after_part_accepted", **facts)
             job.inbound.record_part(
                 job.row.id, index + 1, sent if index == 0 else None, now=job.deps.clock()
             )
+            job.deps.faults.crash("delivery.after_part_recorded", **facts)
     return Sent(first)
 
 

@@ -23,12 +23,14 @@ from nanoclaw_router.app import Router
 from nanoclaw_router.faults import WAKE_LOG_ENV, Faults, RecordingWaker
 
 
-def make_waker(settings: Settings, layout: Layout, wake_log: str | None) -> Waker:
+def make_waker(
+    settings: Settings, layout: Layout, wake_log: str | None, *, test_faults: bool = False
+) -> Waker:
     if wake_log:
         return RecordingWaker(Path(wake_log), layout.central_db)  # tests only
     from nanoclaw_common.sandbox import Sandbox  # noqa: PLC0415 - podman only when used
 
-    return Sandbox(settings)
+    return Sandbox(settings, test_faults=test_faults)
 
 
 async def _serve(router: Router, stop: GracefulStop, layout: Layout) -> None:
@@ -65,7 +67,9 @@ def main() -> None:
         logger.error("another router is running on {}", layout.home)
         sys.exit(1)
     central = CentralStore.open(layout.central_db)
-    waker = make_waker(settings, layout, os.environ.get(WAKE_LOG_ENV))
+    waker = make_waker(
+        settings, layout, os.environ.get(WAKE_LOG_ENV), test_faults=faults.points.enabled
+    )
     router = Router(settings, central, build_builtin_adapters(settings), waker, faults=faults)
     try:
         asyncio.run(_serve(router, GracefulStop(), layout))

@@ -7,6 +7,10 @@ never sets them; with none set, nothing here does anything.
   acknowledge. Either way the platform must re-send, and the re-sent event must end up as
   exactly one row and one wake. The crash happens once: the test restarts the router
   without the variable.
+- ``NANOCLAW_TEST_FAULTS=<folder>`` (``nanoclaw_common.faults``): the same points, and
+  ``before_commit`` (the event reached the router, nothing is committed), armed one at a
+  time while the router runs under supervisord, as ``router.<point>``: the chaos suite's
+  way to hit them.
 - ``NANOCLAW_TEST_WAKE_LOG=<file>`` replaces the Podman waker with ``RecordingWaker``: it
   marks the session's container ``starting`` (as ``Sandbox.wake`` does) and appends the
   session id to the file, fsynced, so a test counts wakes across router processes.
@@ -17,10 +21,11 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from nanoclaw_common.faults import CrashPoints, Fact
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.states import ContainerStatus
 from nanoclaw_common.store import CentralStore
@@ -34,20 +39,22 @@ CRASH_POINTS: Final = ("after_commit", "before_ack")
 @dataclass(frozen=True)
 class Faults:
     crash_point: str | None = None
+    points: CrashPoints = field(default_factory=CrashPoints)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Faults:
         point = environ.get(CRASH_ENV) or None
         if point is not None and point not in CRASH_POINTS:
             raise ValueError(f"{CRASH_ENV} must be one of {CRASH_POINTS}, not {point!r}")
-        return cls(point)
+        return cls(point, CrashPoints.from_environ(environ, "router"))
 
     def armed(self, point: str) -> bool:
-        return self.crash_point == point
+        return self.crash_point == point or self.points.armed(f"router.{point}")
 
-    def crash(self, point: str) -> None:
+    def crash(self, point: str, **facts: Fact) -> None:
         if self.crash_point == point:
             os.kill(os.getpid(), signal.SIGKILL)
+        self.points.crash(f"router.{point}", **facts)
 
 
 class RecordingWaker:

@@ -130,6 +130,8 @@ class Ingest:
         order (a FIFO lock per chat), so their rows get seqs in that order; the commits
         themselves are awaited outside the lock, so a chat's messages share transactions
         (group commit) instead of each waiting for the previous one's fsync."""
+        facts = {"channel": event.channel_type, "message": event.message_id}
+        self.faults.crash("before_commit", **facts)
         adapter = self.adapters.get(event.channel_type)
         if event.thread_id is not None and adapter is not None and not adapter.supports_threads:
             event = _without_thread(event)
@@ -142,11 +144,11 @@ class Ingest:
         async with self._chat_locks.hold((event.channel_type, event.platform_id)):
             queued = await self._plan_and_queue(event, adapter)
         stored = await self._committed(queued)
-        self.faults.crash("after_commit")
+        self.faults.crash("after_commit", **facts)
         woken = await self._after_commit(event, stored)
         if self.faults.armed("before_ack"):
             await asyncio.gather(*woken)
-            self.faults.crash("before_ack")
+            self.faults.crash("before_ack", **facts)
         return stored
 
     async def _plan_and_queue(

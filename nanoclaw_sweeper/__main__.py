@@ -9,6 +9,7 @@ non-zero and supervisord restarts it (everything the sweeper knows is on disk).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -20,6 +21,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.disk.limits import Scope
 from nanoclaw_common.disk.quotas import Mechanism
 from nanoclaw_common.errors import ConfigError
+from nanoclaw_common.faults import FAULTS_ENV
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
@@ -51,11 +53,13 @@ def _noteworthy(report: PassReport) -> bool:
     )
 
 
-def run(settings: Settings, stop: GracefulStop) -> int:
+def run(settings: Settings, stop: GracefulStop, *, test_faults: bool = False) -> int:
+    """``test_faults``: start containers with the runner's test-only crash points armed
+    (``nanoclaw_common.faults``; never in production)."""
     layout = Layout(settings.home_path)
     layout.ensure()
     central = CentralStore.open(layout.central_db)
-    sandbox = Sandbox(settings)
+    sandbox = Sandbox(settings, test_faults=test_faults)
     proof = Proof.of(layout, "sweeper")  # beaten by each pass, and between its sessions
     sweeper = Sweeper(settings, central, sandbox, beat=proof.beat)
     passes = errors = 0
@@ -112,7 +116,7 @@ def main() -> None:
     setup_logging("sweeper", settings.log_level, settings.secrets())
     stop = GracefulStop().install()
     try:
-        code = run(settings, stop)
+        code = run(settings, stop, test_faults=FAULTS_ENV in os.environ)
     except Exception as exc:
         logger.opt(exception=exc).critical("sweeper died: {!r}", exc)
         sys.exit(1)

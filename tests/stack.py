@@ -8,7 +8,11 @@ environment) and reads supervisord's view of the programs over its XML-RPC socke
 ``TerminalClient`` is the terminal chat (``nanoclaw chat``) running in a thread of the test
 process for the stack's whole life: the real client code (``cli.chat.listen``,
 ``one_message``) on the real sockets, so a reply delivery sends at any time (not only during
-a turn the test started) is received and recorded.
+a turn the test started) is received and recorded, with the time it was shown. ``post``
+sends a message without waiting for its turn (re-sent with the same id until the router
+acknowledges it, as the client does); ``hold_frame`` keeps the next matching frame from
+delivery waiting before or after it is shown, so a test can kill delivery at that moment;
+``detach``/``attach`` close and reopen the client (the user quit ``nanoclaw chat``).
 """
 
 from __future__ import annotations
@@ -23,16 +27,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import xmlrpc.client
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from supervisor.xmlrpc import SupervisorTransport
 
 from nanoclaw_common.channels import cli_protocol as wire
-from nanoclaw_common.cli.chat import Terminal, listen, one_message
+from nanoclaw_common.cli.chat import Terminal, listen, one_message, request
+from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox.spec import LABEL_INSTALL
 from nanoclaw_common.settings import Settings
@@ -184,22 +190,81 @@ class TurnTimeout(AssertionError):
         self.replies = replies
 
 
+BEFORE_SHOW: Final = "before_show"
+AFTER_SHOW: Final = "after_show"
+FRAME_HOLD_MAX_S: Final = 4.0  # below the sender's 5 s wait for "received"
+
+
+@dataclass
+class FrameHold:
+    """A frame held by the terminal (``TerminalClient.hold_frame``). ``before_show``: once
+    released, the frame is dropped unshown and unconfirmed (as if it never arrived: the
+    sender retries); ``after_show``: shown at once, the receipt held back."""
+
+    match: Callable[[str], bool]
+    stage: str
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    arrived_at: float = 0.0
+    text: str = ""
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class _Screen(Terminal):
-    """The client's terminal, also remembering every text it showed, in order."""
+    """The client's terminal, also remembering every text it showed, in order, with the
+    time (``time.time()``) it showed it."""
 
     def __init__(self, save_dir: Path) -> None:
         super().__init__(save_dir=save_dir, interactive=False)
         self.lock = threading.Lock()
         self.shown: list[str] = []
+        self.shown_at: list[float] = []
+        self.holds: list[FrameHold] = []
+
+    def show(self, line: str) -> None:
+        """Remembered (``shown``), not printed: a test's output stays readable."""
 
     def handle(self, frame: wire.Frame) -> None:
+        text = _frame_text(frame)
+        hold = self._take_hold(text) if text is not None else None
+        if hold is not None and hold.stage == BEFORE_SHOW:
+            self._wait(hold, text or "")
+            # Not shown and not confirmed: the client's listener answers nothing to a
+            # connection error, so the sender retries, as after a frame lost in transit.
+            raise ConnectionResetError("held frame dropped")
         super().handle(frame)
-        if isinstance(frame, wire.TextFrame | wire.EditFrame):
+        if text is not None:
             with self.lock:
-                self.shown.append(frame.text)
-        elif isinstance(frame, wire.QuestionFrame):
-            with self.lock:
-                self.shown.append(frame.question)
+                self.shown.append(text)
+                self.shown_at.append(time.time())
+        if hold is not None:
+            self._wait(hold, text or "")
+
+    def _take_hold(self, text: str) -> FrameHold | None:
+        with self.lock:
+            for hold in self.holds:
+                if hold.match(text):
+                    self.holds.remove(hold)
+                    return hold
+        return None
+
+    def _wait(self, hold: FrameHold, text: str) -> None:
+        # Blocks the client's loop (the listener calls ``handle`` synchronously) for at most
+        # FRAME_HOLD_MAX_S: the holding test kills the sender and releases at once.
+        hold.text = text
+        hold.arrived_at = time.time()
+        hold.arrived.set()
+        hold.released.wait(FRAME_HOLD_MAX_S)
+
+
+def _frame_text(frame: wire.Frame) -> str | None:
+    if isinstance(frame, wire.TextFrame | wire.EditFrame):
+        return frame.text
+    if isinstance(frame, wire.QuestionFrame):
+        return frame.question
+    return None
 
 
 class TerminalClient:
@@ -213,6 +278,8 @@ class TerminalClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="tty")
         self._server: asyncio.AbstractServer | None = None
+        self._posts: dict[str, wire.Answer | None] = {}
+        self._posts_lock = threading.Lock()
 
     def start(self) -> TerminalClient:
         self._thread.start()
@@ -222,6 +289,69 @@ class TerminalClient:
     def texts(self) -> list[str]:
         with self.screen.lock:
             return list(self.screen.shown)
+
+    def timed_texts(self) -> list[tuple[float, str]]:
+        """Every text shown, with the ``time.time()`` it was shown."""
+        with self.screen.lock:
+            return list(zip(self.screen.shown_at, self.screen.shown, strict=True))
+
+    def question(self) -> wire.QuestionFrame | None:
+        """The last question card the terminal showed (an approval, an agent's question)."""
+        return self.screen.question
+
+    def post(self, text: str, timeout_s: float = 120.0) -> str:
+        """Send ``text`` without waiting for its turn; the message's id. Like the client,
+        it re-sends with the same id until the router acknowledges it (``posted``)."""
+        message_id = new_id("cli")
+        item = wire.SendMessage(id=message_id, text=text, sender_name="chaos")
+        self._spawn(request(self.layout, item, time.monotonic() + timeout_s), message_id)
+        return message_id
+
+    def click(self, question_id: str, option: int, timeout_s: float = 30.0) -> wire.Answer:
+        """Click option ``option`` (0-based) of a question card, as the client does."""
+        item = wire.Click(question_id=question_id, option=option)
+        return self._run(request(self.layout, item, time.monotonic() + timeout_s), timeout_s + 5)
+
+    def posted(self) -> dict[str, wire.Answer | None]:
+        """Each ``post``ed message id and the router's answer (None while it is re-sent)."""
+        with self._posts_lock:
+            return dict(self._posts)
+
+    def hold_frame(self, match: Callable[[str], bool], stage: str = BEFORE_SHOW) -> FrameHold:
+        """Hold the next frame whose text ``match``es (see ``FrameHold``)."""
+        hold = FrameHold(match, stage)
+        with self.screen.lock:
+            self.screen.holds.append(hold)
+        return hold
+
+    def unhold(self, hold: FrameHold) -> None:
+        """Take back a hold no frame took."""
+        with self.screen.lock:
+            if hold in self.screen.holds:
+                self.screen.holds.remove(hold)
+
+    def detach(self) -> None:
+        """Stop listening, as when the user quits ``nanoclaw chat``: deliveries to the
+        terminal fail (and are retried) until ``attach``."""
+        if self._server is not None:
+            self._server.close()
+            self._run(self._server.wait_closed())
+            self._server = None
+        wire.chat_socket(self.layout).unlink(missing_ok=True)
+
+    def attach(self) -> None:
+        self._server = self._run(listen(wire.chat_socket(self.layout), self.screen))
+
+    def _spawn(self, coro: Coroutine[Any, Any, wire.Answer], message_id: str) -> None:
+        with self._posts_lock:
+            self._posts[message_id] = None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+        def done(finished: Any) -> None:
+            with self._posts_lock:
+                self._posts[message_id] = None if finished.exception() else finished.result()
+
+        future.add_done_callback(done)
 
     def send(self, text: str, timeout_s: float, message_id: str | None = None) -> list[str]:
         """Send ``text`` (under ``message_id``, or a new id) and wait until its turn is over

@@ -98,7 +98,7 @@ class ToolContext:
             ),
             "a message",
         )
-        self.faults.crash("after_send")
+        self.faults.crash("after_send", self.batch.answers)
         return written
 
     def ack_completed(self, ids: list[str]) -> None:

@@ -123,8 +123,12 @@ class Sandbox:
         *,
         command: Sequence[str] | None = None,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+        test_faults: bool = False,
     ) -> None:
+        """``test_faults``: the host program has ``NANOCLAW_TEST_FAULTS`` (tests only), so its
+        containers arm the runner's crash points too (``nanoclaw_common.faults``)."""
         self.settings = settings
+        self.test_faults = test_faults
         self.layout = Layout(settings.home_path)
         self.command = list(command) if command is not None else None
         self.new_token = new_token
@@ -248,7 +252,7 @@ class Sandbox:
             image=self.image_for(config),
             command=self.command,
             labels=spec.labels(self.settings.install, session.id, group.id, run_id),
-            env=spec.run_env(run_id, self.settings.tz),
+            env=spec.run_env(run_id, self.settings.tz, test_faults=self.test_faults),
             mounts=mounts.session_mounts(
                 paths, group_dir, proxy, self._extra_mounts(config, group_dir, session)
             ),

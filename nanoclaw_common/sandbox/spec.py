@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 
 from nanoclaw_common.errors import Refused
+from nanoclaw_common.faults import CONTAINER_FOLDER, FAULTS_ENV
 from nanoclaw_common.sandbox import seccomp
 from nanoclaw_common.sandbox.mounts import Mount
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
@@ -65,11 +66,16 @@ def labels(install: str, session_id: str, agent_group_id: str, run_id: str) -> d
     }
 
 
-def run_env(run_id: str, tz: str) -> dict[str, str]:
+def run_env(run_id: str, tz: str, *, test_faults: bool = False) -> dict[str, str]:
     """Everything the container gets from the environment: nothing secret. The container's
     environment is PID 1's, and ``/proc/1/environ`` is readable by the agent user, so the
-    per-run proxy token goes through ``agent/.proxy-token`` instead (runner_config.py)."""
-    return {"NANOCLAW_RUN_ID": run_id, "TZ": tz}
+    per-run proxy token goes through ``agent/.proxy-token`` instead (runner_config.py).
+    ``test_faults``: the test-only crash points of ``nanoclaw_common.faults`` (never in
+    production)."""
+    env = {"NANOCLAW_RUN_ID": run_id, "TZ": tz}
+    if test_faults:
+        env[FAULTS_ENV] = CONTAINER_FOLDER
+    return env
 
 
 def create_kwargs(spec: RunSpec) -> dict[str, Any]:

@@ -16,7 +16,10 @@ response names the account (``anthropic-organization-id``) and the request (``re
 Replies are queued with ``reply(...)``: a response dict (``content``, optional
 ``stop_reason``, ``usage`` and ``delay_s``, how long the model takes), a function of the
 request body returning one, or an ``ApiError`` (with optional headers, e.g.
-``retry-after``). Every request is recorded in ``requests``.
+``retry-after``). With the queue empty, ``responder`` (a function of the body) answers, if
+set: a model that answers whatever it is asked. Every request is recorded in ``requests``.
+``hold_request(match)`` keeps the next matching request waiting until the test releases it
+(the chaos suite kills the proxy or the agent's container meanwhile).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from aiohttp import web
+
+from tests.fakes.holds import Hold, Holds, Predicate
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,8 @@ class FakeAnthropic:
     # When set, a streamed reply pauses after message_start until the event is set: a test
     # can prove the proxy passes chunks on as they come.
     stream_gate: threading.Event | None = None
+    responder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    holds: Holds = field(default_factory=Holds)
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -158,6 +165,11 @@ class FakeAnthropic:
     def reply(self, *replies: Reply) -> None:
         with self._lock:
             self.replies.extend(replies)
+
+    def hold_request(self, match: Predicate) -> Hold:
+        """Hold the next Messages request whose body ``match``es until ``release()``; its
+        ``outcome`` is "answered" or "client gone" (the caller hung up meanwhile)."""
+        return self.holds.arm(match)
 
     def clear_replies(self) -> None:
         """Drop the scripted replies nobody asked for (a test's leftovers)."""
@@ -214,8 +226,15 @@ class FakeAnthropic:
         problem = validate(body)
         if problem is not None:
             return self._error(400, "invalid_request_error", problem)
+        hold = self.holds.take("", body)
+        if hold is not None:
+            await hold.hold({"path": request.path})
+            if request.transport is None or request.transport.is_closing():
+                hold.finish("client gone")
+                return self._error(500, "api_error", "fake: the client hung up")
+            hold.finish("answered")
         with self._lock:
-            reply = self.replies.popleft() if self.replies else None
+            reply = self.replies.popleft() if self.replies else self.responder
         if reply is None:
             return self._error(500, "api_error", "fake: no scripted reply left")
         if isinstance(reply, ApiError):

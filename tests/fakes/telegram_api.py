@@ -4,6 +4,11 @@
 for non-strings, as PTB sends them) and ``{"ok": …, "result": …}`` answers; long-polling
 ``getUpdates`` with Telegram's confirmation rule (an offset deletes every update below it);
 ``GET /file/bot<token>/<path>`` for downloads. Failures are injected per method.
+
+Every message the bot sends is recorded per chat with its text and the time it was accepted
+(``sent()``). A test can hold one ``sendMessage``/``sendDocument`` (``hold_send``) before the
+fake accepts it (released after its client died: never received, as a request that did not
+arrive) or after (accepted, the answer held back: the client may die before it learns so).
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.holds import Hold, Holds, Predicate
 from tests.fakes.server_thread import ServerThread
 
 BOT_ID = 777000
 BOT_USERNAME = "nano_bot"
+HOLDABLE = frozenset({"sendMessage", "sendDocument"})
+BEFORE_ACCEPT = "before_accept"
+AFTER_ACCEPT = "after_accept"
 
 
 @dataclass
@@ -33,6 +42,8 @@ class Sent:
     message_id: int | None = None
     document: bytes | None = None
     filename: str | None = None
+    at: float = field(default_factory=time.time)  # when the fake accepted it
+    held_s: float = 0.0  # how long its answer was held back (``hold_send`` after accepting)
 
     @property
     def text(self) -> str:
@@ -84,6 +95,7 @@ class FakeTelegram:
     def __init__(self, token: str = "123456:TEST-token") -> None:
         self.state = State(token=token)
         self.server = ServerThread(self._app)
+        self.holds = Holds()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -200,6 +212,13 @@ class FakeTelegram:
         failure = Failure(status, description, retry_after, count)
         self.server.call(lambda: self.state.failures.setdefault(method, []).append(failure))
 
+    def hold_send(self, match: Predicate, stage: str = AFTER_ACCEPT) -> Hold:
+        """Hold the next ``sendMessage``/``sendDocument`` whose parameters (plus
+        ``method``) ``match``: ``before_accept`` (released: recorded only if its client is
+        still connected) or ``after_accept`` (recorded at once, its answer held). The
+        hold's ``outcome`` is "accepted" or "dropped"; ``detail`` has chat and text."""
+        return self.holds.arm(match, stage)
+
     def set_webhook(self, url: str) -> None:
         self.server.call(setattr, self.state, "webhook", url)
 
@@ -283,9 +302,25 @@ class FakeTelegram:
         handler = getattr(self, "_m_" + _snake(method), None)
         if handler is None:
             return _error(404, f"Not Found: method {method} not found")
+        probe = {"method": method, **params}
+        detail = {"chat_id": str(params.get("chat_id")), "text": str(params.get("text", ""))}
+        before = self.holds.take(BEFORE_ACCEPT, probe) if method in HOLDABLE else None
+        if before is not None:
+            await before.hold(detail)
+            if request.transport is None or request.transport.is_closing():
+                before.finish("dropped")  # the client died first: it never got here
+                return _error(500, "Internal Server Error: client gone")
+            before.finish("accepted")
         result = await handler(params)
         if isinstance(result, web.Response):
             return result
+        after = self.holds.take(AFTER_ACCEPT, probe) if method in HOLDABLE else None
+        if after is not None:
+            await after.hold(detail)
+            for record in self.state.sent:
+                if record.params is params:
+                    record.held_s = after.released_at - after.arrived_at
+            after.finish("accepted")
         return web.json_response({"ok": True, "result": result})
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

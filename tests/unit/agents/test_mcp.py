@@ -4,6 +4,7 @@ its tools."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -121,3 +122,27 @@ def test_the_runner_offers_and_calls_mcp_tools(
     assert result["type"] == "tool_result" and result["content"] == "echo: over stdio"
     assert "is_error" not in result
     assert json.dumps(session.texts()) == '["done"]'
+
+
+def test_servers_that_exit_at_once_are_left_out(tmp_path: Path) -> None:
+    """An approved server that exits at once (a typo, a missing runtime) is left out: the
+    write to its stdin may fail (EPIPE), and so may the flush when its pipe is closed, which
+    used to escape ``McpTools.start`` and fail every batch of the group (found by the chaos
+    suite, approving ``command="true"``)."""
+    servers = {f"quits{n}": McpServer(command="true") for n in range(20)}
+    tools = McpTools(servers, tmp_path)
+    try:
+        tools.start()
+        assert tools.clients == {}
+    finally:
+        tools.close()
+
+
+def test_closing_a_client_after_a_broken_pipe(tmp_path: Path) -> None:
+    client = McpClient("quits", McpServer(command="true"), tmp_path)
+    client.process = subprocess.Popen(["true"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    client.process.wait()
+    with pytest.raises(McpError, match="is gone"):
+        client.request("initialize", {}, timeout_s=1)
+    client.close()
+    assert client.process is None

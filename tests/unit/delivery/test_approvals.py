@@ -304,6 +304,32 @@ def test_card_is_not_sent_twice_after_a_crash(approvers: World) -> None:
     assert world.delivery(out).status == "delivered"
 
 
+def test_a_decision_waits_for_its_interrupted_request_to_settle(approvers: World) -> None:
+    """Crash rows 12 and 15 together: delivery dies after the card went out but before its
+    request row was recorded ``delivered``, and the approver clicks while it is dead. The
+    restarted delivery must not settle (and delete) the approval before the request row's
+    re-run has found it: that re-run would then find no approval and ask again, with a
+    second card (found by the chaos suite's kill pattern, and one run in six of
+    ``test_an_approval_decided_while_delivery_was_dead_is_applied``)."""
+    world = approvers
+    out = install(world)
+    world.drain()
+    store = world.inbound()
+    store.db.execute("UPDATE deliveries SET status = 'sending' WHERE message_out_id = ?", (out,))
+    store.close()
+    approval_id = the_approval(world).approval_id
+    assert click(world, approval_id, "telegram:gail", "approve") == "approved"
+    # The restarted delivery's watcher runs before the drain reaches the row in sending.
+    assert tick(world) == 0
+    assert world.built() == []
+    world.drain()
+    assert world.delivery(out).status == "delivered"
+    assert tick(world) == 1
+    assert len(world.built()) == 1
+    assert sum(c[0] == "question" for c in world.telegram.calls) == 1
+    assert world.central.list_pending_approvals() == []
+
+
 def test_approval_for_a_vanished_session_is_dropped(approvers: World) -> None:
     world = approvers
     install(world)

@@ -110,3 +110,10 @@ def test_rootless_keeps_the_host_user() -> None:
     kwargs = spec.create_kwargs(make_spec(rootless=True))
     assert kwargs["userns_mode"] == "keep-id"
     assert kwargs["user"] == f"{os.getuid()}:{os.getgid()}"
+
+
+def test_the_environment_holds_no_test_hooks_unless_asked() -> None:
+    assert spec.run_env("run-1", "UTC") == {"NANOCLAW_RUN_ID": "run-1", "TZ": "UTC"}
+    armed = spec.run_env("run-1", "UTC", test_faults=True)
+    # The runner arms its test-only crash points from its own agent/ folder.
+    assert armed["NANOCLAW_TEST_FAULTS"] == "/session/agent/.test-faults"
