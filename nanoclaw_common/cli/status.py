@@ -13,8 +13,8 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.disk.limits import human_bytes
 from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.states import DeliveryStatus
-from nanoclaw_common.store.quarantine import Quarantine
 from nanoclaw_common.store.disk import DiskLedger
+from nanoclaw_common.store.quarantine import Quarantine
 
 RECENT_PROBLEMS = 3
 
