@@ -156,9 +156,9 @@ def test_nothing_planted_is_imported_when_the_runner_starts(
     # And PYTHON* variables naming them, as if they had reached the container's environment.
     base_env = spec.run_env
 
-    def hostile_env(run_id: str, tz: str) -> dict[str, str]:
+    def hostile_env(run_id: str, tz: str, *, test_faults: bool = False) -> dict[str, str]:
         return {
-            **base_env(run_id, tz),
+            **base_env(run_id, tz, test_faults=test_faults),
             "PYTHONPATH": "/workspace:/session/agent",
             "PYTHONUSERBASE": "/workspace/.local",
             "PYTHONSTARTUP": "/workspace/sitecustomize.py",
