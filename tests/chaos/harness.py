@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +48,7 @@ from tests.environ import AGENT_IMAGE
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.telegram_api import FakeTelegram
 from tests.stack import Stack, StackError, TerminalClient
+from tests.waiting import WaitTimeout, wait_until
 
 API_KEY: Final = "sk-ant-api03-NANOCLAW-CHAOS-" + "c4O" * 12
 KILLED_PROGRAMS: Final = ("router", "delivery", "sweeper", "proxy")
@@ -206,25 +207,37 @@ class ChaosStack:
     def wait_until_killable(self, program: str, timeout_s: float = 30.0) -> None:
         """RUNNING past supervisord's ``startsecs`` (a younger death counts as a failed
         start, and five of those make the program FATAL)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def killable() -> bool:
             info = self.stack.processes()[program]
-            if info["statename"] == "RUNNING" and time.time() - info["start"] > STARTSECS + 0.5:
-                return
-            if time.monotonic() > deadline:
-                raise StackError(f"{program} is {info['statename']}, not RUNNING\n{self.logs()}")
-            time.sleep(POLL_S)
+            return info["statename"] == "RUNNING" and time.time() - info["start"] > STARTSECS + 0.5
+
+        wait_until(
+            killable,
+            timeout_s=timeout_s,
+            what=f"{program} RUNNING for {STARTSECS} s",
+            poll_s=POLL_S,
+            detail=lambda: (
+                f"{program} is {self.stack.processes()[program]['statename']}\n" + self.logs()
+            ),
+        )
 
     def wait_new_pid(self, program: str, old_pid: int, timeout_s: float = 30.0) -> float:
-        """Wait until supervisord runs ``program`` with a pid other than ``old_pid``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        """Wait until supervisord runs ``program`` with a pid other than ``old_pid``; the
+        time it was seen."""
+
+        def restarted() -> bool:
             info = self.stack.processes()[program]
-            if info["pid"] and int(info["pid"]) != old_pid:
-                return time.time()
-            if time.monotonic() > deadline:
-                raise StackError(f"{program} was not restarted\n{self.logs()}")
-            time.sleep(POLL_S)
+            return bool(info["pid"]) and int(info["pid"]) != old_pid
+
+        wait_until(
+            restarted,
+            timeout_s=timeout_s,
+            what=f"{program} restarted",
+            poll_s=POLL_S,
+            detail=self.logs,
+        )
+        return time.time()
 
     def sigkill(self, program: str, detail: str = "") -> Event:
         """SIGKILL the program's process; supervisord restarts it (``autorestart``)."""
@@ -341,19 +354,23 @@ class ChaosStack:
         once it fired, supervisord's restart of the program is awaited and recorded."""
         with self._lock:
             before = self._armed_after.get(point, 0)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def record_since_armed() -> dict[str, Any] | None:
             records = [record for record in self.fired() if record["point"] == point]
-            if len(records) > before:
-                record = records[-1]
-                program = str(record["program"])
-                event = self.record(
-                    Event(record["at_ms"] / 1000, program, "forced", point.split(".", 1)[1])
-                )
-                event.back_at = self.wait_new_pid(program, int(record["pid"]))
-                return record
-            time.sleep(POLL_S)
-        return None
+            return records[-1] if len(records) > before else None
+
+        try:
+            record = wait_until(
+                record_since_armed, timeout_s=timeout_s, what=f"{point} fired", poll_s=POLL_S
+            )
+        except WaitTimeout:
+            return None  # the scene records the miss
+        program = str(record["program"])
+        event = self.record(
+            Event(record["at_ms"] / 1000, program, "forced", point.split(".", 1)[1])
+        )
+        event.back_at = self.wait_new_pid(program, int(record["pid"]))
+        return record
 
     # -- the runner's crash points (in a session's container) ------------------------------------
 
@@ -379,29 +396,24 @@ class ChaosStack:
         self, chat_name: str, point: str, before: int, timeout_s: float
     ) -> dict[str, Any] | None:
         folder = self.runner_faults(chat_name)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def record_since_armed() -> dict[str, Any] | None:
             records = [r for r in _records(folder / FIRED_LOG) if r["point"] == f"runner.{point}"]
-            if len(records) > before:
-                record = records[-1]
-                self.record(
-                    Event(record["at_ms"] / 1000, f"container:{chat_name}", "forced", point)
-                )
-                return record
-            time.sleep(POLL_S)
-        with contextlib.suppress(FileNotFoundError):
-            (folder / f"runner.{point}").unlink()
-        return None
+            return records[-1] if len(records) > before else None
 
-    # -- waiting -------------------------------------------------------------------------------
-
-    def wait_for(self, check: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not check():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
+        try:
+            record = wait_until(
+                record_since_armed,
+                timeout_s=timeout_s,
+                what=f"runner.{point} fired in {chat_name}'s container",
+                poll_s=POLL_S,
+            )
+        except WaitTimeout:
+            with contextlib.suppress(FileNotFoundError):
+                (folder / f"runner.{point}").unlink()
+            return None  # the scene records the miss
+        self.record(Event(record["at_ms"] / 1000, f"container:{chat_name}", "forced", point))
+        return record
 
     def platform_texts(self, chat_name: str) -> list[tuple[float, str, float]]:
         """What the chat shows: (time accepted, text, seconds its answer was held)."""

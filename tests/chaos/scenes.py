@@ -23,6 +23,7 @@ from tests.chaos.harness import ChaosStack, Event, Message
 from tests.chaos.model import LONG_PARTS, dumps
 from tests.fakes.telegram_api import AFTER_ACCEPT, BEFORE_ACCEPT
 from tests.stack import BEFORE_SHOW
+from tests.waiting import WaitTimeout, wait_until
 
 _PONG: Final = re.compile(r"pong [a-z]+-\d+")
 ARRIVE_S: Final = 30.0  # a held request or an armed point, under load
@@ -165,9 +166,17 @@ def delivery_backlog(chaos: ChaosStack) -> Forced:
     chaos.stop("delivery")
     forced.subjects += [chaos.send("tgc") for _ in range(3)]
     session = chaos.sessions().get("tgc")
-    written = session is not None and chaos.wait_for(
-        lambda: _replies_written(chaos, "tgc", forced.subjects), REPLY_S
-    )
+    written = False
+    if session is not None:
+        try:
+            written = wait_until(
+                lambda: _replies_written(chaos, "tgc", forced.subjects),
+                timeout_s=REPLY_S,
+                what="the replies written while delivery is stopped",
+                poll_s=0.1,
+            )
+        except WaitTimeout:
+            written = False  # recorded below as the miss
     chaos.arm("delivery.after_pending")
     chaos.start("delivery")
     if not written:
@@ -287,11 +296,16 @@ def terminal_last_attempt(chaos: ChaosStack) -> Forced:
         text = _reply_at(chaos, "terminal", limit)
         return bool(text)
 
-    reached = chaos.wait_for(at_limit, REPLY_S)
+    try:
+        limit_reached = wait_until(
+            at_limit, timeout_s=REPLY_S, what=f"a reply at {limit} attempts", poll_s=0.1
+        )
+    except WaitTimeout:
+        limit_reached = False  # recorded below as the miss
     hold = chaos.terminal.hold_frame(lambda shown: shown == text, BEFORE_SHOW)
     chaos.terminal.attach()
     forced.subjects += [m for m in chaos.messages if f"pong {m.tag}" == text]
-    if not reached or not forced.subjects:
+    if not limit_reached or not forced.subjects:
         forced.missed = f"no reply to the terminal reached {limit} attempts"
         chaos.terminal.unhold(hold)
         return forced

@@ -38,6 +38,7 @@ from tests.chaos.harness import (
 from tests.chaos.ledger import Ledger, Problem
 from tests.chaos.scenes import SCENES, Forced
 from tests.stack import PROGRAMS
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -76,8 +77,13 @@ def warm_up(chaos: ChaosStack) -> None:
             for m in first
         )
 
-    if not chaos.wait_for(answered, WARM_S):
-        raise AssertionError(f"warm-up: not every chat was answered\n{chaos.logs()}")
+    wait_until(
+        answered,
+        timeout_s=WARM_S,
+        what="warm-up: every chat answered",
+        poll_s=0.1,
+        detail=chaos.logs,
+    )
 
 
 def stream(chaos: ChaosStack, stop: threading.Event, rng: random.Random) -> None:

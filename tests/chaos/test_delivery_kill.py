@@ -24,6 +24,7 @@ from nanoclaw_common.store.rows import Session
 from tests.integration.delivery.process import DeliveryProcess
 from tests.integration.delivery.terminal import FakeTerminal
 from tests.unit.delivery.helpers import World, make_world
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -103,13 +104,17 @@ def test_repeated_sigkill_loses_nothing(world: World, tmp_path: Path) -> None:
         for thread in writers:
             thread.join(60)
         total = SESSIONS * MESSAGES_PER_SESSION
-        deadline = time.monotonic() + 60
-        while True:
-            states = {t: r for s in sessions for t, r in records(world, s).items()}
-            if len(states) == total and all(st == "delivered" for st, _a in states.values()):
-                break
-            assert time.monotonic() < deadline, f"not all delivered: {states}"
-            time.sleep(0.05)
+
+        def states() -> dict[str, tuple[str, int]]:
+            return {t: r for s in sessions for t, r in records(world, s).items()}
+
+        def all_delivered() -> bool:
+            found = states()
+            return len(found) == total and all(st == "delivered" for st, _a in found.values())
+
+        wait_until(
+            all_delivered, timeout_s=60, what="every row delivered", poll_s=0.05, detail=states
+        )
     finally:
         delivery.stop()
         terminal.stop()

@@ -29,6 +29,7 @@ from nanoclaw_common.store.rows import Session
 from tests.e2e.proxy_probe import Probe
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.stack import Stack, TerminalClient, echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -123,17 +124,6 @@ def texts_and_ack(stack: Stack, session: Session, message_id: str) -> tuple[list
     return texts, ack
 
 
-def wait_for(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.mark.timeout(600)
 def test_a_message_during_a_graceful_restart_is_answered(
     stack: tuple[Stack, TerminalClient], fake_api: FakeAnthropic
@@ -147,23 +137,31 @@ def test_a_message_during_a_graceful_restart_is_answered(
     other = second_session(base)
     fake_api.reply(echo_reply)
     warm = post(base, other, "warm up too")
-    wait_for(lambda: texts_and_ack(base, other, warm)[1] == "completed", 120, "chat 2 warm")
+    wait_until(
+        lambda: texts_and_ack(base, other, warm)[1] == "completed",
+        timeout_s=120,
+        what="chat 2 warm",
+    )
     before = len(fake_api.message_requests())
 
     fake_api.reply(slow_or_echo, slow_or_echo)
     first_replies: list[str] = []
     first = threading.Thread(target=lambda: first_replies.extend(terminal.send("slow one", 120)))
     first.start()
-    wait_for(lambda: len(fake_api.message_requests()) > before, 60, "chat 1's call in flight")
+    wait_until(
+        lambda: len(fake_api.message_requests()) > before,
+        timeout_s=60,
+        what="chat 1's call in flight",
+    )
     restarting = threading.Thread(target=lambda: base.nanoclaw("ctl", "restart", "proxy"))
     restarting.start()
     time.sleep(0.5)  # the scenario: chat 2's message comes 0.5 s into the restart
     second = post(base, other, "are you there?")
     try:
-        texts, _ack = wait_for(
+        texts, _ack = wait_until(
             lambda: (found := texts_and_ack(base, other, second))[1] == "completed" and found,
-            120,
-            "chat 2's answer",
+            timeout_s=120,
+            what="chat 2's answer",
         )
     except AssertionError:
         raise AssertionError(f"{UNEXPECTED}\n{base.logs()}") from None
@@ -198,9 +196,15 @@ def test_restarts_refuse_no_connection(stack: tuple[Stack, TerminalClient]) -> N
                     assert done.returncode == 0, done.stderr + done.stdout
                 else:
                     os.kill(before, signal.SIGKILL)
-                wait_for(lambda old=before: restarted(base, old), 60, "the proxy back")
+                wait_until(
+                    lambda old=before: restarted(base, old), timeout_s=60, what="the proxy back"
+                )
                 made = probe.report.attempts
-                wait_for(lambda made=made: probe.report.attempts > made + 2, 60, "more probes")
+                wait_until(
+                    lambda made=made: probe.report.attempts > made + 2,
+                    timeout_s=60,
+                    what="more probes",
+                )
         report = probe.report
         figures[kind] = {
             "attempts": report.attempts,

@@ -12,30 +12,19 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.stack import PROGRAMS, Stack
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
 BEATING = ("router", "delivery", "sweeper", "proxy")
 SWEEPER_STALE_S = 3
 SWEEPER_STOPWAIT_S = 30  # supervisord.conf: a hung sweeper ignores TERM and is KILLed then
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -67,8 +56,9 @@ def test_the_watchdog_restarts_a_sweeper_that_stopped_making_progress(stack: Sta
     up_at = time.time()
     wait_until(
         lambda: all(proof_s(stack, program) > up_at + 1 for program in BEATING),
-        30,
-        "every program's beat",
+        timeout_s=30,
+        what="every program's beat",
+        poll_s=0.2,
     )
     pids = stack.pids()
     assert set(pids) == PROGRAMS
@@ -78,8 +68,9 @@ def test_the_watchdog_restarts_a_sweeper_that_stopped_making_progress(stack: Sta
     try:
         done = wait_until(
             lambda: re.search(rf"restarted sweeper: pid {sweeper} -> (\d+)", stack.log("watchdog")),
-            SWEEPER_STALE_S + 2 * 5 + SWEEPER_STOPWAIT_S + 60,
-            "the watchdog's restart of the sweeper",
+            timeout_s=SWEEPER_STALE_S + 2 * 5 + SWEEPER_STOPWAIT_S + 60,
+            what="the watchdog's restart of the sweeper",
+            poll_s=0.2,
         )
     finally:
         if Path(f"/proc/{sweeper}").exists():
@@ -97,8 +88,18 @@ def test_the_watchdog_restarts_a_sweeper_that_stopped_making_progress(stack: Sta
 
     # The new sweeper sweeps (its proof moves again); nothing else was touched.
     restarted_at = time.time()
-    wait_until(lambda: proof_s(stack, "sweeper") > restarted_at, 30, "the new sweeper's beat")
-    wait_until(lambda: stack.processes()["sweeper"]["statename"] == "RUNNING", 30, "RUNNING")
+    wait_until(
+        lambda: proof_s(stack, "sweeper") > restarted_at,
+        timeout_s=30,
+        what="the new sweeper's beat",
+        poll_s=0.2,
+    )
+    wait_until(
+        lambda: stack.processes()["sweeper"]["statename"] == "RUNNING",
+        timeout_s=30,
+        what="RUNNING",
+        poll_s=0.2,
+    )
     stack.assert_up({**pids, "sweeper": restarted})
     assert stack.log("sweeper").count("sweeping every") == 2
 

@@ -169,13 +169,6 @@ class FakeSlack:
         event.update(extra)
         return event
 
-    def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not met in time")
-            time.sleep(0.02)
-
     # -- server ------------------------------------------------------------------------------
 
     def _app(self) -> web.Application:

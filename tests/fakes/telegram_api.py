@@ -239,14 +239,6 @@ class FakeTelegram:
     def answered_callbacks(self) -> list[str]:
         return self.server.call(lambda: list(self.state.answered_callbacks))
 
-    def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
-        """Poll ``predicate()`` (called in the test thread) until true."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not met in time")
-            time.sleep(0.02)
-
     # -- server internals --------------------------------------------------------------------
 
     def _next_message_id(self, chat_id: str) -> int:

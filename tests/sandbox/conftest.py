@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -155,15 +154,6 @@ def make_session(central: CentralStore, layout: Layout) -> SessionFactory:
         return session
 
     return factory
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
-    """Poll a real event (a container's state, a file the container writes), bounded."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
-        time.sleep(0.02)
 
 
 class FakeProxy:

@@ -20,7 +20,7 @@ from nanoclaw_common.sandbox import images, mounts, runtime, seccomp
 from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.store import CentralStore
 from tests.environ import clean_environ
-from tests.sandbox.conftest import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -217,7 +217,9 @@ def test_podman_service_command(home: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        wait_until(lambda: socket_answers(socket_path), what="podman system service")
+        wait_until(
+            lambda: socket_answers(socket_path), timeout_s=30.0, what="podman system service"
+        )
         with open(f"/proc/{process.pid}/cmdline", "rb") as handle:
             assert handle.read().split(b"\0")[:3] == [b"podman", b"system", b"service"]
         with podman.PodmanClient(base_url=f"unix://{socket_path}") as client:

@@ -7,6 +7,7 @@ group's other sessions, and lifts the block once the agent deleted what it wrote
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -22,6 +23,7 @@ from nanoclaw_common.store.disk import BLOCK_CLEANUP, DiskLedger
 from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_sweeper.sweeper import PassReport, Sweeper
 from tests.sandbox.conftest import SandboxFactory, SessionFactory
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -45,18 +47,18 @@ def quota_settings(box_settings: Settings) -> Settings:
 
 
 def sweep_until(
-    sweeper: Sweeper, done: object, timeout_s: float, what: str
+    sweeper: Sweeper, done: Callable[[PassReport], object], timeout_s: float, what: str
 ) -> tuple[PassReport, float]:
     """Sweep every PASS_S, as the service does (faster, to time the stop), until
     ``done(report)``; returns that report and the seconds it took."""
     started = time.monotonic()
-    while True:
+
+    def swept() -> PassReport | None:
         report = sweeper.sweep(now_ms())
-        if done(report):  # type: ignore[operator]
-            return report, time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"no {what} within {timeout_s} s")
-        time.sleep(PASS_S)
+        return report if done(report) else None
+
+    report = wait_until(swept, timeout_s=timeout_s, what=what, poll_s=PASS_S)
+    return report, time.monotonic() - started
 
 
 def disk_notes(layout: Layout, session: rows.Session) -> list[rows.InboundRow]:

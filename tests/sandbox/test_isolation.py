@@ -16,14 +16,8 @@ from nanoclaw_common.sandbox import Sandbox
 from nanoclaw_common.sandbox.ownership import AGENT_UID
 from nanoclaw_common.store import CentralStore, OutboundReader, rows
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
-from tests.sandbox.conftest import (
-    CANARY_KEY,
-    FakeProxy,
-    SandboxFactory,
-    SessionFactory,
-    Tokens,
-    wait_until,
-)
+from tests.sandbox.conftest import CANARY_KEY, FakeProxy, SandboxFactory, SessionFactory, Tokens
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -36,7 +30,7 @@ def running(
     session = make_session()
     assert box.wake(session)
     heartbeat = layout.session(session.agent_group_id, session.id).heartbeat
-    wait_until(heartbeat.exists, what="the runner's first heartbeat")
+    wait_until(heartbeat.exists, timeout_s=30.0, what="the runner's first heartbeat")
     return box, session
 
 

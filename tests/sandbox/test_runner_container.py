@@ -24,7 +24,8 @@ from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundReader, rows
 from tests.fakes.anthropic_api import FakeAnthropic, text, tool_use
 from tests.integration.agents.harness import rss_kb, start_proxy
-from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory, wait_until
+from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -96,7 +97,9 @@ def test_a_turn_in_a_container_and_resume_after_sigkill(
     )
     assert box.wake(session)
     first = send(layout, session, central, "who are you in there?")
-    wait_until(lambda: acked(layout, session, first) == "completed", 60, "the first ack")
+    wait_until(
+        lambda: acked(layout, session, first) == "completed", timeout_s=60, what="the first ack"
+    )
     (reply,) = sent_texts(layout, session)
     assert reply.startswith("uid ") and reply.split()[1] != "0"
     assert (layout.group_dir(group.folder) / "proof.txt").read_text() == "made-inside\n"
@@ -106,7 +109,7 @@ def test_a_turn_in_a_container_and_resume_after_sigkill(
     # SIGKILL the container; the next wake is a new run that resumes the conversation.
     with podman.PodmanClient(base_url=box.settings.podman_socket_url) as client:
         client.containers.get(box.container_name(session.id)).kill(signal="SIGKILL")
-    wait_until(lambda: not box.running(), 30, "the container to die")
+    wait_until(lambda: not box.running(), timeout_s=30, what="the container to die")
     seen: dict[str, Any] = {}
 
     def resumed(body: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +119,9 @@ def test_a_turn_in_a_container_and_resume_after_sigkill(
     fake_api.reply(resumed, text("<internal>done</internal>"))
     assert box.wake(central.get_session(session.id))  # type: ignore[arg-type]
     second = send(layout, session, central, "do you remember?")
-    wait_until(lambda: acked(layout, session, second) == "completed", 60, "the second ack")
+    wait_until(
+        lambda: acked(layout, session, second) == "completed", timeout_s=60, what="the second ack"
+    )
     assert sent_texts(layout, session)[-1] == "still me"
     assert "who are you in there?" in seen["history"] and "made-inside" in seen["history"]
     assert "do you remember?" in seen["history"]
@@ -174,7 +179,9 @@ def test_an_idle_runner_sheds_the_sdk_inside_its_container(
     assert box.wake(session)
     paths = layout.session(session.agent_group_id, session.id)
     first = send(layout, session, central, "my name is Ada")
-    wait_until(lambda: acked(layout, session, first) == "completed", 60, "the first ack")
+    wait_until(
+        lambda: acked(layout, session, first) == "completed", timeout_s=60, what="the first ack"
+    )
     pid = runner_pid(box, session)
     with_sdk_kb = rss_kb(pid)
     started = OutboundReader(paths.outbound_db)
@@ -185,13 +192,15 @@ def test_an_idle_runner_sheds_the_sdk_inside_its_container(
     assert state is not None
 
     resumed = "agent runner resumed after shedding the model SDK"
-    wait_until(lambda: resumed in container_log(box, session), 30, "the re-exec")
+    wait_until(lambda: resumed in container_log(box, session), timeout_s=30, what="the re-exec")
     assert runner_pid(box, session) == pid  # the same process, in the same container
     shed_kb = rss_kb(pid)
     assert with_sdk_kb - shed_kb > 40 * 1024 and shed_kb < 80 * 1024, (with_sdk_kb, shed_kb)
 
     second = send(layout, session, central, "what is my name?")
-    wait_until(lambda: acked(layout, session, second) == "completed", 60, "the second ack")
+    wait_until(
+        lambda: acked(layout, session, second) == "completed", timeout_s=60, what="the second ack"
+    )
     assert sent_texts(layout, session) == ["Hello Ada.", "You are Ada."]
     assert "my name is Ada" in seen["history"] and "Hello Ada." in seen["history"]
     # The re-exec'd runner is non-dumpable again: its tools cannot read its environment.
@@ -240,7 +249,9 @@ def test_tool_processes_end_with_their_call_inside_the_container(
     assert box.wake(session)
     message_id = send(layout, session, central, "leave something running")
     try:
-        wait_until(lambda: acked(layout, session, message_id) == "completed", 90, "the ack")
+        wait_until(
+            lambda: acked(layout, session, message_id) == "completed", timeout_s=90, what="the ack"
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{container_log(box, session)}") from None
     requests = fake_api.message_requests()

@@ -15,8 +15,9 @@ import pytest
 from nanoclaw_common.store import CentralStore
 from tests.fakes.anthropic_api import FakeAnthropic, text, tool_use
 from tests.integration.agents.harness import start_proxy
-from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory, Tokens, wait_until
+from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory, Tokens
 from tests.sandbox.test_runner_container import acked, send
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -88,7 +89,9 @@ def test_a_tool_cannot_read_the_token_or_find_the_key(
     fake_api.reply(look_around, record, text("<internal>sent it</internal>"))
     assert box.wake(session)
     message_id = send(layout, session, central, "look around")
-    wait_until(lambda: acked(layout, session, message_id) == "completed", 60, "the ack")
+    wait_until(
+        lambda: acked(layout, session, message_id) == "completed", timeout_s=60, what="the ack"
+    )
     # The runner did hold the run's token: the proxy took it and put the key in.
     assert {r.headers["x-api-key"] for r in fake_api.message_requests()} == {CANARY_KEY}
     token = tokens.last

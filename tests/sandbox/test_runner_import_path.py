@@ -26,8 +26,9 @@ from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, rows
 from tests.fakes.anthropic_api import FakeAnthropic, text, tool_use
 from tests.integration.agents.harness import start_proxy
-from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory, wait_until
+from tests.sandbox.conftest import CANARY_KEY, SandboxFactory, SessionFactory
 from tests.sandbox.test_runner_container import acked, container_log, send
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -167,9 +168,11 @@ def test_nothing_planted_is_imported_when_the_runner_starts(
     monkeypatch.setattr(spec, "run_env", hostile_env)
     assert box.wake(session)
     try:
-        wait_until(paths.heartbeat.exists, 30, "the runner's first heartbeat")
+        wait_until(paths.heartbeat.exists, timeout_s=30, what="the runner's first heartbeat")
         message_id = send(layout, session, central, "hello")
-        wait_until(lambda: acked(layout, session, message_id) == "completed", 60, "the ack")
+        wait_until(
+            lambda: acked(layout, session, message_id) == "completed", timeout_s=60, what="the ack"
+        )
     except AssertionError as exc:
         found = markers(layout, central, session)
         raise AssertionError(f"{exc}\nmarkers: {found}\n{container_log(box, session)}") from None
@@ -221,12 +224,18 @@ def test_nothing_planted_is_imported_after_the_reexec(
     )
     assert box.wake(session)
     first = send(layout, session, central, "plant it all")
-    wait_until(lambda: acked(layout, session, first) == "completed", 60, "the first ack")
+    wait_until(
+        lambda: acked(layout, session, first) == "completed", timeout_s=60, what="the first ack"
+    )
     assert seen["planted"] == "planted 1", seen
-    wait_until(lambda: RESUMED in container_log(box, session), 60, "the re-exec")
+    wait_until(lambda: RESUMED in container_log(box, session), timeout_s=60, what="the re-exec")
     second = send(layout, session, central, "are you there?")
     try:
-        wait_until(lambda: acked(layout, session, second) == "completed", 60, "the second ack")
+        wait_until(
+            lambda: acked(layout, session, second) == "completed",
+            timeout_s=60,
+            what="the second ack",
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{container_log(box, session)}") from None
     assert markers(layout, central, session) == {}, container_log(box, session)

@@ -31,7 +31,8 @@ from nanoclaw_common.states import ContainerStatus
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundStore, rows
 from nanoclaw_common.store.runs import RunLedger
 from nanoclaw_sweeper.sweeper import Sweeper
-from tests.sandbox.conftest import SLEEP, SandboxFactory, SessionFactory, Tokens, wait_until
+from tests.sandbox.conftest import SLEEP, SandboxFactory, SessionFactory, Tokens
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.podman
 
@@ -124,7 +125,7 @@ def test_a_container_that_ended_is_replaced_by_a_new_run(
     box = make_sandbox(command=["true"])
     session = make_session()
     assert box.wake(session)
-    wait_until(lambda: bool(box.ended()), what="the container to exit")
+    wait_until(lambda: bool(box.ended()), timeout_s=30.0, what="the container to exit")
     [ended] = box.ended()
     assert box.running() == []
     assert box.wake(session)
@@ -154,7 +155,7 @@ def test_stop_escalates_to_kill(
     session = make_session()
     assert box.wake(session)
     ready = layout.session(session.agent_group_id, session.id).agent_dir / "ready"
-    wait_until(ready.exists, what="the TERM-ignoring process to start")
+    wait_until(ready.exists, timeout_s=30.0, what="the TERM-ignoring process to start")
     assert box.stop(session.id, timeout_s=1) is StopOutcome.KILLED
     assert containers_of(box, session) == []
 

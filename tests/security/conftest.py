@@ -38,8 +38,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Final
@@ -60,25 +59,18 @@ from nanoclaw_common.store.rows import AgentGroup, OutboundRow, Session
 from tests.environ import AGENT_IMAGE
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.stack import Stack, StackError, TerminalClient
+from tests.waiting import wait_until
 
 # A recognizable API key: the security tests look for it wherever the agent can reach.
 CANARY_KEY: Final = "sk-ant-api03-NANOCLAW-SECURITY-CANARY-" + "q4W" * 12
 AGENT_PYTHON: Final = "/opt/venv/bin/python"  # the runner's (Containerfile)
 CONTAINER_OUTBOUND_DB: Final = "/session/agent/outbound.db"
 CONTAINER_INBOUND_DB: Final = "/session/inbound.db"
-_POLL_S: Final = 0.05
+# Between two checks of a running stack: a check may run `podman` or read a log file.
+STACK_POLL_S: Final = 0.05
 # The content types delivery files under kind 'chat'; every other type is 'system'.
 CHAT_TYPES: Final = frozenset(struct.__struct_config__.tag for struct in messages.CHAT_OPERATIONS)
 OUTBOUND_COLUMNS: Final = frozenset(OutboundRow.__struct_fields__) - {"content"}
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
-    """Poll a real event (a row, a file, a log line), bounded; never a sleep for a timeout."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
-        time.sleep(_POLL_S)
 
 
 # Runs inside the container (``agent.py``): the row a hostile agent writes with nothing but
@@ -231,7 +223,12 @@ class HostileStack:
             found[:] = [t for t in self.received() if fragment in t]
             return bool(found)
 
-        wait_until(shown, timeout_s, f"the terminal to show {fragment!r}")
+        wait_until(
+            shown,
+            timeout_s=timeout_s,
+            what=f"the terminal to show {fragment!r}",
+            poll_s=STACK_POLL_S,
+        )
         return found[0]
 
     # -- the programs ----------------------------------------------------------------------
@@ -283,7 +280,12 @@ class HostileStack:
         # answer; a wake before that fails (NotReady), so a test right after start-up waits.
         podman_socket = Path(self.settings.podman_socket_url.removeprefix("unix://"))
         for path, what in ((podman_socket, "Podman API"), (self.layout.proxy_socket, "proxy")):
-            wait_until(lambda path=path: socket_answers(path), timeout_s, f"the {what} socket")
+            wait_until(
+                lambda path=path: socket_answers(path),
+                timeout_s=timeout_s,
+                what=f"the {what} socket",
+                poll_s=STACK_POLL_S,
+            )
         sandbox = Sandbox(self.settings)
         try:
             if not sandbox.wake(session):
@@ -318,7 +320,12 @@ class HostileStack:
             return bool(run_id) and state is not None and state.run_id == run_id
 
         try:
-            wait_until(started, timeout_s, "the agent runner to start its run")
+            wait_until(
+                started,
+                timeout_s=timeout_s,
+                what="the agent runner to start its run",
+                poll_s=STACK_POLL_S,
+            )
         except AssertionError:
             logs = self.podman("logs", "--tail", "50", self.container_name())
             raise StackError(

@@ -12,8 +12,9 @@ import pytest
 
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
 from nanoclaw_common.store import InboundReader
-from tests.security.conftest import AGENT_PYTHON, CANARY_KEY, HostileStack, wait_until
+from tests.security.conftest import AGENT_PYTHON, CANARY_KEY, STACK_POLL_S, HostileStack
 from tests.stack import echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -107,7 +108,12 @@ def test_a_row_the_agent_writes_reaches_the_terminal(hostile: HostileStack) -> N
             delivery = inbound.get_delivery(written.id)
             return delivery is not None and delivery.status == "delivered"
 
-        wait_until(delivered, 10, "delivery to record the row delivered")
+        wait_until(
+            delivered,
+            timeout_s=10,
+            what="delivery to record the row delivered",
+            poll_s=STACK_POLL_S,
+        )
     finally:
         inbound.close()
     stack.assert_up(pids)

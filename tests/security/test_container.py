@@ -24,8 +24,9 @@ import pytest
 
 from tests.sandbox.test_confinement import PRELUDE
 from tests.sandbox.test_runner_import_path import plants, user_site_plants
-from tests.security.conftest import AGENT_PYTHON, Agent, HostileStack, wait_until
+from tests.security.conftest import AGENT_PYTHON, STACK_POLL_S, Agent, HostileStack
 from tests.stack import echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -150,7 +151,7 @@ def test_planted_runner_code_is_not_imported_after_the_reexec(
     def reexecuted() -> bool:
         return RESUMED in stack.podman("logs", agent.container).stderr
 
-    wait_until(reexecuted, 60, "the runner's re-exec")
+    wait_until(reexecuted, timeout_s=60, what="the runner's re-exec", poll_s=STACK_POLL_S)
     assert stack.chat("still yourself?") == ["echo: still yourself?"]
     assert markers(stack) == {}
     assert "-I" in runner_argv(agent)

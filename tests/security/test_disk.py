@@ -21,8 +21,9 @@ import pytest
 
 from nanoclaw_common.store.disk import BLOCK_CLEANUP, BLOCK_HELD, DiskBlock, DiskLedger
 from tests.fakes.anthropic_api import text, tool_use
-from tests.security.conftest import HostileStack, wait_until
+from tests.security.conftest import STACK_POLL_S, HostileStack
 from tests.stack import TurnTimeout
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -45,7 +46,7 @@ def wait_for_block(stack: HostileStack, scope: str, timeout_s: float = STOP_BOUN
         found[:] = [b for b in blocks(stack) if b.scope == scope]
         return bool(found)
 
-    wait_until(blocked, timeout_s, f"a {scope} disk block")
+    wait_until(blocked, timeout_s=timeout_s, what=f"a {scope} disk block", poll_s=STACK_POLL_S)
     return found[0]
 
 
@@ -77,7 +78,12 @@ def small_quotas(hostile: HostileStack) -> None:
             shutil.rmtree(leftover)
         else:
             leftover.unlink()
-    wait_until(lambda: not blocks(hostile), STOP_BOUND_S, "earlier blocks to be lifted")
+    wait_until(
+        lambda: not blocks(hostile),
+        timeout_s=STOP_BOUND_S,
+        what="earlier blocks to be lifted",
+        poll_s=STACK_POLL_S,
+    )
 
 
 def test_filling_the_workspace_stops_the_run_and_the_agent_cleans_up(
@@ -100,7 +106,12 @@ def test_filling_the_workspace_stops_the_run_and_the_agent_cleans_up(
     assert block.state == BLOCK_CLEANUP and "over its disk quota" in block.reason
     # The run that filled it is stopped, and a fresh one (its cleanup run) replaces it.
     assert block.cleanup_after_run == agent.run_id
-    wait_until(lambda: current_run(stack) not in (None, agent.run_id), 60, "the cleanup run")
+    wait_until(
+        lambda: current_run(stack) not in (None, agent.run_id),
+        timeout_s=60,
+        what="the cleanup run",
+        poll_s=STACK_POLL_S,
+    )
     # Told: the owner on the terminal (the owner's chat), the agent in its prompt.
     notice = stack.wait_for_text("over its disk quota")
     assert str(host_group_dir(stack)) in notice
@@ -109,7 +120,12 @@ def test_filling_the_workspace_stops_the_run_and_the_agent_cleans_up(
     assert "Disk quota: /workspace holds" in prompt and name in prompt
     # The agent deleted its file; the next walk lifts the block; the answer went out.
     assert stack.wait_for_text("cleaned up", timeout_s=60) == "cleaned up"
-    wait_until(lambda: not blocks(stack), STOP_BOUND_S, "the block to be lifted")
+    wait_until(
+        lambda: not blocks(stack),
+        timeout_s=STOP_BOUND_S,
+        what="the block to be lifted",
+        poll_s=STACK_POLL_S,
+    )
     assert not (host_group_dir(stack) / name).exists()
     assert "over its disk quota" in stack.log("sweeper")
     stack.assert_up(pids)
@@ -131,10 +147,16 @@ def test_a_cleanup_run_that_keeps_writing_is_held_and_messages_wait(
     wait_for_block(stack, "group")
     wait_until(
         lambda: any(b.state == BLOCK_HELD for b in blocks(stack)),
-        STOP_BOUND_S * 2,
-        "the block to be held after the cleanup run grew the folder",
+        timeout_s=STOP_BOUND_S * 2,
+        what="the block to be held after the cleanup run grew the folder",
+        poll_s=STACK_POLL_S,
     )
-    wait_until(lambda: not container_running(stack), 30, "the container to be stopped")
+    wait_until(
+        lambda: not container_running(stack),
+        timeout_s=30,
+        what="the container to be stopped",
+        poll_s=STACK_POLL_S,
+    )
     held = next(b for b in blocks(stack) if b.state == BLOCK_HELD)
     assert "grew" in held.reason
     # A message now waits: the router's wake is refused (recorded), nothing answers it...
@@ -150,7 +172,12 @@ def test_a_cleanup_run_that_keeps_writing_is_held_and_messages_wait(
 
     talker = threading.Thread(target=chat)
     talker.start()
-    wait_until(lambda: any(b.refused_wakes > 0 for b in blocks(stack)), 30, "a refused wake")
+    wait_until(
+        lambda: any(b.refused_wakes > 0 for b in blocks(stack)),
+        timeout_s=30,
+        what="a refused wake",
+        poll_s=STACK_POLL_S,
+    )
     assert not container_running(stack)
     # ...until the owner frees the space by hand: the next walk lifts the block and the
     # message is answered.
@@ -176,7 +203,12 @@ def test_filling_the_agent_folder_stops_the_run(hostile: HostileStack) -> None:
     block = wait_for_block(stack, "session")
     assert block.scope_id == stack.session.id
     assert stack.wait_for_text("agent folder cleaned", timeout_s=90) == "agent folder cleaned"
-    wait_until(lambda: not blocks(stack), STOP_BOUND_S, "the block to be lifted")
+    wait_until(
+        lambda: not blocks(stack),
+        timeout_s=STOP_BOUND_S,
+        what="the block to be lifted",
+        poll_s=STACK_POLL_S,
+    )
     stack.assert_up(pids)
 
 
@@ -200,7 +232,12 @@ def test_a_flood_of_empty_files_counts(hostile: HostileStack) -> None:
     block = wait_for_block(stack, "group", timeout_s=STOP_BOUND_S * 2)
     assert block.reason.endswith("more than 200000 entries")
     assert stack.wait_for_text("flood removed", timeout_s=120) == "flood removed"
-    wait_until(lambda: not blocks(stack), STOP_BOUND_S * 2, "the block to be lifted")
+    wait_until(
+        lambda: not blocks(stack),
+        timeout_s=STOP_BOUND_S * 2,
+        what="the block to be lifted",
+        poll_s=STACK_POLL_S,
+    )
     stack.assert_up(pids)
 
 
@@ -240,5 +277,10 @@ def test_traps_for_the_walk_neither_stall_it_nor_fool_it(hostile: HostileStack) 
     block = wait_for_block(stack, "group")
     assert block.reason.endswith("folders nested deeper than 100 levels")
     assert stack.wait_for_text("deep removed", timeout_s=90) == "deep removed"
-    wait_until(lambda: not blocks(stack), STOP_BOUND_S, "the block to be lifted")
+    wait_until(
+        lambda: not blocks(stack),
+        timeout_s=STOP_BOUND_S,
+        what="the block to be lifted",
+        poll_s=STACK_POLL_S,
+    )
     stack.assert_up(pids)

@@ -24,8 +24,9 @@ from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.store import InboundReader, InboundStore, NewInbound, OutboundReader
 from nanoclaw_common.store.rows import Session
 from tests.fakes.anthropic_api import text
-from tests.security.conftest import Agent, HostileStack, wait_until
+from tests.security.conftest import STACK_POLL_S, Agent, HostileStack
 from tests.stack import echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -118,15 +119,30 @@ def test_a_fifo_journal_quarantines_that_session_alone(hostile: HostileStack) ->
     journal = Path(f"{paths.outbound_db}-journal")
     where = plant_fifo(agent, "/session/agent/outbound.db-journal", journal)
     try:
-        wait_until(lambda: bool(quarantined(stack)), BOUND_S, "the session to be quarantined")
+        wait_until(
+            lambda: bool(quarantined(stack)),
+            timeout_s=BOUND_S,
+            what="the session to be quarantined",
+            poll_s=STACK_POLL_S,
+        )
         [entry] = quarantined(stack)
         assert entry["session_id"] == stack.session.id
         assert "outbound.db-journal is a FIFO" in str(entry["reason"]), entry
         # Its container is stopped; nothing reads its files any more.
-        wait_until(lambda: not container_running(stack, stack.session.id), BOUND_S)
+        wait_until(
+            lambda: not container_running(stack, stack.session.id),
+            timeout_s=BOUND_S,
+            what="the container to stop",
+            poll_s=STACK_POLL_S,
+        )
         # Everyone else is served: a new message to another session wakes its container.
         message_id = give_work(stack, other)
-        wait_until(lambda: claimed(stack, other, message_id), 90, "the bystander's run")
+        wait_until(
+            lambda: claimed(stack, other, message_id),
+            timeout_s=90,
+            what="the bystander's run",
+            poll_s=STACK_POLL_S,
+        )
         logs = "".join(stack.log(p) for p in ("sweeper", "delivery", "router"))
         assert logs.count("SESSION QUARANTINED") == 1, where  # reported once
         assert json.loads(cli(stack, "status", "--json"))["quarantined_sessions"] == 1
@@ -164,7 +180,12 @@ def test_fifos_as_heartbeat_and_outbox_file_cost_only_their_own(hostile: Hostile
             delivery = reader.get_delivery(written.id)
             return delivery is not None and delivery.status == "denied"
 
-        wait_until(refused, BOUND_S, "the row with a FIFO attached to be refused")
+        wait_until(
+            refused,
+            timeout_s=BOUND_S,
+            what="the row with a FIFO attached to be refused",
+            poll_s=STACK_POLL_S,
+        )
         reason = reader.get_delivery(written.id)
         assert reason is not None and "not a regular file" in (reason.last_error or "")
     finally:

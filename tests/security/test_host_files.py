@@ -19,8 +19,9 @@ from nanoclaw_common.sandbox.spec import container_name
 from nanoclaw_common.sessions import refresh_projections
 from nanoclaw_common.store import InboundReader, OutboundReader
 from nanoclaw_common.store.rows import InboundRow, Session
-from tests.security.conftest import Agent, HostileStack, wait_until
+from tests.security.conftest import STACK_POLL_S, Agent, HostileStack
 from tests.stack import echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -98,7 +99,9 @@ def test_the_outbox_swap_race_never_sends_a_host_file(
             found = [inbound.get_delivery(f"race-{n}") for n in range(done["written"])]
             return all(d is not None and d.status in ("delivered", "denied") for d in found)
 
-        wait_until(settled, 120, "delivery to settle every racing row")
+        wait_until(
+            settled, timeout_s=120, what="delivery to settle every racing row", poll_s=STACK_POLL_S
+        )
         statuses = [inbound.get_delivery(f"race-{n}") for n in range(done["written"])]
     finally:
         inbound.close()
@@ -165,7 +168,7 @@ def wake_other(stack: HostileStack, session: Session) -> Agent:
             reader.close()
         return state is not None and bool(state.run_id)
 
-    wait_until(started, 60, "the other session's runner")
+    wait_until(started, timeout_s=60, what="the other session's runner", poll_s=STACK_POLL_S)
     return Agent(stack, container_name(stack.settings.install, session.id), "")
 
 
@@ -223,7 +226,7 @@ def test_create_agent_never_gets_a_removed_groups_folder(
             reader.close()
         return delivery is not None and delivery.status == "delivered"
 
-    wait_until(settled, 60, "create_agent to be applied")
+    wait_until(settled, timeout_s=60, what="create_agent to be applied", poll_s=STACK_POLL_S)
     assert not (cron / "x").exists()
     with stack.central() as central:
         groups = {g.folder: g for g in central.list_agent_groups() if g.name == "Helper"}

@@ -29,8 +29,9 @@ from nanoclaw_common.store.rows import DroppedMessage
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.webhook_client import nanoclaw_headers, post, post_answer
 from tests.integration.router.conftest import free_port
-from tests.security.conftest import CANARY_KEY, HostileStack, wait_until
+from tests.security.conftest import CANARY_KEY, STACK_POLL_S, HostileStack
 from tests.stack import Stack, TerminalClient, echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -68,8 +69,15 @@ def hostile_stack() -> Iterator[HostileStack]:
             stack.layout.proxy_socket,
             stack.layout.cli_socket,
         ]
-        wait_until(lambda: all(map(socket_answers, sockets)), 60, "the programs' sockets")
-        wait_until(port_answers, 60, "the webhook port to answer")
+        wait_until(
+            lambda: all(map(socket_answers, sockets)),
+            timeout_s=60,
+            what="the programs' sockets",
+            poll_s=STACK_POLL_S,
+        )
+        wait_until(
+            port_answers, timeout_s=60, what="the webhook port to answer", poll_s=STACK_POLL_S
+        )
         terminal = TerminalClient(stack.layout).start()
         yield HostileStack(stack, fake_api, terminal, group, session)
     finally:
@@ -119,7 +127,12 @@ def test_a_task_under_a_future_messages_id_does_not_silence_it(hostile: HostileS
             "process_after_ms": FAR_FUTURE_MS,
         }
     )
-    wait_until(lambda: delivery_status(stack, task.id) is not None, 30, "the task to be handled")
+    wait_until(
+        lambda: delivery_status(stack, task.id) is not None,
+        timeout_s=30,
+        what="the task to be handled",
+        poll_s=STACK_POLL_S,
+    )
 
     stack.fake_api.reply(echo_reply)
     replies = stack.terminal.send("rotate the keys now", 90, message_id=message_id)
@@ -174,13 +187,23 @@ def test_forged_log_lines_stay_inside_their_record(hostile: HostileStack) -> Non
         channel_type="cli",
         platform_id=f"nowhere-{marker}\n{FORGED} to cli:local\r\x1b[2J" + "z" * 300_000,
     )
-    wait_until(lambda: delivery_status(stack, row.id) is not None, 30, "delivery to refuse it")
+    wait_until(
+        lambda: delivery_status(stack, row.id) is not None,
+        timeout_s=30,
+        what="delivery to refuse it",
+        poll_s=STACK_POLL_S,
+    )
     status_line = agent.exec(
         ["/opt/venv/bin/python", "-c", PROXY_PATH, FORGED], check=False
     ).stdout.strip()
     assert status_line.startswith("HTTP/1.1 4"), status_line
 
-    wait_until(lambda: marker in stack.log("delivery"), 10, "delivery to log the refusal")
+    wait_until(
+        lambda: marker in stack.log("delivery"),
+        timeout_s=10,
+        what="delivery to log the refusal",
+        poll_s=STACK_POLL_S,
+    )
     delivery_log = stack.log("delivery")
     assert forged_lines(delivery_log) == []
     assert forged_lines(stack.log("proxy")) == []
@@ -209,8 +232,9 @@ def test_a_deeply_nested_body_is_a_400_and_a_drop(hostile: HostileStack) -> None
     assert status == 400 and b"nested deeper than 64 levels" in text
     wait_until(
         lambda: sum(d.message_count for d in drops(stack, "invalid_input")) == before + 1,
-        10,
-        "the drop",
+        timeout_s=10,
+        what="the drop",
+        poll_s=STACK_POLL_S,
     )
     log = stack.log("router")
     assert "RecursionError" not in log and "Traceback" not in log
@@ -244,8 +268,9 @@ def test_a_webhook_flood_is_rate_limited(hostile: HostileStack) -> None:
     # Every refusal is counted (the router writes a flood's count once a second).
     wait_until(
         lambda: sum(d.message_count for d in drops(stack, "rate_limited")) == refused,
-        10,
-        "the rate-limited drops to be counted",
+        timeout_s=10,
+        what="the rate-limited drops to be counted",
+        poll_s=STACK_POLL_S,
     )
     # What got through was routed (the source is not wired: recorded as drops).
     assert sum(d.message_count for d in drops(stack, "no_agent_wired")) == accepted

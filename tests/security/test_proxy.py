@@ -31,8 +31,9 @@ from nanoclaw_common.store.metering import TokenLedger, utc_day
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_common.store.rows import Session
 from nanoclaw_proxy.handover import path_identity
-from tests.security.conftest import Agent, HostileStack, wait_until
+from tests.security.conftest import STACK_POLL_S, Agent, HostileStack
 from tests.stack import NANOCLAW, echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -157,7 +158,12 @@ def second_session(hostile: HostileStack) -> Session:
     sandbox = Sandbox(hostile.settings)
     try:
         # Podman's API service may still be starting (the sweeper would retry the wake).
-        wait_until(lambda: sandbox.wake(session), 60, "the second session's container")
+        wait_until(
+            lambda: sandbox.wake(session),
+            timeout_s=60,
+            what="the second session's container",
+            poll_s=STACK_POLL_S,
+        )
     finally:
         sandbox.close()
     return session
@@ -235,8 +241,9 @@ def test_a_connection_flood_and_a_slowloris_deny_no_one_else(
     cid = container_id(hostile, agent)
     wait_until(
         lambda: f"connection refused: container:{cid}" in hostile.log("proxy"),
-        60,
-        "the flood to reach the connection cap",
+        timeout_s=60,
+        what="the flood to reach the connection cap",
+        poll_s=STACK_POLL_S,
     )
     hostile.fake_api.reply(echo_reply)
     asked = ask(hostile, other, "are you still there?")
@@ -246,7 +253,9 @@ def test_a_connection_flood_and_a_slowloris_deny_no_one_else(
         texts[:] = answered(hostile, other, asked) or []
         return bool(texts)
 
-    wait_until(done, 60, "the other session's answer during the flood")
+    wait_until(
+        done, timeout_s=60, what="the other session's answer during the flood", poll_s=STACK_POLL_S
+    )
     assert any("echo: are you still there?" in t for t in texts)
     agent.sh("touch /tmp/flood.stop")
     assert flood.stdout is not None

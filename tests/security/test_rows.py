@@ -24,8 +24,9 @@ from nanoclaw_common.states import Role
 from nanoclaw_common.store import InboundReader, InboundStore, NewInbound, OutboundReader
 from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.rows import Delivery
-from tests.security.conftest import CONTAINER_OUTBOUND_DB, HostileStack, wait_until
+from tests.security.conftest import CONTAINER_OUTBOUND_DB, STACK_POLL_S, HostileStack
 from tests.stack import echo_reply
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -49,7 +50,12 @@ def services_answer(hostile_stack: HostileStack) -> None:
         ("the Podman API service", layout.run_dir / "podman.sock"),
         ("the credential proxy", layout.proxy_socket),
     ):
-        wait_until(lambda socket=socket: socket_answers(socket), 60, f"{name} to answer")
+        wait_until(
+            lambda socket=socket: socket_answers(socket),
+            timeout_s=60,
+            what=f"{name} to answer",
+            poll_s=STACK_POLL_S,
+        )
 
 
 def inbound(stack: HostileStack) -> InboundReader:
@@ -74,7 +80,7 @@ def settled(stack: HostileStack, key: str) -> Delivery:
         found[:] = [record] if record and record.status in ("delivered", "failed", "denied") else []
         return bool(found)
 
-    wait_until(final, 60, f"a final state for {key}")
+    wait_until(final, timeout_s=60, what=f"a final state for {key}", poll_s=STACK_POLL_S)
     return found[0]
 
 
@@ -454,8 +460,9 @@ def test_five_thousand_refused_rows_leave_central_db_bounded(hostile: HostileSta
         last = f"flood-{rows - 1}"
         wait_until(
             lambda: getattr(deliveries(stack).get(last), "status", None) == "denied",
-            600,
-            "the last refused row to be settled",
+            timeout_s=600,
+            what="the last refused row to be settled",
+            poll_s=STACK_POLL_S,
         )
         refused = [d for k, d in deliveries(stack).items() if k.startswith("flood-")]
         assert len(refused) == rows and all(d.status == "denied" for d in refused)

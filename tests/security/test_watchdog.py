@@ -17,7 +17,8 @@ import time
 import pytest
 
 from nanoclaw_common.alive import BEATING_PROGRAMS
-from tests.security.conftest import HostileStack, wait_until
+from tests.security.conftest import STACK_POLL_S, HostileStack
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
@@ -57,7 +58,12 @@ def test_the_proofs_of_life_are_out_of_the_agents_reach(hostile: HostileStack) -
     alive = stack.layout.alive_dir
     # RUNNING is supervisord's "up for startsecs", not "started": on a busy machine a
     # program may still be importing. Its first beat says its loop runs.
-    wait_until(lambda: all((alive / name).exists() for name in BEATING_PROGRAMS), 60, "first beats")
+    wait_until(
+        lambda: all((alive / name).exists() for name in BEATING_PROGRAMS),
+        timeout_s=60,
+        what="first beats",
+        poll_s=STACK_POLL_S,
+    )
     secret = "alive-" + secrets.token_hex(12)
     planted = alive / f".probe-{secret}"
     planted.write_text(secret)
@@ -80,7 +86,8 @@ def test_the_proofs_of_life_are_out_of_the_agents_reach(hostile: HostileStack) -
     since = time.time()
     wait_until(
         lambda: all((alive / name).stat().st_mtime > since for name in BEATING_PROGRAMS),
-        10,
-        "every program's next beat",
+        timeout_s=10,
+        what="every program's next beat",
+        poll_s=STACK_POLL_S,
     )
     stack.assert_up(pids)

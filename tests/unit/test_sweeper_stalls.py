@@ -18,6 +18,7 @@ from nanoclaw_common.store.quarantine import Quarantine
 from nanoclaw_common.store.session_vfs import LAYERS
 from nanoclaw_sweeper.sweeper import PassReport, Sweeper
 from tests.unit.test_sweeper import T0, World, add_message, beat, world
+from tests.waiting import wait_until
 
 __all__ = ["world"]  # the fixture, shared with test_sweeper
 
@@ -118,10 +119,12 @@ def test_the_stall_backstop_cuts_off_a_read_that_blocks(world: World) -> None:
         LAYERS.vfs = True
     assert report.quarantined == [attacked.id] and report.woken == [other.id]
     assert "took longer than" in Quarantine(world.central).list()[0].reason
-    deadline = time.monotonic() + PASS_BOUND_S
-    while sweeper.session_io.in_flight and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sweeper.session_io.in_flight == 0  # released: the FIFO's reader got end-of-file
+    # Released: the FIFO's reader got end-of-file.
+    wait_until(
+        lambda: sweeper.session_io.in_flight == 0,
+        timeout_s=PASS_BOUND_S,
+        what="no session read in flight",
+    )
 
 
 def test_a_quarantined_session_is_never_examined_until_released(world: World) -> None:

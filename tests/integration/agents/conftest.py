@@ -28,8 +28,8 @@ from tests.integration.agents.harness import (
     make_session,
     start_proxy,
     uds_client,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def make_local_proxy(
             listener.close()
 
         running.append(stop)
-        wait_until(healthy, what="the in-process proxy")
+        wait_until(healthy, timeout_s=20.0, what="the in-process proxy")
         return LocalProxy(app[STATE], layout.proxy_socket, clock)
 
     yield start

@@ -13,10 +13,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import msgspec
@@ -33,21 +32,9 @@ from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_common.store.rows import DestinationEntry, Routing
 from nanoclaw_common.store.runs import RunLedger, leftover_claims
 from tests.environ import clean_environ
+from tests.waiting import wait_until
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]
-
-
-def wait_until(probe: Callable[[], T | None], timeout_s: float = 20.0, what: str = "") -> T:
-    """Poll ``probe`` (every 10 ms) until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or probe}")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -101,7 +88,7 @@ def start_proxy(home: Path, api_key: str, base_url: str, **env: str) -> Proxy:
         except httpx2.TransportError:
             return False
 
-    wait_until(healthy, what="the proxy to listen")
+    wait_until(healthy, timeout_s=20.0, what="the proxy to listen")
     return proxy
 
 
@@ -210,7 +197,7 @@ class RunnerProcess:
                 raise AssertionError(f"runner exited {self.process.returncode}: {self.log()}")
             return self.log().count(text) >= count
 
-        wait_until(seen, timeout_s, f"{text!r} x{count} in the runner's log")
+        wait_until(seen, timeout_s=timeout_s, what=f"{text!r} x{count} in the runner's log")
 
     def rss_kb(self) -> int:
         """``VmRSS`` from /proc/<pid>/status (readable whatever the process's dumpable flag)."""

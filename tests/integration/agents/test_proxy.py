@@ -14,7 +14,8 @@ from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.metering import utc_day
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from tests.fakes.anthropic_api import ORGANIZATION_ID, FakeAnthropic, text
-from tests.integration.agents.harness import AgentSession, Proxy, uds_client, wait_until
+from tests.integration.agents.harness import AgentSession, Proxy, uds_client
+from tests.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 _clients: list[anthropic.Anthropic] = []
@@ -132,7 +133,9 @@ def test_streams_events_as_they_come_and_meters_the_stream(
     assert final.usage.output_tokens == 9
     # The SDK may finish at `message_stop`, before the body's end (when the proxy records).
     usage = wait_until(
-        lambda: central.get_token_usage(agent.group_id, today()), what="the stream's usage"
+        lambda: central.get_token_usage(agent.group_id, today()),
+        timeout_s=20.0,
+        what="the stream's usage",
     )
     assert (usage.input_tokens, usage.output_tokens) == (40, 9)
 
@@ -222,11 +225,15 @@ def test_a_stream_the_container_abandons_is_still_metered(
     # The client is gone; the rest of the stream meets a closed connection.
     gate.set()
     usage = wait_until(
-        lambda: central.get_token_usage(agent.group_id, today()), what="the partial usage"
+        lambda: central.get_token_usage(agent.group_id, today()),
+        timeout_s=20.0,
+        what="the partial usage",
     )
     assert (usage.input_tokens, usage.requests) == (70, 1)
     assert "stream ended early" in wait_until(
-        lambda: "stream ended early" in proxy.log() and proxy.log(), what="the log line"
+        lambda: "stream ended early" in proxy.log() and proxy.log(),
+        timeout_s=20.0,
+        what="the log line",
     )
 
 

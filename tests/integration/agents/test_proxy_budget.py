@@ -17,13 +17,8 @@ import pytest
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.metering import TokenLedger, utc_day
 from tests.fakes.anthropic_api import ApiError, FakeAnthropic, text
-from tests.integration.agents.harness import (
-    AgentSession,
-    Proxy,
-    start_proxy,
-    uds_client,
-    wait_until,
-)
+from tests.integration.agents.harness import AgentSession, Proxy, start_proxy, uds_client
+from tests.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 _clients: list[anthropic.Anthropic] = []
@@ -129,7 +124,11 @@ def test_a_proxy_killed_mid_call_leaves_no_reservation_behind(
 
     caller = threading.Thread(target=call, daemon=True)
     caller.start()
-    wait_until(lambda: live_reservations(central) == 1, what="the call's reservation")
+    wait_until(
+        lambda: live_reservations(central) == 1,
+        timeout_s=20.0,
+        what="the call's reservation",
+    )
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
     assert live_reservations(central) == 1  # nobody could settle it

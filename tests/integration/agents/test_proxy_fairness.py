@@ -25,13 +25,8 @@ from nanoclaw_proxy.handover import path_identity
 from tests.environ import clean_environ
 from tests.fakes.anthropic_api import FakeAnthropic, text
 from tests.integration.agents.conftest import LocalProxy
-from tests.integration.agents.harness import (
-    AgentSession,
-    Proxy,
-    start_proxy,
-    uds_client,
-    wait_until,
-)
+from tests.integration.agents.harness import AgentSession, Proxy, start_proxy, uds_client
+from tests.waiting import wait_until
 
 COUNT = "http://proxy/v1/messages/count_tokens"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -84,7 +79,11 @@ def test_connections_past_the_peer_cap_are_closed_at_once(
     for sock in idle:
         sock.close()
     # Once they are gone, the peer is served again.
-    wait_until(lambda: proxy.state.guard.open_total == 0, what="the idle connections gone")
+    wait_until(
+        lambda: proxy.state.guard.open_total == 0,
+        timeout_s=20.0,
+        what="the idle connections gone",
+    )
     assert count_ok(proxy.socket, agent.token)
 
 

@@ -18,7 +18,8 @@ from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_proxy.tokens import CACHE_TTL_S, FAILURE_BURST
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.integration.agents.conftest import LocalProxy
-from tests.integration.agents.harness import AgentSession, uds_client, wait_until
+from tests.integration.agents.harness import AgentSession, uds_client
+from tests.waiting import wait_until
 
 COUNT = "http://proxy/v1/messages/count_tokens"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -114,7 +115,7 @@ def test_a_revoked_or_replaced_token_stops_working(
     def refused() -> Any:
         return count(local_proxy, agent.token).status_code == 401
 
-    wait_until(refused, 5.0, "the cached token to be re-checked")
+    wait_until(refused, timeout_s=5.0, what="the cached token to be re-checked")
     assert stats(local_proxy)["revoked_in_cache"] == 1
     # A new run: a new token, and the old one is no good even while it was cached.
     agent.new_run(central)

@@ -31,9 +31,9 @@ from tests.integration.agents.harness import (
     send_chat,
     start_runner,
     texts,
-    wait_until,
     write_config,
 )
+from tests.waiting import wait_until
 
 MODEL = "claude-sonnet-4-6"
 POINTS = ("before_model_call", "during_model_call", "after_send", "before_batch_ack")
@@ -132,7 +132,7 @@ def test_a_kill_at_any_point_of_a_turn_answers_each_message_once(
     b = send_chat(agent, "question B")
     runner = start_runner(agent, log_name="run2.log")
     try:
-        wait_until(lambda: ack_status(agent, b) == "completed", what="B's ack")
+        wait_until(lambda: ack_status(agent, b) == "completed", timeout_s=20.0, what="B's ack")
         # B was answered alone: the dead turn was rolled back, not merged into B's turn.
         (b_history,) = b_prompts
         assert "question B" in b_history
@@ -141,7 +141,11 @@ def test_a_kill_at_any_point_of_a_turn_answers_each_message_once(
         assert ack_status(agent, a) is None  # not picked: it waits out its backoff
 
         come_due(agent, a)
-        wait_until(lambda: ack_status(agent, a) == "completed", what="A's retried ack")
+        wait_until(
+            lambda: ack_status(agent, a) == "completed",
+            timeout_s=20.0,
+            what="A's retried ack",
+        )
     finally:
         assert runner.terminate() == 0, runner.log()
 

@@ -25,9 +25,9 @@ from tests.integration.agents.harness import (
     send_chat,
     start_runner,
     texts,
-    wait_until,
     write_config,
 )
+from tests.waiting import wait_until
 
 MODEL = "claude-sonnet-4-6"
 TMPFS_KB = 2048
@@ -96,7 +96,11 @@ def test_a_full_disk_holds_the_answer_until_space_returns(
     fake_api.reply(text('<message to="main">the answer</message>'))
     runner = start_runner(agent, log_name="run.log")
     try:
-        wait_until(lambda: "runner started" in runner.log() or runner.log(), what="the runner")
+        wait_until(
+            lambda: "runner started" in runner.log() or runner.log(),
+            timeout_s=20.0,
+            what="the runner",
+        )
         filler = fill(small_agent_dir)
         message = send_chat(agent, "a question")  # inbound.db is on the host's disk
         runner.wait_for_log("disk full", timeout_s=30)
@@ -105,7 +109,11 @@ def test_a_full_disk_holds_the_answer_until_space_returns(
         assert texts(agent) == []
         assert runner.process.poll() is None  # waiting, not dead
         filler.unlink()
-        wait_until(lambda: ack_status(agent, message) == "completed", what="the ack")
+        wait_until(
+            lambda: ack_status(agent, message) == "completed",
+            timeout_s=20.0,
+            what="the ack",
+        )
         assert texts(agent) == ["the answer"]
         assert len(fake_api.message_requests()) == 1  # answered once, no second turn
         runner.wait_for_log("disk has room again")

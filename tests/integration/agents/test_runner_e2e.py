@@ -20,9 +20,9 @@ from tests.integration.agents.harness import (
     send_chat,
     start_runner,
     texts,
-    wait_until,
     write_config,
 )
+from tests.waiting import wait_until
 
 MODEL = "claude-sonnet-4-6"
 
@@ -56,7 +56,11 @@ def test_a_turn_with_bash_and_send_message(
     runner = start_runner(agent)
     try:
         message_id = send_chat(agent, "please <run> it")
-        wait_until(lambda: ack_status(agent, message_id) == "completed", what="the ack")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what="the ack",
+        )
         assert texts(agent) == ["working on it", "All done: hello from bash"]
         assert (agent.workspace / "note.txt").read_text() == "hello from bash\n"
         # The runner took its token from agent/.proxy-token and removed the file.
@@ -92,6 +96,7 @@ def test_a_turn_with_bash_and_send_message(
         # Each call is metered as its response ends; the last one may trail the ack slightly.
         usage = wait_until(
             lambda: (u := central.get_token_usage(agent.group_id, day)) and u.requests == 3 and u,
+            timeout_s=20.0,
             what="three metered calls",
         )
         assert usage.requests == 3
@@ -132,14 +137,16 @@ def test_ask_user_question_waits_for_the_answer(
                     return content
             return None
 
-        asked = wait_until(question, what="the question row")
+        asked = wait_until(question, timeout_s=20.0, what="the question row")
         assert [o.value for o in asked.options] == ["Tea", "coffee-please"]
         # The card is Alice's to answer: delivery takes target_user_id from in_reply_to.
         (row,) = [r for r in outbound_rows(agent) if r.id == asked.question_id]
         assert row.in_reply_to == message_id != context
         assert asked.timeout_s == 300
         state = wait_until(
-            lambda: (s := container_state(agent)) and s.current_tool == "ask_user_question" and s
+            lambda: (s := container_state(agent)) and s.current_tool == "ask_user_question" and s,
+            timeout_s=20.0,
+            what="the runner to be in ask_user_question",
         )
         assert state.tool_declared_timeout_ms == 300_000  # the host tolerates the wait
         store = agent.inbound()
@@ -156,7 +163,11 @@ def test_ask_user_question_waits_for_the_answer(
             )
         )
         store.close()
-        wait_until(lambda: ack_status(agent, message_id) == "completed", what="the ack")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what="the ack",
+        )
         assert texts(agent)[-1] == "You chose coffee-please"
         assert ack_status(agent, f"answer-{asked.question_id}") == "completed"
     finally:
@@ -185,9 +196,17 @@ def test_compaction_summarizes_and_archives_the_transcript(
     runner = start_runner(agent)
     try:
         first = send_chat(agent, "hello there")
-        wait_until(lambda: ack_status(agent, first) == "completed")
+        wait_until(
+            lambda: ack_status(agent, first) == "completed",
+            timeout_s=20.0,
+            what=f"{first} acked completed",
+        )
         second = send_chat(agent, "second question")
-        wait_until(lambda: ack_status(agent, second) == "completed")
+        wait_until(
+            lambda: ack_status(agent, second) == "completed",
+            timeout_s=20.0,
+            what=f"{second} acked completed",
+        )
         assert texts(agent) == ["first answer", "second answer"]
     finally:
         assert runner.terminate() == 0, runner.log()
@@ -216,11 +235,19 @@ def test_resume_after_the_runner_is_killed(
     fake_api.reply(text('<message to="main">one</message>'))
     runner = start_runner(agent, log_name="run1.log")
     first = send_chat(agent, "first message")
-    wait_until(lambda: ack_status(agent, first) == "completed")
+    wait_until(
+        lambda: ack_status(agent, first) == "completed",
+        timeout_s=20.0,
+        what=f"{first} acked completed",
+    )
     # Then a message whose tool call is still running when the container dies.
     fake_api.reply(tool_use("bash", {"command": "sleep 60"}, "toolu_sleep"))
     second = send_chat(agent, "second message")
-    wait_until(lambda: (s := container_state(agent)) and s.current_tool == "bash")
+    wait_until(
+        lambda: (s := container_state(agent)) and s.current_tool == "bash",
+        timeout_s=20.0,
+        what="the runner to be in bash",
+    )
     runner.kill()
     assert ack_status(agent, second) == "processing"
 
@@ -228,7 +255,11 @@ def test_resume_after_the_runner_is_killed(
     agent.new_run(central)  # what wake() does: a new run id and token
     runner = start_runner(agent, log_name="run2.log")
     try:
-        wait_until(lambda: ack_status(agent, second) == "completed", what="the retried ack")
+        wait_until(
+            lambda: ack_status(agent, second) == "completed",
+            timeout_s=20.0,
+            what="the retried ack",
+        )
         assert texts(agent) == ["one", "two"]
     finally:
         assert runner.terminate() == 0, runner.log()
@@ -253,7 +284,11 @@ def test_model_errors_reach_the_user_and_the_runner_goes_on(
     runner = start_runner(agent)
     try:
         first = send_chat(agent, "one")
-        wait_until(lambda: ack_status(agent, first) == "failed", what="the failed ack")
+        wait_until(
+            lambda: ack_status(agent, first) == "failed",
+            timeout_s=20.0,
+            what="the failed ack",
+        )
         assert texts(agent) == [
             "Error: The model API refused the request (400 invalid_request_error): something is off"
         ]
@@ -262,12 +297,20 @@ def test_model_errors_reach_the_user_and_the_runner_goes_on(
         day = time.strftime("%Y-%m-%d", time.gmtime())
         central.add_token_usage(agent.group_id, day, 8, 4)
         second = send_chat(agent, "two")
-        wait_until(lambda: ack_status(agent, second) == "failed")
+        wait_until(
+            lambda: ack_status(agent, second) == "failed",
+            timeout_s=20.0,
+            what=f"{second} acked failed",
+        )
         assert "daily token budget" in texts(agent)[-1]
         central.update_container_config(agent.group_id, token_budget_daily=0)
         fake_api.reply(text('<message to="main">three</message>'))
         third = send_chat(agent, "three")
-        wait_until(lambda: ack_status(agent, third) == "completed")
+        wait_until(
+            lambda: ack_status(agent, third) == "completed",
+            timeout_s=20.0,
+            what=f"{third} acked completed",
+        )
         assert texts(agent)[-1] == "three"
     finally:
         assert runner.terminate() == 0, runner.log()
@@ -284,16 +327,25 @@ def test_heartbeat_beats_through_a_long_tool_call(
     runner = start_runner(agent)
     try:
         message_id = send_chat(agent, "sleep a bit")
-        wait_until(lambda: (s := container_state(agent)) and s.current_tool == "bash")
+        wait_until(
+            lambda: (s := container_state(agent)) and s.current_tool == "bash",
+            timeout_s=20.0,
+            what="the runner to be in bash",
+        )
         during = agent.paths.heartbeat.stat().st_mtime_ns
         wait_until(
             lambda: (
                 agent.paths.heartbeat.stat().st_mtime_ns > during
                 and container_state(agent).current_tool == "bash"
             ),
+            timeout_s=20.0,
             what="a heartbeat while the tool runs",
         )
-        wait_until(lambda: ack_status(agent, message_id) == "completed")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what=f"{message_id} acked completed",
+        )
     finally:
         assert runner.terminate() == 0, runner.log()
 

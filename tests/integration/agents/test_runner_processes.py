@@ -17,9 +17,9 @@ from tests.integration.agents.harness import (
     send_chat,
     start_runner,
     texts,
-    wait_until,
     write_config,
 )
+from tests.waiting import wait_until
 
 MODEL = "claude-sonnet-4-6"
 
@@ -53,7 +53,11 @@ def test_detached_children_die_with_their_tool_call(
     pids: list[int] = []
     try:
         message_id = send_chat(agent, "start some daemons")
-        wait_until(lambda: ack_status(agent, message_id) == "completed", what="the ack")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what="the ack",
+        )
         assert texts(agent) == ["done"]
         pids = [int((agent.workspace / f"{n}.pid").read_text()) for n in ("daemon", "holder")]
         assert [alive(pid) for pid in pids] == [False, False]

@@ -21,9 +21,9 @@ from tests.integration.agents.harness import (
     start_proxy,
     start_runner,
     texts,
-    wait_until,
     write_config,
 )
+from tests.waiting import wait_until
 
 MODEL = "claude-sonnet-4-6"
 
@@ -64,13 +64,21 @@ def test_a_proxy_away_for_a_while_is_waited_out(
     replacement: Proxy | None = None
     try:
         first = send_chat(agent, "one")
-        wait_until(lambda: ack_status(agent, first) == "completed", what="the first answer")
+        wait_until(
+            lambda: ack_status(agent, first) == "completed",
+            timeout_s=20.0,
+            what="the first answer",
+        )
         kill_proxy_and_keeper(proxy)
         second = send_chat(agent, "two")
         runner.wait_for_log("the NanoClaw proxy is not answering")
         runner.wait_for_log("retrying in", count=4)  # several tries over ~1 s: refused each
         replacement = start_proxy(home, fake_api.api_key, fake_api.url)
-        wait_until(lambda: ack_status(agent, second) == "completed", what="the second answer")
+        wait_until(
+            lambda: ack_status(agent, second) == "completed",
+            timeout_s=20.0,
+            what="the second answer",
+        )
         assert texts(agent) == ["one", "two"]
         assert "model call went through after" in runner.log()
     finally:
@@ -107,7 +115,11 @@ def test_overloaded_and_rate_limited_answers_are_retried_after_retry_after(
     runner = start_runner(agent)
     try:
         message_id = send_chat(agent, "hello")
-        wait_until(lambda: ack_status(agent, message_id) == "completed", what="the answer")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what="the answer",
+        )
         assert texts(agent) == ["made it"]
         first, second, third = fake_api.message_requests()
         assert second.at - first.at >= 0.3
@@ -124,7 +136,11 @@ def test_a_permanent_refusal_is_shown_in_words_a_person_can_act_on(
     runner = start_runner(agent)
     try:
         message_id = send_chat(agent, "hello")
-        wait_until(lambda: ack_status(agent, message_id) == "failed", what="the failed ack")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "failed",
+            timeout_s=20.0,
+            what="the failed ack",
+        )
         (notice,) = texts(agent)
         assert notice.startswith("Error: The model API does not know what was asked for")
         assert "check the model this agent group is set to use" in notice

@@ -16,9 +16,9 @@ from tests.integration.agents.harness import (
     send_chat,
     start_runner,
     texts,
-    wait_until,
     write_config,
 )
+from tests.waiting import wait_until
 
 MODEL = "claude-sonnet-4-6"
 
@@ -62,7 +62,11 @@ def test_a_kill_just_before_the_ack_does_not_answer_twice(
     fake_api.reply(text('<message to="main">the answer</message>'))
     runner = start_runner(agent, log_name="run2.log")
     try:
-        wait_until(lambda: ack_status(agent, message_id) == "completed", what="the retry's ack")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what="the retry's ack",
+        )
         assert texts(agent) == ["the answer"]
         assert tries(agent, message_id) == 1
     finally:
@@ -79,7 +83,11 @@ def test_a_retried_batch_is_told_what_it_already_sent(
     )
     runner = start_runner(agent, log_name="run1.log")
     message_id = send_chat(agent, "do the long thing")
-    wait_until(lambda: current_tool(agent) == "bash", what="the long tool call")
+    wait_until(
+        lambda: current_tool(agent) == "bash",
+        timeout_s=20.0,
+        what="the long tool call",
+    )
     runner.kill()  # SIGKILL mid-turn, as a container kill
     assert ack_status(agent, message_id) == "processing"
     assert texts(agent) == ["On it, this takes a while."]
@@ -95,7 +103,11 @@ def test_a_retried_batch_is_told_what_it_already_sent(
     fake_api.reply(retried)
     runner = start_runner(agent, log_name="run2.log")
     try:
-        wait_until(lambda: ack_status(agent, message_id) == "completed", what="the retry's ack")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what="the retry's ack",
+        )
     finally:
         assert runner.terminate() == 0, runner.log()
     assert texts(agent) == ["On it, this takes a while.", "Finished."]

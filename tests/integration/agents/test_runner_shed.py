@@ -24,9 +24,9 @@ from tests.integration.agents.harness import (
     send_chat,
     start_runner,
     texts,
-    wait_until,
     write_config,
 )
+from tests.waiting import wait_until
 
 MODEL = "claude-sonnet-5"
 SHED = "shedding the model SDK after"
@@ -56,7 +56,11 @@ def test_an_idle_runner_sheds_the_sdk_and_goes_on(
     pid = runner.process.pid
     try:
         first = send_chat(agent, "my name is Ada")
-        wait_until(lambda: ack_status(agent, first) == "completed", what="the first ack")
+        wait_until(
+            lambda: ack_status(agent, first) == "completed",
+            timeout_s=20.0,
+            what="the first ack",
+        )
         with_sdk_kb = runner.rss_kb()
         started = container_state(agent)
         # An on_wake note arrives while the runner is up: it is for the next container
@@ -95,7 +99,11 @@ def test_an_idle_runner_sheds_the_sdk_and_goes_on(
             assert b"NANOCLAW_TOKEN_FD=" in exec_env and agent.token.encode() not in exec_env
 
         second = send_chat(agent, "what is my name?")
-        wait_until(lambda: ack_status(agent, second) == "completed", what="the second ack")
+        wait_until(
+            lambda: ack_status(agent, second) == "completed",
+            timeout_s=20.0,
+            what="the second ack",
+        )
         assert texts(agent) == ["Nice to meet you, Ada.", "You are Ada."]
         # The conversation came through the exec, and the proxy still knows the token.
         assert "my name is Ada" in seen["history"] and "Nice to meet you, Ada." in seen["history"]
@@ -139,7 +147,11 @@ def test_the_heartbeat_beats_across_the_exec(
     runner = start_runner(agent)
     try:
         message_id = send_chat(agent, "hello")
-        wait_until(lambda: ack_status(agent, message_id) == "completed", what="the ack")
+        wait_until(
+            lambda: ack_status(agent, message_id) == "completed",
+            timeout_s=20.0,
+            what="the ack",
+        )
         idle_from_ns = time.time_ns()
         runner.wait_for_log(RESUMED)
     finally:
@@ -168,10 +180,18 @@ def test_a_message_sent_during_the_exec_is_answered(
     runner = start_runner(agent)
     try:
         first = send_chat(agent, "first")
-        wait_until(lambda: ack_status(agent, first) == "completed", what="the first ack")
+        wait_until(
+            lambda: ack_status(agent, first) == "completed",
+            timeout_s=20.0,
+            what="the first ack",
+        )
         runner.wait_for_log(SHED)
         second = send_chat(agent, "second")  # the old process is tearing down or exec'ing
-        wait_until(lambda: ack_status(agent, second) == "completed", what="the second ack")
+        wait_until(
+            lambda: ack_status(agent, second) == "completed",
+            timeout_s=20.0,
+            what="the second ack",
+        )
         assert texts(agent) == ["one", "two"]
         assert runner.log().count(RESUMED) >= 1
     finally:
@@ -207,14 +227,22 @@ def test_mcp_servers_are_closed_before_the_exec(
     runner = start_runner(agent)
     try:
         first = send_chat(agent, "first")
-        wait_until(lambda: ack_status(agent, first) == "completed", what="the first ack")
+        wait_until(
+            lambda: ack_status(agent, first) == "completed",
+            timeout_s=20.0,
+            what="the first ack",
+        )
         (old,) = map(int, pids.read_text().split())
         assert Path(f"/proc/{old}").exists()  # started by the first turn, still serving
         runner.wait_for_log(RESUMED)
         # Closed and reaped before the exec: not even a zombie is left behind.
         assert not Path(f"/proc/{old}").exists()
         second = send_chat(agent, "second")
-        wait_until(lambda: ack_status(agent, second) == "completed", what="the second ack")
+        wait_until(
+            lambda: ack_status(agent, second) == "completed",
+            timeout_s=20.0,
+            what="the second ack",
+        )
         assert texts(agent) == ["one", "two"]
         assert len(pids.read_text().split()) == 2  # the new process started its own
     finally:

@@ -37,8 +37,9 @@ from tests.fakes.slack_api import (
     post_event,
     sign,
 )
-from tests.integration.channels.conftest import Delays, FlakySink, Live, eventually
+from tests.integration.channels.conftest import Delays, FlakySink, Live
 from tests.integration.router.conftest import free_port
+from tests.waiting import wait_until_async
 
 
 def socket_adapter(fake: FakeSlack) -> SlackAdapter:
@@ -71,7 +72,7 @@ def test_socket_mode_messages_threads_dms_and_files(live: Live, slack: FakeSlack
     slack.add_user("U7", "Grace")
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: slack.connections() == 1, what="socket mode")
+        await wait_until_async(lambda: slack.connections() == 1, timeout_s=10.0, what="socket mode")
         mention = slack.message_event("C1", "<@UBOT> summarize", user="U7")
         slack.push_socket_event(mention)
         # Slack also sends app_mention for the same message: one row, not two.
@@ -100,8 +101,10 @@ def test_socket_mode_messages_threads_dms_and_files(live: Live, slack: FakeSlack
         )
         slack.push_socket_event(slack.message_event("C1", "from myself", user="UBOT"))
         slack.push_socket_event(slack.message_event("C1", "edited", subtype="message_changed"))
-        await eventually(lambda: len(live.rows()) == 3, what="three rows")
-        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
+        await wait_until_async(lambda: len(live.rows()) == 3, timeout_s=10.0, what="three rows")
+        await wait_until_async(
+            lambda: slack.unacked() == [], timeout_s=10.0, what="every envelope acked"
+        )
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     assert sorted(texts(live)) == ["<@UBOT> summarize", "here is a file", "in the thread <@UBOT>"]
@@ -136,7 +139,9 @@ def test_socket_mode_bad_frames_are_recorded_and_acked(live: Live, slack: FakeSl
     live.wire("slack", "C1", group)
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: slack.connections() == 1)
+        await wait_until_async(
+            lambda: slack.connections() == 1, timeout_s=10.0, what="one Socket Mode connection"
+        )
         slack.push_envelope("events_api", {"type": "event_callback", "event": "not an object"})
         slack.push_envelope(
             "events_api", {"type": "event_callback", "event": {"type": "reaction_added"}}
@@ -148,8 +153,12 @@ def test_socket_mode_bad_frames_are_recorded_and_acked(live: Live, slack: FakeSl
         )
         slack.push_raw_frame("{not json")
         slack.push_socket_event(slack.message_event("C1", "still here"))
-        await eventually(lambda: texts(live) == ["still here"])
-        await eventually(lambda: slack.unacked() == [])
+        await wait_until_async(
+            lambda: texts(live) == ["still here"], timeout_s=10.0, what="the row 'still here'"
+        )
+        await wait_until_async(
+            lambda: slack.unacked() == [], timeout_s=10.0, what="every envelope acked"
+        )
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     invalid = sum(d.message_count for d in live.central.list_drops() if d.reason == "invalid_input")
@@ -163,9 +172,11 @@ def test_block_actions_answer_questions(live: Live, slack: FakeSlack) -> None:
     live.wire("slack", "C1", group)
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: slack.connections() == 1)
+        await wait_until_async(
+            lambda: slack.connections() == 1, timeout_s=10.0, what="one Socket Mode connection"
+        )
         slack.push_socket_event(slack.message_event("C1", "question please", user="U5"))
-        await eventually(lambda: len(live.rows()) == 1)
+        await wait_until_async(lambda: len(live.rows()) == 1, timeout_s=10.0, what="1 inbound row")
         [session] = live.sessions()
         live.central.create_pending_question(
             PendingQuestion(
@@ -193,8 +204,10 @@ def test_block_actions_answer_questions(live: Live, slack: FakeSlack) -> None:
             "actions": [{"action_id": "option_1", "value": button_data("q-sl", 1)}],
         }
         slack.push_envelope("interactive", payload)
-        await eventually(lambda: len(live.rows()) == 2)
-        await eventually(lambda: slack.calls("chat.update"))
+        await wait_until_async(lambda: len(live.rows()) == 2, timeout_s=10.0, what="2 inbound rows")
+        await wait_until_async(
+            lambda: slack.calls("chat.update"), timeout_s=10.0, what="a chat.update call"
+        )
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     answer = live.rows()[-1]
@@ -212,7 +225,7 @@ def test_events_api_checks_signatures_and_timestamps(live: Live, slack: FakeSlac
     adapter = events_adapter(slack)
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: adapter.bound_port, what="the events server")
+        await wait_until_async(lambda: adapter.bound_port, timeout_s=10.0, what="the events server")
         url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
 
         def post(body: bytes, **kwargs: str) -> tuple[int, bytes]:
@@ -235,7 +248,7 @@ def test_events_api_checks_signatures_and_timestamps(live: Live, slack: FakeSlac
         statuses = [status for status, _ in results]
         assert statuses == [200, 401, 401, 401, 200, 400, 200]
         assert json.loads(results[4][1]) == {"challenge": "abc"}
-        await eventually(lambda: len(live.rows()) == 1)
+        await wait_until_async(lambda: len(live.rows()) == 1, timeout_s=10.0, what="1 inbound row")
 
     live.run({"slack": adapter}, scenario)
     assert texts(live) == ["signed and fresh"]
@@ -251,7 +264,9 @@ def test_events_api_interactivity(live: Live, slack: FakeSlack) -> None:
     adapter = events_adapter(slack)
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: adapter.bound_port)
+        await wait_until_async(
+            lambda: adapter.bound_port, timeout_s=10.0, what="the webhook server to listen"
+        )
         url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
         status, _ = await asyncio.to_thread(
             post_event, url, event_body(slack.message_event("C2", "hi", user="U3"))
@@ -286,7 +301,7 @@ def test_events_api_interactivity(live: Live, slack: FakeSlack) -> None:
             post_event, url, body, content_type="application/x-www-form-urlencoded"
         )
         assert status == 200
-        await eventually(lambda: len(live.rows()) == 2)
+        await wait_until_async(lambda: len(live.rows()) == 2, timeout_s=10.0, what="2 inbound rows")
 
     live.run({"slack": adapter}, scenario)
     assert json.loads(live.rows()[-1].content)["question_id"] == "q-ev"
@@ -459,7 +474,9 @@ def test_each_top_level_message_is_its_own_thread(live: Live, slack: FakeSlack) 
     live.wire("slack", "DU7", group, is_group=False)
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: slack.connections() == 1)
+        await wait_until_async(
+            lambda: slack.connections() == 1, timeout_s=10.0, what="one Socket Mode connection"
+        )
         root = slack.message_event("C1", "<@UBOT> plan the launch", user="U7")
         slack.push_socket_event(root)
         slack.push_socket_event(
@@ -471,9 +488,13 @@ def test_each_top_level_message_is_its_own_thread(live: Live, slack: FakeSlack) 
         )
         slack.push_socket_event(slack.message_event("DU7", "hi", user="U7", channel_type="im"))
         slack.push_socket_event(slack.message_event("DU7", "again", user="U7", channel_type="im"))
-        await eventually(lambda: len(live.rows()) == 4, what="four rows")
-        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
-        await eventually(lambda: slack.calls("chat.postMessage"), what="the denial")
+        await wait_until_async(lambda: len(live.rows()) == 4, timeout_s=10.0, what="four rows")
+        await wait_until_async(
+            lambda: slack.unacked() == [], timeout_s=10.0, what="every envelope acked"
+        )
+        await wait_until_async(
+            lambda: slack.calls("chat.postMessage"), timeout_s=10.0, what="the denial"
+        )
         live.root_ts = root["ts"]  # type: ignore[attr-defined]
 
     live.run({"slack": socket_adapter(slack)}, scenario)
@@ -507,12 +528,20 @@ def test_a_command_after_a_mention_is_still_a_command(live: Live, slack: FakeSla
     live.wire("slack", "C1", group, engage_mode="mention")
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: slack.connections() == 1)
+        await wait_until_async(
+            lambda: slack.connections() == 1, timeout_s=10.0, what="one Socket Mode connection"
+        )
         slack.push_socket_event(slack.message_event("C1", "<@UBOT>  /clear", user="U9"))
         slack.push_socket_event(slack.message_event("C1", "<@UBOT> what is /clear?", user="U9"))
-        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
-        await eventually(lambda: slack.calls("chat.postMessage"), what="the denial")
-        await eventually(lambda: len(live.rows()) == 1, what="the question's row")
+        await wait_until_async(
+            lambda: slack.unacked() == [], timeout_s=10.0, what="every envelope acked"
+        )
+        await wait_until_async(
+            lambda: slack.calls("chat.postMessage"), timeout_s=10.0, what="the denial"
+        )
+        await wait_until_async(
+            lambda: len(live.rows()) == 1, timeout_s=10.0, what="the question's row"
+        )
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     drops = {d.reason: d.message_count for d in live.central.list_drops()}
@@ -529,16 +558,22 @@ def test_context_never_opens_a_thread_session(live: Live, slack: FakeSlack) -> N
     live.wire("slack", "C1", group, engage_mode="mention", ignored_message_policy="accumulate")
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: slack.connections() == 1)
+        await wait_until_async(
+            lambda: slack.connections() == 1, timeout_s=10.0, what="one Socket Mode connection"
+        )
         root = slack.message_event("C1", "<@UBOT> hello", user="U7")
         slack.push_socket_event(root)
-        await eventually(lambda: len(live.rows()) == 1)
+        await wait_until_async(lambda: len(live.rows()) == 1, timeout_s=10.0, what="1 inbound row")
         slack.push_socket_event(
             slack.message_event("C1", "side remark", user="U8", thread_ts=root["ts"])
         )
         slack.push_socket_event(slack.message_event("C1", "unrelated chatter", user="U8"))
-        await eventually(lambda: slack.unacked() == [], what="every envelope acked")
-        await eventually(lambda: len(live.rows()) == 2, what="the context row")
+        await wait_until_async(
+            lambda: slack.unacked() == [], timeout_s=10.0, what="every envelope acked"
+        )
+        await wait_until_async(
+            lambda: len(live.rows()) == 2, timeout_s=10.0, what="the context row"
+        )
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     [session] = live.sessions()
@@ -556,11 +591,15 @@ def test_a_mention_delivered_twice_is_routed_once(live: Live, slack: FakeSlack) 
     live.wire("slack", "C1", group, engage_mode="mention", policy="strict")
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: slack.connections() == 1)
+        await wait_until_async(
+            lambda: slack.connections() == 1, timeout_s=10.0, what="one Socket Mode connection"
+        )
         mention = slack.message_event("C1", "<@UBOT> let me in", user="UX")
         slack.push_socket_event(mention)
         slack.push_socket_event({**mention, "type": "app_mention"})
-        await eventually(lambda: len(slack.acked()) == 2, what="both copies acked")
+        await wait_until_async(
+            lambda: len(slack.acked()) == 2, timeout_s=10.0, what="both copies acked"
+        )
 
     live.run({"slack": socket_adapter(slack)}, scenario)
     drops = {d.reason: d.message_count for d in live.central.list_drops()}
@@ -585,10 +624,16 @@ def test_socket_mode_retries_a_failed_commit_and_acks_only_after_it(
         sink = FlakySink(router, 7, on_refuse=lambda: acked_while_failing.append(slack.acked()))
         inbound = asyncio.create_task(adapter.run_inbound(sink))
         try:
-            await eventually(lambda: slack.connections() == 1)
+            await wait_until_async(
+                lambda: slack.connections() == 1, timeout_s=10.0, what="one Socket Mode connection"
+            )
             envelope = slack.push_socket_event(slack.message_event("C1", "hold on"))
-            await eventually(lambda: len(live.rows()) == 1, what="the retried message")
-            await eventually(lambda: slack.acked() == [envelope], what="one ack")
+            await wait_until_async(
+                lambda: len(live.rows()) == 1, timeout_s=10.0, what="the retried message"
+            )
+            await wait_until_async(
+                lambda: slack.acked() == [envelope], timeout_s=10.0, what="one ack"
+            )
         finally:
             inbound.cancel()
             await asyncio.gather(inbound, return_exceptions=True)
@@ -670,7 +715,7 @@ def test_events_api_non_ascii_signature_is_a_clean_401(live: Live, slack: FakeSl
     adapter = events_adapter(slack)
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: adapter.bound_port, what="the events server")
+        await wait_until_async(lambda: adapter.bound_port, timeout_s=10.0, what="the events server")
         url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
         body = event_body(slack.message_event("C2", "x"))
         status, _ = await asyncio.to_thread(post_event, url, body, signature="v0=" + "é" * 64)

@@ -24,7 +24,8 @@ from nanoclaw_common.messages import (
 from nanoclaw_common.store.rows import PendingQuestion
 from nanoclaw_router.app import Router
 from tests.fakes.telegram_api import BOT_ID, FakeTelegram
-from tests.integration.channels.conftest import Delays, FlakySink, Live, eventually
+from tests.integration.channels.conftest import Delays, FlakySink, Live
+from tests.waiting import wait_until_async
 
 
 def adapter(fake: FakeTelegram) -> TelegramAdapter:
@@ -64,8 +65,10 @@ def test_dms_groups_mentions_and_replies(live: Live, telegram: FakeTelegram) -> 
                 "text": "an earlier answer",
             },
         )
-        await eventually(lambda: len(live.rows()) == 3, what="three rows")
-        await eventually(lambda: telegram.pending_updates() == 0, what="offsets confirmed")
+        await wait_until_async(lambda: len(live.rows()) == 3, timeout_s=10.0, what="three rows")
+        await wait_until_async(
+            lambda: telegram.pending_updates() == 0, timeout_s=10.0, what="offsets confirmed"
+        )
 
     live.run({"telegram": adapter(telegram)}, scenario)
     texts = sorted(text_of(r) for r in live.rows())
@@ -88,9 +91,15 @@ def test_a_command_after_a_mention_is_still_a_command(live: Live, telegram: Fake
     async def scenario(router: Router) -> None:
         telegram.push_message(-100, "@Nano_Bot /clear", entities=mention)
         telegram.push_message(-100, "@nano_bot what does /clear do?", entities=mention)
-        await eventually(lambda: len(live.rows()) == 1, what="the question's row")
-        await eventually(lambda: telegram.pending_updates() == 0, what="offsets confirmed")
-        await eventually(lambda: telegram.sent("sendMessage"), what="the denial")
+        await wait_until_async(
+            lambda: len(live.rows()) == 1, timeout_s=10.0, what="the question's row"
+        )
+        await wait_until_async(
+            lambda: telegram.pending_updates() == 0, timeout_s=10.0, what="offsets confirmed"
+        )
+        await wait_until_async(
+            lambda: telegram.sent("sendMessage"), timeout_s=10.0, what="the denial"
+        )
 
     live.run({"telegram": adapter(telegram)}, scenario)
     assert [text_of(r) for r in live.rows()] == ["@nano_bot what does /clear do?"]
@@ -108,7 +117,7 @@ def test_forum_topics_are_threads(live: Live, telegram: FakeTelegram) -> None:
         telegram.push_message(-200, "in topic 5", thread_id=5)
         telegram.push_message(-200, "in topic 7", thread_id=7)
         telegram.push_message(-200, "topic 5 again", thread_id=5)
-        await eventually(lambda: len(live.rows()) == 3)
+        await wait_until_async(lambda: len(live.rows()) == 3, timeout_s=10.0, what="3 inbound rows")
 
     live.run({"telegram": adapter(telegram)}, scenario)
     sessions = live.sessions()
@@ -156,7 +165,7 @@ def test_photos_and_documents_are_saved_to_the_inbox(live: Live, telegram: FakeT
                 "document": {"file_id": "huge", "file_name": "x.bin", "file_size": 50_000_000},
             },
         )
-        await eventually(lambda: len(live.rows()) == 3)
+        await wait_until_async(lambda: len(live.rows()) == 3, timeout_s=10.0, what="3 inbound rows")
 
     live.run({"telegram": adapter(telegram)}, scenario)
     [session] = live.sessions()
@@ -182,7 +191,7 @@ def test_a_button_click_answers_a_question(live: Live, telegram: FakeTelegram) -
 
     async def scenario(router: Router) -> None:
         telegram.push_message(42, "ask me")
-        await eventually(lambda: len(live.rows()) == 1)
+        await wait_until_async(lambda: len(live.rows()) == 1, timeout_s=10.0, what="1 inbound row")
         [session] = live.sessions()
         live.central.create_pending_question(
             PendingQuestion(
@@ -206,9 +215,13 @@ def test_a_button_click_answers_a_question(live: Live, telegram: FakeTelegram) -
             )
         )
         telegram.push_callback(42, 9, button_data("q-tg", 0), user_id=42)
-        await eventually(lambda: len(live.rows()) == 2, what="the answer row")
-        await eventually(telegram.answered_callbacks, what="answerCallbackQuery")
-        await eventually(lambda: telegram.sent("editMessageText"), what="the card edit")
+        await wait_until_async(lambda: len(live.rows()) == 2, timeout_s=10.0, what="the answer row")
+        await wait_until_async(
+            telegram.answered_callbacks, timeout_s=10.0, what="answerCallbackQuery"
+        )
+        await wait_until_async(
+            lambda: telegram.sent("editMessageText"), timeout_s=10.0, what="the card edit"
+        )
 
     live.run({"telegram": adapter(telegram)}, scenario)
     answer = live.rows()[-1]
@@ -231,8 +244,12 @@ def test_bad_updates_are_recorded_and_skipped(live: Live, telegram: FakeTelegram
         telegram.push_raw(["not", "an", "update"])
         telegram.push_message(42, "x" * 5000)  # over Telegram's own 4096 and still decoded
         telegram.push_message(42, "still alive \ud800 after all that")
-        await eventually(lambda: len(live.rows()) == 2, what="the good messages")
-        await eventually(lambda: telegram.pending_updates() == 0, what="everything confirmed")
+        await wait_until_async(
+            lambda: len(live.rows()) == 2, timeout_s=10.0, what="the good messages"
+        )
+        await wait_until_async(
+            lambda: telegram.pending_updates() == 0, timeout_s=10.0, what="everything confirmed"
+        )
 
     live.run({"telegram": adapter(telegram)}, scenario)
     texts = [text_of(r) for r in live.rows()]
@@ -301,7 +318,9 @@ def test_a_commit_that_keeps_failing_is_retried_with_backoff_never_skipped(
         inbound = asyncio.create_task(tg.run_inbound(sink))
         try:
             first, _ = telegram.push_message(42, "first")
-            await eventually(lambda: len(live.rows()) == 1, what="the retried message")
+            await wait_until_async(
+                lambda: len(live.rows()) == 1, timeout_s=10.0, what="the retried message"
+            )
 
             # Each failed attempt was followed by a poll that confirmed only what came
             # before it (offset = its id); the offset moved past it only after the commit.
@@ -309,11 +328,15 @@ def test_a_commit_that_keeps_failing_is_retried_with_backoff_never_skipped(
                 named = [o for o in telegram.offsets_seen() if o is not None]
                 return named[:8] if len(named) >= 8 else []
 
-            named = await eventually(polls, what="the polls")
+            named = await wait_until_async(polls, timeout_s=10.0, what="the polls")
             assert named == [first] * 7 + [first + 1]
             telegram.push_message(42, "second")
-            await eventually(lambda: len(live.rows()) == 2, what="the next message")
-            await eventually(lambda: telegram.pending_updates() == 0, what="offsets confirmed")
+            await wait_until_async(
+                lambda: len(live.rows()) == 2, timeout_s=10.0, what="the next message"
+            )
+            await wait_until_async(
+                lambda: telegram.pending_updates() == 0, timeout_s=10.0, what="offsets confirmed"
+            )
             assert sink.refused == ["t42_1"] * 7
         finally:
             inbound.cancel()
@@ -351,8 +374,12 @@ def test_a_network_error_while_downloading_is_retried_not_dropped(
                 None,
                 extra={"caption": "old", "document": {"file_id": "gone", "file_name": "x.pdf"}},
             )
-            await eventually(lambda: len(live.rows()) == 2, what="both messages")
-            await eventually(lambda: telegram.pending_updates() == 0, what="offsets confirmed")
+            await wait_until_async(
+                lambda: len(live.rows()) == 2, timeout_s=10.0, what="both messages"
+            )
+            await wait_until_async(
+                lambda: telegram.pending_updates() == 0, timeout_s=10.0, what="offsets confirmed"
+            )
         finally:
             inbound.cancel()
             await asyncio.gather(inbound, return_exceptions=True)
@@ -392,7 +419,7 @@ def test_a_messages_files_are_capped_together_while_downloading(
                 "voice": {"file_id": "voice", "file_unique_id": "v"},
             },
         )
-        await eventually(lambda: len(live.rows()) == 1)
+        await wait_until_async(lambda: len(live.rows()) == 1, timeout_s=10.0, what="1 inbound row")
 
     live.run({"telegram": tg}, scenario)
     [row] = live.rows()
@@ -516,8 +543,9 @@ def test_registration_card_and_click_over_telegram(live: Live, telegram: FakeTel
             title="Book club",
             entities=[{"type": "mention", "offset": 0, "length": 9}],
         )
-        card = await eventually(
+        card = await wait_until_async(
             lambda: [s for s in telegram.sent("sendMessage") if s.chat_id == "1001"],
+            timeout_s=10.0,
             what="the card in the owner's DM",
         )
         keyboard = card[0].params["reply_markup"]["inline_keyboard"]
@@ -534,7 +562,9 @@ def test_registration_card_and_click_over_telegram(live: Live, telegram: FakeTel
         telegram.push_callback(
             1001, card[0].message_id or 0, keyboard[0][0]["callback_data"], user_id=1001
         )
-        await eventually(lambda: len(live.rows()) == 1, what="the replayed message")
+        await wait_until_async(
+            lambda: len(live.rows()) == 1, timeout_s=10.0, what="the replayed message"
+        )
 
     live.run({"telegram": adapter(telegram)}, scenario)
     chat = live.central.find_messaging_group("telegram", "-300")
@@ -554,7 +584,9 @@ def test_a_leftover_webhook_is_removed_without_dropping_updates(
     telegram.push_message(42, "sent while the webhook was set")
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: len(live.rows()) == 1, timeout=15, what="the pending message")
+        await wait_until_async(
+            lambda: len(live.rows()) == 1, timeout_s=15, what="the pending message"
+        )
 
     live.run({"telegram": adapter(telegram)}, scenario)
     [deletion] = telegram.webhook_deletions()
@@ -582,8 +614,10 @@ def test_messages_on_behalf_of_a_chat_are_approved_one_chat_at_a_time(
                 first_name="Channel",
                 extra={"sender_chat": {"id": channel, "type": "channel", "title": title}},
             )
-        await eventually(lambda: telegram.pending_updates() == 0, what="both handled")
-        await eventually(live.central.list_drops, what="the stranger's drop")
+        await wait_until_async(
+            lambda: telegram.pending_updates() == 0, timeout_s=10.0, what="both handled"
+        )
+        await wait_until_async(live.central.list_drops, timeout_s=10.0, what="the stranger's drop")
 
     live.run({"telegram": adapter(telegram)}, scenario)
     [row] = live.rows()

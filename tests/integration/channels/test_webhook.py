@@ -12,8 +12,9 @@ from nanoclaw_common.messages import AskQuestion, WebhookContent, decode_inbound
 from nanoclaw_router.app import Router
 from tests.fakes.recording import RecordingAdapter
 from tests.fakes.webhook_client import github_headers, nanoclaw_headers, post
-from tests.integration.channels.conftest import Live, eventually
+from tests.integration.channels.conftest import Live
 from tests.integration.router.conftest import free_port
+from tests.waiting import wait_until_async
 
 SECRET = "hook-secret-0123456789"
 
@@ -33,7 +34,9 @@ def test_our_scheme_signs_everything_that_makes_the_row(live: Live) -> None:
     adapter = WebhookAdapter({"ci": SECRET}, "127.0.0.1", free_port())
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: adapter.bound_port)
+        await wait_until_async(
+            lambda: adapter.bound_port, timeout_s=10.0, what="the webhook server to listen"
+        )
         url = f"http://127.0.0.1:{adapter.bound_port}/webhook/ci"
         body = json.dumps({"build": 41, "status": "failed"}).encode()
         signed = nanoclaw_headers(SECRET, body, event="build.failed", delivery="d-1")
@@ -85,7 +88,7 @@ def test_our_scheme_signs_everything_that_makes_the_row(live: Live) -> None:
             404,
         ]
         assert json.loads(results[0][1]) == {"ok": True, "id": "wh-ci-d-1"}
-        await eventually(lambda: len(live.rows()) == 2)
+        await wait_until_async(lambda: len(live.rows()) == 2, timeout_s=10.0, what="2 inbound rows")
 
     live.run({"webhook": adapter}, scenario)
     assert sorted(r.id.split(":")[0] for r in live.rows()) == ["wh-ci-d-1", "wh-ci-d-5"]
@@ -102,7 +105,9 @@ def test_github_signatures_are_accepted_with_their_delivery_id(live: Live) -> No
     adapter = WebhookAdapter({"github": SECRET}, "127.0.0.1", free_port())
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: adapter.bound_port)
+        await wait_until_async(
+            lambda: adapter.bound_port, timeout_s=10.0, what="the webhook server to listen"
+        )
         url = f"http://127.0.0.1:{adapter.bound_port}/webhook/github"
         body = json.dumps({"ref": "refs/heads/main", "commits": 3}).encode()
         headers = github_headers(SECRET, body, event="push", delivery="72d3162e-cc78")
@@ -124,7 +129,7 @@ def test_github_signatures_are_accepted_with_their_delivery_id(live: Live) -> No
             ]
         )
         assert [status for status, _ in results] == [200, 200, 401, 401, 400, 400]
-        await eventually(lambda: len(live.rows()) == 1)
+        await wait_until_async(lambda: len(live.rows()) == 1, timeout_s=10.0, what="1 inbound row")
 
     live.run({"webhook": adapter}, scenario)
     [row] = live.rows()
@@ -156,7 +161,9 @@ def test_a_commit_failure_is_a_503_not_an_ack() -> None:
         adapter = WebhookAdapter({"ci": SECRET}, "127.0.0.1", free_port())
         serving = asyncio.create_task(adapter.run_inbound(BrokenSink()))  # type: ignore[arg-type]
         try:
-            await eventually(lambda: adapter.bound_port)
+            await wait_until_async(
+                lambda: adapter.bound_port, timeout_s=10.0, what="the webhook server to listen"
+            )
             url = f"http://127.0.0.1:{adapter.bound_port}/webhook/ci"
             body = b'{"a": 1}'
             ok = nanoclaw_headers(SECRET, body, event="e", delivery="d-1")
@@ -186,7 +193,9 @@ def test_an_unwired_source_asks_the_owner(live: Live) -> None:
     adapter = WebhookAdapter({"ci": SECRET}, "127.0.0.1", free_port())
 
     async def scenario(router: Router) -> None:
-        await eventually(lambda: adapter.bound_port)
+        await wait_until_async(
+            lambda: adapter.bound_port, timeout_s=10.0, what="the webhook server to listen"
+        )
         body = b'{"status": "failed"}'
         status, _ = await asyncio.to_thread(
             post,
@@ -195,7 +204,9 @@ def test_an_unwired_source_asks_the_owner(live: Live) -> None:
             nanoclaw_headers(SECRET, body, event="build", delivery="first"),
         )
         assert status == 200
-        await eventually(lambda: owner_dm.of_kind("question"), what="the registration card")
+        await wait_until_async(
+            lambda: owner_dm.of_kind("question"), timeout_s=10.0, what="the registration card"
+        )
 
     live.run({"webhook": adapter, "chat": owner_dm}, scenario)
     card = owner_dm.of_kind("question")[0].payload

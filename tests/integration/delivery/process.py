@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from nanoclaw_common.settings import Settings
 from tests.environ import clean_environ
+from tests.waiting import wait_until
 
 SCRIPT = Path(sys.executable).parent / "nanoclaw-delivery"
 READY_LINE = "delivery started"
@@ -56,13 +56,16 @@ class DeliveryProcess:
         return self.log_path.read_bytes()[self._log_offset :].decode(errors="replace")
 
     def wait_for_log(self, text: str, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.log():
+        """Until ``text`` is in the log; fails at once if delivery exited without writing it."""
+
+        def logged() -> bool:
+            if text in self.log():
+                return True
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"delivery exited ({self.proc.returncode}):\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} in the log:\n{self.log()}")
-            time.sleep(0.01)
+            return False
+
+        wait_until(logged, timeout_s=timeout_s, what=f"{text!r} in the log", detail=self.log)
 
     def signal(self, number: int) -> None:
         assert self.proc is not None

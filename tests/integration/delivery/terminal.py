@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from nanoclaw_common.channels import cli_protocol as wire
+from tests.waiting import wait_until
 
 
 class FakeTerminal:
@@ -63,14 +64,19 @@ class FakeTerminal:
             return [f.text for f in self.frames if isinstance(f, wire.TextFrame)]
 
     def wait_for(self, count: int, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        """Until ``count`` frames arrived."""
+
+        def arrived() -> bool:
             with self._lock:
-                if len(self.frames) >= count:
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"terminal got {len(self.frames)} frames, not {count}")
-            time.sleep(0.005)
+                return len(self.frames) >= count
+
+        wait_until(
+            arrived,
+            timeout_s=timeout_s,
+            what=f"{count} frames on the terminal",
+            poll_s=0.005,
+            detail=lambda: f"{len(self.frames)} arrived",
+        )
 
     def _accept(self) -> None:
         assert self._server is not None

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
-from typing import Any
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels.telegram import TelegramAdapter
@@ -21,16 +19,9 @@ from nanoclaw_router.app import Router
 from tests.fakes.recording import MemoryWaker
 from tests.fakes.telegram_api import FakeTelegram
 from tests.unit.delivery.helpers import World, run
+from tests.waiting import wait_until_async
 
 APPROVER, MEMBER = 501, 502
-
-
-async def until(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-    return value
 
 
 def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegram) -> None:
@@ -60,8 +51,12 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
         await router.start()
         try:
             world.write(m.InstallPackages(apt=["jq"], reason="parse JSON"))
-            card = await until(
-                lambda: [s for s in fake_telegram.sent("sendMessage") if s.chat_id == str(APPROVER)]
+            card = await wait_until_async(
+                lambda: [
+                    s for s in fake_telegram.sent("sendMessage") if s.chat_id == str(APPROVER)
+                ],
+                timeout_s=10.0,
+                what="the approval card in the approver's DM",
             )
             approval = central.list_pending_approvals()[0]
             assert approval.approver_user_id == f"telegram:{APPROVER}"
@@ -70,14 +65,22 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
 
             # A member (not an approver) clicks Approve on a forwarded card: nothing happens.
             fake_telegram.push_callback(APPROVER, card[0].message_id, button, user_id=MEMBER)
-            await until(lambda: fake_telegram.pending_updates() == 0)
+            await wait_until_async(
+                lambda: fake_telegram.pending_updates() == 0,
+                timeout_s=10.0,
+                what="the router to fetch every update",
+            )
             await asyncio.sleep(0.3)  # the router's click handling and a delivery pass
             assert central.get_pending_approval(approval.approval_id).status == "pending"  # type: ignore[union-attr]
             assert world.built() == []
 
             # The approver clicks: delivery rebuilds and tells the agent.
             fake_telegram.push_callback(APPROVER, card[0].message_id, button, user_id=APPROVER)
-            await until(lambda: central.list_pending_approvals() == [])
+            await wait_until_async(
+                lambda: central.list_pending_approvals() == [],
+                timeout_s=10.0,
+                what="no pending approval",
+            )
         finally:
             await router.stop()
             delivery.request_stop()
@@ -135,18 +138,28 @@ def test_a_look_alike_question_card_cannot_approve(
         await router.start()
         try:
             world.write(m.InstallPackages(apt=["jq"], reason="parse JSON"))
-            [card] = await until(
-                lambda: [s for s in fake_telegram.sent("sendMessage") if s.chat_id == str(APPROVER)]
+            [card] = await wait_until_async(
+                lambda: [
+                    s for s in fake_telegram.sent("sendMessage") if s.chat_id == str(APPROVER)
+                ],
+                timeout_s=10.0,
+                what="the approval card in the approver's DM",
             )
             approval_id = central.list_pending_approvals()[0].approval_id
             # 1. A question with the approval's id is refused: no look-alike goes out.
             copied = ask(approval_id)
-            await until(lambda: status_of(world, copied) in ("delivered", "denied"))
+            await wait_until_async(
+                lambda: status_of(world, copied) in ("delivered", "denied"),
+                timeout_s=10.0,
+                what="the copied row settled",
+            )
             assert status_of(world, copied) == "denied"
             # 2. A question of its own goes out, with the host's key on its button.
             own = ask("q-fun")
-            [fun] = await until(
-                lambda: [s for s in fake_telegram.sent("sendMessage") if "three hearts" in s.text]
+            [fun] = await wait_until_async(
+                lambda: [s for s in fake_telegram.sent("sendMessage") if "three hearts" in s.text],
+                timeout_s=10.0,
+                what="the message 'three hearts'",
             )
             assert fun.chat_id == "100"
             from nanoclaw_delivery.operations import host_question_id
@@ -155,24 +168,38 @@ def test_a_look_alike_question_card_cannot_approve(
             markup = fun.params["reply_markup"]
             markup = json.loads(markup) if isinstance(markup, str) else markup
             assert markup["inline_keyboard"][0][0]["callback_data"] == f"{key}|0"
-            await until(lambda: status_of(world, own) == "delivered")
+            await wait_until_async(
+                lambda: status_of(world, own) == "delivered",
+                timeout_s=10.0,
+                what="the own row delivered",
+            )
             # 3. Clicks that name the approval but were made on other messages: refused.
             assert fun.message_id is not None and card.message_id is not None
             fake_telegram.push_callback(100, fun.message_id, f"{approval_id}|0", user_id=APPROVER)
             fake_telegram.push_callback(
                 APPROVER, card.message_id + 7, f"{approval_id}|0", user_id=APPROVER
             )
-            await until(lambda: click_drops(world) == 2)
+            await wait_until_async(
+                lambda: click_drops(world) == 2,
+                timeout_s=10.0,
+                what="two recorded click drops",
+            )
             assert central.get_pending_approval(approval_id).status == "pending"  # type: ignore[union-attr]
             # 4. The admin answers the agent's question: it answers that question only.
             fake_telegram.push_callback(100, fun.message_id, f"{key}|0", user_id=APPROVER)
-            await until(lambda: answers(world) != [])
+            await wait_until_async(
+                lambda: answers(world) != [], timeout_s=10.0, what="an answer row"
+            )
             assert central.get_pending_approval(approval_id).status == "pending"  # type: ignore[union-attr]
             # 5. The click on the approval's own card still approves it.
             fake_telegram.push_callback(
                 APPROVER, card.message_id, f"{approval_id}|0", user_id=APPROVER
             )
-            await until(lambda: central.list_pending_approvals() == [])
+            await wait_until_async(
+                lambda: central.list_pending_approvals() == [],
+                timeout_s=10.0,
+                what="no pending approval",
+            )
         finally:
             await router.stop()
             delivery.request_stop()

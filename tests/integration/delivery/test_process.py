@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
 from tests.integration.delivery.terminal import FakeTerminal
 from tests.unit.delivery.helpers import World
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +89,7 @@ def test_delivers_and_stops_gracefully(
 ) -> None:
     delivery.start()
     out = world.text("hello from a real process")
-    fake_telegram.wait_for(lambda: fake_telegram.sent("sendMessage"), timeout=10)
+    wait_until(lambda: fake_telegram.sent("sendMessage"), timeout_s=10, what="a sendMessage")
     assert fake_telegram.sent("sendMessage")[0].text == "hello from a real process"
     wait_status(world, world.session, out.id, "delivered")
     delivery.signal(signal.SIGTERM)
@@ -194,14 +195,6 @@ def write_content(world: World, session: Session, content: m.OutboundContent, **
         store.close()
 
 
-def wait_until(check: Callable[[], object], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached: {what}")
-        time.sleep(0.02)
-
-
 def test_an_owner_notice_survives_a_sigkill(
     world: World,
     cli_session: Session,
@@ -222,10 +215,11 @@ def test_an_owner_notice_survives_a_sigkill(
     terminal = FakeTerminal(wire.chat_socket(world.layout)).start()
     try:
         delivery.start()
-        wait_until(terminal.texts, "the notice reached the terminal")
+        wait_until(terminal.texts, timeout_s=20.0, what="the notice reached the terminal")
         wait_until(
             lambda: [n.status for n in world.notices.list()] == ["sent"],
-            "the notice is recorded as sent",
+            timeout_s=20.0,
+            what="the notice is recorded as sent",
         )
         [notice] = terminal.texts()
         assert "was denied" in notice and "nanoclaw deliveries list --failed" in notice
@@ -250,7 +244,8 @@ def test_an_approval_decided_while_delivery_was_dead_is_applied(
     )
     wait_until(
         lambda: any(a.platform_message_id for a in world.central.list_pending_approvals()),
-        "the approval card was sent and recorded",
+        timeout_s=20.0,
+        what="the approval card was sent and recorded",
     )
     [approval] = world.central.list_pending_approvals()
     assert any(isinstance(f, wire.QuestionFrame) for f in held_terminal.frames)
@@ -260,7 +255,11 @@ def test_an_approval_decided_while_delivery_was_dead_is_applied(
     )
     assert decided == "approved"
     delivery.start()
-    wait_until(lambda: world.central.list_pending_approvals() == [], "the approval was applied")
+    wait_until(
+        lambda: world.central.list_pending_approvals() == [],
+        timeout_s=20.0,
+        what="the approval was applied",
+    )
     config = world.central.get_container_config(cli_session.agent_group_id)
     assert config is not None and "files" in json.loads(config.mcp_servers)
     notes = world.notes(cli_session)

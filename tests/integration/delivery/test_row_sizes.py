@@ -6,7 +6,6 @@ them are delivered."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from nanoclaw_common.store.bounds import UNUSABLE_ID_PREFIX
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
 from tests.unit.delivery.helpers import World
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -101,10 +101,13 @@ def test_oversized_rows_keep_delivery_small_and_fail_with_a_note(
         "huge-run_id": "failed",
         after.id: "delivered",
     }
-    deadline = time.monotonic() + 60
-    while settled(world) != expected:
-        assert time.monotonic() < deadline, f"not settled: {settled(world)}\n{delivery.log()}"
-        time.sleep(0.05)
+    wait_until(
+        lambda: settled(world) == expected,
+        timeout_s=60,
+        what="every row settled",
+        poll_s=0.05,
+        detail=lambda: f"{settled(world)}\n{delivery.log()}",
+    )
     growth = peak_rss_bytes(delivery.proc.pid) - baseline
     assert growth < GROWTH_LIMIT_BYTES, f"peak RSS grew by {growth / 1e6:.0f} MB"
     assert [s.text for s in fake_telegram.sent("sendMessage") if s.chat_id == "100"] == [

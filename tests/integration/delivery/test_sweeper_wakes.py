@@ -5,10 +5,8 @@ the restart an approval asked for."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,18 +20,11 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
 from tests.unit.delivery.helpers import World
 from tests.unit.test_sweeper import FakeSandbox
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 APPROVER = 501
-
-
-def until(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-    return value
 
 
 @pytest.fixture
@@ -71,7 +62,11 @@ def test_a_row_delivery_writes_into_a_stopped_session_is_woken_by_the_sweeper(
         m.SendText(text="can you check?"), channel_type="agent", platform_id=helper.id
     )
     delivery.start()
-    until(lambda: getattr(world.delivery(out.id), "status", None) == "delivered")
+    wait_until(
+        lambda: getattr(world.delivery(out.id), "status", None) == "delivered",
+        timeout_s=15.0,
+        what="out delivered",
+    )
     landed = world.delivery(out.id).platform_message_id
     assert world.due(target) == [landed]
     stopped = world.central.get_session(target.id)
@@ -101,12 +96,16 @@ def test_an_approval_restarts_the_groups_run_through_the_sweeper(
 
     world.write(m.InstallPackages(apt=["jq"], reason="parse JSON"))
     delivery.start()
-    until(lambda: fake_telegram.sent("sendMessage"))  # the card, in the approver's DM
+    wait_until(
+        lambda: fake_telegram.sent("sendMessage"), timeout_s=15.0, what="a sendMessage"
+    )  # the card, in the approver's DM
     approval = central.list_pending_approvals()[0]
     assert central.decide_approval(approval.approval_id, f"telegram:{APPROVER}", "approve") == (
         "approved"
     )  # what the router does with the click
-    until(lambda: central.list_pending_approvals() == [])
+    wait_until(
+        lambda: central.list_pending_approvals() == [], timeout_s=15.0, what="no pending approval"
+    )
 
     tag = group_image_tag(world.settings.image, world.group.id)
     assert [built[0] for built in world.podman.builds()] == [tag]

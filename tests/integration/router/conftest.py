@@ -11,8 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests import entities
 from tests.environ import clean_environ
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -33,17 +33,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 class RouterProcess:
@@ -68,7 +57,7 @@ class RouterProcess:
             stderr=log,
         )
         log.close()
-        wait_until(self._started, 20, "router start")
+        wait_until(self._started, timeout_s=20, what="router start")
         return self
 
     def _started(self) -> bool:

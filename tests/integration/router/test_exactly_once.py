@@ -35,15 +35,9 @@ from tests.fakes.slack_api import (
 )
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.webhook_client import nanoclaw_headers, post
-from tests.integration.router.conftest import (
-    REPO,
-    Delivery,
-    RouterProcess,
-    World,
-    free_port,
-    wait_until,
-)
+from tests.integration.router.conftest import REPO, Delivery, RouterProcess, World, free_port
 from tests.integration.router.standin_agent import StandinAgent
+from tests.waiting import wait_until
 
 CRASH_POINTS = ["after_commit", "before_ack"]
 NANOCLAW = str(Path(sys.executable).parent / "nanoclaw")
@@ -112,9 +106,12 @@ def after_the_crash(point: str, world: World, agent: Agent) -> None:
     assert len(world.all_rows()) == 1
     if point == "before_ack":
         assert len(world.wakes()) == 1
-        wait_until(lambda: agent.agent.answered, what="the answer to the woken session")
+        wait_until(
+            lambda: agent.agent.answered, timeout_s=15.0, what="the answer to the woken session"
+        )
         wait_until(
             lambda: [s.container_status for s in world.sessions()] == ["stopped"],
+            timeout_s=15.0,
             what="the run to end",
         )
     else:
@@ -152,10 +149,12 @@ def test_telegram_update_survives_a_crash_before_its_offset_is_confirmed(
     after_the_crash(point, world, agent)
 
     router.start()  # no fault this time
-    wait_until(lambda: telegram.pending_updates() == 0, what="the update to be confirmed")
+    wait_until(
+        lambda: telegram.pending_updates() == 0, timeout_s=15.0, what="the update to be confirmed"
+    )
     [row] = world.all_rows()
     assert row.id.startswith("t-100_1:")
-    wait_until(lambda: telegram.sent("sendMessage"), what="the reply")
+    wait_until(lambda: telegram.sent("sendMessage"), timeout_s=15.0, what="the reply")
     agent.stop()
     assert router.stop() == 0
     assert "duplicate ignored" in router.log()
@@ -178,15 +177,17 @@ def test_slack_envelope_is_resent_after_a_crash_and_stored_once(
     router.env.update(slack_env(slack))
     agent = agent_factory(router.env)
     router.start(NANOCLAW_TEST_CRASH=point)
-    wait_until(lambda: slack.connections() >= 1, what="socket mode connection")
+    wait_until(lambda: slack.connections() >= 1, timeout_s=15.0, what="socket mode connection")
     envelope = slack.push_socket_event(slack.message_event("C1", "hello from slack"))
     assert router.wait_exit() == -9, router.log()
     assert slack.unacked() == [envelope]
     after_the_crash(point, world, agent)
 
     router.start()
-    wait_until(lambda: slack.unacked() == [], what="the envelope to be acknowledged")
-    wait_until(lambda: slack.calls("chat.postMessage"), what="the reply")
+    wait_until(
+        lambda: slack.unacked() == [], timeout_s=15.0, what="the envelope to be acknowledged"
+    )
+    wait_until(lambda: slack.calls("chat.postMessage"), timeout_s=15.0, what="the reply")
     agent.stop()
     assert router.stop() == 0
     exactly_one_of_everything(world, agent, router)
@@ -202,7 +203,7 @@ def wait_for_port(port: int) -> None:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_until(accepting, what=f"port {port}")
+    wait_until(accepting, timeout_s=15.0, what=f"port {port}")
 
 
 def attempt(send: Callable[[], tuple[int, bytes]]) -> int | None:
@@ -248,7 +249,7 @@ def test_slack_events_api_retry_after_a_crash_is_stored_once(
     wait_for_port(port)
     # Slack retries the same event, signed afresh.
     assert attempt(lambda: post_event(url, body)) == 200
-    wait_until(lambda: slack.calls("chat.postMessage"), what="the reply")
+    wait_until(lambda: slack.calls("chat.postMessage"), timeout_s=15.0, what="the reply")
     agent.stop()
     assert router.stop() == 0
     exactly_one_of_everything(world, agent, router)
@@ -294,6 +295,7 @@ def test_webhook_retry_after_a_crash_is_stored_once(
     # then tells the agent with a system note, which the agent answers too).
     wait_until(
         lambda: [d.status if d else None for r, d in replies(world) if r.seq == 3] == ["failed"],
+        timeout_s=15.0,
         what="the reply's final state",
     )
     agent.stop()
@@ -320,7 +322,7 @@ def test_the_terminal_chat_resends_until_the_router_answers(
         text=True,
     )
     assert router.wait_exit() == -9, router.log()
-    wait_until(lambda: len(world.all_rows()) == 1, what="the committed row")
+    wait_until(lambda: len(world.all_rows()) == 1, timeout_s=15.0, what="the committed row")
     started = time.monotonic()
     router.start()
     out, err = client.communicate(timeout=60)
@@ -346,7 +348,9 @@ def test_updates_sent_while_the_router_was_down_are_not_dropped(
         telegram.push_message(-100, f"queued {n}")
     router.env.update(telegram_env(telegram))
     router.start()
-    wait_until(lambda: telegram.pending_updates() == 0, what="all updates confirmed")
+    wait_until(
+        lambda: telegram.pending_updates() == 0, timeout_s=15.0, what="all updates confirmed"
+    )
     assert router.stop() == 0
     texts = [json.loads(r.content)["text"] for r in world.all_rows()]
     assert texts == [f"queued {n}" for n in range(5)]

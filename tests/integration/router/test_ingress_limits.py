@@ -19,15 +19,10 @@ from nanoclaw_common.store import InboundStore, NewInbound
 from nanoclaw_common.store.rows import DroppedMessage
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.webhook_client import nanoclaw_headers, post, post_answer
-from tests.integration.router.conftest import (
-    Delivery,
-    RouterProcess,
-    World,
-    free_port,
-    wait_until,
-)
+from tests.integration.router.conftest import Delivery, RouterProcess, World, free_port
 from tests.integration.router.standin_agent import StandinAgent
 from tests.integration.router.test_exactly_once import telegram_env, wait_for_port
+from tests.waiting import wait_until
 
 FAR_FUTURE_MS = 4_102_444_800_000
 SECRET = "ci-webhook-secret-0123"
@@ -57,7 +52,7 @@ def test_a_message_whose_id_an_agent_took_is_still_answered(
     try:
         router.start()
         telegram.push_message(-100, "hello")
-        wait_until(lambda: telegram.sent("sendMessage"), what="the first reply")
+        wait_until(lambda: telegram.sent("sendMessage"), timeout_s=15.0, what="the first reply")
         [session] = world.sessions()
         root = world.home / "sessions" / group.id / session.id
         # Telegram numbers a chat's messages, the bot's own too: "hello" was 1, the reply 2.
@@ -79,8 +74,12 @@ def test_a_message_whose_id_an_agent_took_is_still_answered(
 
         _, message_id = telegram.push_message(-100, "rotate the keys")
         assert message_id == 3
-        wait_until(lambda: len(telegram.sent("sendMessage")) == 2, what="the second reply")
-        wait_until(lambda: telegram.pending_updates() == 0, what="the update confirmed")
+        wait_until(
+            lambda: len(telegram.sent("sendMessage")) == 2, timeout_s=15.0, what="the second reply"
+        )
+        wait_until(
+            lambda: telegram.pending_updates() == 0, timeout_s=15.0, what="the update confirmed"
+        )
         assert router.stop() == 0
     finally:
         code = delivery.stop()

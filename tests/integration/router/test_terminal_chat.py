@@ -16,14 +16,9 @@ from nanoclaw_common.channels.cli import CliAdapter
 from nanoclaw_common.errors import RetryLater
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import CentralStore, InboundReader
-from tests.integration.router.conftest import (
-    REPO,
-    Delivery,
-    RouterProcess,
-    World,
-    wait_until,
-)
+from tests.integration.router.conftest import REPO, Delivery, RouterProcess, World
 from tests.integration.router.standin_agent import StandinAgent
+from tests.waiting import wait_until, wait_until_async
 
 BIN = Path(sys.executable).parent
 
@@ -54,8 +49,10 @@ def test_chat_message_gets_the_reply_and_exits(
     try:
         # No terminal attached yet: the reply cannot be delivered, and is not marked so.
         asyncio.run(send_without_terminal(Layout(short_home)))
-        wait_until(lambda: agent.answered, what="the agent's first answer")
-        wait_until(lambda: delivery_states(short_home) == {"retry"}, what="a pending retry")
+        wait_until(lambda: agent.answered, timeout_s=15.0, what="the agent's first answer")
+        wait_until(
+            lambda: delivery_states(short_home) == {"retry"}, timeout_s=15.0, what="a pending retry"
+        )
 
         done = nanoclaw(env, "chat", "--message", "hello there", "--timeout", "30")
         assert done.returncode == 0, done.stderr + router.log()
@@ -131,7 +128,9 @@ def test_a_newer_terminal_supersedes_the_older(world: World, router: RouterProce
         text=True,
     )
     layout = Layout(Path(env["NANOCLAW_HOME"]))
-    wait_until(lambda: wire.chat_socket(layout).exists(), what="the first client's socket")
+    wait_until(
+        lambda: wire.chat_socket(layout).exists(), timeout_s=15.0, what="the first client's socket"
+    )
     second = subprocess.Popen(
         [str(BIN / "nanoclaw"), "chat"],
         env=env,
@@ -147,7 +146,11 @@ def test_a_newer_terminal_supersedes_the_older(world: World, router: RouterProce
         first.stdout.close()
         assert first.stdin is not None
         first.stdin.close()
-        wait_until(lambda: wire.chat_socket(layout).exists(), what="the second client's socket")
+        wait_until(
+            lambda: wire.chat_socket(layout).exists(),
+            timeout_s=15.0,
+            what="the second client's socket",
+        )
         adapter = CliAdapter(layout)
         frame_id = asyncio.run(adapter.send_text("local", None, "to the new one"))
         assert frame_id is not None
@@ -175,7 +178,9 @@ def test_registration_answered_in_the_terminal(world: World, router: RouterProce
     assert client.stdin is not None and client.stdout is not None
     try:
         wait_until(
-            lambda: wire.chat_socket(Layout(world.home)).exists(), what="the client's socket"
+            lambda: wire.chat_socket(Layout(world.home)).exists(),
+            timeout_s=15.0,
+            what="the client's socket",
         )
         client.stdin.write("hello, anyone?\n")
         client.stdin.flush()
@@ -186,7 +191,7 @@ def test_registration_answered_in_the_terminal(world: World, router: RouterProce
             lines.append(line.rstrip("\n"))
         client.stdin.write("1\n")
         client.stdin.flush()
-        wait_until(lambda: len(world.all_rows()) == 1, what="the replayed message")
+        wait_until(lambda: len(world.all_rows()) == 1, timeout_s=15.0, what="the replayed message")
     finally:
         client.stdin.close()
         lines += client.stdout.read().splitlines()
@@ -240,7 +245,9 @@ def test_chat_message_gives_up_after_its_timeout(
         )
         await router.start()
         try:
-            await wait_for_socket(wire.router_socket(layout))
+            await wait_until_async(
+                wire.router_socket(layout).exists, timeout_s=10, what="the router's socket"
+            )
             return await run_chat(
                 layout,
                 central,
@@ -265,10 +272,3 @@ def test_chat_message_gives_up_after_its_timeout(
     assert clock.slept_s > 7.4  # polled until the (fake) deadline
     assert elapsed < 7.5  # the client never really waited its timeout out
     assert session.agent_group_id == group.id
-
-
-async def wait_for_socket(path: Path) -> None:
-    deadline = time.monotonic() + 10
-    while not path.exists():
-        assert time.monotonic() < deadline, "the router's socket never appeared"
-        await asyncio.sleep(0.01)

@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
 from tests.environ import clean_environ
+from tests.waiting import wait_until
 
 STANDIN = Path(__file__).with_name("standin.py")
 WATCHDOG = Path(sys.executable).with_name("nanoclaw-watchdog")
@@ -41,17 +41,6 @@ STALE_S = 3  # for the ones whose hang is under test
 HEALTHY_STALE_S = 10  # a healthy program beats every second; a loaded machine delays that
 HOG_RSS_MAX_MB = 100  # a stand-in idles at about 25 MB and grows by 200
 BACKOFF_S = 600  # longer than any test here: a second restart never comes
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def config(home: Path) -> str:
@@ -135,8 +124,9 @@ class Supervised:
         return int(
             wait_until(
                 lambda: self.info(name)["statename"] == "RUNNING" and self.pid(name),
-                30,
-                f"{name} RUNNING",
+                timeout_s=30,
+                what=f"{name} RUNNING",
+                poll_s=0.1,
             )
         )
 
@@ -149,8 +139,9 @@ class Supervised:
                     and self.pid(name) != old_pid
                     and self.pid(name)
                 ),
-                timeout_s,
-                f"{name} restarted (pid {old_pid} replaced)",
+                timeout_s=timeout_s,
+                what=f"{name} restarted (pid {old_pid} replaced)",
+                poll_s=0.1,
             )
         )
 
@@ -193,7 +184,9 @@ def running_supervisord() -> Iterator[Supervised]:
     rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", SupervisorTransport(None, None, socket_url))
     supervised = Supervised(home, process, rpc)
     try:
-        wait_until((home / "run" / "supervisor.sock").exists, 30, "supervisord")
+        wait_until(
+            (home / "run" / "supervisor.sock").exists, timeout_s=30, what="supervisord", poll_s=0.1
+        )
         for name in (*PROGRAMS, "watchdog"):
             supervised.running_pid(name)
         yield supervised

@@ -16,12 +16,8 @@ import time
 
 import pytest
 
-from tests.integration.watchdog.conftest import (
-    HOG_RSS_MAX_MB,
-    STALE_S,
-    Supervised,
-    wait_until,
-)
+from tests.integration.watchdog.conftest import HOG_RSS_MAX_MB, STALE_S, Supervised
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +25,9 @@ pytestmark = pytest.mark.slow
 def test_a_hung_program_is_restarted_and_a_healthy_one_is_not(supervised: Supervised) -> None:
     healthy = supervised.running_pid("healthy")
     stall = supervised.running_pid("stall")
-    wait_until(lambda: supervised.proof_s("stall"), 10, "stall's first beat")
+    wait_until(
+        lambda: supervised.proof_s("stall"), timeout_s=10, what="stall's first beat", poll_s=0.1
+    )
 
     os.kill(stall, signal.SIGUSR1)  # its loop blocks: no more beats, TERM ignored
     hung_at = time.time()
@@ -41,7 +39,12 @@ def test_a_hung_program_is_restarted_and_a_healthy_one_is_not(supervised: Superv
     assert age_s > STALE_S and f"(limit {STALE_S} s)" in line
     assert f"restarted stall: pid {stall} -> {restarted}" in log
     # The new process beats again; the healthy one was never touched.
-    wait_until(lambda: (supervised.proof_s("stall") or 0) > hung_at + STALE_S, 10, "a new beat")
+    wait_until(
+        lambda: (supervised.proof_s("stall") or 0) > hung_at + STALE_S,
+        timeout_s=10,
+        what="a new beat",
+        poll_s=0.1,
+    )
     assert supervised.pid("healthy") == healthy
     assert "restarting healthy" not in supervised.log("watchdog")
 
@@ -66,8 +69,9 @@ def test_a_program_that_keeps_hanging_is_not_restarted_in_a_loop(
     # `stuck` hangs right after its first beat at every start (NANOCLAW_HOME/hang-stuck).
     first = wait_until(
         lambda: re.search(r"restarted stuck: pid (\d+) -> (\d+)", supervised.log("watchdog")),
-        60,
-        "the first restart",
+        timeout_s=60,
+        what="the first restart",
+        poll_s=0.1,
     )
     again = int(first[2])
     # It hangs again at once; the next look finds it stale, and the backoff holds it back.
@@ -76,8 +80,9 @@ def test_a_program_that_keeps_hanging_is_not_restarted_in_a_loop(
             r"stuck \(pid (\d+)\): no proof of life.*not before (\d+) s from now",
             supervised.log("watchdog"),
         ),
-        60,
-        "the held-back restart",
+        timeout_s=60,
+        what="the held-back restart",
+        poll_s=0.1,
     )
     assert int(held[1]) == again
     assert int(held[2]) > 500  # the backoff is 600 s

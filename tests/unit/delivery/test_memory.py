@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from nanoclaw_common.store import InboundStore
 from nanoclaw_common.store.sqlite import Database, Mode
+from tests.waiting import wait_until
 
 CHILD = """
 import json, sys
@@ -86,13 +86,19 @@ def test_a_connection_opened_during_another_writers_commit_waits(tmp_path: Path)
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "opening"
+
         # Release the lock only once the child waits for it in SQLite's busy handler (which
         # sleeps); without the timeout it would have failed at once and exited.
-        deadline = time.monotonic() + 20
-        while "nanosleep" not in Path(f"/proc/{process.pid}/wchan").read_text():
+        def sleeps_in_busy_handler() -> bool:
             assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the child never waited for the lock"
-            time.sleep(0.005)
+            return "nanosleep" in Path(f"/proc/{process.pid}/wchan").read_text()
+
+        wait_until(
+            sleeps_in_busy_handler,
+            timeout_s=20,
+            what="the child to wait for the lock",
+            poll_s=0.005,
+        )
     finally:
         holder.execute("COMMIT")
         holder.close()

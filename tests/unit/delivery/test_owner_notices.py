@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
-import time
 
 from click.testing import CliRunner
 
@@ -17,6 +16,7 @@ from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.service import DeliveryService
 from tests.unit.delivery.helpers import World, run
+from tests.waiting import wait_until_async
 
 
 def refused(world: World, text: str = "psst") -> str:
@@ -169,10 +169,7 @@ def test_a_notice_queued_before_a_crash_is_sent_after_the_restart(world: World) 
     async def scenario() -> None:
         service = DeliveryService(deps)
         runner = asyncio.create_task(service.run())
-        deadline = time.monotonic() + 5
-        while not owner_dms(world):
-            assert time.monotonic() < deadline, "the queued notice was not sent"
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: owner_dms(world), timeout_s=5, what="the queued notice sent")
         service.request_stop()
         await runner
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -16,18 +15,10 @@ from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_delivery.service import DeliveryService
 from tests.unit.delivery.helpers import RecordingAdapter, World, run
+from tests.waiting import wait_until_async
 
 WAIT_S = 5.0  # an upper bound for "eventually"; passing runs take milliseconds
-
-
-async def until(check: Callable[[], object], timeout_s: float = WAIT_S) -> float:
-    """Poll ``check`` every millisecond; return the seconds it took (fail after the bound)."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.001)
-    return time.monotonic() - start
+LATENCY_POLL_S = 0.001  # fine enough to measure a latency of milliseconds
 
 
 @pytest.mark.parametrize("use_inotify", [True, False])
@@ -35,11 +26,22 @@ def test_new_rows_reach_the_adapter_fast(world: World, use_inotify: bool) -> Non
     async def scenario() -> list[float]:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run(use_inotify=use_inotify))
-        await until(lambda: world.session.id in service.sessions)
+        await wait_until_async(
+            lambda: world.session.id in service.sessions,
+            timeout_s=WAIT_S,
+            what="the session's worker",
+        )
         latencies = []
         for n in range(20):
             world.text(f"m{n}")
-            latencies.append(await until(lambda n=n: len(world.telegram.calls) > n))
+            written = time.monotonic()
+            await wait_until_async(
+                lambda n=n: len(world.telegram.calls) > n,
+                timeout_s=WAIT_S,
+                what=f"send {n + 1}",
+                poll_s=LATENCY_POLL_S,
+            )
+            latencies.append(time.monotonic() - written)
         service.request_stop()
         await runner
         return latencies
@@ -63,9 +65,17 @@ def test_a_slow_platform_does_not_hold_up_other_sessions(world: World) -> None:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
         slack_out.insert_message(NewOutbound(content=m.SendText(text="slow one")))
-        await until(lambda: world.deps.counters.in_flight == 1)
+        await wait_until_async(
+            lambda: world.deps.counters.in_flight == 1,
+            timeout_s=WAIT_S,
+            what="one send in flight",
+        )
         world.text("fast one")
-        await until(lambda: world.telegram.texts() == ["fast one"])
+        await wait_until_async(
+            lambda: world.telegram.texts() == ["fast one"],
+            timeout_s=WAIT_S,
+            what='only the text "fast one"',
+        )
         assert slack.calls == []  # still stuck in the slack call
         slack_out.insert_message(NewOutbound(content=m.SendText(text="second slow")))
         service.request_stop()  # graceful: the in-flight slack call may finish
@@ -90,7 +100,11 @@ def test_startup_finds_rows_written_while_delivery_was_down(world: World) -> Non
     async def scenario() -> None:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
-        await until(lambda: world.telegram.texts() == ["written while down"])
+        await wait_until_async(
+            lambda: world.telegram.texts() == ["written while down"],
+            timeout_s=WAIT_S,
+            what='only the text "written while down"',
+        )
         service.request_stop()
         await runner
 
@@ -106,9 +120,17 @@ def test_retry_is_attempted_when_due(world: World) -> None:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
         world.text("again")
-        await until(lambda: world.deps.counters.retried == 1)
+        await wait_until_async(
+            lambda: world.deps.counters.retried == 1,
+            timeout_s=WAIT_S,
+            what="one retry",
+        )
         world.clock.advance(50)  # the retry is due now: the session task wakes by itself
-        await until(lambda: world.telegram.texts() == ["again"])
+        await wait_until_async(
+            lambda: world.telegram.texts() == ["again"],
+            timeout_s=WAIT_S,
+            what='only the text "again"',
+        )
         service.request_stop()
         await runner
 
@@ -121,12 +143,20 @@ def test_approval_loop_applies_decisions(world: World) -> None:
     async def scenario() -> str:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
-        await until(lambda: world.central.list_pending_approvals() != [])
+        await wait_until_async(
+            lambda: world.central.list_pending_approvals() != [],
+            timeout_s=WAIT_S,
+            what="a pending approval",
+        )
         approval = world.central.list_pending_approvals()[0]
         world.central.decide_approval(
             approval.approval_id, "telegram:owner", "approve", now=world.clock()
         )
-        await until(lambda: world.central.list_pending_approvals() == [])
+        await wait_until_async(
+            lambda: world.central.list_pending_approvals() == [],
+            timeout_s=WAIT_S,
+            what="no pending approval",
+        )
         service.request_stop()
         await runner
         return approval.approval_id
@@ -145,8 +175,16 @@ def test_a_broken_session_backs_off_and_does_not_stop_others(world: World) -> No
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
         world.text("still flowing")
-        await until(lambda: world.telegram.texts() == ["still flowing"])
-        await until(lambda: broken.id in service.sessions and service.sessions[broken.id].failures)
+        await wait_until_async(
+            lambda: world.telegram.texts() == ["still flowing"],
+            timeout_s=WAIT_S,
+            what='only the text "still flowing"',
+        )
+        await wait_until_async(
+            lambda: broken.id in service.sessions and service.sessions[broken.id].failures,
+            timeout_s=WAIT_S,
+            what="a failure in the broken session",
+        )
         failed = service.sessions[broken.id]
         assert failed.next_due is not None and failed.next_due >= world.clock() + 1000
         service.request_stop()
@@ -169,7 +207,11 @@ def test_a_backlog_longer_than_a_read_page_is_worked_off(world: World) -> None:
     async def scenario() -> None:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
-        await until(lambda: len(world.telegram.calls) == total, timeout_s=30.0)
+        await wait_until_async(
+            lambda: len(world.telegram.calls) == total,
+            timeout_s=30.0,
+            what=f"{total} sends",
+        )
         service.request_stop()
         await runner
 

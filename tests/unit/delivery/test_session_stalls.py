@@ -21,7 +21,7 @@ from nanoclaw_common.store.rows import Session
 from nanoclaw_common.store.session_vfs import LAYERS
 from nanoclaw_delivery.service import DeliveryService
 from tests.unit.delivery.helpers import World, run
-from tests.unit.delivery.test_service import until
+from tests.waiting import wait_until_async
 
 LIMIT_S = 0.5  # the stall limit for these tests (production: settings.session_io_limit_s)
 BOUND_S = 5.0  # other sessions are served within this, whatever the attacked one does
@@ -61,11 +61,27 @@ def served_while_attacked(world: World, attacked: Session) -> DeliveryService:
         runner = asyncio.create_task(service.run())
         for n in range(3):
             world.text(f"reply {n}")
-            await until(functools.partial(sent_more_than, world, n), BOUND_S)
-        await until(lambda: attacked.id in Quarantine(world.central).ids(), BOUND_S)
-        await until(lambda: attacked.id not in service.sessions, BOUND_S)
+            await wait_until_async(
+                functools.partial(sent_more_than, world, n),
+                timeout_s=BOUND_S,
+                what=f"more than {n} sends",
+            )
+        await wait_until_async(
+            lambda: attacked.id in Quarantine(world.central).ids(),
+            timeout_s=BOUND_S,
+            what="the attacked session quarantined",
+        )
+        await wait_until_async(
+            lambda: attacked.id not in service.sessions,
+            timeout_s=BOUND_S,
+            what="the attacked session's worker gone",
+        )
         world.text("after the quarantine")
-        await until(lambda: "after the quarantine" in world.telegram.texts(), BOUND_S)
+        await wait_until_async(
+            lambda: "after the quarantine" in world.telegram.texts(),
+            timeout_s=BOUND_S,
+            what="the text 'after the quarantine'",
+        )
         service.request_stop()
         await runner
         return service
@@ -102,7 +118,11 @@ def test_the_stall_backstop_cuts_a_blocked_call_off(guarded: World, old_vfs: Non
     assert world.deps.session_io.is_cut_off(attacked.id)
 
     async def freed() -> None:
-        await until(lambda: world.deps.session_io.in_flight == 0, BOUND_S)
+        await wait_until_async(
+            lambda: world.deps.session_io.in_flight == 0,
+            timeout_s=BOUND_S,
+            what="no session read in flight",
+        )
 
     run(freed())  # released: the FIFO's reader got its end-of-file
 
@@ -117,9 +137,17 @@ def test_a_fifo_in_the_outbox_is_refused_and_the_next_row_goes_out(guarded: Worl
     async def scenario() -> None:
         service = DeliveryService(world.deps)
         runner = asyncio.create_task(service.run())
-        await until(lambda: getattr(world.delivery(first.id), "status", None) == "denied", BOUND_S)
+        await wait_until_async(
+            lambda: getattr(world.delivery(first.id), "status", None) == "denied",
+            timeout_s=BOUND_S,
+            what="first denied",
+        )
         world.text("next")
-        await until(lambda: world.telegram.texts() == ["next"], BOUND_S)
+        await wait_until_async(
+            lambda: world.telegram.texts() == ["next"],
+            timeout_s=BOUND_S,
+            what='only the text "next"',
+        )
         service.request_stop()
         await runner
 
