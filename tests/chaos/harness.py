@@ -210,7 +210,8 @@ class ChaosStack:
 
         def killable() -> bool:
             info = self.stack.processes()[program]
-            return info["statename"] == "RUNNING" and time.time() - info["start"] > STARTSECS + 0.5
+            started_s = time.time() - float(info["start"])
+            return bool(info["statename"] == "RUNNING") and started_s > STARTSECS + 0.5
 
         wait_until(
             killable,

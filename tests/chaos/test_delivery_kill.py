@@ -105,15 +105,16 @@ def test_repeated_sigkill_loses_nothing(world: World, tmp_path: Path) -> None:
             thread.join(60)
         total = SESSIONS * MESSAGES_PER_SESSION
 
-        def states() -> dict[str, tuple[str, int]]:
+        def row_states() -> dict[str, tuple[str, int]]:
             return {t: r for s in sessions for t, r in records(world, s).items()}
 
-        def all_delivered() -> bool:
-            found = states()
-            return len(found) == total and all(st == "delivered" for st, _a in found.values())
+        def all_delivered() -> dict[str, tuple[str, int]] | None:
+            found = row_states()
+            done = len(found) == total and all(st == "delivered" for st, _a in found.values())
+            return found if done else None
 
-        wait_until(
-            all_delivered, timeout_s=60, what="every row delivered", poll_s=0.05, detail=states
+        states = wait_until(
+            all_delivered, timeout_s=60, what="every row delivered", poll_s=0.05, detail=row_states
         )
     finally:
         delivery.stop()

@@ -10,6 +10,7 @@ through the real ``Sandbox``, as the router would.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -159,7 +160,7 @@ def test_a_message_during_a_graceful_restart_is_answered(
     second = post(base, other, "are you there?")
     try:
         texts, _ack = wait_until(
-            lambda: (found := texts_and_ack(base, other, second))[1] == "completed" and found,
+            functools.partial(completed_texts_and_ack, base, other, second),
             timeout_s=120,
             what="chat 2's answer",
         )
@@ -172,6 +173,17 @@ def test_a_message_during_a_graceful_restart_is_answered(
     assert any("echo: slow one" in t for t in first_replies)
     assert not [t for t in terminal.texts() if t.startswith("Error")]
     assert "stopping: 1 call(s) in flight, still accepting meanwhile" in base.log("proxy")
+
+
+def completed_texts_and_ack(
+    stack: Stack, session: Session, message_id: str
+) -> tuple[list[str], str | None] | None:
+    found = texts_and_ack(stack, session, message_id)
+    return found if found[1] == "completed" else None
+
+
+def probed_more_than(probe: Probe, attempts: int) -> bool:
+    return probe.report.attempts > attempts
 
 
 def restarted(stack: Stack, old_pid: int) -> bool:
@@ -197,11 +209,11 @@ def test_restarts_refuse_no_connection(stack: tuple[Stack, TerminalClient]) -> N
                 else:
                     os.kill(before, signal.SIGKILL)
                 wait_until(
-                    lambda old=before: restarted(base, old), timeout_s=60, what="the proxy back"
+                    functools.partial(restarted, base, before), timeout_s=60, what="the proxy back"
                 )
                 made = probe.report.attempts
                 wait_until(
-                    lambda made=made: probe.report.attempts > made + 2,
+                    functools.partial(probed_more_than, probe, made + 2),
                     timeout_s=60,
                     what="more probes",
                 )

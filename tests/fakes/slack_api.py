@@ -328,7 +328,7 @@ class FakeSlack:
     def _m_files_complete_upload_external(
         self, params: dict[str, Any], request: web.Request
     ) -> dict[str, Any]:
-        files = params.get("files")
+        files = params["files"]
         parsed = json.loads(files) if isinstance(files, str) else files
         return {"files": [{"id": f["id"], "title": f.get("title", "")} for f in parsed]}
 

@@ -287,7 +287,9 @@ def test_the_image_has_no_setuid_or_setgid_file(agent_image: str, box_settings: 
         try:
             container.start()
             assert container.wait() == 0
-            text = b"".join(container.logs(stdout=True, stderr=True)).decode()
+            chunks = container.logs(stdout=True, stderr=True)
+            assert not isinstance(chunks, bytes)  # without stream=True: an iterator all the same
+            text = b"".join(chunks).decode()
         finally:
             container.remove(force=True)
     assert text.strip() == "", text

@@ -143,7 +143,9 @@ def runner_pid(box: Sandbox, session: rows.Session) -> int:
 def container_log(box: Sandbox, session: rows.Session) -> str:
     with podman.PodmanClient(base_url=box.settings.podman_socket_url) as client:
         container = client.containers.get(box.container_name(session.id))
-        return b"".join(container.logs(stdout=True, stderr=True)).decode(errors="replace")
+        chunks = container.logs(stdout=True, stderr=True)
+        assert not isinstance(chunks, bytes)  # without stream=True: an iterator all the same
+        return b"".join(chunks).decode(errors="replace")
 
 
 def test_an_idle_runner_sheds_the_sdk_inside_its_container(

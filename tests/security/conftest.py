@@ -35,6 +35,7 @@ refusal was reported (``stack.log(program)``, ``stack.received()`` for owner not
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -281,7 +282,7 @@ class HostileStack:
         podman_socket = Path(self.settings.podman_socket_url.removeprefix("unix://"))
         for path, what in ((podman_socket, "Podman API"), (self.layout.proxy_socket, "proxy")):
             wait_until(
-                lambda path=path: socket_answers(path),
+                functools.partial(socket_answers, path),
                 timeout_s=timeout_s,
                 what=f"the {what} socket",
                 poll_s=STACK_POLL_S,

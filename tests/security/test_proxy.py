@@ -119,7 +119,8 @@ def call(
         f"BODY = {json.dumps(body) if body is not None else None!r}\n"
         f"HEADERS = {{**{sent!r}, 'content-type': 'application/json'}}\n{CALL}"
     )
-    return json.loads(agent.py(code).stdout.strip().splitlines()[-1])
+    answer: dict[str, Any] = json.loads(agent.py(code).stdout.strip().splitlines()[-1])
+    return answer
 
 
 def podman_env(hostile: HostileStack) -> dict[str, str]:

@@ -8,6 +8,7 @@ note, the owner's notice)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import time
@@ -51,7 +52,7 @@ def services_answer(hostile_stack: HostileStack) -> None:
         ("the credential proxy", layout.proxy_socket),
     ):
         wait_until(
-            lambda socket=socket: socket_answers(socket),
+            functools.partial(socket_answers, socket),
             timeout_s=60,
             what=f"{name} to answer",
             poll_s=STACK_POLL_S,

@@ -34,8 +34,8 @@ OUTBOUND_TYPES = [
 
 
 def test_every_content_struct_is_in_its_union() -> None:
-    assert set(INBOUND_TYPES) == set(m.InboundContent.__args__)  # type: ignore[attr-defined]
-    assert set(OUTBOUND_TYPES) == set(m.OutboundContent.__args__)  # type: ignore[attr-defined]
+    assert set(INBOUND_TYPES) == set(m.InboundContent.__args__)
+    assert set(OUTBOUND_TYPES) == set(m.OutboundContent.__args__)
     assert set(m.INBOUND_KIND) == set(INBOUND_TYPES)
 
 

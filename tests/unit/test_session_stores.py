@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
+import msgspec
 import pytest
 
 from nanoclaw_common import messages as m
@@ -33,21 +35,22 @@ def chat(text: str, sender: str = "telegram:7") -> m.ChatContent:
 
 
 def new_in(message_id: str, text: str = "hi", **fields: object) -> NewInbound:
-    return NewInbound(id=message_id, content=chat(text), timestamp_ms=NOW, **fields)  # type: ignore[arg-type]
+    row = NewInbound(id=message_id, content=chat(text), timestamp_ms=NOW)
+    return msgspec.structs.replace(row, **fields)
 
 
 @pytest.fixture
-def inbound(tmp_path: Path) -> InboundStore:
+def inbound(tmp_path: Path) -> Iterator[InboundStore]:
     store = InboundStore(tmp_path / "inbound.db")
-    yield store  # type: ignore[misc]
+    yield store
     store.close()
 
 
 @pytest.fixture
-def outbound(tmp_path: Path) -> OutboundStore:
+def outbound(tmp_path: Path) -> Iterator[OutboundStore]:
     (tmp_path / "agent").mkdir()
     store = OutboundStore(tmp_path / "agent" / "outbound.db")
-    yield store  # type: ignore[misc]
+    yield store
     store.close()
 
 

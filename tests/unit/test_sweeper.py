@@ -111,10 +111,12 @@ def world(settings: Settings, central: CentralStore, layout: Layout) -> World:
 def add_message(paths: SessionPaths, message_id: str, **fields: object) -> None:
     store = InboundStore(paths.inbound_db)
     store.insert_message(
-        NewInbound(  # type: ignore[arg-type]
-            id=message_id,
-            content=m.ChatContent(text=message_id, sender_id="cli:local"),
-            timestamp_ms=T0,
+        msgspec.structs.replace(
+            NewInbound(
+                id=message_id,
+                content=m.ChatContent(text=message_id, sender_id="cli:local"),
+                timestamp_ms=T0,
+            ),
             **fields,
         ),
         now=T0,

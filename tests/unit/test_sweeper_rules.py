@@ -131,8 +131,8 @@ def test_plan_capacity() -> None:
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def paris(*parts: int) -> int:
-    return int(datetime(*parts, tzinfo=PARIS).timestamp() * 1000)  # type: ignore[misc]
+def paris(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=PARIS).timestamp() * 1000)
 
 
 def test_next_occurrence_from_scheduled_time_no_drift() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anthropic
 import pytest
+from anthropic.types import MessageParam
 
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.metering import TokenLedger, utc_day
@@ -20,7 +21,7 @@ from tests.fakes.anthropic_api import ApiError, FakeAnthropic, text
 from tests.integration.agents.harness import AgentSession, Proxy, start_proxy, uds_client
 from tests.waiting import wait_until
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[MessageParam] = [{"role": "user", "content": "hello"}]
 _clients: list[anthropic.Anthropic] = []
 
 

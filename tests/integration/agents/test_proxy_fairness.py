@@ -224,7 +224,7 @@ def test_a_restart_refuses_no_connection_and_a_waiting_call_is_served(
         assert refused == 0 and made > 0
         assert answered == [200]
         assert "the socket the keeper held" in proxies[-1].log()
-        assert os.kill(keeper, 0) is None  # the same keeper, still holding it
+        os.kill(keeper, 0)  # the same keeper, still holding it (ProcessLookupError if gone)
     finally:
         for running in proxies:
             running.stop()

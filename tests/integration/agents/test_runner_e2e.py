@@ -11,6 +11,7 @@ from agent_runner.app import EXIT_CONFIG
 from agent_runner.conversation import INTERRUPTED
 from nanoclaw_common import messages
 from nanoclaw_common.store import CentralStore, NewInbound
+from nanoclaw_common.store.rows import TokenUsage
 from tests.fakes.anthropic_api import ApiError, FakeAnthropic, text, tool_use
 from tests.integration.agents.harness import (
     AgentSession,
@@ -93,9 +94,14 @@ def test_a_turn_with_bash_and_send_message(
         heartbeat = agent.paths.heartbeat.stat().st_mtime
         assert time.time() - heartbeat < 5
         day = time.strftime("%Y-%m-%d", time.gmtime())
+
         # Each call is metered as its response ends; the last one may trail the ack slightly.
+        def three_calls() -> TokenUsage | None:
+            usage = central.get_token_usage(agent.group_id, day)
+            return usage if usage is not None and usage.requests == 3 else None
+
         usage = wait_until(
-            lambda: (u := central.get_token_usage(agent.group_id, day)) and u.requests == 3 and u,
+            three_calls,
             timeout_s=20.0,
             what="three metered calls",
         )

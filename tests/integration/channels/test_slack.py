@@ -326,7 +326,7 @@ def test_events_api_failure_to_commit_is_a_500(slack: FakeSlack) -> None:
         adapter = events_adapter(slack)
         await adapter.start()
         adapter._bot_user_id = "UBOT"
-        await adapter._serve_events(BrokenSink())  # type: ignore[arg-type]
+        await adapter._serve_events(BrokenSink())
         url = f"http://127.0.0.1:{adapter.bound_port}/slack/events"
         status, _ = await asyncio.to_thread(
             post_event, url, event_body(slack.message_event("C2", "x"))

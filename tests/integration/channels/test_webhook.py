@@ -159,7 +159,7 @@ def test_a_commit_failure_is_a_503_not_an_ack() -> None:
 
     async def main() -> None:
         adapter = WebhookAdapter({"ci": SECRET}, "127.0.0.1", free_port())
-        serving = asyncio.create_task(adapter.run_inbound(BrokenSink()))  # type: ignore[arg-type]
+        serving = asyncio.create_task(adapter.run_inbound(BrokenSink()))
         try:
             await wait_until_async(
                 lambda: adapter.bound_port, timeout_s=10.0, what="the webhook server to listen"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from agent_runner import prompts
@@ -76,7 +77,7 @@ def test_nudge_and_unknown_destination_note() -> None:
 
 
 def test_with_user_answers_interrupted_tool_calls_and_merges() -> None:
-    history = [
+    history: list[dict[str, Any]] = [
         {"role": "user", "content": "hi"},
         {
             "role": "assistant",
@@ -125,7 +126,7 @@ def test_conversation_round_trip_and_damaged_file(tmp_path: Path) -> None:
 
 
 def test_archive_transcript_format(tmp_path: Path) -> None:
-    history = [
+    history: list[dict[str, Any]] = [
         {"role": "user", "content": [{"type": "text", "text": "hello " + "y" * 2100}]},
         {
             "role": "assistant",

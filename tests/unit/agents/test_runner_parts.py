@@ -69,7 +69,12 @@ def test_watcher_falls_back_to_stat_polling(session: Session, tmp_path: Path) ->
         session.chat("hello")
         assert watcher.wait(5) is True
         done = threading.Event()
-        threading.Thread(target=lambda: (watcher.poke(), done.set())).start()
+
+        def poke() -> None:
+            watcher.poke()
+            done.set()
+
+        threading.Thread(target=poke).start()
         assert watcher.wait(5) is True and done.wait(5)
     finally:
         watcher.close()

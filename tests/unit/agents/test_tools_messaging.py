@@ -10,6 +10,7 @@ import pytest
 from agent_runner.tools import Batch, ToolContext, execute
 from nanoclaw_common import messages
 from nanoclaw_common.store import NewInbound
+from nanoclaw_common.store.rows import Routing
 
 from .conftest import GROUP, NOW, Session
 
@@ -59,9 +60,7 @@ def test_send_message_without_session_routing(session: Session, ctx: ToolContext
     assert refused(ctx, "send_message", text="x") == "Error: No destinations configured."
 
 
-def messages_routing():  # type: ignore[no-untyped-def]
-    from nanoclaw_common.store.rows import Routing
-
+def messages_routing() -> Routing:
     return Routing(None, None, None)
 
 
@@ -212,6 +211,7 @@ def test_tool_in_flight_is_recorded(session: Session, make_ctx: Callable[..., To
     ctx = make_ctx(wait=wait)
     run(ctx, "ask_user_question", title="T", question="Q?", options=["a"], timeout_s=60)
     (state,) = seen
+    assert state is not None
     assert state.current_tool == "ask_user_question"
     assert state.tool_declared_timeout_ms == 60_000
     assert state.tool_started_at_ms is not None

@@ -25,7 +25,7 @@ def ask_create(world: World, name: str, sender: str, **fields: object) -> str:
     return world.write(
         m.CreateAgent(request_id="r1", name=name, instructions="You research things."),
         in_reply_to=asked,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     ).id
 
 

@@ -5,6 +5,7 @@ in-flight item, and picking up work left from before a restart."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import pytest
@@ -19,6 +20,10 @@ from tests.waiting import wait_until_async
 
 WAIT_S = 5.0  # an upper bound for "eventually"; passing runs take milliseconds
 LATENCY_POLL_S = 0.001  # fine enough to measure a latency of milliseconds
+
+
+def sent_more_than(adapter: RecordingAdapter, count: int) -> bool:
+    return len(adapter.calls) > count
 
 
 @pytest.mark.parametrize("use_inotify", [True, False])
@@ -36,7 +41,7 @@ def test_new_rows_reach_the_adapter_fast(world: World, use_inotify: bool) -> Non
             world.text(f"m{n}")
             written = time.monotonic()
             await wait_until_async(
-                lambda n=n: len(world.telegram.calls) > n,
+                functools.partial(sent_more_than, world.telegram, n),
                 timeout_s=WAIT_S,
                 what=f"send {n + 1}",
                 poll_s=LATENCY_POLL_S,
@@ -222,6 +227,6 @@ def test_a_backlog_longer_than_a_read_page_is_worked_off(world: World) -> None:
         assert {d.status for d in store.list_deliveries()} == {"delivered"}
     finally:
         store.close()
-    from nanoclaw_delivery.engine import READ_PAGE_ROWS
+    from nanoclaw_delivery.tail import READ_PAGE_ROWS
 
     assert total > READ_PAGE_ROWS

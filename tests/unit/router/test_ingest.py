@@ -172,7 +172,9 @@ def test_attachments_are_saved_under_the_inbox_with_safe_names(harness: Harness)
         path = root / attachment.local_path
         assert path.is_file() and not path.is_symlink()
         assert path.resolve().is_relative_to((root / "inbox").resolve())
-    assert (root / content.attachments[0].local_path).read_bytes() == b"root"
+    first = content.attachments[0].local_path
+    assert first is not None
+    assert (root / first).read_bytes() == b"root"
 
 
 def test_an_inbox_folder_planted_as_a_symlink_is_refused(harness: Harness, tmp_path: Path) -> None:

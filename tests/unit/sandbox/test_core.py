@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from nanoclaw_common.errors import Refused
@@ -58,15 +59,11 @@ def test_provider_names(settings: Settings, central: CentralStore, group: rows.A
     box = Sandbox(settings)
     config = central.get_container_config(group.id)
     session = central.create_session(group.id, None)
-    claude = rows.Session(**{**_fields(session), "agent_provider": "Claude"})
+    claude = msgspec.structs.replace(session, agent_provider="Claude")
     assert box.runner_config(claude, group, config).provider == "anthropic"
-    other = rows.Session(**{**_fields(session), "agent_provider": "opencode"})
+    other = msgspec.structs.replace(session, agent_provider="opencode")
     with pytest.raises(Refused, match="unknown agent provider"):
         box.runner_config(other, group, config)
-
-
-def _fields(session: rows.Session) -> dict[str, object]:
-    return {name: getattr(session, name) for name in session.__struct_fields__}
 
 
 def test_wake_never_raises_for_podman_trouble(
