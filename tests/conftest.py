@@ -1,11 +1,14 @@
 """Shared fixtures: real SQLite files under tmp_path, settings built per test, factories with
-test defaults. Nothing here sleeps or patches time; tests pass ``now``."""
+test defaults. Nothing here sleeps or patches time; tests pass ``now``.
+
+Every test is marked with its layer, the folder it lives in (tests/README.md says what each
+layer may use and how long it takes): ``pytest -m unit`` is the quick loop."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import pytest
@@ -22,6 +25,21 @@ hypothesis_settings.register_profile("nanoclaw", deadline=None)
 hypothesis_settings.load_profile("nanoclaw")
 
 SettingsFactory = Callable[..., Settings]
+
+TESTS: Final = Path(__file__).resolve().parent
+LAYERS: Final = ("unit", "integration", "sandbox", "chaos", "security", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer (its first folder under tests/), so a new test gets the
+    marker by where it is put; a test outside the layers is a usage error, not a stray."""
+    for item in items:
+        layer = item.path.resolve().relative_to(TESTS).parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests live in one layer, tests/{{{','.join(LAYERS)}}}/"
+            )
+        item.add_marker(layer)
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from tests.chaos.scenes import SCENES, Forced
 from tests.stack import PROGRAMS
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 SEED: Final = 20261209
 MESSAGES: Final = 500  # streamed plain pings; the scenes add their own

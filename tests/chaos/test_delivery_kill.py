@@ -26,8 +26,6 @@ from tests.integration.delivery.terminal import FakeTerminal
 from tests.unit.delivery.helpers import World, make_world
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.slow
-
 SESSIONS = 3
 MESSAGES_PER_SESSION = 25
 KILLS = 5

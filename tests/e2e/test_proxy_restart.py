@@ -32,7 +32,7 @@ from tests.fakes.anthropic_api import FakeAnthropic
 from tests.stack import Stack, TerminalClient, echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 CANARY_KEY = "sk-ant-api03-NANOCLAW-RESTART-CANARY-" + "r3S" * 10
 RESTARTS = 20

@@ -15,7 +15,7 @@ from nanoclaw_common.paths import Layout
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.stack import PROGRAMS, Stack, echo_reply
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 CANARY_KEY = "sk-ant-api03-NANOCLAW-E2E-CANARY-" + "x9Z" * 10
 

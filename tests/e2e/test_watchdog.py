@@ -20,7 +20,7 @@ import pytest
 from tests.stack import PROGRAMS, Stack
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 BEATING = ("router", "delivery", "sweeper", "proxy")
 SWEEPER_STALE_S = 3

@@ -26,7 +26,7 @@ fixture's client; use ``stack.chat``.
 
 Test modules mark themselves as the other real-Podman tests do::
 
-    pytestmark = [pytest.mark.podman, pytest.mark.slow]
+    pytestmark = pytest.mark.podman
 
 A security test does the concrete attack, then asserts the refusal, that nothing leaked,
 ``stack.assert_up(pids_before)`` (every program RUNNING with the pid it had), and that the

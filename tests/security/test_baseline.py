@@ -16,7 +16,7 @@ from tests.security.conftest import AGENT_PYTHON, CANARY_KEY, STACK_POLL_S, Host
 from tests.stack import echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 # Inside the container: every process's environment and command line, and every regular
 # file under the places the agent can read, searched for each needle; what was found where.

@@ -28,7 +28,7 @@ from tests.security.conftest import AGENT_PYTHON, STACK_POLL_S, Agent, HostileSt
 from tests.stack import echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 RESUMED = "agent runner resumed after shedding the model SDK"
 PYTHONS = ("3.11", "3.12", "3.13")

@@ -25,7 +25,7 @@ from tests.security.conftest import STACK_POLL_S, HostileStack
 from tests.stack import TurnTimeout
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 GROUP_MB = 64
 SESSION_MB = 32

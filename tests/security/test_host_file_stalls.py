@@ -28,7 +28,7 @@ from tests.security.conftest import STACK_POLL_S, Agent, HostileStack
 from tests.stack import echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 
 BOUND_S = 30.0  # generous for a loaded machine; the sweeper passes every second

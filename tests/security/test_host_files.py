@@ -23,7 +23,7 @@ from tests.security.conftest import STACK_POLL_S, Agent, HostileStack
 from tests.stack import echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 
 RACE_S = 8.0

@@ -33,7 +33,7 @@ from tests.security.conftest import CANARY_KEY, STACK_POLL_S, HostileStack
 from tests.stack import Stack, TerminalClient, echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 WEBHOOK_SECRET = "sec-webhook-secret-" + secrets.token_hex(8)
 WEBHOOK_PORT = free_port()

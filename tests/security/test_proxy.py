@@ -35,7 +35,7 @@ from tests.security.conftest import STACK_POLL_S, Agent, HostileStack
 from tests.stack import NANOCLAW, echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 SOCKET = "/run/nanoclaw/proxy.sock"
 THREAD = "t-proxy"

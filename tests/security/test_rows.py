@@ -29,7 +29,7 @@ from tests.security.conftest import CONTAINER_OUTBOUND_DB, STACK_POLL_S, Hostile
 from tests.stack import echo_reply
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 HUGE_BYTES: Final = 100_000_000
 # Reading one such row whole would add its 100 MB to delivery's peak; bounded reads add little.

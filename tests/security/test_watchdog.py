@@ -20,7 +20,7 @@ from nanoclaw_common.alive import BEATING_PROGRAMS
 from tests.security.conftest import STACK_POLL_S, HostileStack
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = pytest.mark.podman
 
 # Inside the container: the host path behind each mount (mountinfo's "root" field, relative
 # to the source filesystem), and every regular file under the mounted host folders searched

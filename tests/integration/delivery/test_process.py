@@ -26,8 +26,6 @@ from tests.integration.delivery.terminal import FakeTerminal
 from tests.unit.delivery.helpers import World
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def delivery(world: World, tmp_path: Path) -> Iterator[DeliveryProcess]:

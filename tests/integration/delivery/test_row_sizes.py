@@ -20,8 +20,6 @@ from tests.integration.delivery.process import DeliveryProcess
 from tests.unit.delivery.helpers import World
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.slow
-
 HUGE_BYTES = 100_000_000
 OTHER_BYTES = 10_000_000  # the remaining columns: ten thousand times their bound
 # Reading even one of the rows whole would add its 100 MB; the bounded reads add little.

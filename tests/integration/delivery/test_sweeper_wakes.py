@@ -22,8 +22,6 @@ from tests.unit.delivery.helpers import World
 from tests.unit.test_sweeper import FakeSandbox
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.slow
-
 APPROVER = 501
 
 

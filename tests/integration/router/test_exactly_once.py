@@ -128,7 +128,6 @@ def exactly_one_of_everything(world: World, agent: Agent, router: RouterProcess)
     assert [reply.in_reply_to for reply, _ in replies(world)].count(row.id) == 1
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_telegram_update_survives_a_crash_before_its_offset_is_confirmed(
     point: str,
@@ -163,7 +162,6 @@ def test_telegram_update_survives_a_crash_before_its_offset_is_confirmed(
     assert (sent.chat_id, sent.text) == ("-100", "echo: deploy the thing")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_slack_envelope_is_resent_after_a_crash_and_stored_once(
     point: str,
@@ -215,7 +213,6 @@ def attempt(send: Callable[[], tuple[int, bytes]]) -> int | None:
         return None
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_slack_events_api_retry_after_a_crash_is_stored_once(
     point: str,
@@ -256,7 +253,6 @@ def test_slack_events_api_retry_after_a_crash_is_stored_once(
     assert len(slack.calls("chat.postMessage")) == 1
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_webhook_retry_after_a_crash_is_stored_once(
     point: str,
@@ -305,7 +301,6 @@ def test_webhook_retry_after_a_crash_is_stored_once(
     assert row.id.startswith("wh-ci-build-7:") and row.kind == "webhook"
 
 
-@pytest.mark.slow
 def test_the_terminal_chat_resends_until_the_router_answers(
     world: World, router: RouterProcess, agent_factory: Callable[[dict[str, str]], Agent]
 ) -> None:
@@ -338,7 +333,6 @@ def test_the_terminal_chat_resends_until_the_router_answers(
     assert content["text"] == "hi" and content["sender_id"] == "cli:local"
 
 
-@pytest.mark.slow
 def test_updates_sent_while_the_router_was_down_are_not_dropped(
     world: World, router: RouterProcess, telegram: FakeTelegram
 ) -> None:

@@ -39,7 +39,6 @@ def standin(short_home: Path) -> Iterator[StandinAgent]:
     agent.stop()
 
 
-@pytest.mark.slow
 def test_a_message_whose_id_an_agent_took_is_still_answered(
     world: World, router: RouterProcess, telegram: FakeTelegram, standin: StandinAgent
 ) -> None:
@@ -115,7 +114,6 @@ def signed(body: bytes, delivery: str) -> dict[str, str]:
     return nanoclaw_headers(SECRET, body, event="build", delivery=delivery)
 
 
-@pytest.mark.slow
 def test_a_flood_of_signed_deliveries_is_rate_limited(
     world: World, router: RouterProcess, webhook_url: str
 ) -> None:
@@ -152,7 +150,6 @@ def test_a_flood_of_signed_deliveries_is_rate_limited(
     assert router.log().count("dropped rate_limited input") <= elapsed_s + 2
 
 
-@pytest.mark.slow
 def test_deep_and_oversized_bodies_are_refused_and_recorded(
     world: World, router: RouterProcess, webhook_url: str
 ) -> None:

@@ -5,19 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from tests.integration.router.conftest import REPO, RouterProcess, World
 
 
-@pytest.mark.slow
 def test_sigterm_is_graceful_and_logs_a_summary(world: World, router: RouterProcess) -> None:
     router.start()
     assert router.stop() == 0
     assert "router stopped: 0 rows committed" in router.log()
 
 
-@pytest.mark.slow
 def test_a_second_router_on_the_same_folder_refuses_to_start(
     world: World, router: RouterProcess
 ) -> None:

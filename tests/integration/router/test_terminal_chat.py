@@ -37,7 +37,6 @@ def nanoclaw(
     )
 
 
-@pytest.mark.slow
 def test_chat_message_gets_the_reply_and_exits(
     world: World, router: RouterProcess, short_home: Path
 ) -> None:
@@ -159,7 +158,6 @@ def test_a_newer_terminal_supersedes_the_older(world: World, router: RouterProce
     assert "assistant> to the new one" in out2
 
 
-@pytest.mark.slow
 def test_registration_answered_in_the_terminal(world: World, router: RouterProcess) -> None:
     """The terminal is not wired yet: the owner gets the registration card in the terminal
     itself, answers with a number, and the first message is replayed to the agent."""

@@ -14,12 +14,8 @@ import re
 import signal
 import time
 
-import pytest
-
 from tests.integration.watchdog.conftest import HOG_RSS_MAX_MB, STALE_S, Supervised
 from tests.waiting import wait_until
-
-pytestmark = pytest.mark.slow
 
 
 def test_a_hung_program_is_restarted_and_a_healthy_one_is_not(supervised: Supervised) -> None:
