@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,9 +20,10 @@ from nanoclaw_common.states import EngageMode
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_common.store.rows import Session
+from tests.conftest import SettingsFactory
+from tests.delivery_world import World, opened_world
 from tests.integration.delivery.process import DeliveryProcess
 from tests.integration.delivery.terminal import FakeTerminal
-from tests.unit.delivery.helpers import World, make_world
 from tests.waiting import wait_until
 
 SESSIONS = 3
@@ -33,11 +33,11 @@ SEED = 20261124
 
 
 @pytest.fixture
-def world(make_settings: Any) -> Iterator[World]:
-    made = make_world(make_settings(delivery_backoff_base_s=0.05, delivery_max_attempts=20))
-    yield made
-    made.close()
-    made.central.close()
+def world(make_settings: SettingsFactory) -> Iterator[World]:
+    with opened_world(
+        make_settings(delivery_backoff_base_s=0.05, delivery_max_attempts=20)
+    ) as world:
+        yield world
 
 
 def cli_sessions(world: World) -> list[Session]:

@@ -10,7 +10,6 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -21,7 +20,8 @@ from nanoclaw_common.cli.chat import Terminal
 from nanoclaw_common.cli.downloads import safe_download_name
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.store import CentralStore
-from tests.unit.delivery.helpers import Clock, World, make_world
+from tests.conftest import SettingsFactory
+from tests.delivery_world import Clock, World, opened_world
 
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x9b31m\u202e"
 MARKUP = "[/][red]x[/red][link=file:///etc]"
@@ -79,11 +79,9 @@ def test_chat_tables_do_not_read_stored_values_as_markup(home: Path, store: Cent
 
 
 @pytest.fixture
-def world(make_settings: Any) -> Iterator[World]:
-    made = make_world(make_settings(), Clock(now_ms() - 60_000))
-    yield made
-    made.close()
-    made.central.close()
+def world(make_settings: SettingsFactory) -> Iterator[World]:
+    with opened_world(make_settings(), Clock(now_ms() - 60_000)) as world:
+        yield world
 
 
 def test_deliveries_list_escapes_what_the_agent_wrote(world: World) -> None:

@@ -189,7 +189,7 @@ def test_an_unwired_source_asks_the_owner(live: Live) -> None:
     live.group()
     live.central.upsert_user("chat:owner", "chat")
     live.central.grant_role("chat:owner", "owner")
-    owner_dm = RecordingAdapter()
+    owner_dm = RecordingAdapter("chat", message_ids="m{n}", dm_prefix="")
     adapter = WebhookAdapter({"ci": SECRET}, "127.0.0.1", free_port())
 
     async def scenario(router: Router) -> None:

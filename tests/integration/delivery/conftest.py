@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
+from tests.conftest import SettingsFactory
+from tests.delivery_world import World, opened_world
 from tests.fakes.slack_api import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.terminal import FakeTerminal
-from tests.unit.delivery.helpers import World, make_world
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def fake_slack() -> Iterator[FakeSlack]:
 
 @pytest.fixture
 def world(
-    make_settings: Any, fake_telegram: FakeTelegram, fake_slack: FakeSlack
+    make_settings: SettingsFactory, fake_telegram: FakeTelegram, fake_slack: FakeSlack
 ) -> Iterator[World]:
     settings = make_settings(
         telegram_bot_token=fake_telegram.token,
@@ -36,10 +36,8 @@ def world(
         slack_bot_token=SLACK_BOT_TOKEN,
         slack_api_base_url=fake_slack.api_url,
     )
-    made = make_world(settings)
-    yield made
-    made.close()
-    made.central.close()
+    with opened_world(settings) as world:
+        yield world
 
 
 @pytest.fixture

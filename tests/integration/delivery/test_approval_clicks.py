@@ -16,9 +16,9 @@ from nanoclaw_common.sandbox.images import group_image_tag
 from nanoclaw_common.states import Role
 from nanoclaw_delivery.service import DeliveryService
 from nanoclaw_router.app import Router
+from tests.delivery_world import World, run
 from tests.fakes.recording import MemoryWaker
 from tests.fakes.telegram_api import FakeTelegram
-from tests.unit.delivery.helpers import World, run
 from tests.waiting import wait_until_async
 
 APPROVER, MEMBER = 501, 502

@@ -20,10 +20,10 @@ from nanoclaw_common.states import EngageMode, Role
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_common.store.rows import Session
+from tests.delivery_world import World
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
 from tests.integration.delivery.terminal import FakeTerminal
-from tests.unit.delivery.helpers import World
 from tests.waiting import wait_until
 
 

@@ -15,10 +15,10 @@ from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_common.store.rows import Session
 from nanoclaw_delivery.operations import host_question_id
+from tests.delivery_world import World, run
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.terminal import FakeTerminal
-from tests.unit.delivery.helpers import World, run
 
 
 def with_adapters(world: World, body: Callable[[], Awaitable[None]]) -> None:

@@ -15,9 +15,9 @@ import pytest
 from nanoclaw_common import messages as m
 from nanoclaw_common.states import ContainerStatus
 from nanoclaw_common.store.bounds import UNUSABLE_ID_PREFIX
+from tests.delivery_world import World
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
-from tests.unit.delivery.helpers import World
 from tests.waiting import wait_until
 
 HUGE_BYTES = 100_000_000

@@ -16,9 +16,9 @@ from nanoclaw_common.sandbox.images import group_image_tag
 from nanoclaw_common.states import DestinationType, Role
 from nanoclaw_common.store.rows import AgentGroup, Session
 from nanoclaw_sweeper.sweeper import Sweeper
+from tests.delivery_world import World
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
-from tests.unit.delivery.helpers import World
 from tests.unit.test_sweeper import FakeSandbox
 from tests.waiting import wait_until
 

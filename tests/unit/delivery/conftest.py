@@ -6,21 +6,20 @@ import pytest
 from loguru import logger
 
 from nanoclaw_common.settings import Settings
-from tests.unit.delivery.helpers import SECRET, World, make_world
+from tests.conftest import SettingsFactory
+from tests.delivery_world import SECRET, World, opened_world
 
 
 @pytest.fixture
-def world(make_settings: object) -> Iterator[World]:
-    settings: Settings = make_settings(  # type: ignore[operator]
+def world(make_settings: SettingsFactory) -> Iterator[World]:
+    settings: Settings = make_settings(
         delivery_max_attempts=4,
         delivery_backoff_base_s=2.0,
         delivery_backoff_max_s=60.0,
         anthropic_api_key=SECRET,
     )
-    made = make_world(settings)
-    yield made
-    made.close()
-    made.central.close()
+    with opened_world(settings) as world:
+        yield world
 
 
 @pytest.fixture

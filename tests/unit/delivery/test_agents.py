@@ -12,7 +12,7 @@ from nanoclaw_common.states import DestinationType, Role
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_common.store.rows import AgentGroup, Session
-from tests.unit.delivery.helpers import World
+from tests.delivery_world import World
 
 # -- create_agent ---------------------------------------------------------------------------
 

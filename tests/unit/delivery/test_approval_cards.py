@@ -11,7 +11,7 @@ from nanoclaw_common.loader_env import is_loader_variable
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_delivery.approvals import CARD_TEXT_CHARS, ApprovalWatcher
-from tests.unit.delivery.helpers import World, run
+from tests.delivery_world import World, run
 
 
 def card_text(world: World) -> str:

@@ -21,7 +21,7 @@ from nanoclaw_common.store.rows import (
 )
 from nanoclaw_delivery.agents import stable_id
 from nanoclaw_delivery.approvals import ApprovalWatcher
-from tests.unit.delivery.helpers import SECRET, World, run
+from tests.delivery_world import SECRET, World, run
 
 
 @pytest.fixture

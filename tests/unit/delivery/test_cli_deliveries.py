@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from nanoclaw_common.cli import cli
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import PermanentFailure
-from tests.unit.delivery.helpers import Clock, World, make_world
+from tests.conftest import SettingsFactory
+from tests.delivery_world import Clock, World, opened_world
 
 
 def invoke(world: World, *args: str) -> Any:
@@ -24,12 +25,10 @@ def invoke(world: World, *args: str) -> Any:
 
 
 @pytest.fixture
-def world(make_settings: Any) -> Iterator[World]:
+def world(make_settings: SettingsFactory) -> Iterator[World]:
     """Times near the real clock: ``purge --older-than`` measures from now."""
-    made = make_world(make_settings(), Clock(now_ms() - 60_000))
-    yield made
-    made.close()
-    made.central.close()
+    with opened_world(make_settings(), Clock(now_ms() - 60_000)) as world:
+        yield world
 
 
 def seeded(world: World) -> dict[str, str]:

@@ -13,7 +13,9 @@ from nanoclaw_common.states import DestinationType
 from nanoclaw_common.store import InboundStore, OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_delivery.engine import backoff_ms
-from tests.unit.delivery.helpers import SECRET, RecordingAdapter, World
+from tests.conftest import SettingsFactory
+from tests.delivery_world import SECRET, World
+from tests.fakes.recording import RecordingAdapter
 
 # -- text -----------------------------------------------------------------------------------
 
@@ -304,15 +306,17 @@ def attempt_times_ms(max_attempts: int, base_s: float, max_s: float) -> list[int
     return times
 
 
-def test_adapter_down_for_a_minute_then_back(make_settings: object, tmp_path: Path) -> None:
+def test_adapter_down_for_a_minute_then_back(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
     """A platform refusing for a minute of (injected) time, with the default attempt budget:
     the message arrives once, at the first attempt after the platform came back, and
     nothing is lost. The attempt times are computed from the settings, so the outcome holds
     by construction whatever the margin; a second outage ending just after the last attempt
     shows the budget's edge."""
-    from tests.unit.delivery.helpers import make_world
+    from tests.delivery_world import make_world
 
-    settings = make_settings()  # type: ignore[operator]
+    settings = make_settings()
     times = attempt_times_ms(
         settings.delivery_max_attempts,
         settings.delivery_backoff_base_s,
@@ -321,7 +325,7 @@ def test_adapter_down_for_a_minute_then_back(make_settings: object, tmp_path: Pa
     assert times[-1] >= 60_000  # the default budget reaches past a minute
     for outage_ms, delivered in ((60_000, True), (times[-1] + 1, False)):
         home = str(tmp_path / f"outage-{outage_ms}")
-        world = make_world(make_settings(home=home))  # type: ignore[operator]
+        world = make_world(make_settings(home=home))
         try:
             start = world.clock()
             world.adapters["telegram"] = flaky = type(world.telegram)("telegram")

@@ -14,7 +14,7 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.errors import Refused
 from nanoclaw_common.store import OutboundReader
 from nanoclaw_common.store.bounds import MAX_VALUE_BYTES, UNUSABLE_ID_PREFIX
-from tests.unit.delivery.helpers import World
+from tests.delivery_world import World
 
 BIG = 2_000_000  # bytes: over every bound (content's is 1,000,000)
 TEXT = m.encode_text(m.SendText(text="hi"))

@@ -13,8 +13,8 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.states import DestinationType
 from nanoclaw_common.store.rows import PendingApproval
 from nanoclaw_delivery.approvals import OPTIONS
+from tests.delivery_world import World
 from tests.environ import clean_environ
-from tests.unit.delivery.helpers import World
 
 CHILD = """
 import asyncio, json, sys

@@ -15,7 +15,7 @@ from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.service import DeliveryService
-from tests.unit.delivery.helpers import World, run
+from tests.delivery_world import World, run
 from tests.waiting import wait_until_async
 
 

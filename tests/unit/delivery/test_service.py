@@ -15,7 +15,8 @@ from nanoclaw_common.sandbox.images import group_image_tag
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_delivery.service import DeliveryService
-from tests.unit.delivery.helpers import RecordingAdapter, World, run
+from tests.delivery_world import World, run
+from tests.fakes.recording import RecordingAdapter
 from tests.waiting import wait_until_async
 
 WAIT_S = 5.0  # an upper bound for "eventually"; passing runs take milliseconds

@@ -20,7 +20,7 @@ from nanoclaw_common.store.quarantine import Quarantine
 from nanoclaw_common.store.rows import Session
 from nanoclaw_common.store.session_vfs import LAYERS
 from nanoclaw_delivery.service import DeliveryService
-from tests.unit.delivery.helpers import World, run
+from tests.delivery_world import World, run
 from tests.waiting import wait_until_async
 
 LIMIT_S = 0.5  # the stall limit for these tests (production: settings.session_io_limit_s)

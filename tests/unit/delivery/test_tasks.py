@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from nanoclaw_common import messages as m
 from nanoclaw_delivery.tasks import host_task_id
-from tests.unit.delivery.helpers import SECRET, World
+from tests.delivery_world import SECRET, World
 
 
 def task_rows(world: World) -> dict[str, tuple[str, int | None, str | None]]:

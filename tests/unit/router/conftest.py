@@ -22,7 +22,7 @@ from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, S
 from nanoclaw_router.app import Router
 from nanoclaw_router.ingest import Stored
 from tests import entities
-from tests.fakes.recording import MemoryWaker, RecordingAdapter, ThreadedAdapter
+from tests.fakes.recording import MemoryWaker, RecordingAdapter
 
 T = TypeVar("T")
 ON_THE_CARD = "<the card's own message>"
@@ -33,8 +33,11 @@ class Harness:
         self.settings = settings
         self.central = central
         self.layout = layout
-        self.chat = RecordingAdapter()
-        self.threads = ThreadedAdapter()
+        # The router's platforms number messages m1, m2... and a user's id is their DM chat.
+        self.chat = RecordingAdapter("chat", message_ids="m{n}", dm_prefix="")
+        self.threads = RecordingAdapter(
+            "threads", supports_threads=True, message_ids="m{n}", dm_prefix=""
+        )
         self.waker = MemoryWaker(layout.central_db)
         self.router = Router(
             settings,

@@ -317,15 +317,15 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
 
     class SlowEdits(RecordingAdapter):
         def __init__(self) -> None:
-            super().__init__()
-            self.gate = asyncio.Event()
+            super().__init__("chat", message_ids="m{n}", dm_prefix="")
+            self.edits_released = asyncio.Event()
             self.order: list[str] = []
 
         async def edit_text(
             self, platform_id: str, thread_id: str | None, message_id: str, text: str
         ) -> None:
             try:
-                await self.gate.wait()
+                await self.edits_released.wait()
             except asyncio.CancelledError:
                 self.order.append("edit cancelled")
                 raise
@@ -371,7 +371,7 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
             for _ in range(5):
                 await asyncio.sleep(0)
             if open_gate:
-                adapter.gate.set()
+                adapter.edits_released.set()
             await stopping
 
         asyncio.run(run())

@@ -1,18 +1,19 @@
-"""Test doubles and a small world for delivery tests: real SQLite files under tmp_path, a
-recording adapter (a real ``ChannelAdapter`` subclass that records instead of calling a
-platform), a settable clock, and the real image builder running a stand-in ``podman``
-executable (a child process that records its arguments)."""
+"""One install for delivery tests (unit, integration, chaos, the CLI's): ``opened_world``.
+Test doubles and a small world: real SQLite files under tmp_path,
+recording adapters (``tests.fakes.recording``: real ``ChannelAdapter`` subclasses that record
+instead of calling a platform), a settable clock, and the real image builder running a
+stand-in ``podman`` executable (a child process that records its arguments)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nanoclaw_common import messages as m
-from nanoclaw_common.channels.base import ChannelAdapter, InboundSink, OutgoingFile
 from nanoclaw_common.paths import Layout, SessionPaths
 from nanoclaw_common.sandbox.group_image import GroupImageBuilder
 from nanoclaw_common.sessions import ensure_session_files, refresh_projections
@@ -24,6 +25,7 @@ from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.rows import AgentGroup, MessagingGroup, Session
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.engine import SessionWorker
+from tests.fakes.recording import RecordingAdapter
 from tests.unit.sandbox.fake_podman import FakePodmanCli
 
 T = TypeVar("T")
@@ -47,105 +49,6 @@ class Clock:
     def advance(self, ms: int) -> int:
         self.value += ms
         return self.value
-
-
-class RecordingAdapter(ChannelAdapter):
-    """Records every outbound call. ``failures`` are raised, one per call, before recording;
-    ``fail_at`` raises its error on that call (1-based, counting every call made), e.g. the
-    third chunk of a split text; ``connected`` False makes delivery treat it as
-    disconnected."""
-
-    channel_type = "telegram"
-
-    def __init__(
-        self,
-        channel_type: str = "telegram",
-        *,
-        text_limit: int = 4000,
-        supports_cards: bool = False,
-    ) -> None:
-        self.channel_type = channel_type  # type: ignore[misc]
-        self.text_limit = text_limit  # type: ignore[misc]
-        self.supports_cards = supports_cards  # type: ignore[misc]
-        self.calls: list[tuple[str, ...]] = []
-        self.files: list[list[tuple[str, bytes]]] = []
-        self.questions: list[m.AskQuestion] = []  # every card asked for, whole
-        self.failures: list[BaseException] = []
-        self.fail_at: dict[int, BaseException] = {}
-        self.connected = True
-        self.gate: asyncio.Event | None = None  # when set, calls wait for it (a slow platform)
-        self._n = 0
-        self._tried = 0
-
-    def is_connected(self) -> bool:
-        return self.connected
-
-    async def run_inbound(self, sink: InboundSink) -> None:
-        await asyncio.Event().wait()
-
-    async def _call(self, *record: str) -> str:
-        if self.gate is not None:
-            await self.gate.wait()
-        self._tried += 1
-        if self._tried in self.fail_at:
-            raise self.fail_at.pop(self._tried)
-        if self.failures:
-            raise self.failures.pop(0)
-        self._n += 1
-        self.calls.append(record)
-        return f"{self.channel_type}-{self._n}"
-
-    async def send_text(
-        self,
-        platform_id: str,
-        thread_id: str | None,
-        text: str,
-        files: list[OutgoingFile] | None = None,
-    ) -> str | None:
-        sent = [(f.name, f.path.read_bytes()) for f in files or []]
-        message_id = await self._call("text", platform_id, thread_id or "", text)
-        self.files.append(sent)  # only what was accepted, like ``calls``
-        return message_id
-
-    async def edit_text(
-        self, platform_id: str, thread_id: str | None, message_id: str, text: str
-    ) -> None:
-        await self._call("edit", platform_id, thread_id or "", message_id, text)
-
-    async def add_reaction(
-        self, platform_id: str, thread_id: str | None, message_id: str, emoji: str
-    ) -> None:
-        await self._call("reaction", platform_id, thread_id or "", message_id, emoji)
-
-    async def send_question(
-        self, platform_id: str, thread_id: str | None, question: m.AskQuestion
-    ) -> str | None:
-        labels = ",".join(o.value for o in question.options)
-        self.questions.append(question)
-        return await self._call(
-            "question", platform_id, thread_id or "", question.question_id, question.title, labels
-        )
-
-    async def send_card(self, platform_id: str, thread_id: str | None, card: m.SendCard) -> str:
-        return await self._call("card", platform_id, thread_id or "", card.card.title)
-
-    async def open_dm(self, user_handle: str) -> str:
-        if self.failures:
-            raise self.failures.pop(0)
-        return f"dm-{user_handle}"
-
-    def texts(self, platform_id: str | None = None) -> list[str]:
-        """Texts sent, to every chat except owner DMs (or to ``platform_id`` only)."""
-        return [
-            c[3]
-            for c in self.calls
-            if c[0] == "text"
-            and (c[1] == platform_id if platform_id else not c[1].startswith("dm-"))
-        ]
-
-    def chat_calls(self) -> list[tuple[str, ...]]:
-        """Calls to chats, leaving out DMs (owner notices, approval cards)."""
-        return [c for c in self.calls if not c[1].startswith("dm-")]
 
 
 @dataclass
@@ -332,3 +235,14 @@ def make_world(settings: Settings, clock: Clock | None = None) -> World:
         clock=clock,
         adapters=adapters,
     )
+
+
+@contextlib.contextmanager
+def opened_world(settings: Settings, clock: Clock | None = None) -> Iterator[World]:
+    """``make_world`` for a fixture: its stores closed when the test is done."""
+    world = make_world(settings, clock)
+    try:
+        yield world
+    finally:
+        world.close()
+        world.central.close()
