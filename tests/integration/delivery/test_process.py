@@ -19,7 +19,7 @@ from nanoclaw_common.lifecycle import EXIT_ON_SECOND_SIGNAL
 from nanoclaw_common.states import EngageMode, Role
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
-from nanoclaw_common.store.rows import Session
+from nanoclaw_common.store.rows import Delivery, Session
 from tests.delivery_world import World
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
@@ -70,16 +70,25 @@ def status(world: World, session: Session, out_id: str) -> tuple[str, int]:
 def wait_status(
     world: World, session: Session, out_id: str, wanted: str, timeout_s: float = 10.0
 ) -> tuple[str, int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def current() -> Delivery | None:
         store = world.inbound(session)
-        row = store.get_delivery(out_id)
-        store.close()
-        if row is not None and row.status == wanted:
-            return row.status, row.attempts
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{out_id} is {row.status if row else 'untracked'}")
-        time.sleep(0.01)
+        try:
+            return store.get_delivery(out_id)
+        finally:
+            store.close()
+
+    def reached() -> Delivery | None:
+        row = current()
+        return row if row is not None and row.status == wanted else None
+
+    def shown() -> str:
+        row = current()
+        return f"{out_id} is {row.status if row else 'untracked'}"
+
+    row = wait_until(
+        reached, timeout_s=timeout_s, what=f"{out_id} {wanted}", poll_s=0.01, detail=shown
+    )
+    return row.status, row.attempts
 
 
 def test_delivers_and_stops_gracefully(
