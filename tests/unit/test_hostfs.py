@@ -14,6 +14,7 @@ import pytest
 
 from nanoclaw_common import hostfs
 from nanoclaw_common.hostfs import OPENAT2, Dir, TooLarge, UnsafePath, safe_name
+from tests.waiting import wait_until
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -236,9 +237,10 @@ def test_release_fifo_readers_frees_a_blocked_open(tmp_path: Path) -> None:
     thread = threading.Thread(target=blocked_reader, daemon=True)
     thread.start()
     assert not done.wait(0.2)  # really stuck
-    deadline = time.monotonic() + 10
-    while not done.is_set() and time.monotonic() < deadline:
-        hostfs.unblock(tmp_path)
-        done.wait(0.05)
-    assert done.is_set()
+
+    def released() -> bool:
+        hostfs.unblock(tmp_path)  # again on each check, until the reader got through
+        return done.wait(0.05)
+
+    wait_until(released, timeout_s=10, what="the blocked reader released", poll_s=0)
     assert hostfs.unblock(tmp_path) == 0  # nobody waits any more: nothing opened
