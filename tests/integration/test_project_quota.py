@@ -31,7 +31,7 @@ from nanoclaw_common.store import CentralStore, rows
 from nanoclaw_common.store.disk import DiskLedger
 from nanoclaw_sweeper.disk import DiskWatch
 from tests.prjquota import project_quota_fs
-from tests.unit.test_sweeper import FakeSandbox
+from tests.sweeper_world import FakeSandbox
 
 T0 = 1_800_000_000_000
 GROUP_MB = 16

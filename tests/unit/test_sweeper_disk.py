@@ -26,7 +26,7 @@ from nanoclaw_common.store.disk import BLOCK_CLEANUP, BLOCK_HELD, DiskBlock, Dis
 from nanoclaw_common.store.owner_notices import OwnerNotice, OwnerNotices
 from nanoclaw_sweeper.disk import DiskWatch
 from nanoclaw_sweeper.sweeper import Sweeper
-from tests.unit.test_sweeper import T0, FakeSandbox, add_message, beat, claim, inbound_row
+from tests.sweeper_world import T0, FakeSandbox, add_message, beat, claim, inbound_row
 
 INTERVAL_MS = 10_000
 

@@ -17,10 +17,10 @@ import pytest
 from nanoclaw_common.store.quarantine import Quarantine
 from nanoclaw_common.store.session_vfs import LAYERS
 from nanoclaw_sweeper.sweeper import PassReport, Sweeper
-from tests.unit.test_sweeper import T0, World, add_message, beat, world
+from tests.sweeper_world import T0, World, add_message, beat, world
 from tests.waiting import wait_until
 
-__all__ = ["world"]  # the fixture, shared with test_sweeper
+__all__ = ["world"]  # the fixture, from tests/sweeper_world.py
 
 PASS_BOUND_S = 5.0  # a pass over two sessions, one of them attacked
 

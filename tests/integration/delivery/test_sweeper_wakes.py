@@ -19,7 +19,7 @@ from nanoclaw_sweeper.sweeper import Sweeper
 from tests.delivery_world import World
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
-from tests.unit.test_sweeper import FakeSandbox
+from tests.sweeper_world import FakeSandbox
 from tests.waiting import wait_until
 
 APPROVER = 501
