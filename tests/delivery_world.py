@@ -25,8 +25,8 @@ from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.rows import AgentGroup, MessagingGroup, Session
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.engine import SessionWorker
+from tests.fakes.podman_cli import FakePodmanCli
 from tests.fakes.recording import RecordingAdapter
-from tests.unit.sandbox.fake_podman import FakePodmanCli
 
 T = TypeVar("T")
 NOW = 1_700_000_000_000

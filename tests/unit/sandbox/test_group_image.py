@@ -1,6 +1,6 @@
 """Group images through the podman command line (what delivery uses after an approval): the
 merge with earlier packages, the strict name checks, recording only on success, and no
-podman-py. The ``podman`` run here is a real child process (tests/unit/sandbox/fake_podman.py)."""
+podman-py. The ``podman`` run here is a real child process (tests/fakes/podman_cli.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from nanoclaw_common.sandbox.group_image import GroupImageBuilder, build_recorde
 from nanoclaw_common.sandbox.images import ImageBuildError
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, rows
-from tests.unit.sandbox.fake_podman import FakePodmanCli
+from tests.fakes.podman_cli import FakePodmanCli
 
 AGENT_IMAGE = "localhost/nanoclaw-agent:latest"
 
