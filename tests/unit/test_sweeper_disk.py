@@ -25,7 +25,7 @@ from nanoclaw_common.store import CentralStore, InboundReader, rows
 from nanoclaw_common.store.disk import BLOCK_CLEANUP, BLOCK_HELD, DiskBlock, DiskLedger
 from nanoclaw_common.store.owner_notices import OwnerNotice, OwnerNotices
 from nanoclaw_sweeper.disk import DiskWatch
-from nanoclaw_sweeper.sweeper import Sweeper
+from nanoclaw_sweeper.sweeper import PassReport, Sweeper
 from tests.sweeper_world import T0, FakeSandbox, add_message, beat, claim, inbound_row
 
 INTERVAL_MS = 10_000
@@ -64,7 +64,7 @@ class Disk:
         assert current is not None
         return current
 
-    def sweep(self, now: int) -> object:
+    def sweep(self, now: int) -> PassReport:
         self.sandbox.now = now
         return self.sweeper.sweep(now)
 
@@ -141,8 +141,8 @@ def test_a_session_over_its_quota_is_stopped_told_and_loses_nothing(disk: Disk) 
     fill(paths.agent_dir / "junk" / "big.bin", 6)  # 6 MiB in agent/, quota 4 MiB
 
     report = disk.sweep(T0 + 1_000)
-    assert report.disk_stopped == [session.id]  # type: ignore[attr-defined]
-    assert report.disk_blocked == [f"session:{session.id}"]  # type: ignore[attr-defined]
+    assert report.disk_stopped == [session.id]
+    assert report.disk_blocked == [f"session:{session.id}"]
     assert ("stop", session.id) in disk.sandbox.calls
     assert session.id not in disk.sandbox.live
     # Its claim went to the normal retry path, in the same pass.
@@ -165,13 +165,13 @@ def test_a_session_over_its_quota_is_stopped_told_and_loses_nothing(disk: Disk) 
     # once the retry's backoff allows, and handles both.
     add_message(paths, "m2")
     woken = disk.sweep(T0 + 2_000)
-    assert woken.woken == [session.id]  # type: ignore[attr-defined]
+    assert woken.woken == [session.id]
     beat(paths, T0 + 2_500)
     # The agent deletes; the next walk (one interval later) lifts the block.
     (paths.agent_dir / "junk" / "big.bin").unlink()
-    assert disk.sweep(T0 + 5_000).disk_lifted == []  # type: ignore[attr-defined]
+    assert disk.sweep(T0 + 5_000).disk_lifted == []
     lifted = disk.sweep(T0 + 1_000 + INTERVAL_MS)
-    assert lifted.disk_lifted == [f"session:{session.id}"]  # type: ignore[attr-defined]
+    assert lifted.disk_lifted == [f"session:{session.id}"]
     assert disk.blocks() == [] and session.id in disk.sandbox.live
     assert inbound_row(paths, "m2").status == "pending"  # still there for the run: not lost
     assert [n.count for n in disk_notices(disk.central)] == [1]
@@ -181,14 +181,14 @@ def test_a_cleanup_run_that_grows_the_folder_is_stopped_and_held(disk: Disk) -> 
     session, paths = disk.running_session()
     fill(paths.agent_dir / "a.bin", 5)
     report = disk.sweep(T0 + 1_000)  # over: stopped, and at once woken for its cleanup run
-    assert report.disk_stopped == [session.id]  # type: ignore[attr-defined]
-    assert report.woken == [session.id]  # type: ignore[attr-defined]
+    assert report.disk_stopped == [session.id]
+    assert report.woken == [session.id]
     assert disk.sandbox.calls == [("stop", session.id), ("wake", session.id)]
     beat(paths, T0 + 2_500)
     fill(paths.agent_dir / "b.bin", 20)  # the "cleanup" run writes more instead
     report = disk.sweep(T0 + 1_000 + INTERVAL_MS)
-    assert report.disk_blocked == [f"session:{session.id}"]  # type: ignore[attr-defined]
-    assert report.disk_stopped == [session.id]  # type: ignore[attr-defined]
+    assert report.disk_blocked == [f"session:{session.id}"]
+    assert report.disk_stopped == [session.id]
     (block,) = disk.blocks()
     assert block.state == BLOCK_HELD and "grew" in block.reason
     held_note = [n for n in notes(paths) if n.id.endswith("-blocked")]
@@ -202,7 +202,7 @@ def test_a_cleanup_run_that_grows_the_folder_is_stopped_and_held(disk: Disk) -> 
     add_message(paths, "m3")
     later = T0 + 2 * INTERVAL_MS
     report = disk.sweep(later)
-    assert report.woken == [] and report.disk_held == [session.id]  # type: ignore[attr-defined]
+    assert report.woken == [] and report.disk_held == [session.id]
     gate = DiskQuotas(disk.settings, disk.layout, free_space=lambda _path: disk.free[-1])
     refusal = gate.refusal(disk.central, disk.refreshed(session), now=later)
     assert refusal is not None and refusal.startswith("disk quota: grew")
@@ -213,8 +213,8 @@ def test_a_cleanup_run_that_grows_the_folder_is_stopped_and_held(disk: Disk) -> 
     for name in ("a.bin", "b.bin"):
         (paths.agent_dir / name).unlink()
     report = disk.sweep(later + INTERVAL_MS)
-    assert report.disk_lifted == [f"session:{session.id}"]  # type: ignore[attr-defined]
-    assert report.woken == [session.id]  # type: ignore[attr-defined]
+    assert report.disk_lifted == [f"session:{session.id}"]
+    assert report.woken == [session.id]
     assert inbound_row(paths, "m3").status == "pending"
 
 
@@ -226,11 +226,11 @@ def test_a_cleanup_run_that_ends_still_over_holds_the_block(disk: Disk) -> None:
     disk.sandbox.live.pop(session.id)  # it ended without deleting anything
     add_message(paths, "m1")
     report = disk.sweep(T0 + 2_000)  # before the next walk: one cleanup run, not two
-    assert report.woken == [] and report.disk_held == [session.id]  # type: ignore[attr-defined]
+    assert report.woken == [] and report.disk_held == [session.id]
     report = disk.sweep(T0 + 1_000 + INTERVAL_MS)
     (block,) = disk.blocks()
     assert block.state == BLOCK_HELD and "after its cleanup run" in block.reason
-    assert report.woken == []  # type: ignore[attr-defined]
+    assert report.woken == []
 
 
 def test_a_group_folder_over_quota_stops_every_session_of_the_group(disk: Disk) -> None:
@@ -240,8 +240,8 @@ def test_a_group_folder_over_quota_stops_every_session_of_the_group(disk: Disk) 
     fill(disk.group_dir / "dataset" / "part1", 10)  # /workspace: quota 8 MiB
 
     report = disk.sweep(T0 + 1_000)
-    assert sorted(report.disk_stopped) == sorted([first.id, second.id])  # type: ignore[attr-defined]
-    assert report.disk_blocked == [f"group:{disk.group.id}"]  # type: ignore[attr-defined]
+    assert sorted(report.disk_stopped) == sorted([first.id, second.id])
+    assert report.disk_blocked == [f"group:{disk.group.id}"]
     (block,) = disk.blocks()
     assert block.cleanup_session_id == first.id  # one session may clean up
     (cleanup_note,) = notes(first_paths)
@@ -251,14 +251,14 @@ def test_a_group_folder_over_quota_stops_every_session_of_the_group(disk: Disk) 
     assert interrupted.trigger == 0 and "over its disk quota" in interrupted.content
 
     # Only the cleanup session wakes (in the same pass); the other's message waits.
-    assert report.woken == [first.id]  # type: ignore[attr-defined]
+    assert report.woken == [first.id]
     report = disk.sweep(T0 + 2_000)
-    assert report.woken == [] and report.disk_held == [second.id]  # type: ignore[attr-defined]
+    assert report.woken == [] and report.disk_held == [second.id]
     beat(first_paths, T0 + 2_500)
     (disk.group_dir / "dataset" / "part1").unlink()
     report = disk.sweep(T0 + 1_000 + INTERVAL_MS)
-    assert report.disk_lifted == [f"group:{disk.group.id}"]  # type: ignore[attr-defined]
-    assert second.id in report.woken  # type: ignore[attr-defined]
+    assert report.disk_lifted == [f"group:{disk.group.id}"]
+    assert second.id in report.woken
     assert inbound_row(second_paths, "waiting").status == "pending"
 
 
@@ -267,7 +267,7 @@ def test_a_flood_of_empty_files_counts_as_over(disk: Disk) -> None:
     for number in range(250):  # entries quota 200, and not one byte of data
         (disk.group_dir / f"e{number}").touch()
     report = disk.sweep(T0 + 1_000)
-    assert report.disk_stopped == [session.id]  # type: ignore[attr-defined]
+    assert report.disk_stopped == [session.id]
     (block,) = disk.blocks()
     assert block.reason == "the group folder is over its disk quota: more than 200 entries"
 
@@ -283,7 +283,7 @@ def test_a_big_folder_is_measured_over_several_cheap_passes(make: DiskFactory) -
     now = T0 + 1_000
     while not disk.blocks():
         report = disk.sweep(now)
-        walked.append(report.disk_stopped)  # type: ignore[attr-defined]
+        walked.append(report.disk_stopped)
         assert len(walked) < 20, "the walk never finished"
         now += 1_000
     # About 45 entries (agent/'s few included) at 10 per pass: no pass did it all, and the
@@ -295,7 +295,7 @@ def test_a_big_folder_is_measured_over_several_cheap_passes(make: DiskFactory) -
 def test_a_folder_is_walked_once_per_interval(disk: Disk) -> None:
     disk.running_session()
     first = disk.sweep(T0 + 1_000)
-    assert first.disk_stopped == []  # type: ignore[attr-defined]
+    assert first.disk_stopped == []
     walked_first = disk.sweeper.disk._walked.copy()
     assert len(walked_first) == 2  # the group folder and the session's agent/
     disk.sweep(T0 + 5_000)
@@ -310,7 +310,7 @@ def test_a_sharp_drop_in_free_space_walks_at_once(disk: Disk) -> None:
     fill(paths.agent_dir / "sudden", 6)
     disk.free.append(disk.free[-1] - 6 * 1024 * MIB)  # the disk lost gigabytes in a second
     report = disk.sweep(T0 + 2_000)  # long before the interval
-    assert report.disk_stopped == [session.id]  # type: ignore[attr-defined]
+    assert report.disk_stopped == [session.id]
 
 
 def test_below_the_free_space_floor_everything_stops_and_waits(disk: Disk) -> None:
@@ -318,21 +318,21 @@ def test_below_the_free_space_floor_everything_stops_and_waits(disk: Disk) -> No
     second, second_paths = disk.running_session()
     disk.free.append(50 * MIB)  # floor 100 MiB
     report = disk.sweep(T0 + 1_000)
-    assert sorted(report.disk_stopped) == sorted([first.id, second.id])  # type: ignore[attr-defined]
-    assert report.disk_blocked == ["floor:data"]  # type: ignore[attr-defined]
+    assert sorted(report.disk_stopped) == sorted([first.id, second.id])
+    assert report.disk_blocked == ["floor:data"]
     for paths in (first_paths, second_paths):
         (note,) = notes(paths)
         assert note.trigger == 0 and "almost full" in note.content
     (notice,) = disk_notices(disk.central)
     assert notice.agent_group_id == "(all groups)" and "50.0 MiB free" in notice.text
     add_message(first_paths, "m1")
-    assert disk.sweep(T0 + 2_000).disk_held == [first.id]  # type: ignore[attr-defined]
+    assert disk.sweep(T0 + 2_000).disk_held == [first.id]
     disk.free.append(105 * MIB)  # above the floor, inside the 10 % margin: still held
-    assert disk.sweep(T0 + 3_000).disk_held == [first.id]  # type: ignore[attr-defined]
+    assert disk.sweep(T0 + 3_000).disk_held == [first.id]
     disk.free.append(200 * MIB)
     report = disk.sweep(T0 + 4_000)
-    assert report.disk_lifted == ["floor:data"]  # type: ignore[attr-defined]
-    assert report.woken == [first.id]  # type: ignore[attr-defined]
+    assert report.disk_lifted == ["floor:data"]
+    assert report.woken == [first.id]
 
 
 def test_a_run_that_slipped_past_the_gate_is_stopped(disk: Disk) -> None:
@@ -344,7 +344,7 @@ def test_a_run_that_slipped_past_the_gate_is_stopped(disk: Disk) -> None:
     assert cleanup.id in disk.sandbox.live  # its cleanup run
     late, _ = disk.running_session(at=T0 + 1_500)
     report = disk.sweep(T0 + 2_000)
-    assert report.disk_stopped == [late.id]  # type: ignore[attr-defined]
+    assert report.disk_stopped == [late.id]
     assert cleanup.id in disk.sandbox.live
 
 

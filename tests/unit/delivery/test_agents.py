@@ -11,7 +11,7 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.states import DestinationType, Role
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
-from nanoclaw_common.store.rows import AgentGroup, Session
+from nanoclaw_common.store.rows import AgentGroup, InboundRow, Session
 from tests.delivery_world import World
 
 # -- create_agent ---------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def to_agent(world: World, target: AgentGroup, text: str, **fields: object) -> s
     ).id
 
 
-def inbound_rows(world: World, session: Session) -> list[object]:
+def inbound_rows(world: World, session: Session) -> list[InboundRow]:
     store = world.inbound(session)
     try:
         return list(store.list_messages())
@@ -198,15 +198,15 @@ def test_agent_message_lands_in_the_target_with_a_return_path(world: World) -> N
     landed = inbound_rows(world, target)
     assert len(landed) == 1
     first = landed[0]
-    assert first.id == row.platform_message_id  # type: ignore[attr-defined]
-    assert (first.channel_type, first.platform_id) == ("agent", world.group.id)  # type: ignore[attr-defined]
-    assert first.source_session_id == world.session.id  # type: ignore[attr-defined]
-    content = m.decode_inbound_content(first.content)  # type: ignore[attr-defined]
+    assert first.id == row.platform_message_id
+    assert (first.channel_type, first.platform_id) == ("agent", world.group.id)
+    assert first.source_session_id == world.session.id
+    content = m.decode_inbound_content(first.content)
     assert content == m.ChatContent(
         text="can you check?", sender_id=f"agent:{world.group.id}", sender_name="Main"
     )
     # a due trigger row: the target's runner takes it, or the sweeper wakes the target for it
-    assert world.due(target) == [first.id]  # type: ignore[attr-defined]
+    assert world.due(target) == [first.id]
 
 
 def test_reply_returns_to_the_session_that_asked(world: World) -> None:
@@ -225,13 +225,13 @@ def test_reply_returns_to_the_session_that_asked(world: World) -> None:
             content=m.SendText(text="answer"),
             channel_type="agent",
             platform_id=world.group.id,
-            in_reply_to=asked.id,  # type: ignore[attr-defined]
+            in_reply_to=asked.id,
         )
     )
     store.close()
     world.drain(target)
-    answers = [r for r in inbound_rows(world, world.session) if r.channel_type == "agent"]  # type: ignore[attr-defined]
-    assert [m.decode_inbound_content(r.content).text for r in answers] == ["answer"]  # type: ignore[attr-defined, union-attr]
+    answers = [r for r in inbound_rows(world, world.session) if r.channel_type == "agent"]
+    assert [m.decode_inbound_content(r.content).text for r in answers] == ["answer"]  # type: ignore[union-attr]
     assert inbound_rows(world, asker_b) == []
     assert reply.seq == 1
 
@@ -262,7 +262,7 @@ def test_agent_files_are_forwarded_safely(world: World) -> None:
     target = world.central.newest_active_session(other.id)
     assert target is not None
     row = inbound_rows(world, target)[0]
-    content = m.decode_inbound_content(row.content)  # type: ignore[attr-defined]
+    content = m.decode_inbound_content(row.content)
     assert isinstance(content, m.ChatContent)
     attachment = content.attachments[0]
     saved = world.layout.session(other.id, target.id).root / (attachment.local_path or "")
