@@ -389,8 +389,12 @@ class TerminalClient:
 def echo_reply(body: dict[str, Any]) -> dict[str, Any]:
     """A scripted model reply (``FakeAnthropic.reply(echo_reply)``) answering the newest
     message to whoever sent it: the formatter names the origin chat in
-    ``<message from="...">``, which is also its destination name."""
+    ``<message from="...">``, which is also its destination name. A turn with no person's
+    message in it (only a system note: a refusal told to the agent, a tool's result) gets
+    an internal remark and sends nothing."""
     prompt = json.dumps(body["messages"][-1]["content"])
-    origin = re.findall(r'from=\\"([^"\\]+)\\"', prompt)[-1]
-    said = re.findall(r">([^<>]*)</message>", prompt)[-1]
-    return text(f'<message to="{origin}">echo: {said.strip()}</message>')
+    origins = re.findall(r'from=\\"([^"\\]+)\\"', prompt)
+    texts = re.findall(r">([^<>]*)</message>", prompt)
+    if not origins or not texts:
+        return text("<internal>noted</internal>")
+    return text(f'<message to="{origins[-1]}">echo: {texts[-1].strip()}</message>')

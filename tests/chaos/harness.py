@@ -293,6 +293,15 @@ class ChaosStack:
             return None  # not running right now (stopped, or being replaced)
         return self.record(event)
 
+    def container_running(self, chat_name: str) -> bool:
+        """Whether the chat's session container runs right now (as Podman says)."""
+        session = self.sessions().get(chat_name)
+        if session is None:
+            return False
+        name = container_name(self.settings.install, session.id)
+        done = self.podman("container", "inspect", "--format", "{{.State.Running}}", name)
+        return done.returncode == 0 and done.stdout.strip() == "true"
+
     def forge_row(self, chat_name: str, text: str) -> dict[str, Any]:
         """Write, from inside the chat's session container and as its agent user (what a
         prompt-injected agent can do), an outbound row with an *even* seq above every seq

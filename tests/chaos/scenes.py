@@ -22,7 +22,7 @@ from typing import Any, Final
 from tests.chaos.harness import ChaosStack, Event, Message
 from tests.chaos.model import LONG_PARTS, dumps
 from tests.fakes.telegram_api import AFTER_ACCEPT, BEFORE_ACCEPT
-from tests.stack import BEFORE_SHOW
+from tests.stack import BEFORE_SHOW, StackError
 from tests.waiting import WaitTimeout, wait_until
 
 _PONG: Final = re.compile(r"pong [a-z]+-\d+")
@@ -213,7 +213,24 @@ def refused_as_read(chaos: ChaosStack) -> Forced:
         forced.missed = "tgc has no session"
         return forced
     chaos.arm("delivery.after_refusal_told", session=session.id)
-    forced.facts["forged"] = chaos.forge_row("tgc", "forged by the agent")
+    deadline = time.monotonic() + ARRIVE_S
+    while "forged" not in forced.facts:
+        # A random kill or an idle stop can take the container away at any moment: a
+        # message wakes it again (and is answered like any other).
+        if not chaos.container_running("tgc"):
+            forced.subjects.append(chaos.send("tgc"))
+        try:
+            wait_until(
+                lambda: chaos.container_running("tgc"),
+                timeout_s=max(deadline - time.monotonic(), 0.1),
+                what="tgc's container to run for the forged row",
+            )
+            forced.facts["forged"] = chaos.forge_row("tgc", "forged by the agent")
+        except (WaitTimeout, StackError) as exc:
+            if time.monotonic() > deadline:
+                chaos.disarm("delivery.after_refusal_told")
+                forced.missed = f"no row forged in tgc: {exc}"
+                return forced
     record = chaos.wait_fired("delivery.after_refusal_told", ARRIVE_S)
     if record is None:
         chaos.disarm("delivery.after_refusal_told")

@@ -270,15 +270,10 @@ class HostileStack:
             check=False,
         )
 
-    def agent(self, timeout_s: float = 60) -> Agent:
-        """Wake the session's container (as the router does: projections refreshed, then
-        ``Sandbox.wake``) and wait until its runner has started the run; the agent in it."""
-        with self.central() as central:
-            session = central.get_session(self.session.id)
-            assert session is not None
-            refresh_projections(central, self.layout, session)
-        # supervisord reports podman-api and the proxy RUNNING a moment before their sockets
-        # answer; a wake before that fails (NotReady), so a test right after start-up waits.
+    def wait_for_services(self, timeout_s: float = 60) -> None:
+        """Until the Podman API and the proxy sockets answer. supervisord reports podman-api
+        and the proxy RUNNING a moment before their sockets do; a wake before that fails
+        (NotReady), so every wake a test makes right after start-up waits here first."""
         podman_socket = Path(self.settings.podman_socket_url.removeprefix("unix://"))
         for path, what in ((podman_socket, "Podman API"), (self.layout.proxy_socket, "proxy")):
             wait_until(
@@ -287,6 +282,15 @@ class HostileStack:
                 what=f"the {what} socket",
                 poll_s=STACK_POLL_S,
             )
+
+    def agent(self, timeout_s: float = 60) -> Agent:
+        """Wake the session's container (as the router does: projections refreshed, then
+        ``Sandbox.wake``) and wait until its runner has started the run; the agent in it."""
+        with self.central() as central:
+            session = central.get_session(self.session.id)
+            assert session is not None
+            refresh_projections(central, self.layout, session)
+        self.wait_for_services(timeout_s)
         sandbox = Sandbox(self.settings)
         try:
             if not sandbox.wake(session):

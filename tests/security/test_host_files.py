@@ -153,6 +153,7 @@ def wake_other(stack: HostileStack, session: Session) -> Agent:
     """Another session's container, woken as the router would, once its runner is up."""
     with stack.central() as central:
         refresh_projections(central, stack.layout, session)
+    stack.wait_for_services()
     sandbox = Sandbox(stack.settings)
     try:
         assert sandbox.wake(session)
