@@ -180,6 +180,6 @@ def test_a_backlog_longer_than_a_read_page_is_worked_off(world: World) -> None:
         assert {d.status for d in store.list_deliveries()} == {"delivered"}
     finally:
         store.close()
-    from nanoclaw_delivery.engine import READ_PAGE_ROWS
+    from nanoclaw_delivery.tail import READ_PAGE_ROWS
 
     assert total > READ_PAGE_ROWS
