@@ -101,6 +101,15 @@ class SessionWorker(SessionRows):
         self.stopping: Callable[[], bool] = lambda: False
         # An attribute so a test can walk many pages with a few rows.
         self.open_page_rows = OPEN_PAGE_ROWS
+        self._origin: MessagingGroup | None = None
+        self._origin_known = False
+
+    def origin(self) -> MessagingGroup | None:
+        """The session's own chat (looked up once: a session's chat never changes)."""
+        if not self._origin_known and self.session.messaging_group_id is not None:
+            self._origin = self.deps.central.get_messaging_group(self.session.messaging_group_id)
+        self._origin_known = True
+        return self._origin
 
     # -- the drain -------------------------------------------------------------------------
 

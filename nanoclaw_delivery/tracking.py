@@ -13,7 +13,7 @@ from loguru import logger
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.store import InboundStore, OutboundReader
 from nanoclaw_common.store.bounds import Tailed
-from nanoclaw_common.store.rows import Delivery, MessagingGroup, Session
+from nanoclaw_common.store.rows import Delivery, Session
 from nanoclaw_delivery import crashpoints
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.tail import READ_PAGE_ROWS, Fresh, Tail
@@ -35,8 +35,6 @@ class SessionRows:
         # Open rows seen so far (content left out: it is fetched when a row is processed).
         self._rows: dict[str, Tailed] = {}
         self.tail = Tail(session.id)
-        self._origin: MessagingGroup | None = None
-        self._origin_known = False
         # An attribute so a test can walk many pages with a few rows.
         self.read_page_rows = READ_PAGE_ROWS
 
@@ -93,13 +91,6 @@ class SessionRows:
         if not full:
             self._seen_version = version
         return fresh, full
-
-    def origin(self) -> MessagingGroup | None:
-        """The session's own chat (looked up once: a session's chat never changes)."""
-        if not self._origin_known and self.session.messaging_group_id is not None:
-            self._origin = self.deps.central.get_messaging_group(self.session.messaging_group_id)
-        self._origin_known = True
-        return self._origin
 
     def flush_new(self) -> None:
         """Record rows read but not yet recorded (before any other write of the drain)."""
