@@ -1,4 +1,5 @@
-"""The filesystem layout (DESIGN.md §2), on the host and inside the container.
+"""The filesystem layout (docs/architecture.md, "The files on disk"), on the host and inside
+the container.
 
 Every path built from outside input (a folder name, a session or message id) is checked to be
 one safe component, so nothing can escape the data folder.

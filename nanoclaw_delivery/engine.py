@@ -46,7 +46,6 @@ from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.hostfs import unblock
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
-from nanoclaw_common.store import InboundStore, OutboundReader
 from nanoclaw_common.store.bounds import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
@@ -56,8 +55,9 @@ from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
 from nanoclaw_delivery.reports import send_notices, tell, tell_refused, traceable
-from nanoclaw_delivery.tail import READ_PAGE_ROWS, Fresh, Tail
+from nanoclaw_delivery.tail import Fresh
 from nanoclaw_delivery.text import redact
+from nanoclaw_delivery.tracking import SessionRows
 
 log = logger.bind(component="delivery")
 T = TypeVar("T")
@@ -92,80 +92,17 @@ def address_of(row: OutboundRow, origin: MessagingGroup | None = None) -> Addres
     return (row.channel_type or "", row.platform_id or "")
 
 
-class SessionWorker:
+class SessionWorker(SessionRows):
     """Delivers one session's rows. Not thread-safe; one asyncio task drives it."""
 
     def __init__(self, deps: Deps, session: Session, paths: SessionPaths) -> None:
-        self.deps = deps
-        self.session = session
-        self.paths = paths
-        self._inbound: InboundStore | None = None
-        self._outbound: OutboundReader | None = None
-        self._seen_version: int | None = None
-        # Open rows seen so far (content left out: it is fetched when a row is processed).
-        self._rows: dict[str, Tailed] = {}
-        self.tail = Tail(session.id)
+        super().__init__(deps, session, paths)
         self._swept = False
+        self.stopping: Callable[[], bool] = lambda: False
+        # An attribute so a test can walk many pages with a few rows.
+        self.open_page_rows = OPEN_PAGE_ROWS
         self._origin: MessagingGroup | None = None
         self._origin_known = False
-        self.stopping: Callable[[], bool] = lambda: False
-        # Page sizes: attributes so a test can walk many pages with a few rows.
-        self.read_page_rows = READ_PAGE_ROWS
-        self.open_page_rows = OPEN_PAGE_ROWS
-
-    # The session's two connections are opened on first use and closed by ``release()``
-    # between drains: each costs about 120 KB (SQLite's page cache and statements), which
-    # for hundreds of watched sessions would dominate delivery's memory, while reopening
-    # costs well under a millisecond (docs/performance.md).
-
-    @property
-    def inbound(self) -> InboundStore:
-        if self._inbound is None:
-            self._inbound = InboundStore(self.paths.inbound_db)
-        return self._inbound
-
-    @property
-    def outbound(self) -> OutboundReader:
-        if self._outbound is None:
-            self._outbound = OutboundReader(self.paths.outbound_db)
-        return self._outbound
-
-    def release(self) -> None:
-        """Close both connections (the next use reopens them)."""
-        if self.tail.unrecorded:
-            self.flush_new()
-        if self._inbound is not None:
-            self._inbound.close()
-            self._inbound = None
-        if self._outbound is not None:
-            self._outbound.close()
-            self._outbound = None
-        self._seen_version = None  # data_version is per connection
-
-    def close(self) -> None:
-        self.release()
-
-    # -- tracking --------------------------------------------------------------------------
-
-    def read_new(self) -> tuple[list[Fresh], bool]:
-        """Rows the container committed since we last looked (``tail.Tail``), at most a page;
-        and whether the page was full (more may wait: the drain reads again). ``PRAGMA
-        data_version`` changes only when another connection commits, so an idle session costs
-        one pragma per poke. The rows are recorded by the first write of the drain (usually
-        the first attempt's ``begin_attempt``, in the same transaction)."""
-        version = self.outbound.data_version()
-        if version == self._seen_version and not self.tail.unrecorded:
-            return [], False
-        fresh, full = self.tail.read(self.inbound, self.outbound, self.read_page_rows)
-        for item in fresh:
-            if item.refusal is None:
-                self._rows[item.tailed.key] = item.tailed
-            log.debug(
-                "tracked seq={}", item.tailed.seq, session=self.session.id, message=item.track.key
-            )
-        if not full:
-            self._seen_version = version
-        return fresh, full
 
     def origin(self) -> MessagingGroup | None:
         """The session's own chat (looked up once: a session's chat never changes)."""
@@ -173,31 +110,6 @@ class SessionWorker:
             self._origin = self.deps.central.get_messaging_group(self.session.messaging_group_id)
         self._origin_known = True
         return self._origin
-
-    def flush_new(self) -> None:
-        """Record rows read but not yet recorded (before any other write of the drain)."""
-        if self.tail.unrecorded:
-            pending = self.tail.take()
-            self.inbound.record_outbounds(pending, now=self.deps.clock())
-            crashpoints.after_pending(self.deps, self.session.id, pending)
-
-    def _tailed(self, delivery: Delivery) -> Tailed | None:
-        """The row an open delivery is about, found by rowid (or, for one recorded by seq
-        alone, by seq), never through the container's index on ids; None when gone."""
-        key = delivery.message_out_id
-        cached = self._rows.get(key)
-        if cached is not None:
-            return cached
-        if delivery.out_rowid is not None:
-            found = self.outbound.tailed_at(delivery.out_rowid)
-            candidates = [found] if found is not None else []
-        else:
-            candidates = self.outbound.tailed_by_seq(delivery.seq)
-        for tailed in candidates:
-            if tailed.key == key:
-                self._rows[key] = tailed
-                return tailed
-        return None
 
     # -- the drain -------------------------------------------------------------------------
 

@@ -1,1 +1,2 @@
-"""The sweeper program: liveness, retries, schedules and idle containers (DESIGN.md §6)."""
+"""The sweeper program (``nanoclaw-sweeper``): liveness, retries, schedules, idle containers,
+restart requests and disk quotas, one pass about every second (``sweeper.Sweeper``)."""

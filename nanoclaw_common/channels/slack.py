@@ -22,6 +22,11 @@ every top-level message starts its own thread (thread id = its ``ts``; replies c
 same per-thread session. A DM is one conversation: no thread unless the person replied in
 one (``thread_ts``).
 Slack has no typing indicator for bots outside assistant threads: ``set_typing`` does nothing.
+
+This module is the adapter: its inbound half (Socket Mode, the Events API) and the outbound
+methods. The Web API's error mapping, message ids and card blocks are ``slack_web``; the
+download of a message's files is ``slack_files``; payload decoding and the signature check
+are ``slack_payloads``.
 """
 
 from __future__ import annotations
@@ -31,39 +36,43 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Final
+from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
 from loguru import logger
-from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
+from nanoclaw_common.channels import slack_files
 from nanoclaw_common.channels import slack_payloads as sp
 from nanoclaw_common.channels.base import (
     ChannelAdapter,
     InboundSink,
     OutgoingFile,
-    card_fallback_text,
     command_after_self_mention,
 )
 from nanoclaw_common.channels.common import (
     MAX_MESSAGE_ATTACHMENT_BYTES,
     Backoff,
-    button_data,
     make_action,
     make_event,
     parse_button_data,
     safe_platform_id,
 )
+from nanoclaw_common.channels.slack_web import (
+    call,
+    card_blocks,
+    emoji_name,
+    question_blocks,
+    split_message_id,
+)
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
-from nanoclaw_common.messages import MAX_ATTACHMENT_BYTES, AskQuestion, InboundEvent, SendCard
+from nanoclaw_common.messages import AskQuestion, InboundEvent, SendCard
 from nanoclaw_common.untrusted import shown
 
 log = logger.bind(component="slack")
-T = TypeVar("T")
 
 CHANNEL: Final = "slack"
 EVENTS_PATH: Final = "/slack/events"
@@ -71,57 +80,7 @@ EVENTS_PLATFORM_ID: Final = "events-api"  # where refused HTTP requests are reco
 SEEN_MESSAGES: Final = 4096  # message ids remembered for deduplication (``_once``)
 RETRY_BASE_S: Final = 0.5  # a Socket Mode envelope that was not committed: first retry
 RETRY_MAX_S: Final = 30.0
-DOWNLOAD_CHUNK: Final = 64 * 1024
 Sleep = Callable[[float], Awaitable[None]]
-# Errors that will not go away by retrying the same request.
-PERMANENT_ERRORS: Final = frozenset(
-    {
-        "channel_not_found",
-        "not_in_channel",
-        "is_archived",
-        "msg_too_long",
-        "no_text",
-        "invalid_blocks",
-        "message_not_found",
-        "cant_update_message",
-        "edit_window_closed",
-        "invalid_name",
-        "already_reacted",
-        "user_not_found",
-        "cannot_dm_bot",
-        "restricted_action",
-    }
-)
-# Common emoji by character, for reactions.add (which takes names).
-EMOJI_NAMES: Final = {
-    "👍": "thumbsup",
-    "👎": "thumbsdown",
-    "❤️": "heart",
-    "❤": "heart",
-    "✅": "white_check_mark",
-    "❌": "x",
-    "👀": "eyes",
-    "🎉": "tada",
-    "😂": "joy",
-    "🙏": "pray",
-    "🔥": "fire",
-    "🤔": "thinking_face",
-    "👋": "wave",
-    "⏳": "hourglass_flowing_sand",
-}
-
-
-def split_message_id(message_id: str) -> tuple[str | None, str]:
-    """``C1_1700.0001`` → (``C1``, ``1700.0001``); a bare ts → (None, ts)."""
-    channel, sep, ts = message_id.rpartition("_")
-    return (channel or None, ts) if sep else (None, message_id)
-
-
-def emoji_name(emoji: str) -> str:
-    stripped = emoji.strip()
-    if stripped.startswith(":") and stripped.endswith(":") and len(stripped) > 2:
-        return stripped[1:-1]
-    return EMOJI_NAMES.get(stripped, stripped)
 
 
 class SlackAdapter(ChannelAdapter):
@@ -396,57 +355,15 @@ class SlackAdapter(ChannelAdapter):
         )
 
     async def _download(self, files: list[sp.SlackFile]) -> tuple[list[dict[str, Any]], list[str]]:
-        """The message's files, within the size limit per file and per message (checked
-        while reading, so an oversized file is never held whole). A file Slack refuses for
-        good is left out with a note; a network error or a 5xx/429 raises ``RetryLater``
-        (the event is not acknowledged and comes again)."""
-        found: list[dict[str, Any]] = []
-        notes: list[str] = []
-        budget = self.max_message_bytes  # what the message's files may still take
-        for item in files:
-            name = item.name or item.id
-            url = item.url_private_download or item.url_private
-            if item.size is not None and item.size > MAX_ATTACHMENT_BYTES:
-                notes.append(
-                    f"[attachment {name} not downloaded: {item.size} bytes is over the limit]"
-                )
-                continue
-            if item.size is not None and item.size > budget:
-                notes.append(f"[attachment {name} not downloaded: the message is too large]")
-                continue
-            if not url or self._session is None:
-                notes.append(f"[attachment {name} not downloaded: no download link]")
-                continue
-            if not self._trusted_file_url(url):
-                # The bot token goes with the request: only to Slack's own hosts.
-                notes.append(f"[attachment {name} not downloaded: unexpected file host]")
-                continue
-            headers = {"Authorization": f"Bearer {self.bot_token}"}
-            limit = min(MAX_ATTACHMENT_BYTES, budget)
-            try:
-                async with self._session.get(url, headers=headers) as response:
-                    if response.status == 429 or response.status >= 500:
-                        raise RetryLater(f"slack file download: HTTP {response.status}")
-                    if response.status != 200:
-                        notes.append(f"[attachment {name} not downloaded: HTTP {response.status}]")
-                        continue
-                    data = await _read_limited(response, limit)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise RetryLater(f"slack file download failed: {exc}") from None
-            if data is None:
-                notes.append(f"[attachment {name} not downloaded: over the size limit]")
-                continue
-            budget -= len(data)
-            kind = "image" if item.mimetype.startswith("image/") else "file"
-            found.append(
-                {"name": name, "data": data, "kind": kind, "mime_type": item.mimetype or None}
-            )
-        return found, notes
-
-    def _trusted_file_url(self, url: str) -> bool:
-        host = urlsplit(url).hostname or ""
-        api_host = urlsplit(self.base_url).hostname or ""
-        return host in (api_host, "files.slack.com") or host.endswith(".slack.com")
+        """The message's files within the size limits, and notes about those left out
+        (``slack_files.download``; a transient failure raises ``RetryLater``)."""
+        return await slack_files.download(
+            self._session,
+            files,
+            bot_token=self.bot_token,
+            api_base_url=self.base_url,
+            max_message_bytes=self.max_message_bytes,
+        )
 
     async def _user_name(self, user: str) -> str:
         """users.info, cached; the id when Slack does not answer."""
@@ -547,7 +464,7 @@ class SlackAdapter(ChannelAdapter):
             raise PermanentFailure("slack cannot send an empty message")
         first: str | None = None
         if text.strip():
-            response = await _call(
+            response = await call(
                 lambda: self.api.chat_postMessage(
                     channel=platform_id, text=text, thread_ts=thread_id
                 )
@@ -562,20 +479,20 @@ class SlackAdapter(ChannelAdapter):
                 filename=item.name,
                 thread_ts=thread_id,
             )
-            await _call(upload)
+            await call(upload)
         return first
 
     async def edit_text(
         self, platform_id: str, thread_id: str | None, message_id: str, text: str
     ) -> None:
         channel, ts = split_message_id(message_id)
-        await _call(lambda: self.api.chat_update(channel=channel or platform_id, ts=ts, text=text))
+        await call(lambda: self.api.chat_update(channel=channel or platform_id, ts=ts, text=text))
 
     async def add_reaction(
         self, platform_id: str, thread_id: str | None, message_id: str, emoji: str
     ) -> None:
         channel, ts = split_message_id(message_id)
-        await _call(
+        await call(
             lambda: self.api.reactions_add(
                 channel=channel or platform_id, timestamp=ts, name=emoji_name(emoji)
             )
@@ -584,26 +501,10 @@ class SlackAdapter(ChannelAdapter):
     async def send_question(
         self, platform_id: str, thread_id: str | None, question: AskQuestion
     ) -> str | None:
-        text = f"{question.title}\n{question.question}" if question.title else question.question
-        blocks: list[dict[str, Any]] = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}},
-            {
-                "type": "actions",
-                "block_id": "nanoclaw_question",
-                "elements": [
-                    {
-                        "type": "button",
-                        "action_id": f"option_{i}",
-                        "text": {"type": "plain_text", "text": option.label[:75]},
-                        "value": button_data(question.question_id, i),
-                    }
-                    for i, option in enumerate(question.options[:25])
-                ],
-            },
-        ]
-        response = await _call(
+        text, blocks = question_blocks(question)
+        response = await call(
             lambda: self.api.chat_postMessage(
-                channel=platform_id, text=text[:3000], blocks=blocks, thread_ts=thread_id
+                channel=platform_id, text=text, blocks=blocks, thread_ts=thread_id
             )
         )
         return f"{platform_id}_{response['ts']}"
@@ -611,29 +512,8 @@ class SlackAdapter(ChannelAdapter):
     async def send_card(
         self, platform_id: str, thread_id: str | None, card: SendCard
     ) -> str | None:
-        body = card.card
-        blocks: list[dict[str, Any]] = []
-        if body.title:
-            blocks.append(
-                {"type": "header", "text": {"type": "plain_text", "text": body.title[:150]}}
-            )
-        for part in [body.description, *body.children]:
-            if part:
-                blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": part[:3000]}})
-        if body.actions:
-            elements: list[dict[str, Any]] = []
-            for action in body.actions:
-                button: dict[str, Any] = {
-                    "type": "button",
-                    "text": {"type": "plain_text", "text": action.label[:75]},
-                    "url": action.url,
-                }
-                if action.style != "default":
-                    button["style"] = action.style
-                elements.append(button)
-            blocks.append({"type": "actions", "elements": elements})
-        fallback = card_fallback_text(card)[:3000]
-        response = await _call(
+        fallback, blocks = card_blocks(card)
+        response = await call(
             lambda: self.api.chat_postMessage(
                 channel=platform_id, text=fallback, blocks=blocks, thread_ts=thread_id
             )
@@ -644,25 +524,12 @@ class SlackAdapter(ChannelAdapter):
         return None  # no bot typing indicator in the Web API
 
     async def open_dm(self, user_handle: str) -> str:
-        response = await _call(lambda: self.api.conversations_open(users=user_handle))
+        response = await call(lambda: self.api.conversations_open(users=user_handle))
         channel = response.get("channel") or {}
         channel_id = channel.get("id") if isinstance(channel, dict) else None
         if not channel_id:
             raise RetryLater("conversations.open returned no channel")
         return str(channel_id)
-
-
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it grows past ``limit`` (the rest is not read).
-    ``content.read(n)`` would return whatever happens to be buffered, not the body."""
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _record_refusal(sink: InboundSink, reason: str) -> None:
@@ -690,23 +557,3 @@ def _channel_of(raw: Any) -> str:
             channel = raw["event"].get("channel")
         return safe_platform_id(channel)
     return "unknown"
-
-
-async def _call(make: Callable[[], Awaitable[T]]) -> T:
-    """One Web API call, errors mapped to RetryLater / PermanentFailure."""
-    try:
-        return await make()
-    except SlackApiError as exc:
-        status = exc.response.status_code
-        error = str(exc.response.get("error") or "")
-        if status == 429 or error == "ratelimited":
-            retry_after = exc.response.headers.get("Retry-After") or exc.response.headers.get(
-                "retry-after"
-            )
-            delay = float(retry_after) if retry_after and str(retry_after).isdigit() else None
-            raise RetryLater("slack rate limit", delay_s=delay) from None
-        if error in PERMANENT_ERRORS:
-            raise PermanentFailure(f"slack refused: {error}") from None
-        raise RetryLater(f"slack error {status}: {error or 'unknown'}") from None
-    except (TimeoutError, SlackRequestError, aiohttp.ClientError) as exc:
-        raise RetryLater(f"slack request failed: {exc}") from None

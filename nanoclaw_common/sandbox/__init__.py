@@ -1,4 +1,5 @@
-"""The sandbox: the only package that talks to Podman (DESIGN.md §1, §7).
+"""The sandbox: the only package that talks to Podman (docs/security.md, "Container
+confinement").
 
 - ``core``: ``Sandbox`` (wake / stop / running / orphans / group images and restarts);
 - ``spec`` and ``mounts``: the container's flags and mounts, pure;

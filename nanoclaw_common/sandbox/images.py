@@ -7,7 +7,7 @@ The agent image comes from the repository's ``Containerfile`` with a base image 
    the mirror this machine's apt already uses, imported into Podman once and kept (a second
    build reuses it).
 pip inside the build gets the host's CA bundle as a build secret, so it works behind an
-intercepting HTTPS proxy (../shared/ENVIRONMENT.md).
+intercepting HTTPS proxy.
 
 These run the ``podman`` command line (builds are not worth podman-py's streaming API) with
 our containers.conf in the environment; output lines go to a callback so the CLI shows

@@ -1,6 +1,6 @@
 """Which OCI runtime and ulimits Podman needs on this machine, kept in a containers.conf of our
 own (``<home>/podman/containers.conf``) that Podman reads when ``CONTAINERS_CONF`` names it.
-No system file is ever edited. See ../shared/ENVIRONMENT.md for the two failures this avoids:
+No system file is ever edited. The two failures this avoids, both seen on VPS hosts:
 
 1. ``crun: setrlimit RLIMIT_NOFILE/NPROC: Operation not permitted``: rootful Podman asks for
    1,048,576 open files and processes; without CAP_SYS_RESOURCE a lower hard limit makes every

@@ -1,5 +1,5 @@
-"""How a session's container is created: name, labels, environment and the flags of DESIGN.md
-§7, as the keyword arguments of podman-py's ``containers.create``. Pure, so the flags are
+"""How a session's container is created: name, labels, environment and its confinement flags,
+as the keyword arguments of podman-py's ``containers.create``. Pure, so the flags are
 unit-tested without Podman; ``core.Sandbox`` passes the result to Podman unchanged.
 """
 
@@ -85,7 +85,7 @@ def create_kwargs(spec: RunSpec) -> dict[str, Any]:
         "environment": dict(spec.env),
         "mounts": [mount.to_podman() for mount in spec.mounts if mount.kind == "tmpfs"],
         "volumes": bind_volumes(spec.mounts),
-        # DESIGN.md §7
+        # No network (the model is reached through the proxy socket), no capabilities.
         "network_mode": "none",
         "read_only": True,
         "cap_drop": ["ALL"],

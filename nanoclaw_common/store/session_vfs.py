@@ -23,12 +23,12 @@ read-only connection makes two kinds:
 
 Before any open, the name must be absent or a regular file (``lstat``: a FIFO, a socket or a
 link is refused with ``UnsafeSessionFile``), and a ``-wal`` file is refused: session
-databases use a rollback journal (DESIGN.md §2), and a container that switched its file to
-WAL would make us open ``-shm`` with SQLite's own unguarded code. Reads, writes and locks go
-to the unix VFS unchanged, through apsw's thin ``VFSFile`` wrapper (measured:
-docs/performance.md, "Session VFS"). The main file is only ``lstat``-ed, never opened by us:
-closing a descriptor of it would drop the process's POSIX locks on it (other connections'
-included).
+databases use a rollback journal (a read-only mount cannot hold WAL's ``-shm``), and a
+container that switched its file to WAL would make us open ``-shm`` with SQLite's own
+unguarded code. Reads, writes and locks go to the unix VFS unchanged, through apsw's thin
+``VFSFile`` wrapper (measured: docs/performance.md, "Session VFS"). The main file is only
+``lstat``-ed, never opened by us: closing a descriptor of it would drop the process's POSIX
+locks on it (other connections' included).
 """
 
 from __future__ import annotations
