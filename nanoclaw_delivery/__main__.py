@@ -2,8 +2,9 @@
 
 supervisord starts this directly. The first SIGTERM/SIGINT stops taking new rows, lets the
 attempts in flight finish, logs the counters and exits 0; a second signal exits at once.
-An error that escapes the loop is logged and ends the process non-zero, and supervisord
-restarts it: every row's state is on disk, so nothing is lost.
+An error that escapes the loop is logged ("delivery died") and ends the process non-zero
+(``nanoclaw_common.program``), and supervisord restarts it: every row's state is on disk,
+so nothing is lost.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import os
 import sys
 from collections.abc import Mapping
+from typing import NoReturn
 
 import apsw
 from loguru import logger
@@ -23,13 +24,12 @@ from loguru import logger
 from nanoclaw_common.alive import beating
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.channels.builtin import build_builtin_adapters
-from nanoclaw_common.errors import ConfigError, NanoclawError
 from nanoclaw_common.faults import CrashPoints
 from nanoclaw_common.lifecycle import GracefulStop
-from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
+from nanoclaw_common.program import run_program
 from nanoclaw_common.sandbox.group_image import GroupImageBuilder
-from nanoclaw_common.settings import Settings, load_from_process
+from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.sqlite import BUSY_TIMEOUT_MS
 from nanoclaw_delivery.context import Deps, Offload
@@ -92,28 +92,6 @@ def small_page_cache(connection: apsw.Connection) -> None:
     connection.execute("PRAGMA cache_size=0")
 
 
-class AlreadyRunning(NanoclawError):
-    """Another delivery process holds the data folder's delivery lock."""
-
-
-def single_instance(layout: Layout) -> int:
-    """Hold ``run/delivery.lock`` for the life of the process. Two delivery processes on one
-    data folder would both send the same rows; the kernel drops the lock when the holder
-    dies (even by SIGKILL), so a restart is never blocked by a dead predecessor."""
-    fd = os.open(layout.run_dir / "delivery.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise AlreadyRunning(
-            f"another nanoclaw-delivery (pid {holder}) serves {layout.home}"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 def make_deps(
     settings: Settings,
     layout: Layout,
@@ -136,10 +114,9 @@ def make_deps(
     )
 
 
-async def serve(settings: Settings, stop: GracefulStop, faults: CrashPoints | None = None) -> int:
-    layout = Layout(settings.home_path)
-    layout.ensure()
-    lock_fd = single_instance(layout)
+async def serve(
+    settings: Settings, layout: Layout, stop: GracefulStop, faults: CrashPoints | None = None
+) -> None:
     central = CentralStore.open(layout.central_db)
     deps = make_deps(settings, layout, central, faults)
     service = DeliveryService(deps, stop)
@@ -152,28 +129,19 @@ async def serve(settings: Settings, stop: GracefulStop, faults: CrashPoints | No
         await close_adapters(deps.adapters)
         deps.offload.close()
         central.close()
-        os.close(lock_fd)
-    return 0
 
 
-def main() -> None:
-    try:
-        settings = load_from_process()
-    except ConfigError as exc:
-        print(f"nanoclaw-delivery: {exc}", file=sys.stderr)
-        sys.exit(2)
-    setup_logging("delivery", settings.log_level, settings.secrets())
+def run(settings: Settings, layout: Layout) -> None:
     tune_memory()
-    stop = GracefulStop()
-    try:
-        code = asyncio.run(serve(settings, stop, CrashPoints.from_environ(os.environ, "delivery")))
-    except AlreadyRunning as exc:
-        logger.critical("{}", exc)
-        sys.exit(1)
-    except Exception as exc:
-        logger.opt(exception=exc).critical("delivery died: {!r}", exc)
-        sys.exit(1)
-    sys.exit(code)
+    asyncio.run(
+        serve(settings, layout, GracefulStop(), CrashPoints.from_environ(os.environ, "delivery"))
+    )
+
+
+def main() -> NoReturn:
+    """One delivery per data folder (``run/delivery.lock``): two would both send the same
+    rows."""
+    sys.exit(run_program("delivery", run))
 
 
 if __name__ == "__main__":

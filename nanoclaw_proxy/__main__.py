@@ -2,7 +2,8 @@
 
 Needs ``ANTHROPIC_API_KEY`` (and optionally ``ANTHROPIC_BASE_URL``) in its own environment;
 no other program, and no container, ever holds the key. One proxy per data folder
-(``run/proxy.lock``): a second one exits with code 3 and leaves the live socket alone.
+(``run/proxy.lock``, taken by ``nanoclaw_common.program`` before anything here runs): a
+second one exits with code 3 and leaves the live socket alone.
 SIGTERM finishes in-flight requests (still accepting meanwhile) and exits 0; the socket
 itself stays open for the next proxy (``server``, ``handover``).
 """
@@ -10,27 +11,19 @@ itself stays open for the next proxy (``server``, ``handover``).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
+from typing import NoReturn
 
 from loguru import logger
 
 from nanoclaw_common.alive import beating
 from nanoclaw_common.errors import ConfigError
 from nanoclaw_common.lifecycle import GracefulStop
-from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.settings import Settings, load_from_process
-from nanoclaw_proxy.startup import (
-    acquire_lock,
-    connection_limit,
-    open_listener,
-    raise_nofile_limit,
-)
-
-EXIT_CONFIG = 2
-EXIT_LOCKED = 3
+from nanoclaw_common.program import run_program
+from nanoclaw_common.settings import Settings
+from nanoclaw_proxy.startup import connection_limit, open_listener, raise_nofile_limit
 
 
 async def run(settings: Settings, layout: Layout, listener: socket.socket, fd_limit: int) -> None:
@@ -38,7 +31,7 @@ async def run(settings: Settings, layout: Layout, listener: socket.socket, fd_li
     # connections made meanwhile wait in the socket's backlog instead of being refused.
     from nanoclaw_proxy.app import make_app  # noqa: PLC0415
     from nanoclaw_proxy.guard import ConnectionGuard  # noqa: PLC0415
-    from nanoclaw_proxy.server import serve  # noqa: PLC0415
+    from nanoclaw_proxy.server import serve as serve_app  # noqa: PLC0415
 
     stopped = asyncio.Event()
     GracefulStop().install_async(asyncio.get_running_loop(), stopped)
@@ -47,30 +40,12 @@ async def run(settings: Settings, layout: Layout, listener: socket.socket, fd_li
     )
     app = make_app(settings, layout.central_db, guard)
     async with beating(layout, "proxy"):  # from a timer on the loop: requests may not come
-        await serve(app, listener, stopped, drain_s=settings.proxy_drain_s)
+        await serve_app(app, listener, stopped, drain_s=settings.proxy_drain_s)
 
 
-def main() -> int:
-    try:
-        settings = load_from_process()
-    except ConfigError as exc:
-        setup_logging("proxy")
-        logger.error("{}", exc)
-        return EXIT_CONFIG
-    setup_logging("proxy", settings.log_level, settings.secrets())
+def serve(settings: Settings, layout: Layout) -> None:
     if not settings.anthropic_api_key:
-        logger.error("ANTHROPIC_API_KEY is not set: the proxy has no key to add")
-        return EXIT_CONFIG
-    layout = Layout(settings.home_path)
-    layout.ensure()
-    lock = acquire_lock(layout)
-    if lock is None:
-        logger.error(
-            "another proxy holds {} (pid {}): not starting, its socket is left alone",
-            layout.run_dir / "proxy.lock",
-            _holder(layout),
-        )
-        return EXIT_LOCKED
+        raise ConfigError("ANTHROPIC_API_KEY is not set: the proxy has no key to add")
     fd_limit = raise_nofile_limit()
     listener, keeper = open_listener(layout, settings.proxy_keeper_linger_s)
     try:
@@ -79,17 +54,12 @@ def main() -> int:
         listener.close()
         if keeper is not None:
             keeper.close()  # the keeper holds the socket until the next proxy takes it
-        os.close(lock)
     logger.info("proxy stopped")
-    return 0
 
 
-def _holder(layout: Layout) -> str:
-    try:
-        return (layout.run_dir / "proxy.lock").read_text().strip() or "?"
-    except OSError:
-        return "?"
+def main() -> NoReturn:
+    sys.exit(run_program("proxy", serve))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

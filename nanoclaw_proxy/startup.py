@@ -1,11 +1,12 @@
 """The proxy's start-up, before anything heavy is imported: the sooner the socket is bound,
 the sooner a first start (or a start without a keeper) answers. In this order:
 
-1. ``acquire_lock``: ``run/proxy.lock`` (flock, as router and delivery). A second proxy on
-   the same data folder exits at once and never touches the live socket;
-2. ``raise_nofile_limit``: the soft descriptor limit up to the hard one (every connection
+0. (``nanoclaw_common.program``, before this module runs) ``run/proxy.lock``, the same lock
+   every program takes: a second proxy on the same data folder exits at once and never
+   touches the live socket;
+1. ``raise_nofile_limit``: the soft descriptor limit up to the hard one (every connection
    is a descriptor); the guard keeps the total below it (``connection_limit``);
-3. ``open_listener``: the socket from the keeper when one holds it, else a new one and a
+2. ``open_listener``: the socket from the keeper when one holds it, else a new one and a
    new keeper (``handover``).
 
 Stdlib and loguru only.
@@ -13,8 +14,6 @@ Stdlib and loguru only.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import resource
 import socket
 from pathlib import Path
@@ -28,20 +27,6 @@ from nanoclaw_proxy import handover
 log = logger.bind(component="proxy")
 
 RESERVED_FDS: Final = 256  # upstream connections, the database, logs: never given to clients
-LOCK_FILE: Final = "proxy.lock"
-
-
-def acquire_lock(layout: Layout) -> int | None:
-    """Hold ``run/proxy.lock`` for the life of the process; None if another proxy has it."""
-    fd = os.open(layout.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
 
 
 def raise_nofile_limit() -> int:

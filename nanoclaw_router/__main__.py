@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import sys
 from pathlib import Path
-
-from loguru import logger
+from typing import NoReturn
 
 from nanoclaw_common.alive import beating
 from nanoclaw_common.channels.builtin import build_builtin_adapters
 from nanoclaw_common.errors import ConfigError
 from nanoclaw_common.lifecycle import GracefulStop
-from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.settings import Settings, load_from_process
+from nanoclaw_common.program import run_program
+from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.wake import Waker
 from nanoclaw_router.app import Router
@@ -40,32 +38,11 @@ async def _serve(router: Router, stop: GracefulStop, layout: Layout) -> None:
         await router.run(stopped)
 
 
-def single_instance(layout: Layout) -> int | None:
-    """Hold ``run/router.lock`` for the life of the process; None if another router has it.
-    Two routers on one data folder would fight over the terminal socket and Telegram's
-    long poll (409 Conflict)."""
-    fd = os.open(layout.run_dir / "router.lock", os.O_RDWR | os.O_CREAT, 0o600)
+def serve(settings: Settings, layout: Layout) -> None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def main() -> None:
-    try:
-        settings = load_from_process()
         faults = Faults.from_environ(os.environ)
-    except (ConfigError, ValueError) as exc:
-        print(f"nanoclaw-router: {exc}", file=sys.stderr)
-        sys.exit(2)
-    setup_logging("router", settings.log_level, settings.secrets())
-    layout = Layout(settings.home_path)
-    layout.ensure()
-    if single_instance(layout) is None:
-        logger.error("another router is running on {}", layout.home)
-        sys.exit(1)
+    except ValueError as exc:
+        raise ConfigError(f"test faults: {exc}") from exc
     central = CentralStore.open(layout.central_db)
     waker = make_waker(
         settings, layout, os.environ.get(WAKE_LOG_ENV), test_faults=faults.points.enabled
@@ -73,15 +50,17 @@ def main() -> None:
     router = Router(settings, central, build_builtin_adapters(settings), waker, faults=faults)
     try:
         asyncio.run(_serve(router, GracefulStop(), layout))
-    except Exception:
-        logger.exception("router crashed")
-        sys.exit(1)
     finally:
         close = getattr(waker, "close", None)
         if callable(close):
             close()
         central.close()
-    sys.exit(0)
+
+
+def main() -> NoReturn:
+    """One router per data folder (``run/router.lock``): two would fight over the terminal
+    socket and Telegram's long poll (409 Conflict)."""
+    sys.exit(run_program("router", serve))
 
 
 if __name__ == "__main__":

@@ -8,29 +8,29 @@ supervisord writes to ``logs/watchdog.log``.
 No signal handler: SIGTERM ends it at once (the default). It holds nothing a kill can lose:
 a restart it was in the middle of is finished by the next watchdog (``Watchdog.resume``).
 Errors talking to supervisord are logged and the next tick tries again; anything else ends
-the process and supervisord restarts it.
+the process ("watchdog died", ``nanoclaw_common.program``) and supervisord restarts it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
 import xmlrpc.client
+from typing import NoReturn
 
 from loguru import logger
 
 from nanoclaw_common.errors import ConfigError
-from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.settings import load_from_process
+from nanoclaw_common.program import run_program
+from nanoclaw_common.settings import Settings
 from nanoclaw_watchdog.rules import Limits
 from nanoclaw_watchdog.supervisor import EventListener, Supervisor
 from nanoclaw_watchdog.watchdog import Watchdog
 
 log = logger.bind(component="watchdog")
-
-EXIT_CONFIG = 2
 
 
 def serve(watchdog: Watchdog, listener: EventListener) -> None:
@@ -46,31 +46,26 @@ def serve(watchdog: Watchdog, listener: EventListener) -> None:
         listener.done()
 
 
-def main() -> None:
-    listener = EventListener(sys.stdin.buffer, sys.stdout.buffer)
-    sys.stdout = sys.stderr
-    try:
-        settings = load_from_process()
-    except ConfigError as exc:
-        print(f"nanoclaw-watchdog: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
-    setup_logging("watchdog", settings.log_level, settings.secrets())
+def watch(listener: EventListener, settings: Settings, layout: Layout) -> None:
     if "SUPERVISOR_SERVER_URL" not in os.environ:
-        logger.error("run under supervisord, as an [eventlistener] (no SUPERVISOR_SERVER_URL)")
-        sys.exit(EXIT_CONFIG)
+        raise ConfigError("run under supervisord, as an [eventlistener] (no SUPERVISOR_SERVER_URL)")
     watchdog = Watchdog(
         Limits.from_settings(settings),
         Supervisor.from_environ(os.environ),
-        Layout(settings.home_path),
+        layout,
         self_name=os.environ.get("SUPERVISOR_PROCESS_NAME", "watchdog"),
     )
     log.info("watching: {}", watchdog.describe())
-    try:
-        serve(watchdog, listener)
-    except Exception as exc:
-        logger.opt(exception=exc).critical("watchdog died: {!r}", exc)
-        sys.exit(1)
+    serve(watchdog, listener)
     log.info("supervisord closed the event pipe: stopping")
+
+
+def main() -> NoReturn:
+    # The protocol's stream is taken before anything can print; a stray print lands in the
+    # log (stderr), and run_program itself writes only to stderr.
+    listener = EventListener(sys.stdin.buffer, sys.stdout.buffer)
+    sys.stdout = sys.stderr
+    sys.exit(run_program("watchdog", functools.partial(watch, listener)))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ program.main()
 DELIVERY_CRASH = """
 import nanoclaw_delivery.__main__ as program
 
-async def crash(settings, stop):
+async def crash(settings, layout, stop, faults=None):
     key = settings.anthropic_api_key
     raise RuntimeError("cannot start with " + key + settings.slack_bot_token)
 
@@ -182,22 +182,21 @@ program.main()
 SWEEPER_CRASH = """
 import nanoclaw_sweeper.__main__ as program
 
-def crash(settings, stop):
+def crash(settings, layout):
     secret = settings.slack_signing_secret
     raise RuntimeError("sweep " + secret)
 
-program.run = crash
+program.serve = crash
 program.main()
 """
 PROXY_CRASH = """
-import sys
 import nanoclaw_proxy.__main__ as program
 
 async def crash(settings, *_serving):
     raise RuntimeError("upstream refused " + settings.anthropic_api_key)
 
 program.run = crash
-sys.exit(program.main())
+program.main()
 """
 WATCHDOG_CRASH = """
 import os
@@ -236,10 +235,10 @@ program.main()
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        (ROUTER_CRASH, "router crashed"),
+        (ROUTER_CRASH, "router died"),
         (DELIVERY_CRASH, "delivery died"),
         (SWEEPER_CRASH, "sweeper died"),
-        (PROXY_CRASH, "uncaught RuntimeError"),
+        (PROXY_CRASH, "proxy died"),
         (WATCHDOG_CRASH, "watchdog died"),
         (CLI_LOGS, "listing drops failed"),
     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from nanoclaw_common.program import EXIT_LOCKED
 from tests.integration.router.conftest import REPO, RouterProcess, World
 
 
@@ -27,6 +28,7 @@ def test_a_second_router_on_the_same_folder_refuses_to_start(
         timeout=30,
         check=False,
     )
-    assert second.returncode == 1
-    assert "another router is running" in second.stderr
+    assert second.returncode == EXIT_LOCKED
+    assert router.proc is not None
+    assert f"another router (pid {router.proc.pid}) holds" in second.stderr
     assert router.stop() == 0
