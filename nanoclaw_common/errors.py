@@ -48,5 +48,9 @@ class NotFound(NanoclawError):
     """A row the caller named does not exist."""
 
 
+class AlreadyExists(NanoclawError):
+    """A row the caller would create exists already (a UNIQUE constraint of the table)."""
+
+
 class Refused(NanoclawError):
     """An action was not authorized, or its input broke a rule (path traversal, bad name)."""

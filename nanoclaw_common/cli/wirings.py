@@ -139,12 +139,8 @@ def add_wiring(
             session_mode=sessions or SessionMode.SHARED,
             priority=priority or 0,
         )
-    except NanoclawError as exc:
+    except NanoclawError as exc:  # AlreadyExists: the chat is wired to the group already
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # the UNIQUE (chat, group) constraint
-        if "UNIQUE" in str(exc):
-            raise click.ClickException(f"{chat.id} is already wired to {group.id}") from None
-        raise
     if ctx.as_json:
         print_json(wiring)
     else:

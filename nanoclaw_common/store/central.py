@@ -30,7 +30,7 @@ from nanoclaw_common.states import (
 )
 from nanoclaw_common.store import rows
 from nanoclaw_common.store.migrations import apply_migrations, schema_version
-from nanoclaw_common.store.sqlite import Database, Mode, columns
+from nanoclaw_common.store.sqlite import Database, Mode, columns, refusing_duplicates
 
 R = TypeVar("R", bound=rows.Row)
 
@@ -301,7 +301,8 @@ class CentralStore:
         now: int | None = None,
     ) -> rows.Wiring:
         """Wire a chat to an agent group. Also grants the group a ``channel`` destination to
-        the chat (every creation path does this; upstream's generic CLI path did not)."""
+        the chat (every creation path does this; upstream's generic CLI path did not).
+        ``AlreadyExists`` when the chat is wired to the group already."""
         EngageMode(engage_mode)
         SenderScope(sender_scope)
         IgnoredMessagePolicy(ignored_message_policy)
@@ -325,10 +326,11 @@ class CentralStore:
                 raise NotFound(f"messaging group {messaging_group_id} not found")
             if self.get_agent_group(agent_group_id) is None:
                 raise NotFound(f"agent group {agent_group_id} not found")
-            self.db.execute(
-                f"INSERT INTO wirings ({columns(rows.Wiring)}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                msgspec.structs.astuple(wiring),
-            )
+            with refusing_duplicates(f"{messaging_group_id} is already wired to {agent_group_id}"):
+                self.db.execute(
+                    f"INSERT INTO wirings ({columns(rows.Wiring)}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    msgspec.structs.astuple(wiring),
+                )
             if not self.has_destination(agent_group_id, DestinationType.CHANNEL, chat.id):
                 wanted = chat.name or f"{chat.channel_type}-{chat.id.rsplit('-', 1)[-1]}"
                 self.add_destination(

@@ -17,6 +17,7 @@ from typing import Any
 
 import apsw
 
+from nanoclaw_common.errors import AlreadyExists
 from nanoclaw_common.store import session_vfs
 
 BUSY_TIMEOUT_MS = (
@@ -31,6 +32,20 @@ SqlParams = Sequence[Any] | dict[str, Any]
 # Any SQLite error (busy past the timeout, a damaged file, a missing table), for callers
 # outside the store, which never import apsw.
 StoreError = apsw.Error
+
+
+@contextmanager
+def refusing_duplicates(what: str) -> Iterator[None]:
+    """A UNIQUE (or primary key) constraint failing in the block raises ``AlreadyExists(what)``,
+    so a caller outside the store refuses a duplicate without matching SQLite's error text."""
+    try:
+        yield
+    except apsw.ConstraintError as exc:
+        # The extended result code names the constraint (apsw's stubs do not declare it).
+        code = getattr(exc, "extendedresult", None)
+        if code in (apsw.SQLITE_CONSTRAINT_UNIQUE, apsw.SQLITE_CONSTRAINT_PRIMARYKEY):
+            raise AlreadyExists(what) from exc
+        raise
 
 
 class Mode(Enum):
