@@ -31,8 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
+from nanoclaw_cli.chat import Terminal, listen, request
 from nanoclaw_common.channels import cli_protocol as wire
-from nanoclaw_common.cli.chat import Terminal, listen, request
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import Sandbox

@@ -36,8 +36,8 @@ from typing import Any, Final, TypeVar
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from nanoclaw_cli.chat import Terminal, listen, one_message, request
 from nanoclaw_common.channels import cli_protocol as wire
-from nanoclaw_common.cli.chat import Terminal, listen, one_message, request
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox.spec import LABEL_INSTALL

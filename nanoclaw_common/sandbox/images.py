@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
+import msgspec
+
 from nanoclaw_common import packages
 from nanoclaw_common.errors import NanoclawError, Refused
 from nanoclaw_common.sandbox.ownership import AGENT_GID, AGENT_UID
@@ -117,6 +119,27 @@ def image_id(image: str, env: dict[str, str]) -> str | None:
     if done.returncode != 0:
         return None
     return done.stdout.strip() or None
+
+
+def image_layers(image: str, env: dict[str, str]) -> list[str] | None:
+    """The image's layer digests, bottom first; None when Podman does not have it."""
+    try:
+        done = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", image],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        return msgspec.json.decode(done.stdout, type=list[str])
+    except msgspec.DecodeError:
+        return None
 
 
 def release_previous(previous: str | None, image: str, env: dict[str, str], out: Output) -> None:

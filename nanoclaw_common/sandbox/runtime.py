@@ -206,6 +206,17 @@ def probe(image: str, conf: Path | None) -> Probe:
     return Probe(config_label(conf), done.returncode == 0, time.monotonic() - started, error[-500:])
 
 
+def podman_version() -> str:
+    """``podman --version``, or why it could not run (``nanoclaw doctor``)."""
+    try:
+        done = subprocess.run(
+            ["podman", "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run podman: {exc}"
+    return done.stdout.strip() or done.stderr.strip()
+
+
 def config_label(conf: Path | None) -> str:
     return "defaults" if conf is None else str(conf)
 

@@ -14,7 +14,7 @@ import podman
 import pytest
 from click.testing import CliRunner
 
-from nanoclaw_common.cli import cli
+from nanoclaw_cli import cli
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox import images, mounts, runtime, seccomp
 from nanoclaw_common.sandbox.service import socket_answers

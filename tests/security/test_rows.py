@@ -17,9 +17,9 @@ from typing import Final
 
 import pytest
 
+from nanoclaw_cli.chat import request
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels import cli_protocol as wire
-from nanoclaw_common.cli.chat import request
 from nanoclaw_common.sandbox.service import socket_answers
 from nanoclaw_common.states import Role
 from nanoclaw_common.store import InboundReader, InboundStore, NewInbound, OutboundReader

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from nanoclaw_common.cli import cli
+from nanoclaw_cli import cli
 from nanoclaw_common.disk.limits import MIB, group_limit
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore

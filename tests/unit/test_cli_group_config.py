@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from nanoclaw_common.cli import cli
+from nanoclaw_cli import cli
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.metering import utc_day
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from nanoclaw_cli import cli
+from nanoclaw_cli.chat import Terminal
+from nanoclaw_cli.downloads import safe_download_name
 from nanoclaw_common.channels import cli_protocol as wire
-from nanoclaw_common.cli import cli
-from nanoclaw_common.cli.chat import Terminal
-from nanoclaw_common.cli.downloads import safe_download_name
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.store import CentralStore
 from tests.conftest import SettingsFactory

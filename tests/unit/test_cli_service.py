@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from nanoclaw_common.cli import cli
-from nanoclaw_common.cli.service import find_config, program_states
+from nanoclaw_cli import cli
+from nanoclaw_cli.service import find_config, program_states
 
 
 def invoke(home: Path, *args: str) -> tuple[int, str]:

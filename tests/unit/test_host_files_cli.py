@@ -12,9 +12,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from nanoclaw_cli import cli
+from nanoclaw_cli.chat import Terminal
 from nanoclaw_common.channels import cli_protocol as wire
-from nanoclaw_common.cli import cli
-from nanoclaw_common.cli.chat import Terminal
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox.ownership import AGENT_GID
 from nanoclaw_common.sessions import ensure_session_files

@@ -217,7 +217,7 @@ import sys
 from loguru import logger
 from nanoclaw_common.store.central import CentralStore
 from nanoclaw_common.settings import load_from_process
-import nanoclaw_common.cli as program
+import nanoclaw_cli as program
 
 def failing(self, limit):
     try:

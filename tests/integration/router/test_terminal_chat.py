@@ -223,7 +223,7 @@ def test_chat_message_gives_up_after_its_timeout(
 ) -> None:
     """The router takes the message (a committed row) but no agent ever answers: after
     ``--timeout`` the client says so and exits 1. No real time passes waiting for it."""
-    from nanoclaw_common.cli.chat import run_chat
+    from nanoclaw_cli.chat import run_chat
     from nanoclaw_common.settings import Settings
     from nanoclaw_router.app import Router
     from tests.fakes.recording import MemoryWaker

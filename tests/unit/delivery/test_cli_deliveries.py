@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from nanoclaw_common.cli import cli
+from nanoclaw_cli import cli
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import PermanentFailure
 from tests.conftest import SettingsFactory

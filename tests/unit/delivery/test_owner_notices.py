@@ -10,7 +10,7 @@ import shlex
 
 from click.testing import CliRunner
 
-from nanoclaw_common.cli import cli
+from nanoclaw_cli import cli
 from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_delivery.context import Deps, Offload

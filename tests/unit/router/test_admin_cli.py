@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from nanoclaw_common.cli import cli
+from nanoclaw_cli import cli
 from nanoclaw_common.store import CentralStore
 
 

@@ -3,8 +3,8 @@ the watch reads each outbound row once, however often it is asked."""
 
 from __future__ import annotations
 
+from nanoclaw_cli.chat import TurnWatch
 from nanoclaw_common.channels.cli import CHANNEL, PLATFORM_ID
-from nanoclaw_common.cli.chat import TurnWatch
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.messages import ChatContent, SendText
 from nanoclaw_common.paths import Layout

@@ -3,7 +3,7 @@ just built (the Podman side is tests/sandbox/test_cli.py)."""
 
 from __future__ import annotations
 
-from nanoclaw_common.cli.sandbox import built_on
+from nanoclaw_cli.sandbox import built_on
 
 BASE = ["sha256:a", "sha256:b"]
 

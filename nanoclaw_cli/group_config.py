@@ -22,9 +22,9 @@ from typing import Any
 
 import click
 
-from nanoclaw_common.cli import refs
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, print_json, print_mapping, to_builtins
+from nanoclaw_cli import refs
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import console, print_json, print_mapping, to_builtins
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.settings import Settings

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 import click
 import msgspec
 
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import emit, print_json
 from nanoclaw_common import messages
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import emit, print_json
 from nanoclaw_common.clock import ms_to_iso, now_ms
 from nanoclaw_common.errors import DecodeError, NotFound
 from nanoclaw_common.states import DeliveryStatus

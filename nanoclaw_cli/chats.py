@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import click
 
-from nanoclaw_common.cli import refs
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, emit, print_json, to_builtins
+from nanoclaw_cli import refs
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import console, emit, print_json, to_builtins
 from nanoclaw_common.clock import ms_to_iso
 from nanoclaw_common.states import UnknownSenderPolicy
 

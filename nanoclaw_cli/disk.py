@@ -14,9 +14,9 @@ from __future__ import annotations
 import click
 import msgspec
 
-from nanoclaw_common.cli import refs
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, print_json, print_mapping, print_table
+from nanoclaw_cli import refs
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import console, print_json, print_mapping, print_table
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.disk.limits import Scope, group_limit, human_bytes, session_limit
 from nanoclaw_common.disk.quotas import DiskQuotas

@@ -3,7 +3,6 @@ of the sandbox (nanoclaw_common/sandbox/)."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,9 @@ from typing import Any
 import click
 import msgspec
 
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.disk import MechanismReport, mechanisms
-from nanoclaw_common.cli.output import console, print_json, print_table
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.disk import MechanismReport, mechanisms
+from nanoclaw_cli.output import console, print_json, print_table
 from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.paths import Layout
@@ -104,7 +103,7 @@ def outdated_group_images(
     """Group images whose layers do not start with ``agent_image``'s: they were built FROM
     an earlier agent image and run its agent runner, which may not understand what this
     host writes. Missing images are listed too."""
-    base = image_layers(agent_image, env)
+    base = images.image_layers(agent_image, env)
     if base is None:
         return []
     found: list[GroupImage] = []
@@ -112,31 +111,10 @@ def outdated_group_images(
         config = central.get_container_config(group.id)
         if config is None or not config.image_tag:
             continue
-        layers = image_layers(config.image_tag, env)
+        layers = images.image_layers(config.image_tag, env)
         if layers is None or not built_on(base, layers):
             found.append(GroupImage(group.id, group.name, config.image_tag, layers is None))
     return found
-
-
-def image_layers(image: str, env: dict[str, str]) -> list[str] | None:
-    """The image's layer digests, bottom first; None when Podman does not have it."""
-    try:
-        done = subprocess.run(
-            ["podman", "image", "inspect", "--format", "{{json .RootFS.Layers}}", image],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
-        return None
-    try:
-        return msgspec.json.decode(done.stdout, type=list[str])
-    except msgspec.DecodeError:
-        return None
 
 
 def built_on(base_layers: list[str], layers: list[str]) -> bool:
@@ -215,7 +193,7 @@ def diagnose(layout: Layout, settings: Settings) -> DoctorReport:
     probe_image = settings.image if present else _fallback_probe_image(env)
     socket_url = settings.podman_socket_url
     report = DoctorReport(
-        podman=_podman_version(),
+        podman=runtime.podman_version(),
         api_socket=socket_url,
         api_answering=socket_url.startswith("unix://")
         and service.socket_answers(Path(socket_url.removeprefix("unix://"))),
@@ -280,16 +258,6 @@ def _describe(choice: runtime.RuntimeChoice) -> str:
     if choice.lower_ulimits:
         parts.append("ulimits 4096")
     return ", ".join(parts) or "defaults"
-
-
-def _podman_version() -> str:
-    try:
-        done = subprocess.run(
-            ["podman", "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run podman: {exc}"
-    return done.stdout.strip() or done.stderr.strip()
 
 
 def _fallback_probe_image(env: dict[str, str]) -> str | None:

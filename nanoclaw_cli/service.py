@@ -19,8 +19,8 @@ from typing import Final
 
 import click
 
-from nanoclaw_common.cli.context import CliContext, pass_context
-from nanoclaw_common.cli.output import console, print_json, print_table, styled
+from nanoclaw_cli.context import CliContext, pass_context
+from nanoclaw_cli.output import console, print_json, print_table, styled
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.sandbox.service import socket_answers
 

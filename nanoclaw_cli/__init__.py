@@ -6,20 +6,20 @@ import sys
 
 import click
 
-from nanoclaw_common.cli.chat import chat
-from nanoclaw_common.cli.chats import chats
-from nanoclaw_common.cli.context import CliContext
-from nanoclaw_common.cli.deliveries import deliveries
-from nanoclaw_common.cli.disk import disk
-from nanoclaw_common.cli.dropped import dropped
-from nanoclaw_common.cli.groups import groups
-from nanoclaw_common.cli.quarantine import quarantine
-from nanoclaw_common.cli.sandbox import doctor, image, podman_service
-from nanoclaw_common.cli.service import ctl, down, up
-from nanoclaw_common.cli.setup import init
-from nanoclaw_common.cli.status import status
-from nanoclaw_common.cli.users import members, roles, users
-from nanoclaw_common.cli.wirings import wirings
+from nanoclaw_cli.chat import chat
+from nanoclaw_cli.chats import chats
+from nanoclaw_cli.context import CliContext
+from nanoclaw_cli.deliveries import deliveries
+from nanoclaw_cli.disk import disk
+from nanoclaw_cli.dropped import dropped
+from nanoclaw_cli.groups import groups
+from nanoclaw_cli.quarantine import quarantine
+from nanoclaw_cli.sandbox import doctor, image, podman_service
+from nanoclaw_cli.service import ctl, down, up
+from nanoclaw_cli.setup import init
+from nanoclaw_cli.status import status
+from nanoclaw_cli.users import members, roles, users
+from nanoclaw_cli.wirings import wirings
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.settings import load_from_process

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import click
 
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, emit, print_json, to_builtins
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import console, emit, print_json, to_builtins
 from nanoclaw_common.store.quarantine import Quarantine
 
 

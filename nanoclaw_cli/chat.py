@@ -30,10 +30,10 @@ from typing import Final
 
 import click
 
+from nanoclaw_cli.context import CliContext, pass_context
+from nanoclaw_cli.downloads import save_download
 from nanoclaw_common.channels import cli_protocol as wire
 from nanoclaw_common.channels.cli import CHANNEL, PLATFORM_ID, socket_is_live
-from nanoclaw_common.cli.context import CliContext, pass_context
-from nanoclaw_common.cli.downloads import save_download
 from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout

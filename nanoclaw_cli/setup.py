@@ -8,9 +8,9 @@ import getpass
 import click
 from rich.text import Text
 
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import console, print_json, styled
 from nanoclaw_common import group_folders
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, print_json, styled
 from nanoclaw_common.group_folders import Memory
 from nanoclaw_common.states import EngageMode, Role, SessionMode, UnknownSenderPolicy
 from nanoclaw_common.store import CentralStore

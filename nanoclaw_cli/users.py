@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import click
 
-from nanoclaw_common.cli import refs
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, emit, print_json
+from nanoclaw_cli import refs
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import console, emit, print_json
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.states import Role
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
-from nanoclaw_common.cli import refs
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.output import console, emit, print_json, to_builtins
+from nanoclaw_cli import refs
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.output import console, emit, print_json, to_builtins
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.states import EngageMode, IgnoredMessagePolicy, SenderScope, SessionMode
 

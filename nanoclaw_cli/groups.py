@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import click
 
+from nanoclaw_cli import refs
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.group_config import config
+from nanoclaw_cli.output import console, emit, print_json, to_builtins
 from nanoclaw_common import group_folders
-from nanoclaw_common.cli import refs
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.group_config import config
-from nanoclaw_common.cli.output import console, emit, print_json, to_builtins
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.store.central import normalize_name
 

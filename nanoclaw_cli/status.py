@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from nanoclaw_common.cli.context import CliContext, json_option, pass_context
-from nanoclaw_common.cli.deliveries import PROBLEMS, collect
-from nanoclaw_common.cli.disk import mechanisms
-from nanoclaw_common.cli.group_config import budget_line, budget_report
-from nanoclaw_common.cli.output import print_json, print_mapping, to_builtins
+from nanoclaw_cli.context import CliContext, json_option, pass_context
+from nanoclaw_cli.deliveries import PROBLEMS, collect
+from nanoclaw_cli.disk import mechanisms
+from nanoclaw_cli.group_config import budget_line, budget_report
+from nanoclaw_cli.output import print_json, print_mapping, to_builtins
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.disk.limits import human_bytes
 from nanoclaw_common.disk.quotas import DiskQuotas
