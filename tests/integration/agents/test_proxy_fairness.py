@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from nanoclaw_common.paths import Layout
+from nanoclaw_common.program import EXIT_LOCKED
 from nanoclaw_proxy.handover import path_identity
 from tests.environ import clean_environ
 from tests.fakes.anthropic_api import FakeAnthropic, text
@@ -145,8 +146,8 @@ def test_a_second_proxy_refuses_to_start_and_leaves_the_socket_alone(
         timeout=60,
         check=False,
     )
-    assert second.returncode == 3, second.stderr
-    assert "another proxy holds" in second.stderr
+    assert second.returncode == EXIT_LOCKED, second.stderr
+    assert f"another proxy (pid {proxy.process.pid}) holds" in second.stderr
     assert path_identity(proxy.socket) == before  # not unlinked, not replaced
     fake_api.reply(text("still here"))
     assert count_ok(proxy.socket, agent.token)
