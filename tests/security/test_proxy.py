@@ -23,6 +23,7 @@ import pytest
 
 from nanoclaw_common import messages
 from nanoclaw_common.peer_identity import container_identity, identity_of_pid
+from nanoclaw_common.program import EXIT_LOCKED
 from nanoclaw_common.sandbox import Sandbox, runtime
 from nanoclaw_common.sandbox.spec import container_name
 from nanoclaw_common.sessions import refresh_projections
@@ -366,8 +367,8 @@ def test_a_second_proxy_leaves_the_live_socket_alone(hostile: HostileStack) -> N
         timeout=60,
         check=False,
     )
-    assert second.returncode == 3, second.stderr
-    assert "another proxy holds" in second.stderr
+    assert second.returncode == EXIT_LOCKED, second.stderr
+    assert f"another proxy (pid {pids['proxy']}) holds" in second.stderr
     assert path_identity(hostile.layout.proxy_socket) == before
     hostile.fake_api.reply(echo_reply)
     assert any("echo: still fine?" in t for t in hostile.chat("still fine?"))
