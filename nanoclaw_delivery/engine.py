@@ -42,6 +42,7 @@ import msgspec
 from loguru import logger
 
 from nanoclaw_common import messages as m
+from nanoclaw_common.diskfull import until_written
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.hostfs import unblock
 from nanoclaw_common.paths import SessionPaths
@@ -430,8 +431,15 @@ class SessionWorker:
             deps.counters.in_flight -= 1
             files.discard(job.staging)
         crashpoints.after_done(deps, row, content, ids, attempt)
-        await self._finish(
-            delivery, DeliveryStatus.DELIVERED, platform_message_id=sent.platform_message_id
+        # The platform has it: this record is not given up for a full disk (it would be
+        # sent again); it waits in place for room. Only a stop ends the wait (crash row 8).
+        await until_written(
+            lambda: self._finish(
+                delivery, DeliveryStatus.DELIVERED, platform_message_id=sent.platform_message_id
+            ),
+            f"the delivery of {row.id}",
+            deps.disk,
+            stopping=self.stopping,
         )
         if isinstance(content, m.CHAT_OPERATIONS):
             deps.counters.delivered += 1

@@ -34,6 +34,7 @@ log = logger.bind(component="sweeper")
 
 PASS_INTERVAL_S = 1.0  # due work is woken within about this long of its time
 MAX_ERROR_BACKOFF_S = 30.0
+FULL_DISK_BACKOFF_S = 5.0
 
 
 def _noteworthy(report: PassReport) -> bool:
@@ -73,12 +74,18 @@ def run(settings: Settings, stop: GracefulStop, *, test_faults: bool = False) ->
             try:
                 report = sweeper.sweep(now_ms())
             except Exception as exc:
-                # Podman restarting, a locked file: log, back off (capped), try again.
+                # Podman restarting, a locked file: log, back off (capped), try again. A
+                # full disk is one condition (not a traceback a pass), and passes go on
+                # often enough to resume soon after there is room.
                 errors += 1
-                log.opt(exception=exc).error("sweep failed: {!r}", exc)
+                full = sweeper.disk.disk.refused("a sweep pass", exc)
+                if not full:
+                    log.opt(exception=exc).error("sweep failed: {!r}", exc)
                 stop.wait(error_delay_s)
-                error_delay_s = min(error_delay_s * 2, MAX_ERROR_BACKOFF_S)
+                cap = FULL_DISK_BACKOFF_S if full else MAX_ERROR_BACKOFF_S
+                error_delay_s = min(error_delay_s * 2, cap)
                 continue
+            sweeper.disk.disk.written("a sweep pass")
             error_delay_s = PASS_INTERVAL_S
             passes += 1
             if _noteworthy(report):

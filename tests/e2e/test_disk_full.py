@@ -1,0 +1,319 @@
+"""A full disk loses nothing (issue 9 §4): the whole assistant under real supervisord, its
+data folder on a small tmpfs of its own that a filler file fills to the last block.
+
+While the disk is full, messages keep arriving from the terminal, a webhook and Telegram, and
+a reply the terminal has shown is waiting for its receipt. None of them is acknowledged unless
+it is committed (a webhook gets a non-2xx answer, Telegram's offset does not pass the update,
+the terminal's message is re-sent); delivery keeps the reply it could not record and does not
+send it again; no program crashes or is restarted. Once the filler is gone, every message is
+answered exactly once, and the owner has had exactly one notice about the full disk.
+
+The programs' logs are on a second small tmpfs (``data/logs``), so what they wrote during the
+episode can be read: on one disk, supervisord simply drops the lines it cannot write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from nanoclaw_common.store import CentralStore, InboundReader
+from nanoclaw_common.store.rows import AgentGroup
+from tests.entities import wire_platform_chat
+from tests.environ import AGENT_IMAGE
+from tests.fakes import webhook_client
+from tests.fakes.anthropic_api import FakeAnthropic, text
+from tests.fakes.telegram_api import FakeTelegram
+from tests.stack import AFTER_SHOW, Stack, TerminalClient
+
+pytestmark = [pytest.mark.podman, pytest.mark.slow]
+
+API_KEY: Final = "sk-ant-api03-NANOCLAW-DISKFULL-" + "f7D" * 12
+WEBHOOK_SECRET: Final = "diskfull-webhook-secret-" + "w" * 16
+WEBHOOK_SOURCE: Final = "ci"
+TELEGRAM_CHAT: Final = -1009
+DATA_MB: Final = 96
+LOGS_MB: Final = 32
+FLOOR_MB: Final = 8
+FULL_FOR_S: Final = 25.0  # how long the disk stays full while messages arrive
+PER_CHANNEL: Final = 3  # messages per channel sent while full
+FLOOR_NOTICE: Final = "NanoClaw: the disk of the data folder has only"
+_POLL_S: Final = 0.1
+RESEND_S: Final = 3.0  # a webhook sender's retry interval (within the source's rate limit)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(_POLL_S)
+
+
+def responder(body: dict[str, Any]) -> dict[str, Any]:
+    """Every model call: each message of the batch echoed to its chat (``echo: <text>``),
+    except a webhook's (a webhook cannot be written to): that is noted in the scratchpad."""
+    prompt = json.dumps(body["messages"][-1]["content"])
+    replies = []
+    for origin, said in re.findall(r'from=\\"([^"\\]+)\\"[^>]*>([^<>]*)</message>', prompt):
+        if origin.startswith("webhook"):
+            continue
+        replies.append(f'<message to="{origin}">echo: {said.strip()}</message>')
+    return text("\n".join(replies) or "noted")
+
+
+def mount_tmpfs(path: Path, size_mb: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
+        check=True,
+    )
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Take every free block of ``path``'s filesystem into one file (``fallocate``, then
+    ``dd`` for what rounding left)."""
+    stats = os.statvfs(path.parent)
+    free = stats.f_bavail * stats.f_frsize
+    subprocess.run(["fallocate", "-l", str(max(free - 4096, 4096)), str(path)], check=False)
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={path}", "bs=4096", "oflag=append", "conv=notrunc"],
+        check=False,
+        capture_output=True,
+    )
+    left = os.statvfs(path.parent)
+    assert left.f_bavail == 0, f"{left.f_bavail} blocks still free"
+
+
+@dataclass
+class Webhooks:
+    """A sender that retries each delivery until it gets a 2xx, as CI systems do; every
+    answer it got is kept, with whether the row was in ``inbound.db`` at that moment."""
+
+    url: str
+    committed: Callable[[str], bool]
+    answers: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def send(self, delivery: str, timeout_s: float) -> None:
+        self.answers[delivery] = []
+        thread = threading.Thread(target=self._run, args=(delivery, timeout_s), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _run(self, delivery: str, timeout_s: float) -> None:
+        body = json.dumps({"build": delivery}).encode()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            headers = webhook_client.nanoclaw_headers(
+                WEBHOOK_SECRET, body, event="build", delivery=delivery
+            )
+            try:
+                status, _ = webhook_client.post(self.url, body, headers)
+            except OSError:
+                time.sleep(1.0)
+                continue
+            self.answers[delivery].append((status, self.committed(delivery)))
+            if 200 <= status < 300:
+                return
+            time.sleep(RESEND_S)
+
+    def done(self) -> bool:
+        return all(any(200 <= s < 300 for s, _ in got) for got in self.answers.values())
+
+
+@dataclass
+class FullDiskStack:
+    stack: Stack
+    fake_api: FakeAnthropic
+    telegram: FakeTelegram
+    terminal: TerminalClient
+    main: AgentGroup
+    webhook_url: str
+
+    def inbound_ids(self) -> list[str]:
+        """Every ``messages_in`` id of every session of the stack."""
+        ids: list[str] = []
+        for db in self.stack.layout.sessions_dir.glob("*/*/inbound.db"):
+            reader = InboundReader(db)
+            try:
+                ids += [row.id for row in reader.list_messages(limit=100_000)]
+            finally:
+                reader.close()
+        return ids
+
+
+@pytest.fixture
+def full_disk_stack() -> Iterator[FullDiskStack]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["podman", "image", "exists", AGENT_IMAGE], check=False).returncode:
+        pytest.fail(f"the agent image {AGENT_IMAGE} is missing: `nanoclaw image build`")
+    fake_api = FakeAnthropic(api_key=API_KEY, responder=responder).start()
+    telegram = FakeTelegram().start()
+    stack = Stack.create(api_url=fake_api.url, api_key=API_KEY, prefix="nc-full-")
+    mount_tmpfs(stack.home, DATA_MB)
+    mount_tmpfs(stack.layout.logs_dir, LOGS_MB)
+    port = _free_port()
+    stack.env.update(
+        {
+            "TELEGRAM_BOT_TOKEN": telegram.token,
+            "TELEGRAM_API_BASE_URL": telegram.base_url,
+            "NANOCLAW_WEBHOOK_PORT": str(port),
+            "NANOCLAW_WEBHOOK_SECRETS": f"{WEBHOOK_SOURCE}={WEBHOOK_SECRET}",
+            "NANOCLAW_DISK_MIN_FREE_MB": str(FLOOR_MB),
+            "NANOCLAW_DELIVERY_BACKOFF_BASE_S": "0.5",
+            "NANOCLAW_DELIVERY_BACKOFF_MAX_S": "4",
+        }
+    )
+    terminal: TerminalClient | None = None
+    try:
+        stack.start()
+        with contextlib.closing(CentralStore.open(stack.layout.central_db)) as central:
+            main = central.find_agent_group("main")
+            assert main is not None
+            wire_platform_chat(central, "telegram", str(TELEGRAM_CHAT), main)
+            wire_platform_chat(central, "webhook", WEBHOOK_SOURCE, main)
+        terminal = TerminalClient(stack.layout).start()
+        yield FullDiskStack(
+            stack, fake_api, telegram, terminal, main, f"http://127.0.0.1:{port}/webhook/ci"
+        )
+    finally:
+        if terminal is not None:
+            terminal.close()
+        with contextlib.suppress(OSError):
+            (stack.home / "filler").unlink()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            stack.nanoclaw("down")
+        for container in stack.containers():
+            subprocess.run(["podman", "rm", "-f", container], capture_output=True, check=False)
+        keep = os.environ.get("NANOCLAW_TEST_KEEP_LOGS")
+        if keep:  # a post-mortem: the logs live on a tmpfs that goes with the test
+            shutil.copytree(stack.layout.logs_dir, keep, dirs_exist_ok=True)
+        unmount(stack.layout.logs_dir)
+        unmount(stack.home)
+        stack.destroy()
+        telegram.stop()
+        fake_api.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _log_sizes(stack: Stack) -> dict[str, int]:
+    return {name: len(stack.log(name).splitlines()) for name in sorted(_LOGGED)}
+
+
+_LOGGED: Final = ("router", "delivery", "sweeper", "proxy", "watchdog")
+
+
+@pytest.mark.timeout(900)
+def test_a_full_disk_loses_nothing_and_answers_once(full_disk_stack: FullDiskStack) -> None:
+    env = full_disk_stack
+    stack, terminal, telegram = env.stack, env.terminal, env.telegram
+    # Warm up: the terminal's session runs, Telegram and the webhook are wired.
+    assert "echo: warm" in terminal.send("warm", timeout_s=180)
+    telegram.push_message(TELEGRAM_CHAT, "tg-warm", title="ops")
+    telegram.wait_for(lambda: any(x.text == "echo: tg-warm" for x in telegram.sent()), timeout=180)
+    pids = stack.pids()
+
+    # A reply shown by the terminal, its receipt held while the disk fills: delivery cannot
+    # record it as delivered.
+    hold = terminal.hold_frame(lambda t: t == "echo: held", AFTER_SHOW)
+    terminal.post("held", timeout_s=600)
+    assert hold.arrived.wait(120), "the held reply never came"
+    filler = stack.home / "filler"
+    fill(filler)
+    full_at = time.time()
+    hold.release()
+    lines_before = _log_sizes(stack)
+
+    # Messages arrive while the disk is full.
+    webhooks = Webhooks(
+        env.webhook_url, lambda d: f"wh-{WEBHOOK_SOURCE}-{d}:{env.main.id}" in env.inbound_ids()
+    )
+    tg_updates: dict[int, str] = {}
+    posted: list[str] = []
+    for n in range(PER_CHANNEL):
+        posted.append(terminal.post(f"cli-{n}", timeout_s=600))
+        webhooks.send(f"d{n}", timeout_s=600)
+        update, number = telegram.push_message(TELEGRAM_CHAT, f"tg-{n}", title="ops")
+        tg_updates[update] = f"{number}"
+    # Nothing is acknowledged that is not committed, for as long as the disk is full.
+    deadline = time.monotonic() + FULL_FOR_S
+    while time.monotonic() < deadline:
+        ids = env.inbound_ids()
+        for delivery, got in list(webhooks.answers.items()):
+            for status, committed in got:
+                assert not (200 <= status < 300) or committed, (delivery, got)
+        confirmed = max((o for o in telegram.offsets_seen() if o is not None), default=0)
+        for update, number_text in tg_updates.items():
+            if confirmed > update:
+                row = f"t{TELEGRAM_CHAT}_{number_text}:{env.main.id}"
+                assert row in ids, f"update {update} confirmed, {row} not committed"
+        for message_id, answer in terminal.posted().items():
+            if answer is not None and message_id in posted:
+                assert any(i.startswith(f"{message_id}:") for i in ids), message_id
+        time.sleep(0.5)
+    stack.assert_up(pids)
+    during = {k: v - lines_before[k] for k, v in _log_sizes(stack).items()}
+
+    filler.unlink()
+    freed_at = time.time()
+
+    # Everything is answered, each exactly once.
+    wanted = ["echo: held", *(f"echo: cli-{n}" for n in range(PER_CHANNEL))]
+    wait_until(lambda: all(w in terminal.texts() for w in wanted), 300, "the terminal replies")
+    wait_until(
+        lambda: all(
+            any(s.text == f"echo: tg-{n}" for s in telegram.sent()) for n in range(PER_CHANNEL)
+        ),
+        300,
+        "the Telegram replies",
+    )
+    wait_until(webhooks.done, 120, "the webhooks accepted")
+    wait_until(lambda: FLOOR_NOTICE in "\n".join(terminal.texts()), 120, "the owner's notice")
+    # Let any duplicate come out before counting.
+    time.sleep(10)
+    texts = terminal.texts()
+    for w in wanted:
+        assert texts.count(w) == 1, (w, texts)
+    sent = [s.text for s in telegram.sent("sendMessage")]
+    for n in range(PER_CHANNEL):
+        assert sent.count(f"echo: tg-{n}") == 1, sent
+    ids = env.inbound_ids()
+    for n in range(PER_CHANNEL):
+        assert ids.count(f"wh-{WEBHOOK_SOURCE}-d{n}:{env.main.id}") == 1, ids
+    model_inputs = [json.dumps(r.body) for r in env.fake_api.message_requests()]
+    for n in range(PER_CHANNEL):
+        answered = [i for i in model_inputs if re.search(rf"build\W+d{n}\W", i)]
+        assert answered, f"webhook d{n} never reached the agent"
+    notices = [t for t in texts if t.startswith("NanoClaw:")]
+    assert len(notices) == 1 and FLOOR_NOTICE in notices[0], notices
+    stack.assert_up(pids)
+    # One line per condition, not one per pass or per retry.
+    for program, count in during.items():
+        assert count <= 40, (
+            f"{program} logged {count} lines in {FULL_FOR_S}s:\n" + stack.log(program)[-6000:]
+        )
+    print(f"full for {freed_at - full_at:.0f}s; lines logged meanwhile: {during}")
