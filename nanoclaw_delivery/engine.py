@@ -431,16 +431,10 @@ class SessionWorker:
             deps.counters.in_flight -= 1
             files.discard(job.staging)
         crashpoints.after_done(deps, row, content, ids, attempt)
-        # The platform has it: this record is not given up for a full disk (it would be
-        # sent again); it waits in place for room. Only a stop ends the wait (crash row 8).
-        await until_written(
-            lambda: self._finish(
-                delivery, DeliveryStatus.DELIVERED, platform_message_id=sent.platform_message_id
-            ),
-            f"the delivery of {row.id}",
-            deps.disk,
-            stopping=self.stopping,
-        )
+        # The platform has it: on a full disk the record waits for room (else it is sent again).
+        delivered = functools.partial(self._finish, delivery, DeliveryStatus.DELIVERED)
+        finish = functools.partial(delivered, platform_message_id=sent.platform_message_id)
+        await until_written(finish, f"the delivery of {row.id}", deps.disk, stopping=self.stopping)
         if isinstance(content, m.CHAT_OPERATIONS):
             deps.counters.delivered += 1
         else:

@@ -28,7 +28,7 @@ from nanoclaw_common.channels.base import (
     InboundSink,
     OutgoingFile,
 )
-from nanoclaw_common.channels.common import committed, make_action, make_event, not_committed
+from nanoclaw_common.channels.common import make_action, make_event, not_committed
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.ids import new_id
@@ -132,7 +132,6 @@ class CliAdapter(ChannelAdapter):
                     chat_name="terminal",
                 )
                 await sink.on_event(event)
-                committed(CHANNEL)
                 return wire.Ack(id=request.id)
             action = make_action(
                 channel_type=CHANNEL,

@@ -162,5 +162,6 @@ def not_committed(channel: str, exc: BaseException) -> bool:
 
 
 def committed(channel: str) -> None:
-    """A commit of the channel succeeded: a full-disk condition, if any, is over."""
+    """A commit of the channel succeeded (``Router.on_event``): its full-disk condition,
+    if any, is over."""
     INGEST_DISK.written(f"messages from {channel}")

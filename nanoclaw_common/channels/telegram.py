@@ -50,7 +50,6 @@ from nanoclaw_common.channels.common import (
     Backoff,
     button_data,
     clean_text,
-    committed,
     make_action,
     make_event,
     not_committed,
@@ -226,7 +225,6 @@ class TelegramAdapter(ChannelAdapter):
             offset = batch.offset
             if not batch.failed:
                 self.retry.reset()
-                committed(CHANNEL)
                 continue
             # Not committed: the next getUpdates would hand the same updates back at once,
             # so wait first, longer each time the same trouble repeats.

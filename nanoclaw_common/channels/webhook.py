@@ -65,7 +65,7 @@ from nanoclaw_common.channels.base import (
     InboundSink,
     OutgoingFile,
 )
-from nanoclaw_common.channels.common import committed, make_event, not_committed, webhook_text
+from nanoclaw_common.channels.common import make_event, not_committed, webhook_text
 from nanoclaw_common.errors import DecodeError, PermanentFailure
 from nanoclaw_common.jsonlimits import decode_json
 from nanoclaw_common.messages import MAX_TEXT_CHARS, AskQuestion, InboundEvent
@@ -280,7 +280,6 @@ class WebhookAdapter(ChannelAdapter):
                     "webhook {} not committed ({}); the sender should retry", event.message_id, exc
                 )
             return web.Response(status=503, text="not committed, retry later")
-        committed(CHANNEL)
         return web.json_response({"ok": True, "id": event.message_id})
 
     def to_event(self, source: str, body: bytes, signed: Signed) -> InboundEvent:
