@@ -491,7 +491,8 @@ class DiskWatch:
             log.warning(
                 "stopping the container: {}", block.reason, session=session.id, run=session.run_id
             )
-            self.stop(session.id)
+            with self._waits_for_room("recording stopped containers"):
+                self.stop(session.id)  # TERM, KILL, removed; then its status (may be refused)
             report.stopped.append(session.id)
             self._stopped_for.setdefault((block.scope, block.scope_id), []).append(session.id)
             if block.cleanup_session_id != session.id:
