@@ -6,7 +6,10 @@ a reply the terminal has shown is waiting for its receipt. None of them is ackno
 it is committed (a webhook gets a non-2xx answer, Telegram's offset does not pass the update,
 the terminal's message is re-sent); delivery keeps the reply it could not record and does not
 send it again; no program crashes or is restarted. Once the filler is gone, every message is
-answered exactly once, and the owner has had exactly one notice about the full disk.
+answered exactly once, and the owner has had exactly one notice about the full disk. Run
+twice: with the free-space floor (every container is stopped when the disk fills, a turn cut
+short is retried by a new run) and without it (the runners wait on the full disk, and the
+sweeper does not take a waiting runner for a hung one).
 
 The programs' logs are on a second small tmpfs (``data/logs``), so what they wrote during the
 episode can be read: on one disk, supervisord simply drops the lines it cannot write.
@@ -31,7 +34,7 @@ from typing import Any, Final
 import pytest
 
 from nanoclaw_common.store import CentralStore, InboundReader
-from nanoclaw_common.store.rows import AgentGroup, InboundRow
+from nanoclaw_common.store.rows import AgentGroup, InboundRow, Session
 from tests.entities import wire_platform_chat
 from tests.environ import AGENT_IMAGE
 from tests.fakes import webhook_client
@@ -148,6 +151,7 @@ class FullDiskStack:
     terminal: TerminalClient
     main: AgentGroup
     webhook_url: str
+    floor_mb: int
 
     def inbound_rows(self) -> list[InboundRow]:
         """Every ``messages_in`` row of every session of the stack."""
@@ -159,6 +163,16 @@ class FullDiskStack:
             finally:
                 reader.close()
         return found
+
+    def sessions(self) -> list[Session]:
+        with contextlib.closing(CentralStore.open(self.stack.layout.central_db)) as central:
+            return central.list_sessions()
+
+    def cli_chat_id(self) -> str:
+        with contextlib.closing(CentralStore.open(self.stack.layout.central_db)) as central:
+            chat = central.find_messaging_group("cli", "local")
+        assert chat is not None
+        return chat.id
 
     def open_deliveries(self) -> int:
         """Delivery records of every session not settled yet (pending, sending, retry)."""
@@ -181,8 +195,11 @@ class FullDiskStack:
         return next((row.status for row in self.inbound_rows() if row.id == row_id), None)
 
 
-@pytest.fixture
-def full_disk_stack() -> Iterator[FullDiskStack]:
+@pytest.fixture(params=[FLOOR_MB, 0], ids=["floor", "no-floor"])
+def full_disk_stack(request: pytest.FixtureRequest) -> Iterator[FullDiskStack]:
+    """With the free-space floor (``disk_min_free_mb``, here 8 MB: every container is
+    stopped when the disk fills) and without it (0: the runners wait on the full disk)."""
+    floor_mb = int(request.param)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     if subprocess.run(["podman", "image", "exists", AGENT_IMAGE], check=False).returncode:
@@ -199,7 +216,7 @@ def full_disk_stack() -> Iterator[FullDiskStack]:
             "TELEGRAM_API_BASE_URL": telegram.base_url,
             "NANOCLAW_WEBHOOK_PORT": str(port),
             "NANOCLAW_WEBHOOK_SECRETS": f"{WEBHOOK_SOURCE}={WEBHOOK_SECRET}",
-            "NANOCLAW_DISK_MIN_FREE_MB": str(FLOOR_MB),
+            "NANOCLAW_DISK_MIN_FREE_MB": str(floor_mb),
             "NANOCLAW_DELIVERY_BACKOFF_BASE_S": "0.5",
             "NANOCLAW_DELIVERY_BACKOFF_MAX_S": "4",
         }
@@ -213,9 +230,8 @@ def full_disk_stack() -> Iterator[FullDiskStack]:
             wire_platform_chat(central, "telegram", str(TELEGRAM_CHAT), main)
             wire_platform_chat(central, "webhook", WEBHOOK_SOURCE, main)
         terminal = TerminalClient(stack.layout).start()
-        yield FullDiskStack(
-            stack, fake_api, telegram, terminal, main, f"http://127.0.0.1:{port}/webhook/ci"
-        )
+        url = f"http://127.0.0.1:{port}/webhook/ci"
+        yield FullDiskStack(stack, fake_api, telegram, terminal, main, url, floor_mb)
     finally:
         if terminal is not None:
             terminal.close()
@@ -257,6 +273,14 @@ def test_a_full_disk_loses_nothing_and_answers_once(full_disk_stack: FullDiskSta
     telegram.push_message(TELEGRAM_CHAT, "tg-warm", title="ops")
     telegram.wait_for(lambda: any(x.text == "echo: tg-warm" for x in telegram.sent()), timeout=180)
     pids = stack.pids()
+    [tg_session] = [s for s in env.sessions() if s.messaging_group_id != env.cli_chat_id()]
+    run_before = tg_session.run_id
+
+    # A Telegram turn whose model call is held until the disk is full: the runner has its
+    # answer to write then (or, with the floor, its container is stopped meanwhile).
+    mid_call = env.fake_api.hold_request(lambda body: "tg-mid" in json.dumps(body))
+    telegram.push_message(TELEGRAM_CHAT, "tg-mid", title="ops")
+    assert mid_call.arrived.wait(120), "the tg-mid turn never called the model"
 
     # A reply shown by the terminal, its receipt held while the disk fills: delivery cannot
     # record it as delivered.
@@ -267,6 +291,7 @@ def test_a_full_disk_loses_nothing_and_answers_once(full_disk_stack: FullDiskSta
     fill(filler)
     full_at = time.time()
     hold.release()
+    mid_call.release()
     lines_before = _log_sizes(stack)
 
     # Messages arrive while the disk is full.
@@ -304,24 +329,24 @@ def test_a_full_disk_loses_nothing_and_answers_once(full_disk_stack: FullDiskSta
 
     # Everything is answered, each exactly once.
     wanted = ["echo: held", *(f"echo: cli-{n}" for n in range(PER_CHANNEL))]
+    tg_wanted = ["echo: tg-mid", *(f"echo: tg-{n}" for n in range(PER_CHANNEL))]
     wait_until(lambda: all(w in terminal.texts() for w in wanted), 300, "the terminal replies")
     wait_until(
-        lambda: all(
-            any(s.text == f"echo: tg-{n}" for s in telegram.sent()) for n in range(PER_CHANNEL)
-        ),
+        lambda: all(any(s.text == w for s in telegram.sent()) for w in tg_wanted),
         300,
         "the Telegram replies",
     )
     wait_until(webhooks.done, 120, "the webhooks accepted")
-    wait_until(lambda: FLOOR_NOTICE in "\n".join(terminal.texts()), 120, "the owner's notice")
+    if env.floor_mb:
+        wait_until(lambda: FLOOR_NOTICE in "\n".join(terminal.texts()), 120, "the notice")
     # Nothing is left to send (again) before counting: every record settled.
     wait_until(lambda: env.open_deliveries() == 0, 120, "every delivery settled")
     texts = terminal.texts()
     for w in wanted:
         assert texts.count(w) == 1, (w, texts)
     sent = [s.text for s in telegram.sent("sendMessage")]
-    for n in range(PER_CHANNEL):
-        assert sent.count(f"echo: tg-{n}") == 1, sent
+    for w in tg_wanted:
+        assert sent.count(w) == 1, sent
     ids = env.inbound_ids()
     webhook_rows = [f"wh-{WEBHOOK_SOURCE}-d{n}:{env.main.id}" for n in range(PER_CHANNEL)]
     for row in webhook_rows:
@@ -333,7 +358,13 @@ def test_a_full_disk_loses_nothing_and_answers_once(full_disk_stack: FullDiskSta
         turns = [i for i in model_inputs if f"d{n}" in i and "webhook" in i]
         assert turns, f"webhook d{n} never reached the agent"
     notices = [t for t in texts if t.startswith("NanoClaw:")]
-    assert len(notices) == 1 and FLOOR_NOTICE in notices[0], notices
+    if env.floor_mb:  # one notice for the episode
+        assert len(notices) == 1 and FLOOR_NOTICE in notices[0], notices
+    else:  # no floor, no notice; and the waiting runner was not taken for a hung one
+        assert notices == []
+        [after] = [s for s in env.sessions() if s.id == tg_session.id]
+        assert after.run_id == run_before, "the waiting run was stopped"
+        assert "kill" not in stack.log("sweeper"), stack.log("sweeper")[-3000:]
     stack.assert_up(pids)
     # One line per condition, not one per pass or per retry: a handful of conditions and
     # one line per container stopped or message stored, never hundreds.
