@@ -364,7 +364,7 @@ def test_a_full_disk_loses_nothing_and_answers_once(full_disk_stack: FullDiskSta
         assert notices == []
         [after] = [s for s in env.sessions() if s.id == tg_session.id]
         assert after.run_id == run_before, "the waiting run was stopped"
-        assert "kill" not in stack.log("sweeper"), stack.log("sweeper")[-3000:]
+        assert "stopping run: kill" not in stack.log("sweeper"), stack.log("sweeper")[-3000:]
     stack.assert_up(pids)
     # One line per condition, not one per pass or per retry: a handful of conditions and
     # one line per container stopped or message stored, never hundreds.
