@@ -17,13 +17,13 @@ long one batch may wait.
 
 from __future__ import annotations
 
-import errno
 import threading
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-import apsw
 from loguru import logger
+
+from nanoclaw_common.diskfull import is_disk_full
 
 log = logger.bind(component="disk")
 
@@ -31,14 +31,6 @@ T = TypeVar("T")
 
 FIRST_DELAY_S: Final = 0.2
 MAX_DELAY_S: Final = 5.0
-_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """A write refused for want of space: SQLite's ``SQLITE_FULL``, ``ENOSPC`` or ``EDQUOT``."""
-    if isinstance(exc, apsw.FullError):
-        return True
-    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
 
 class DiskFullStop(BaseException):

@@ -28,6 +28,7 @@ batch's prompt says what was already sent in reply to it (mid-turn sends:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -151,13 +152,17 @@ class Runner:
     def setup(self, *, now: int | None = None) -> None:
         self.inbound = InboundReader(self.paths.session.inbound_db)
         self.outbound = OutboundStore(self.paths.session.outbound_db)
-        if self.resumed and self.outbound.resume_run(self.run_id, now=now):
+        # The run's record waits for room like every other write (a runner started on a
+        # full disk must not die: its container would be retried into the same wall).
+        resume = functools.partial(self.outbound.resume_run, self.run_id, now=now)
+        if self.resumed and self.disk.until_written(resume, "the run's start"):
             log.debug("run resumed: its claims and start time kept", run=self.run_id)
         else:
             if self.resumed:
                 # Another run took the session over meanwhile: behave as any fresh start.
                 log.warning("cannot resume: container_state names another run", run=self.run_id)
-            dropped = self.outbound.start_run(self.run_id, now=now)
+            start = functools.partial(self.outbound.start_run, self.run_id, now=now)
+            dropped = self.disk.until_written(start, "the run's start")
             if dropped:
                 log.info("dropped {} claim(s) of earlier runs", dropped, run=self.run_id)
         self.destinations = Destinations(self.inbound)
@@ -217,7 +222,10 @@ class Runner:
     def run(self) -> bool:
         """Poll until stopped. True when the loop ended to shed the model SDK: the caller
         re-execs the process (``shed.reexec``) once this has torn down."""
-        self.setup()
+        try:
+            self.setup()
+        except DiskFullStop:
+            return False  # stopped before the run was recorded: it claimed nothing
         shedding = False
         try:
             while not self.stop.is_set():

@@ -45,6 +45,7 @@ from loguru import logger
 
 from nanoclaw_common import messages as m
 from nanoclaw_common import packages
+from nanoclaw_common.diskfull import until_written
 from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.loader_env import is_loader_variable
 from nanoclaw_common.sessions import ensure_session_files
@@ -220,7 +221,14 @@ async def request(job: Job, action: SelfMod) -> Sent:
     card = m.AskQuestion(question_id=approval_id, title=title, question=question, options=OPTIONS)
     sent = await reach.adapter.send_question(reach.chat.platform_id, None, card)
     if sent is not None:
-        central.set_approval_platform_message(approval_id, sent)
+        card_id = sent
+
+        async def record_card() -> None:
+            central.set_approval_platform_message(approval_id, card_id)
+
+        # The card is out: on a full disk its record waits for room (a retry would post it
+        # again; and only a click on the recorded card counts).
+        await until_written(record_card, f"the card of approval {approval_id}", deps.disk)
     log.info(
         "approval {} for {} sent to {}",
         approval_id,

@@ -32,6 +32,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.faults import CrashPoints
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
@@ -152,6 +153,8 @@ class Deps:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     notices: NoticeState = field(default_factory=NoticeState)
     terminal_patience_s: float = TERMINAL_PATIENCE_S
+    # Writes refused for want of space, logged as conditions (nanoclaw_common.diskfull).
+    disk: FullDiskLog = field(default_factory=FullDiskLog)
     # Reads of a session's container-written files, each bounded in time (stall.py).
     session_io: StallGuard = field(init=False)
     # Test-only crash points (``nanoclaw_common.faults``); disarmed unless a test armed them.

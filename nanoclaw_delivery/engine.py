@@ -42,6 +42,7 @@ import msgspec
 from loguru import logger
 
 from nanoclaw_common import messages as m
+from nanoclaw_common.diskfull import until_written
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.hostfs import unblock
 from nanoclaw_common.paths import SessionPaths
@@ -342,9 +343,10 @@ class SessionWorker(SessionRows):
             deps.counters.in_flight -= 1
             files.discard(job.staging)
         crashpoints.after_done(deps, row, content, ids, attempt)
-        await self._finish(
-            delivery, DeliveryStatus.DELIVERED, platform_message_id=sent.platform_message_id
-        )
+        # The platform has it: on a full disk the record waits for room (else it is sent again).
+        delivered = functools.partial(self._finish, delivery, DeliveryStatus.DELIVERED)
+        finish = functools.partial(delivered, platform_message_id=sent.platform_message_id)
+        await until_written(finish, f"the delivery of {row.id}", deps.disk, stopping=self.stopping)
         if isinstance(content, m.CHAT_OPERATIONS):
             deps.counters.delivered += 1
         else:

@@ -35,6 +35,7 @@ from loguru import logger
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.disk import OWNER_NOTICE_KIND
+from nanoclaw_common.diskfull import until_written
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import system_note
 from nanoclaw_common.store import InboundStore, NewInbound
@@ -293,6 +294,12 @@ async def _send_notice(deps: Deps, notices: OwnerNotices, notice: OwnerNotice, k
         return False
     # Crash point (crash table row 18): the DM was accepted, ``sent`` not recorded.
     deps.faults.crash("delivery.after_notice_accepted", notice=notice.id, group=group)
-    notices.sent(notice, key, now=deps.clock())
+
+    async def record_sent() -> None:
+        notices.sent(notice, key, now=deps.clock())
+
+    # The owner has it: on a full disk the record waits for room, or the next pass would
+    # send the notice again.
+    await until_written(record_sent, f"owner notice {notice.id}", deps.disk)
     log.info("owner notice {} sent to {}", notice.id, reach.user_id, group=group)
     return True

@@ -17,10 +17,12 @@ ever answer the agent's own question. The answer still reaches the agent under i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from nanoclaw_common import messages as m
 from nanoclaw_common.channels.base import ChannelAdapter, OutgoingFile, card_fallback_text
+from nanoclaw_common.diskfull import until_written
 from nanoclaw_common.errors import DecodeError, RetryLater
 from nanoclaw_common.faults import Fact
 from nanoclaw_common.states import DeliveryStatus
@@ -98,11 +100,19 @@ async def send_parts(
                 "part": index + 1,
             }
             job.deps.faults.crash("delivery.after_part_accepted", **facts)
-            job.inbound.record_part(
-                job.row.id, index + 1, sent if index == 0 else None, now=job.deps.clock()
+            # The platform has this part: its record waits for room on a full disk rather
+            # than fail the attempt (the retry would send the part again).
+            await until_written(
+                functools.partial(_record_part, job, index + 1, sent if index == 0 else None),
+                f"part {index + 1} of {job.row.id}",
+                job.deps.disk,
             )
             job.deps.faults.crash("delivery.after_part_recorded", **facts)
     return Sent(first)
+
+
+async def _record_part(job: Job, parts_sent: int, first: str | None) -> None:
+    job.inbound.record_part(job.row.id, parts_sent, first, now=job.deps.clock())
 
 
 def _platform_message_id(job: Job, message_id: str, *, own_only: bool = False) -> str:

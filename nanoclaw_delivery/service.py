@@ -240,9 +240,13 @@ class DeliveryService:
                     if self.inotify is None:
                         interval = STAT_POLL_S if changed else min(STAT_IDLE_MAX_S, interval * 1.5)
             except (NanoclawError, OSError) as exc:
-                log.warning("session scan failed: {!r}", exc)
+                if not self.deps.disk.refused("the session scan", exc):
+                    log.warning("session scan failed: {!r}", exc)
             except Exception as exc:  # a storage error must not end the loop
-                log.opt(exception=exc).error("session scan failed: {!r}", exc)
+                if not self.deps.disk.refused("the session scan", exc):
+                    log.opt(exception=exc).error("session scan failed: {!r}", exc)
+            else:
+                self.deps.disk.written("the session scan")
             await asyncio.sleep(min(interval, SESSION_REFRESH_S))
 
     # -- per-session task ------------------------------------------------------------------
@@ -268,10 +272,17 @@ class DeliveryService:
             tracked.poke.clear()
             if self.stop.stopping:
                 break
+            if tracked.failures and (tracked.next_due or 0) > self.deps.clock():
+                # A failed drain waits out its backoff whatever pokes it: a drain refused
+                # for a full disk pokes itself (SQLite creates and removes its journal), and
+                # would otherwise retry thousands of times a second.
+                continue
             tracked.busy = True
             try:
                 tracked.next_due = await worker.drain()
                 tracked.last_drain = asyncio.get_running_loop().time()
+                if tracked.failures:
+                    self.deps.disk.written(f"session {worker.session.id}'s deliveries")
                 tracked.failures = 0
             except asyncio.CancelledError:
                 raise
@@ -289,14 +300,16 @@ class DeliveryService:
             except Exception as exc:
                 # A storage error (disk full, a locked file past the busy timeout, a damaged
                 # database): log, back off (1 s doubling to a minute), try again; never let
-                # one session's trouble end the program.
+                # one session's trouble end the program. A full disk is one condition, not a
+                # traceback per try.
                 tracked.failures += 1
-                log.opt(exception=exc).error(
-                    "drain failed ({} in a row): {!r}",
-                    tracked.failures,
-                    exc,
-                    session=worker.session.id,
-                )
+                if not self.deps.disk.refused(f"session {worker.session.id}'s deliveries", exc):
+                    log.opt(exception=exc).error(
+                        "drain failed ({} in a row): {!r}",
+                        tracked.failures,
+                        exc,
+                        session=worker.session.id,
+                    )
                 with contextlib.suppress(Exception):  # reopen from scratch next time
                     await self.deps.offload.db(worker.release)
                 wait_ms = min(60_000, 1000 * 2 ** min(tracked.failures - 1, 6))
@@ -321,7 +334,10 @@ class DeliveryService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.opt(exception=exc).error("approval pass failed: {!r}", exc)
+                if not self.deps.disk.refused("the approval pass", exc):
+                    log.opt(exception=exc).error("approval pass failed: {!r}", exc)
+            else:
+                self.deps.disk.written("the approval pass")
             await asyncio.sleep(APPROVAL_POLL_S)
 
     # -- owner notices ---------------------------------------------------------------------
@@ -341,5 +357,8 @@ class DeliveryService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.opt(exception=exc).error("owner notice pass failed: {!r}", exc)
+                if not self.deps.disk.refused("the owner notice pass", exc):
+                    log.opt(exception=exc).error("owner notice pass failed: {!r}", exc)
+            else:
+                self.deps.disk.written("the owner notice pass")
             await asyncio.sleep(NOTICE_POLL_S)

@@ -48,6 +48,7 @@ from aiohttp import web
 from loguru import logger
 
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store.central import CentralStore
 from nanoclaw_common.store.metering import (
@@ -88,6 +89,7 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # in all. Past them a call gets a 429 with retry-after before its body is read.
 PEER_BODY_BYTES: Final = 3 * MAX_REQUEST_BYTES
 TOTAL_BODY_BYTES: Final = 16 * MAX_REQUEST_BYTES
+RETRY_SOON: Final = {"retry-after": "5"}
 BODY_TIMEOUT_S: Final = 30.0  # a body that trickles in holds a connection: cut it
 BIG_BODY_BYTES: Final = 1024 * 1024  # parsed off the event loop
 STATE: web.AppKey[ProxyState] = web.AppKey("state")
@@ -127,6 +129,7 @@ class ProxyState:
         self.cache = tokens.TokenCache()
         self.limiter = tokens.FailureLimiter()
         self.logs = RateLimitedLog()
+        self.disk = FullDiskLog(log=log)  # central.db refusing the metering: one condition
         # lookups, cache_hits, malformed, rate_limited, revoked_in_cache, wrong_peer,
         # refused_capability, refused_budget (logged at close).
         self.stats: Counter[str] = Counter()
@@ -354,6 +357,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
         )
     try:
         return await _read_and_forward(state, request, found, ids, started)
+    except Exception as exc:
+        # The budget's reservation could not be written: nothing was sent upstream. The
+        # SDK retries a 503, and the runner after it.
+        if not state.disk.refused("the metering of model calls", exc):
+            raise
+        return error_response(
+            503, "api_error", "NanoClaw proxy: the host's disk is full; retry later.", RETRY_SOON
+        )
     finally:
         state.release_body(identity, size)
 
@@ -389,7 +400,15 @@ async def _read_and_forward(
         if settled or not metered:
             return
         settled = True
-        await state.db(state.settle, reservation, found.agent_group_id, day, usage)
+        try:
+            await state.db(state.settle, reservation, found.agent_group_id, day, usage)
+        except Exception as exc:
+            # The answer is the agent's whatever the ledger says: on a full disk its usage
+            # goes unrecorded (its reservation expires with its time to live).
+            if not state.disk.refused("the metering of model calls", exc):
+                raise
+            return
+        state.disk.written("the metering of model calls")
 
     try:
         return await _relay(state, request, body=body, ids=ids, settle=settle, started=started)

@@ -17,6 +17,7 @@ from typing import Any, Final
 from loguru import logger
 
 from nanoclaw_common.channels.base import INVALID_INPUT, ChannelAdapter
+from nanoclaw_common.channels.common import committed
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.messages import ActionEvent, InboundEvent
 from nanoclaw_common.paths import Layout
@@ -87,6 +88,7 @@ class Router:
 
     async def on_event(self, event: InboundEvent) -> None:
         await self.ingest.route(event)
+        committed(event.channel_type)
 
     async def on_action(self, action: ActionEvent) -> None:
         await self.ingest.handle_action(action)

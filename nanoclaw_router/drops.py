@@ -19,6 +19,7 @@ from typing import Final
 from loguru import logger
 
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.messages import ChatContent
 from nanoclaw_common.store import CentralStore, InsertResult, NewInbound
 from nanoclaw_common.store.rows import Session
@@ -53,6 +54,7 @@ class DropThrottle:
         self.interval_ms = interval_ms
         self.clock = clock
         self._windows: dict[Key, _Window] = {}
+        self.disk = FullDiskLog(log=log)  # a full disk: one line, not one per flush
 
     def record(self, channel_type: str, platform_id: str, reason: str, detail: str) -> bool:
         """Count one refusal: written now (True) or added to its window's count (False)."""
@@ -85,8 +87,10 @@ class DropThrottle:
             try:
                 self._write(key, window.unwritten, window.detail, now)
             except Exception as exc:
-                log.warning("{} refusals not recorded yet: {}", window.unwritten, exc)
+                if not self.disk.refused("the counts of refused input", exc):
+                    log.warning("{} refusals not recorded yet: {}", window.unwritten, exc)
                 continue
+            self.disk.written("the counts of refused input")
             self._windows[key] = _Window(now + self.interval_ms)
 
     def _write(self, key: Key, count: int, detail: str | None, now: int) -> None:

@@ -14,6 +14,7 @@ from loguru import logger
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
+from nanoclaw_common.diskfull import FullDiskLog, until_written
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import AskQuestion
 from nanoclaw_common.store import CentralStore
@@ -44,10 +45,12 @@ class OutboxSender:
         adapters: Mapping[str, ChannelAdapter],
         *,
         clock: Callable[[], int] = now_ms,
+        disk: FullDiskLog | None = None,
     ) -> None:
         self.outbox = RouterOutbox(central)
         self.adapters = adapters
         self.clock = clock
+        self.disk = disk or FullDiskLog()
         self._kick = asyncio.Event()
         self.sent = 0
 
@@ -95,7 +98,10 @@ class OutboxSender:
             try:
                 await self.drain()
             except Exception as exc:  # a DB hiccup must not end the loop
-                log.error("router outbox pass failed: {}", exc)
+                if not self.disk.refused("the router outbox", exc):
+                    log.error("router outbox pass failed: {}", exc)
+            else:
+                self.disk.written("the router outbox")
             next_due = self.outbox.next_due_ms()
             wait_s = IDLE_WAIT_S
             if next_due is not None:
@@ -145,7 +151,12 @@ class OutboxSender:
                 "router message {} not sent yet ({}); will retry", shown(item.id), shown_text(exc)
             )
             return False
-        self.outbox.mark_sent(item.id, platform_message_id, now=now)
+
+        async def record_sent() -> None:
+            self.outbox.mark_sent(item.id, platform_message_id, now=now)
+
+        # Sent: on a full disk the record waits for room (else it would be sent again).
+        await until_written(record_sent, f"router message {item.id}", self.disk)
         self.sent += 1
         log.info(
             "router message {} sent to {}/{}",

@@ -42,7 +42,7 @@ def serve(settings: Settings, layout: Layout) -> None:
     sandbox = Sandbox(settings, test_faults=FAULTS_ENV in os.environ)
     proof = Proof.of(layout, "sweeper")  # beaten by each pass, and between its sessions
     sweeper = Sweeper(settings, central, sandbox, beat=proof.beat)
-    loop = SweepLoop(sweeper, touch=proof.touch)
+    loop = SweepLoop(sweeper, touch=proof.touch, full_disk=sweeper.disk.disk)
     log.info("sweeping every {} s (max {} containers)", PASS_INTERVAL_S, settings.max_containers)
     try:
         _require_mechanism(settings, sweeper)

@@ -25,8 +25,9 @@ refuses such a wake anyway; asking first keeps the log quiet).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -37,6 +38,7 @@ from loguru import logger
 from nanoclaw_common.disk.limits import Limit, Scope, group_limit, human_bytes, session_limit
 from nanoclaw_common.disk.quotas import DiskQuotas
 from nanoclaw_common.disk.walk import FolderWalk
+from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import SessionStatus
@@ -119,6 +121,11 @@ class DiskWatch:
     _last_free: int | None = field(default=None, init=False)
     _blocks: list[DiskBlock] = field(default_factory=list, init=False)
     _stopped_for: dict[Key, list[str]] = field(default_factory=dict, init=False)
+    # The floor's block while the full disk refuses to record it: enforced from memory,
+    # written (and then told) as soon as there is room, lifted only after that.
+    _floor_unrecorded: DiskBlock | None = field(default=None, init=False)
+    _floor_over: bool = field(default=False, init=False)  # free again, the block not lifted yet
+    disk: FullDiskLog = field(default_factory=lambda: FullDiskLog(log=log), init=False)
 
     def __post_init__(self) -> None:
         self.ledger = DiskLedger(self.central)
@@ -134,18 +141,36 @@ class DiskWatch:
         report = DiskPass()
         running = self._running_sessions(live)
         self._floor(now, report)
-        blocks = {(b.scope, b.scope_id): b for b in self.ledger.list_blocks()}
-        folders = self._watched(running, blocks)
-        urgent = sharp_drop(self._previous_free, self._last_free)
-        self._previous_free = self._last_free
-        self._measure(folders, urgent=urgent, now=now, report=report)
-        for folder in folders:
-            self._judge(folder, blocks.get(folder.key), now, report)
+        # On a full disk the records below may be refused: the floor is still enforced
+        # (from memory if need be) and the notices are written on a later pass.
+        with self._waits_for_room("the disk quotas' records"):
+            blocks = {(b.scope, b.scope_id): b for b in self.ledger.list_blocks()}
+            folders = self._watched(running, blocks)
+            urgent = sharp_drop(self._previous_free, self._last_free)
+            self._previous_free = self._last_free
+            self._measure(folders, urgent=urgent, now=now, report=report)
+            for folder in folders:
+                self._judge(folder, blocks.get(folder.key), now, report)
         self._blocks = self.ledger.list_blocks()
+        if self._floor_unrecorded is not None:
+            self._blocks.append(self._floor_unrecorded)
         self._enforce(running, now, report)
-        self._notify(now)
+        with self._waits_for_room("the disk notices"):
+            self._notify(now)
         self._stopped_for.clear()
         return report
+
+    @contextlib.contextmanager
+    def _waits_for_room(self, what: str) -> Iterator[None]:
+        """Writes that a full disk may refuse without harm: done again on a later pass
+        (logged as one condition, ``FullDiskLog``). Any other error is raised."""
+        try:
+            yield
+        except Exception as exc:
+            if not self.disk.refused(what, exc):
+                raise
+        else:
+            self.disk.written(what)
 
     def holds(self, session: rows.Session) -> bool:
         """Whether the blocks of the last ``check`` hold this session's wake back."""
@@ -167,34 +192,52 @@ class DiskWatch:
         free = self.quotas.free()
         self._last_free = free
         floor_bytes = self.quotas.floor_bytes
-        blocked = any(b.scope == Scope.FLOOR for b in self.ledger.list_blocks())
-        verdict = judge_floor(free, floor_bytes, blocked=blocked)
+        recorded = next((b for b in self.ledger.list_blocks() if b.scope == Scope.FLOOR), None)
+        verdict = judge_floor(
+            free, floor_bytes, blocked=recorded is not None or self._floor_unrecorded is not None
+        )
+        self._floor_over = verdict is FloorVerdict.RECOVERED
+        if recorded is None and self._floor_unrecorded is not None:
+            # Tripped on a full disk: recorded first (so the owner is told this pass),
+            # lifted on a later one.
+            if self._record_floor(self._floor_unrecorded):
+                report.blocked.append(f"{Scope.FLOOR}:{FLOOR_ID}")
+            return
         if verdict is FloorVerdict.LOW and free is not None:
             log.error(
                 "only {} free on the data folder's disk (floor {}): stopping every container",
                 human_bytes(free),
                 human_bytes(floor_bytes),
             )
-            self.ledger.add_block(
-                DiskBlock(
-                    scope=Scope.FLOOR,
-                    scope_id=FLOOR_ID,
-                    agent_group_id=None,
-                    state=BLOCK_HELD,
-                    cleanup_session_id=None,
-                    bytes=free,
-                    entries=0,
-                    limit_bytes=floor_bytes,
-                    limit_entries=0,
-                    reason=f"only {human_bytes(free)} free on the data folder's disk",
-                    blocked_at_ms=now,
-                )
+            self._floor_unrecorded = DiskBlock(
+                scope=Scope.FLOOR,
+                scope_id=FLOOR_ID,
+                agent_group_id=None,
+                state=BLOCK_HELD,
+                cleanup_session_id=None,
+                bytes=free,
+                entries=0,
+                limit_bytes=floor_bytes,
+                limit_entries=0,
+                reason=f"only {human_bytes(free)} free on the data folder's disk",
+                blocked_at_ms=now,
             )
+            self._record_floor(self._floor_unrecorded)
             report.blocked.append(f"{Scope.FLOOR}:{FLOOR_ID}")
         elif verdict is FloorVerdict.RECOVERED:
+            assert recorded is not None
+            if recorded.notified_at_ms is None:
+                return  # the owner is told first (the notice may have met the full disk)
             self.ledger.lift(Scope.FLOOR, FLOOR_ID)
             log.info("free space on the data folder's disk is back: {}", human_bytes(free or 0))
             report.lifted.append(f"{Scope.FLOOR}:{FLOOR_ID}")
+
+    def _record_floor(self, block: DiskBlock) -> bool:
+        """Write the floor's block; False when the full disk refused it (kept in memory)."""
+        with self._waits_for_room("the disk floor's block"):
+            self.ledger.add_block(block)
+            self._floor_unrecorded = None
+        return self._floor_unrecorded is None
 
     # -- which folders ----------------------------------------------------------------------
 
@@ -439,6 +482,8 @@ class DiskWatch:
                 for block in self._blocks
                 if block.covers(session.id, session.agent_group_id)
                 and not block.lets_run(session.id, session.run_id)
+                # Free again, the floor only waits to be told before it is lifted.
+                and not (block.scope == Scope.FLOOR and self._floor_over)
             ]
             if not blocking:
                 continue
@@ -446,24 +491,27 @@ class DiskWatch:
             log.warning(
                 "stopping the container: {}", block.reason, session=session.id, run=session.run_id
             )
-            self.stop(session.id)
+            with self._waits_for_room("recording stopped containers"):
+                self.stop(session.id)  # TERM, KILL, removed; then its status (may be refused)
             report.stopped.append(session.id)
             self._stopped_for.setdefault((block.scope, block.scope_id), []).append(session.id)
             if block.cleanup_session_id != session.id:
-                self._write_note(
-                    session,
-                    block,
-                    disk_notes.interrupted_note(block),
-                    trigger=False,
-                    now=now,
-                    suffix=f"-{session.id}",
-                )
+                # Context for the agent's next run: not worth holding the pass for.
+                with self._waits_for_room("the notes to stopped sessions"):
+                    self._write_note(
+                        session,
+                        block,
+                        disk_notes.interrupted_note(block),
+                        trigger=False,
+                        now=now,
+                        suffix=f"-{session.id}",
+                    )
 
     def _notify(self, now: int) -> None:
         """Each block's owner notice and, for a cleanup block, the note that wakes its run;
         once per block state (``notified_at_ms``)."""
         for block in self._blocks:
-            if block.notified_at_ms is not None:
+            if block.notified_at_ms is not None or block is self._floor_unrecorded:
                 continue
             key = (block.scope, block.scope_id)
             stopped = self._stopped_for.pop(key, [])

@@ -23,12 +23,23 @@ log = logger.bind(component="sweeper")
 
 PASS_INTERVAL_S: Final = 1.0  # due work is woken within about this long of its time
 MAX_ERROR_BACKOFF_S: Final = 30.0
+FULL_DISK_BACKOFF_S: Final = 5.0  # passes go on often enough to resume soon after there is room
+FULL_DISK_PASS: Final = "a sweep pass"
 
 
 class Sweeps(Protocol):
     """What the loop needs from ``Sweeper``."""
 
     def sweep(self, now: int) -> PassReport: ...
+
+
+class FullDisk(Protocol):
+    """What the loop needs from ``diskfull.FullDiskLog``: a full disk is one condition,
+    logged when it starts and ends, not a traceback a pass."""
+
+    def refused(self, what: str, exc: BaseException) -> bool: ...
+
+    def written(self, what: str) -> None: ...
 
 
 class Stop(Protocol):
@@ -68,6 +79,7 @@ class SweepLoop:
     wall_ms: Callable[[], int] = now_ms
     interval_s: float = PASS_INTERVAL_S
     max_backoff_s: float = MAX_ERROR_BACKOFF_S
+    full_disk: FullDisk | None = None
     passes: int = 0
     errors: int = 0
     _error_delay_s: float = field(init=False)
@@ -82,18 +94,24 @@ class SweepLoop:
         a fixed pause after a slow pass; after a pass longer than the interval, none: the
         missed periods are skipped, not replayed). After a failed pass (Podman restarting, a
         locked file): the error is logged and the wait doubles from ``interval_s`` up to
-        ``max_backoff_s``, back to normal after the next good pass. Never raises an
-        ``Exception``."""
+        ``max_backoff_s``, back to normal after the next good pass; a pass refused by a full
+        disk is counted by ``full_disk`` instead of logged, and its wait is capped at
+        ``FULL_DISK_BACKOFF_S``. Never raises an ``Exception``."""
         self.touch()
         started = self.monotonic_s()
         try:
             report = self.sweeper.sweep(now)
         except Exception as exc:
             self.errors += 1
-            log.opt(exception=exc).error("sweep failed: {!r}", exc)
+            full = self.full_disk is not None and self.full_disk.refused(FULL_DISK_PASS, exc)
+            if not full:
+                log.opt(exception=exc).error("sweep failed: {!r}", exc)
             delay_s = self._error_delay_s
-            self._error_delay_s = min(delay_s * 2, self.max_backoff_s)
-            return delay_s
+            cap = min(FULL_DISK_BACKOFF_S, self.max_backoff_s) if full else self.max_backoff_s
+            self._error_delay_s = min(delay_s * 2, cap)
+            return min(delay_s, cap)
+        if self.full_disk is not None:
+            self.full_disk.written(FULL_DISK_PASS)
         self._error_delay_s = self.interval_s
         self.passes += 1
         if noteworthy(report):

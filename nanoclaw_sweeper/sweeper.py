@@ -389,8 +389,9 @@ class Sweeper:
             self.central.set_container_status(session.id, ContainerStatus.RUNNING, now=now)
         if not running and self._believed_running(session, now):
             # Podman has no live container (it exited by itself, or the host rebooted).
-            log.info("container is gone", session=session.id, run=session.run_id)
             self.central.set_container_status(session.id, ContainerStatus.STOPPED, now=now)
+            # After the write: a full disk refuses it each pass, and that is logged once.
+            log.info("container is gone", session=session.id, run=session.run_id)
 
     def _believed_running(self, session: rows.Session, now: int) -> bool:
         if session.container_status == ContainerStatus.RUNNING:

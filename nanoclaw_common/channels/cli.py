@@ -28,7 +28,7 @@ from nanoclaw_common.channels.base import (
     InboundSink,
     OutgoingFile,
 )
-from nanoclaw_common.channels.common import make_action, make_event
+from nanoclaw_common.channels.common import make_action, make_event, not_committed
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.ids import new_id
@@ -112,7 +112,8 @@ class CliAdapter(ChannelAdapter):
             try:
                 await sink.on_invalid(CHANNEL, PLATFORM_ID, str(exc))
             except Exception as record_exc:
-                log.warning("invalid chat line not recorded: {}", record_exc)
+                if not not_committed(CHANNEL, record_exc):
+                    log.warning("invalid chat line not recorded: {}", record_exc)
                 return wire.Refusal(id="", error=f"not committed: {record_exc}")
             return wire.Refusal(id="", error=str(exc))
         try:
@@ -145,13 +146,15 @@ class CliAdapter(ChannelAdapter):
             try:
                 await sink.on_invalid(CHANNEL, PLATFORM_ID, str(exc))
             except Exception as record_exc:
-                log.warning("invalid chat message not recorded: {}", record_exc)
+                if not not_committed(CHANNEL, record_exc):
+                    log.warning("invalid chat message not recorded: {}", record_exc)
                 return wire.Refusal(
                     id=getattr(request, "id", ""), error=f"not committed: {record_exc}"
                 )
             return wire.Refusal(id=getattr(request, "id", ""), error=str(exc))
         except Exception as exc:
-            log.warning("chat message not committed: {}", exc)
+            if not not_committed(CHANNEL, exc):
+                log.warning("chat message not committed: {}", exc)
             return wire.Refusal(id=getattr(request, "id", ""), error=f"not committed: {exc}")
 
     # -- outbound (delivery) --------------------------------------------------------------

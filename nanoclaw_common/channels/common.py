@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
+from loguru import logger
 
+from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.messages import (
     MAX_ID_CHARS,
@@ -145,3 +147,21 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+# The channels' commits refused for a full disk: one condition per channel (logged when it
+# starts, once a minute while it lasts, when it ends), not a line per message and re-send.
+INGEST_DISK: Final = FullDiskLog(log=logger.bind(component="router"))
+
+
+def not_committed(channel: str, exc: BaseException) -> bool:
+    """Whether ``exc`` (a commit's failure) is a full disk, counted under the channel's
+    condition; the caller logs anything else itself. The platform is not acknowledged
+    either way, so it re-sends."""
+    return INGEST_DISK.refused(f"messages from {channel}", exc)
+
+
+def committed(channel: str) -> None:
+    """A commit of the channel succeeded (``Router.on_event``): its full-disk condition,
+    if any, is over."""
+    INGEST_DISK.written(f"messages from {channel}")

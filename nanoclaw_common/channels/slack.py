@@ -58,6 +58,7 @@ from nanoclaw_common.channels.common import (
     Backoff,
     make_action,
     make_event,
+    not_committed,
     parse_button_data,
     safe_platform_id,
 )
@@ -221,15 +222,19 @@ class SlackAdapter(ChannelAdapter):
                 if self._socket is not client:
                     # The inbound half stopped (or this is not our live connection):
                     # not acknowledged, so Slack re-sends it to the next connection.
-                    log.warning("envelope {} not committed ({})", shown(envelope.envelope_id), exc)
+                    if not not_committed(CHANNEL, exc):
+                        log.warning(
+                            "envelope {} not committed ({})", shown(envelope.envelope_id), exc
+                        )
                     return
                 delay = backoff.next_delay_s()
-                log.warning(
-                    "envelope {} not committed ({}); retrying in {}s",
-                    shown(envelope.envelope_id),
-                    exc,
-                    delay,
-                )
+                if not not_committed(CHANNEL, exc):
+                    log.warning(
+                        "envelope {} not committed ({}); retrying in {}s",
+                        shown(envelope.envelope_id),
+                        exc,
+                        delay,
+                    )
                 await self._sleep(delay)
         await client.send_socket_mode_response({"envelope_id": envelope.envelope_id})
 
@@ -440,11 +445,13 @@ class SlackAdapter(ChannelAdapter):
                 await sink.on_invalid(CHANNEL, "unknown", str(exc))
             except Exception as record_exc:
                 # The drop is the commit for a poison event: without it, no 4xx either.
-                log.warning("invalid event not recorded ({}); Slack will retry", record_exc)
+                if not not_committed(CHANNEL, record_exc):
+                    log.warning("invalid event not recorded ({}); Slack will retry", record_exc)
                 return web.Response(status=500, text="not committed")
             return web.Response(status=400, text=str(exc))
         except Exception as exc:
-            log.warning("event not committed ({}); Slack will retry", exc)
+            if not not_committed(CHANNEL, exc):
+                log.warning("event not committed ({}); Slack will retry", exc)
             return web.Response(status=500, text="not committed")
         return web.Response(status=200)
 
@@ -538,7 +545,8 @@ async def _record_refusal(sink: InboundSink, reason: str) -> None:
     try:
         await sink.on_invalid(CHANNEL, EVENTS_PLATFORM_ID, reason)
     except Exception as exc:
-        log.warning("could not record a refused request: {}", exc)
+        if not not_committed(CHANNEL, exc):
+            log.warning("could not record a refused request: {}", exc)
 
 
 def _ts_ms(ts: str) -> int:

@@ -52,6 +52,7 @@ from nanoclaw_common.channels.common import (
     clean_text,
     make_action,
     make_event,
+    not_committed,
     parse_button_data,
     safe_platform_id,
 )
@@ -309,7 +310,8 @@ class TelegramAdapter(ChannelAdapter):
                     if not await self._record_invalid(sink, _chat_key(item), str(exc)):
                         failed.append(update_id)
                 except Exception as exc:
-                    log.warning("update {} not committed ({}); fetched again", update_id, exc)
+                    if not not_committed(CHANNEL, exc):
+                        log.warning("update {} not committed ({}); fetched again", update_id, exc)
                     failed.append(update_id)
 
         await asyncio.gather(*(run_chat(items) for items in by_chat.values()))
@@ -322,7 +324,8 @@ class TelegramAdapter(ChannelAdapter):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("could not record an invalid update ({}): {}", shown_text(reason), exc)
+            if not not_committed(CHANNEL, exc):
+                log.warning("could not record an invalid update ({}): {}", shown_text(reason), exc)
             return False
         return True
 

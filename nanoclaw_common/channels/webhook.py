@@ -65,7 +65,7 @@ from nanoclaw_common.channels.base import (
     InboundSink,
     OutgoingFile,
 )
-from nanoclaw_common.channels.common import make_event, webhook_text
+from nanoclaw_common.channels.common import make_event, not_committed, webhook_text
 from nanoclaw_common.errors import DecodeError, PermanentFailure
 from nanoclaw_common.jsonlimits import decode_json
 from nanoclaw_common.messages import MAX_TEXT_CHARS, AskQuestion, InboundEvent
@@ -170,7 +170,8 @@ async def _record(
     try:
         await sink.on_invalid(CHANNEL, source, reason, code=code)
     except Exception as exc:
-        log.warning("could not record a refused webhook for {}: {}", source, exc)
+        if not not_committed(CHANNEL, exc):
+            log.warning("could not record a refused webhook for {}: {}", source, exc)
 
 
 class WebhookAdapter(ChannelAdapter):
@@ -265,7 +266,8 @@ class WebhookAdapter(ChannelAdapter):
                 await sink.on_invalid(CHANNEL, source, str(exc))
             except Exception as record_exc:
                 # The drop is this request's commit: without it, the sender must retry.
-                log.warning("invalid webhook not recorded ({})", record_exc)
+                if not not_committed(CHANNEL, record_exc):
+                    log.warning("invalid webhook not recorded ({})", record_exc)
                 return web.Response(status=503, text="not committed, retry later")
             return web.Response(status=400, text=str(exc))
         try:
@@ -273,9 +275,10 @@ class WebhookAdapter(ChannelAdapter):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning(
-                "webhook {} not committed ({}); the sender should retry", event.message_id, exc
-            )
+            if not not_committed(CHANNEL, exc):
+                log.warning(
+                    "webhook {} not committed ({}); the sender should retry", event.message_id, exc
+                )
             return web.Response(status=503, text="not committed, retry later")
         return web.json_response({"ok": True, "id": event.message_id})
 

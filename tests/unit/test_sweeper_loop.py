@@ -7,10 +7,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import apsw
 import pytest
 from loguru import logger
 
-from nanoclaw_sweeper.loop import MAX_ERROR_BACKOFF_S, PASS_INTERVAL_S, SweepLoop
+from nanoclaw_common.diskfull import FullDiskLog
+from nanoclaw_sweeper.loop import (
+    FULL_DISK_BACKOFF_S,
+    MAX_ERROR_BACKOFF_S,
+    PASS_INTERVAL_S,
+    SweepLoop,
+)
 from nanoclaw_sweeper.sweeper import PassReport
 
 
@@ -146,3 +153,28 @@ def test_only_a_pass_that_changed_something_is_logged(clock: Clock, lines: list[
     loop.step(now=2)
     (logged,) = (line for line in lines if line.startswith("pass:"))
     assert '"woken":["s1"]' in logged
+
+
+def test_a_full_disk_is_one_condition_with_a_short_backoff(clock: Clock, lines: list[str]) -> None:
+    """Passes refused by a full disk: one warning (no traceback per pass), waits capped at
+    ``FULL_DISK_BACKOFF_S`` so the sweeper resumes soon after there is room, and one line
+    when a pass goes through again."""
+    full = apsw.FullError("database or disk is full")
+    sweeper = ScriptedSweeper(clock, outcomes=[full] * 6)
+    disk = FullDiskLog(log=logger, clock=clock)
+    loop = SweepLoop(sweeper, monotonic_s=clock, full_disk=disk)
+    waits = [loop.step(now=5_000) for _ in range(6)]
+    assert waits == [1.0, 2.0, 4.0, FULL_DISK_BACKOFF_S, FULL_DISK_BACKOFF_S, FULL_DISK_BACKOFF_S]
+    assert FULL_DISK_BACKOFF_S < MAX_ERROR_BACKOFF_S
+    assert loop.errors == 6
+    assert not any("sweep failed" in line for line in lines)
+    assert sum("disk full: a sweep pass" in line for line in lines) == 1
+    assert loop.step(now=6_000) == pytest.approx(PASS_INTERVAL_S)
+    assert any("disk has room again: a sweep pass" in line for line in lines)
+
+
+def test_other_errors_still_log_with_a_full_disk_watch(clock: Clock, lines: list[str]) -> None:
+    sweeper = ScriptedSweeper(clock, outcomes=[RuntimeError("podman went away")])
+    loop = SweepLoop(sweeper, monotonic_s=clock, full_disk=FullDiskLog(log=logger, clock=clock))
+    assert loop.step(now=5_000) == PASS_INTERVAL_S
+    assert any("sweep failed" in line and "podman went away" in line for line in lines)

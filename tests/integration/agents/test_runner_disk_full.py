@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nanoclaw_common.runner_config import write_proxy_token
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.sqlite import Database, Mode
 from tests.fakes.anthropic_api import FakeAnthropic, text
@@ -117,5 +118,31 @@ def test_a_full_disk_holds_the_answer_until_space_returns(
         assert texts(agent) == ["the answer"]
         assert len(fake_api.message_requests()) == 1  # answered once, no second turn
         runner.wait_for_log("disk has room again")
+    finally:
+        assert runner.terminate() == 0, runner.log()
+
+
+def test_a_runner_started_on_a_full_disk_waits_to_record_its_run(
+    proxy: Proxy,
+    fake_api: FakeAnthropic,
+    agent: AgentSession,
+    small_agent_dir: Path,
+) -> None:
+    """The run's own record (``start_run``: container_state, the earlier runs' claims
+    dropped) is a write too: a runner started on a full disk waits for room instead of
+    dying (it exited 1, and its container would be retried into the same full disk)."""
+    write_config(agent, proxy.socket, model=MODEL)
+    fake_api.reply(text('<message to="main">the answer</message>'))
+    # As the disk fills between the wake (which wrote the token) and the runner's start.
+    write_proxy_token(agent.paths.agent_dir, agent.token)
+    filler = fill(small_agent_dir)
+    runner = start_runner(agent, log_name="run.log", token_file=False)
+    try:
+        runner.wait_for_log("disk full: the run's start waits", timeout_s=60)
+        assert runner.process.poll() is None  # waiting, not dead
+        message = send_chat(agent, "a question")
+        filler.unlink()
+        wait_until(lambda: ack_status(agent, message) == "completed", timeout_s=30, what="the ack")
+        assert texts(agent) == ["the answer"]
     finally:
         assert runner.terminate() == 0, runner.log()
