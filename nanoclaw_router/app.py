@@ -1,6 +1,6 @@
 """The router process: runs every configured channel's inbound half, hands their events to
-``Ingest`` (it is the adapters' ``InboundSink``), and runs the side loops: the router's own
-outbox, typing indicators, housekeeping.
+``Ingest`` and their clicks to ``Clicks`` (it is the adapters' ``InboundSink``), and runs the
+side loops: the router's own outbox, typing indicators, housekeeping.
 
 A channel whose inbound half fails is restarted with backoff; the others keep running.
 SIGTERM stops receiving, lets in-flight commits finish (unacknowledged events are re-sent by
@@ -23,12 +23,17 @@ from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.wake import Waker
+from nanoclaw_router.cards import Cards
+from nanoclaw_router.clicks import Clicks
+from nanoclaw_router.commit import Commit
+from nanoclaw_router.decisions import Decisions
 from nanoclaw_router.drops import DropThrottle
+from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
 from nanoclaw_router.ingest import Ingest
 from nanoclaw_router.outbox import OutboxSender
 from nanoclaw_router.typing_indicator import TypingTracker
-from nanoclaw_router.wakes import WakeScheduler
+from nanoclaw_router.wakes import WakeScheduler, WakeStage
 from nanoclaw_router.writer import SessionWriter
 
 log = logger.bind(component="router")
@@ -67,15 +72,34 @@ class Router:
             io_limit_s=settings.session_io_limit_s,
         )
         self.drops = DropThrottle(central, clock=clock)
+        # The stages of an event (ingest.py) and of a click (clicks.py).
+        self.facts = CentralFacts(central)
+        self.cards = Cards(central, self.adapters, self.outbox, clock=clock)
+        self.decisions = Decisions(
+            central, self.layout, self.cards, self.outbox, self._replay, clock=clock
+        )
         self.ingest = Ingest(
-            central,
-            self.layout,
             self.adapters,
+            facts=self.facts,
+            decisions=self.decisions,
+            commit=Commit(
+                central,
+                facts=self.facts,
+                cards=self.cards,
+                writer=self.writer,
+                sender=self.outbox,
+                clock=clock,
+            ),
+            wake=WakeStage(central, self.wakes, self.writer, self.typing),
+            faults=faults,
+        )
+        self.clicks = Clicks(
+            central,
+            self.adapters,
+            facts=self.facts,
+            decisions=self.decisions,
             writer=self.writer,
             wakes=self.wakes,
-            outbox=self.outbox,
-            typing=self.typing,
-            faults=faults,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[Any]] = []
@@ -89,12 +113,16 @@ class Router:
         await self.ingest.route(event)
 
     async def on_action(self, action: ActionEvent) -> None:
-        await self.ingest.handle_action(action)
+        await self.clicks.handle_action(action)
 
     async def on_invalid(
         self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
     ) -> None:
         self.drops.record(channel_type, platform_id, code, reason)
+
+    async def _replay(self, event: InboundEvent) -> None:
+        """An approved event, through every stage again (``decisions``)."""
+        await self.ingest.replay(event)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -149,7 +177,7 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        await self.ingest.settle_background(self.background_grace_s)
+        await self.clicks.settle_background(self.background_grace_s)
         self.drops.flush(everything=True)
         await self.wakes.idle()
         for channel_type, adapter in self.adapters.items():

@@ -37,6 +37,51 @@ def backoff_ms(attempts: int, hint_s: float | None = None) -> int:
     return int(min(BACKOFF_MAX_S, max(0.5, delay)) * 1000)
 
 
+def queue_text(
+    central: CentralStore,
+    item_id: str,
+    *,
+    channel_type: str,
+    platform_id: str,
+    thread_id: str | None = None,
+    text: str,
+    now: int,
+) -> bool:
+    """Queue a text for ``OutboxSender`` (then ``kick`` it); False when the id is queued
+    already (its cause was handled)."""
+    return RouterOutbox(central).enqueue(
+        item_id,
+        channel_type=channel_type,
+        platform_id=platform_id,
+        thread_id=thread_id,
+        kind="text",
+        body=encode_body(TextBody(text)),
+        now=now,
+    )
+
+
+def queue_question(
+    central: CentralStore,
+    item_id: str,
+    *,
+    channel_type: str,
+    platform_id: str,
+    thread_id: str | None = None,
+    question: AskQuestion,
+    now: int,
+) -> bool:
+    """Queue a card, like ``queue_text``."""
+    return RouterOutbox(central).enqueue(
+        item_id,
+        channel_type=channel_type,
+        platform_id=platform_id,
+        thread_id=thread_id,
+        kind="question",
+        body=encode_body(question),
+        now=now,
+    )
+
+
 class OutboxSender:
     def __init__(
         self,
@@ -45,48 +90,16 @@ class OutboxSender:
         *,
         clock: Callable[[], int] = now_ms,
     ) -> None:
+        self.central = central
         self.outbox = RouterOutbox(central)
         self.adapters = adapters
         self.clock = clock
         self._kick = asyncio.Event()
         self.sent = 0
 
-    def queue_text(
-        self, item_id: str, channel_type: str, platform_id: str, thread_id: str | None, text: str
-    ) -> bool:
-        body = encode_body(TextBody(text))
-        queued = self.outbox.enqueue(
-            item_id,
-            channel_type=channel_type,
-            platform_id=platform_id,
-            thread_id=thread_id,
-            kind="text",
-            body=body,
-            now=self.clock(),
-        )
+    def kick(self) -> None:
+        """Something was queued: send it now rather than at the next due time."""
         self._kick.set()
-        return queued
-
-    def queue_question(
-        self,
-        item_id: str,
-        channel_type: str,
-        platform_id: str,
-        thread_id: str | None,
-        question: AskQuestion,
-    ) -> bool:
-        body = encode_body(question)
-        queued = self.outbox.enqueue(
-            item_id,
-            channel_type=channel_type,
-            platform_id=platform_id,
-            thread_id=thread_id,
-            kind="question",
-            body=body,
-            now=self.clock(),
-        )
-        self._kick.set()
-        return queued
 
     async def run(self) -> None:
         """Send due messages until cancelled; sleep until the next due one or a kick."""

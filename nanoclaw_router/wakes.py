@@ -1,4 +1,10 @@
-"""Waking sessions after their rows are committed, without blocking the event loop.
+"""Waking sessions after their rows are committed, without blocking the event loop: an
+event's third stage (``WakeStage``) and the scheduler that does the waking.
+
+Only rows the agent must answer wake (accumulated ``trigger=0`` rows never do). A re-sent
+event's row (a duplicate) wakes only if the first attempt died before waking: the session's
+container is ``stopped`` and the row still waits for the agent (not yet settled by a run). A
+re-send that arrives after a run answered the row wakes nothing.
 
 A wake refreshes the session's ``destinations`` and ``session_routing`` projections from
 the central DB and then calls the ``Waker`` (``Sandbox.wake`` in production: Podman, maybe
@@ -19,12 +25,16 @@ from pathlib import Path
 
 from loguru import logger
 
+from nanoclaw_common.messages import InboundEvent
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sessions import refresh_projections, session_routing
-from nanoclaw_common.states import SessionStatus
+from nanoclaw_common.states import ContainerStatus, SessionStatus
 from nanoclaw_common.store import CentralStore, InboundReader
 from nanoclaw_common.store.rows import Session
 from nanoclaw_common.wake import Waker
+from nanoclaw_router.commit import Stored
+from nanoclaw_router.typing_indicator import TypingTracker
+from nanoclaw_router.writer import SessionWriter
 
 log = logger.bind(component="router")
 
@@ -140,3 +150,50 @@ class WakeScheduler:
             opened, self._opened = self._opened, []
         for store in opened:
             store.close()
+
+
+class WakeStage:
+    """Wake the sessions an event's rows went to, and show typing in its chat."""
+
+    def __init__(
+        self,
+        central: CentralStore,
+        wakes: WakeScheduler,
+        writer: SessionWriter,
+        typing: TypingTracker | None = None,
+    ) -> None:
+        self.central = central
+        self.wakes = wakes
+        self.writer = writer
+        self.typing = typing
+
+    async def after_commit(
+        self, event: InboundEvent, stored: list[Stored]
+    ) -> list[asyncio.Future[bool]]:
+        """Request the wakes (they run on the pool); their futures, for the ``before_ack``
+        fault, which waits for them."""
+        woken = []
+        for item in stored:
+            if not item.trigger:
+                continue
+            if not item.result.created and not await self._woken_too_early(item):
+                continue
+            woken.append(self.wakes.request(item.session.id))
+            if self.typing is not None:
+                self.typing.start(
+                    session_id=item.session.id,
+                    agent_group_id=item.session.agent_group_id,
+                    channel_type=event.channel_type,
+                    platform_id=event.platform_id,
+                    thread_id=event.thread_id,
+                    message_id=item.row_id,
+                )
+        return woken
+
+    async def _woken_too_early(self, item: Stored) -> bool:
+        """For a re-sent row: did the first attempt die before it woke the session? Only
+        then does the re-send wake (see the module docstring)."""
+        current = self.central.get_session(item.session.id)
+        if current is None or current.container_status != ContainerStatus.STOPPED:
+            return False
+        return await self.writer.still_pending(item.session, item.row_id)

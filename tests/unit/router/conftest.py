@@ -20,7 +20,7 @@ from nanoclaw_common.states import Role
 from nanoclaw_common.store import CentralStore, InboundReader
 from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, Session, Wiring
 from nanoclaw_router.app import Router
-from nanoclaw_router.ingest import Stored
+from nanoclaw_router.commit import Stored
 from tests import entities
 from tests.fakes.recording import MemoryWaker, RecordingAdapter
 
@@ -168,7 +168,7 @@ class Harness:
         )
 
         async def go() -> str:
-            outcome = await self.router.ingest.handle_action(action)
+            outcome = await self.router.clicks.handle_action(action)
             await self.router.wakes.idle()
             return outcome
 

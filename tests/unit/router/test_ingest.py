@@ -366,7 +366,7 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
 
         async def run() -> None:
             await router.start()
-            assert await router.ingest.handle_action(click) == "answered"
+            assert await router.clicks.handle_action(click) == "answered"
             stopping = asyncio.ensure_future(router.stop())
             for _ in range(5):
                 await asyncio.sleep(0)
