@@ -31,6 +31,7 @@ from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox.group_image import GroupImageBuilder
 from nanoclaw_common.settings import Settings, load_from_process
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.sqlite import BUSY_TIMEOUT_MS
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.service import DeliveryService
@@ -117,7 +118,7 @@ def single_instance(layout: Layout) -> int:
 def make_deps(
     settings: Settings,
     layout: Layout,
-    central: CentralStore,
+    central: AsyncCentral,
     faults: CrashPoints | None = None,
 ) -> Deps:
     """Delivery's doors to the outside world, as production uses them. No sandbox: delivery
@@ -140,7 +141,10 @@ async def serve(settings: Settings, stop: GracefulStop, faults: CrashPoints | No
     layout = Layout(settings.home_path)
     layout.ensure()
     lock_fd = single_instance(layout)
-    central = CentralStore.open(layout.central_db)
+    # The schema first, then the doors async code reaches central.db through (each opens
+    # its connections on its own thread).
+    await asyncio.to_thread(lambda: CentralStore.open(layout.central_db).close())
+    central = AsyncCentral(layout.central_db, readers=1)
     deps = make_deps(settings, layout, central, faults)
     service = DeliveryService(deps, stop)
     stop.install_async(asyncio.get_running_loop(), service.stopped)
@@ -151,7 +155,7 @@ async def serve(settings: Settings, stop: GracefulStop, faults: CrashPoints | No
     finally:
         await close_adapters(deps.adapters)
         deps.offload.close()
-        central.close()
+        await asyncio.to_thread(central.close)
         os.close(lock_fd)
     return 0
 

@@ -46,7 +46,7 @@ from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.hostfs import unblock
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
-from nanoclaw_common.store import InboundStore, OutboundReader
+from nanoclaw_common.store import CentralStore, InboundStore, OutboundReader
 from nanoclaw_common.store.bounds import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
@@ -167,10 +167,10 @@ class SessionWorker:
             self._seen_version = version
         return fresh, full
 
-    def origin(self) -> MessagingGroup | None:
+    async def origin(self) -> MessagingGroup | None:
         """The session's own chat (looked up once: a session's chat never changes)."""
         if not self._origin_known and self.session.messaging_group_id is not None:
-            self._origin = self.deps.central.get_messaging_group(self.session.messaging_group_id)
+            self._origin = await self.deps.central.read(_chat, self.session.messaging_group_id)
         self._origin_known = True
         return self._origin
 
@@ -317,7 +317,7 @@ class SessionWorker:
             await self._report(delivery, None, DeliveryStatus.FAILED, reason)
             return None
         row = tailed.row
-        address = address_of(row, self.origin())
+        address = address_of(row, await self.origin())
         now = self.deps.clock()
         waiting = (
             delivery.status == DeliveryStatus.RETRY and (delivery.next_attempt_at_ms or 0) > now
@@ -454,7 +454,7 @@ class SessionWorker:
         if isinstance(
             content, m.ScheduleTask | m.UpdateTask | m.PauseTask | m.ResumeTask | m.CancelTask
         ):
-            return tasks.change(job, content)
+            return await tasks.change(job, content)
         if isinstance(content, m.CreateAgent):
             return await agents.create_agent(job, content)
         return await approvals.request(job, content)
@@ -558,7 +558,7 @@ class SessionWorker:
         other order could settle a row nobody was told about. ``row`` is None when the
         outbound row itself is gone or unreadable."""
         await self.deps.offload.db(self.flush_new)
-        reason = tell(
+        reason = await tell(
             self.deps,
             self.session,
             self.inbound,
@@ -581,7 +581,7 @@ class SessionWorker:
     async def _refuse(self, items: list[Fresh]) -> None:
         """Tell about rows refused as they were read (``reports.tell_refused``); their
         records are written settled by the drain's next write, after this."""
-        tell_refused(self.deps, self.session, self.inbound, self.outbound, items)
+        await tell_refused(self.deps, self.session, self.inbound, self.outbound, items)
         crashpoints.after_refusal_told(self.deps, self.session.id, items)
         await self.deps.spawn(send_notices(self.deps))
 
@@ -596,6 +596,10 @@ class SessionWorker:
                 session=self.session.id,
                 message=message_out_id,
             )
+
+
+def _chat(central: CentralStore, chat_id: str) -> MessagingGroup | None:
+    return central.get_messaging_group(chat_id)
 
 
 def _earliest(current: int | None, candidate: int) -> int:

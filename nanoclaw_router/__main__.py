@@ -18,6 +18,7 @@ from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings, load_from_process
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.wake import Waker
 from nanoclaw_router.app import Router
 from nanoclaw_router.faults import WAKE_LOG_ENV, Faults, RecordingWaker
@@ -66,7 +67,8 @@ def main() -> None:
     if single_instance(layout) is None:
         logger.error("another router is running on {}", layout.home)
         sys.exit(1)
-    central = CentralStore.open(layout.central_db)
+    CentralStore.open(layout.central_db).close()  # the schema, before any loop runs
+    central = AsyncCentral(layout.central_db)
     waker = make_waker(
         settings, layout, os.environ.get(WAKE_LOG_ENV), test_faults=faults.points.enabled
     )

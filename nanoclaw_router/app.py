@@ -21,8 +21,9 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.messages import ActionEvent, InboundEvent
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.wake import Waker
+from nanoclaw_router.bookkeeping import Bookkeeping
 from nanoclaw_router.cards import Cards
 from nanoclaw_router.clicks import Clicks
 from nanoclaw_router.commit import Commit
@@ -48,7 +49,7 @@ class Router:
     def __init__(
         self,
         settings: Settings,
-        central: CentralStore,
+        central: AsyncCentral,
         adapters: Mapping[str, ChannelAdapter],
         waker: Waker,
         *,
@@ -74,6 +75,7 @@ class Router:
         self.drops = DropThrottle(central, clock=clock)
         # The stages of an event (ingest.py) and of a click (clicks.py).
         self.facts = CentralFacts(central)
+        self.bookkeeping = Bookkeeping(central, remembered=self.facts.remember_user)
         self.cards = Cards(central, self.adapters, self.outbox, clock=clock)
         self.decisions = Decisions(
             central, self.layout, self.cards, self.outbox, self._replay, clock=clock
@@ -88,6 +90,7 @@ class Router:
                 cards=self.cards,
                 writer=self.writer,
                 sender=self.outbox,
+                bookkeeping=self.bookkeeping,
                 clock=clock,
             ),
             wake=WakeStage(central, self.wakes, self.writer, self.typing),
@@ -118,7 +121,7 @@ class Router:
     async def on_invalid(
         self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
     ) -> None:
-        self.drops.record(channel_type, platform_id, code, reason)
+        await self.drops.record(channel_type, platform_id, code, reason)
 
     async def _replay(self, event: InboundEvent) -> None:
         """An approved event, through every stage again (``decisions``)."""
@@ -139,6 +142,7 @@ class Router:
         self._tasks.append(asyncio.create_task(self.typing.run()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self._tasks.append(asyncio.create_task(self.drops.run()))
+        self._tasks.append(asyncio.create_task(self.bookkeeping.run()))
         log.info("router running with channels: {}", ", ".join(sorted(self.adapters)) or "none")
         self.started.set()
 
@@ -178,7 +182,8 @@ class Router:
                 await task
         self._tasks.clear()
         await self.clicks.settle_background(self.background_grace_s)
-        self.drops.flush(everything=True)
+        await self.drops.flush(everything=True)
+        await self.bookkeeping.flush()
         await self.wakes.idle()
         for channel_type, adapter in self.adapters.items():
             try:

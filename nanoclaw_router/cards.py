@@ -25,8 +25,9 @@ next message). Their messages are still recorded as drops; ``nanoclaw members ad
 them in at any time.
 
 Each step's reads and writes of ``central.db`` are one plain function of the store
-(``_registration_facts``, ``_record_registration``, …), so a card costs a few calls to the
-store, and none of them waits for a platform.
+(``_registration_facts``, ``_record_registration``, …), called through ``AsyncCentral``'s
+doors: a card costs a read, the approver's DM (maybe a platform call and a write) and one
+write, and no store call waits for a platform.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from nanoclaw_common.messages import (
 )
 from nanoclaw_common.states import UnknownSenderPolicy
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.central import HeldFile
 from nanoclaw_common.store.rows import (
     AgentGroup,
@@ -369,7 +371,7 @@ def _record_sender_card(
 class Cards:
     def __init__(
         self,
-        central: CentralStore,
+        central: AsyncCentral,
         adapters: Mapping[str, ChannelAdapter],
         sender: outbox.OutboxSender,
         *,
@@ -396,7 +398,7 @@ class Cards:
         channel_type, sep, handle = user_id.partition(":")
         if not sep or not handle:
             return None
-        cached = cached_dm(self.central, user_id, channel_type)
+        cached = await self.central.read(cached_dm, user_id, channel_type)
         if cached is not None:
             return cached
         adapter = self.adapters.get(channel_type)
@@ -407,12 +409,12 @@ class Cards:
         except Exception as exc:
             log.warning("cannot open a DM with {}: {}", shown(user_id), shown_text(exc))
             return None
-        return record_dm(self.central, user_id, channel_type, platform_id, self.clock())
+        return await self.central.write(record_dm, user_id, channel_type, platform_id, self.clock())
 
     # -- the cards ------------------------------------------------------------------------
 
     async def ask_registration(self, event: InboundEvent, chat: MessagingGroup) -> Registration:
-        pending, groups, approvers = _registration_facts(self.central, chat.id)
+        pending, groups, approvers = await self.central.read(_registration_facts, chat.id)
         if pending:
             return Registration.PENDING  # a card is out already
         if not groups:
@@ -423,8 +425,8 @@ class Cards:
             log.warning("registration for {} skipped: no reachable approver", chat.id)
             return Registration.NOBODY
         card = registration_card(event, chat, groups)
-        outcome = _record_registration(
-            self.central,
+        outcome = await self.central.write(
+            _record_registration,
             event,
             chat=chat,
             reference=groups[0],
@@ -444,8 +446,8 @@ class Cards:
 
     async def ask_sender(self, event: InboundEvent, chat: MessagingGroup, wiring: Wiring) -> None:
         now = self.clock()
-        pending, denied, group, approvers = _sender_facts(
-            self.central, chat.id, event.sender_id, wiring.agent_group_id
+        pending, denied, group, approvers = await self.central.read(
+            _sender_facts, chat.id, event.sender_id, wiring.agent_group_id
         )
         if pending:
             return  # one card per stranger per chat while it is pending
@@ -458,8 +460,8 @@ class Cards:
         if reach is None:
             log.warning("sender approval skipped: no reachable approver", chat=chat.id)
             return
-        approval_id = _record_sender_card(
-            self.central,
+        approval_id = await self.central.write(
+            _record_sender_card,
             event,
             chat=chat,
             group=group,

@@ -36,6 +36,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.messages import ActionEvent, QuestionOption, QuestionResponse
 from nanoclaw_common.store import CentralStore, NewInbound
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.rows import (
     PendingApproval,
     PendingChannelApproval,
@@ -112,17 +113,18 @@ def find_clicked(central: CentralStore, token: str) -> Clicked | None:
     return None
 
 
-def _on_the_card(central: CentralStore, card: HostCard, action: ActionEvent, now: int) -> bool:
-    """A click counts for an approval or a registration only when made on its card; any
-    other is refused and recorded as a drop."""
+def where_posted(central: CentralStore, card: HostCard) -> tuple[str, list[CardMessage]]:
+    """The card's id (the question id its buttons carry) and where it was posted."""
     if isinstance(card, PendingApproval):
         card_id = card.approval_id
     elif isinstance(card, PendingSenderApproval):
         card_id = card.id
     else:
         card_id = central.channel_approval_card(card.messaging_group_id) or ""
-    if clicked_on(action, card_messages(central, card, card_id)):
-        return True
+    return card_id, card_messages(central, card, card_id)
+
+
+def _refuse_click(central: CentralStore, action: ActionEvent, card_id: str, now: int) -> None:
     central.record_drop(
         action.channel_type,
         action.platform_id,
@@ -131,30 +133,31 @@ def _on_the_card(central: CentralStore, card: HostCard, action: ActionEvent, now
         detail=f"a click for card {card_id} on message {action.platform_message_id}",
         now=now,
     )
-    log.warning(
-        "refused a click by {} for card {}: not made on that card",
-        shown(action.user_id),
-        card_id,
-    )
-    return False
+
+
+def _decide(central: CentralStore, approval_id: str, clicker: str, value: str, now: int) -> str:
+    return str(central.decide_approval(approval_id, clicker, value, now=now))
 
 
 def _question_session(
     central: CentralStore, question: PendingQuestion
 ) -> tuple[Session | None, str]:
-    """The question's session (None: gone, and the question deleted) and the id the agent
-    asked under (delivery keys an agent's question on the host)."""
+    """The question's session (None: gone) and the id the agent asked under (delivery keys
+    an agent's question on the host)."""
     session = central.get_session(question.session_id)
     if session is None:
-        central.delete_pending_question(question.question_id)
         return None, question.question_id
     return session, central.agent_question_id(question.question_id) or question.question_id
+
+
+def _forget_question(central: CentralStore, question_id: str) -> None:
+    central.delete_pending_question(question_id)
 
 
 class Clicks:
     def __init__(
         self,
-        central: CentralStore,
+        central: AsyncCentral,
         adapters: Mapping[str, ChannelAdapter],
         *,
         facts: CentralFacts,
@@ -180,13 +183,11 @@ class Clicks:
             self.facts.clear()  # approvals wire chats, add members, create groups
 
     async def _handle_action(self, action: ActionEvent) -> str:
-        target = find_clicked(self.central, action.question_id)
+        target = await self.central.read(find_clicked, action.question_id)
         if target is None:
             log.info("click on an unknown or settled card {}", shown(action.question_id))
             return "gone"
-        if not isinstance(target, PendingQuestion) and not _on_the_card(
-            self.central, target, action, self.clock()
-        ):
+        if not isinstance(target, PendingQuestion) and not await self._on_the_card(target, action):
             return "not_on_card"
         try:
             options = decode_options(target.options_json)
@@ -205,8 +206,8 @@ class Clicks:
         clicker = action.user_id
         if isinstance(target, PendingApproval):
             # Delivery applies approvals; the router only records the decision.
-            decided = self.central.decide_approval(
-                target.approval_id, clicker, option.value, now=self.clock()
+            decided = await self.central.write(
+                _decide, target.approval_id, clicker, option.value, self.clock()
             )
             log.info("approval {} click by {}: {}", target.approval_id, shown(clicker), decided)
             return str(decided)
@@ -220,6 +221,20 @@ class Clicks:
         if outcome not in ("unauthorized", "gone", "expired"):
             self._edit_card(action, target.title, option)
         return outcome
+
+    async def _on_the_card(self, card: HostCard, action: ActionEvent) -> bool:
+        """A click counts for an approval or a registration only when made on its card; any
+        other is refused and recorded as a drop."""
+        card_id, posted = await self.central.read(where_posted, card)
+        if clicked_on(action, posted):
+            return True
+        await self.central.write(_refuse_click, action, card_id, self.clock())
+        log.warning(
+            "refused a click by {} for card {}: not made on that card",
+            shown(action.user_id),
+            card_id,
+        )
+        return False
 
     async def _answer_question(
         self, question: PendingQuestion, action: ActionEvent, option: QuestionOption
@@ -242,8 +257,9 @@ class Clicks:
             return "unauthorized"
         if question.expires_at_ms is not None and now >= question.expires_at_ms:
             return "expired"
-        session, asked_as = _question_session(self.central, question)
+        session, asked_as = await self.central.read(_question_session, question)
         if session is None:
+            await self.central.write(_forget_question, question.question_id)
             return "gone"
         row = NewInbound(
             id=f"qr-{question.question_id}",
@@ -258,7 +274,7 @@ class Clicks:
             thread_id=question.thread_id,
         )
         result = await self.writer.write(session, row, [])
-        self.central.delete_pending_question(question.question_id)
+        await self.central.write(_forget_question, question.question_id)
         log.info(
             "question {} answered by {}",
             question.question_id,

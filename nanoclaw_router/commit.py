@@ -1,8 +1,10 @@
 """An event's second stage: carry out its plan (``routing.plan_event``). What the plan decided
-about ``central.db`` is recorded (a new chat, the sender's user row, drops, command denials),
-the cards it asks for are sent (``cards.Cards``), the sessions its rows go to are found or
-created, and the rows are queued for their sessions' next transactions (``writer``).
-``committed`` then waits for those transactions and records what they found.
+about ``central.db`` is recorded (a new chat, drops, command denials: one write each step),
+the cards it asks for are sent (``cards.Cards``), the sessions its rows go to are found (in
+the facts ``gather`` read) or created, and the rows are queued for their sessions' next
+transactions (``writer``). ``committed`` then waits for those transactions and records what
+they found. The sender's user row and the sessions' last activity are ``bookkeeping``: no
+event waits for them, so an event into a known session writes nothing to ``central.db``.
 
 Exactly-once: a row's id is ``<platform message id>:<agent group id>`` and the insert ignores
 an id that holds the same message. An id held by a *different* row (another kind, chat,
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
 
 from loguru import logger
 
@@ -25,9 +26,11 @@ from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.messages import ChatContent, InboundContent, InboundEvent, WebhookContent
 from nanoclaw_common.states import SessionMode, UnknownSenderPolicy
 from nanoclaw_common.store import CentralStore, InsertResult, NewInbound
-from nanoclaw_common.store.rows import MessagingGroup, Session, User
+from nanoclaw_common.store.async_central import AsyncCentral
+from nanoclaw_common.store.rows import MessagingGroup, Session
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_router import outbox
+from nanoclaw_router.bookkeeping import Bookkeeping, sender_of
 from nanoclaw_router.cards import Cards, Registration
 from nanoclaw_router.drops import record_collision
 from nanoclaw_router.facts import CentralFacts, delivery_session_key
@@ -35,8 +38,6 @@ from nanoclaw_router.routing import Deliver, Drop, DropReason, EventFacts, Plan
 from nanoclaw_router.writer import SessionWriter
 
 log = logger.bind(component="router")
-
-TOUCH_INTERVAL_MS: Final = 1_000
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,6 @@ def create_chat(central: CentralStore, event: InboundEvent, now: int) -> Messagi
     )
 
 
-def remember_sender(central: CentralStore, event: InboundEvent, now: int) -> User:
-    """Upsert the sender's user row (new, or renamed)."""
-    kind = event.sender_id.split(":", 1)[0] if ":" in event.sender_id else event.channel_type
-    return central.upsert_user(event.sender_id, kind, event.sender_name or None, now=now)
-
-
 def record_drops(
     central: CentralStore,
     event: InboundEvent,
@@ -102,6 +97,20 @@ def record_drops(
             chat=chat.id if chat else None,
             group=drop.agent_group_id,
         )
+
+
+def record_plan(
+    central: CentralStore,
+    event: InboundEvent,
+    chat: MessagingGroup | None,
+    plan: Plan,
+    *,
+    now: int,
+    queued_ms: int,
+) -> int:
+    """The plan's drops, then its denials; how many denials were queued."""
+    record_drops(central, event, chat, plan.drops, now)
+    return queue_denials(central, event, plan, queued_ms)
 
 
 def queue_denials(central: CentralStore, event: InboundEvent, plan: Plan, now: int) -> int:
@@ -151,12 +160,13 @@ def content_of(event: InboundEvent) -> InboundContent:
 class Commit:
     def __init__(
         self,
-        central: CentralStore,
+        central: AsyncCentral,
         *,
         facts: CentralFacts,
         cards: Cards,
         writer: SessionWriter,
         sender: outbox.OutboxSender,
+        bookkeeping: Bookkeeping,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.central = central
@@ -164,14 +174,14 @@ class Commit:
         self.cards = cards
         self.writer = writer
         self.sender = sender
+        self.bookkeeping = bookkeeping
         self.clock = clock
-        self._touched: dict[str, int] = {}
 
     async def carry_out(self, event: InboundEvent, facts: EventFacts, plan: Plan) -> list[Queued]:
         """Record the plan, send its cards, queue its rows; the rows queued."""
         chat = facts.chat
         if plan.new_chat:
-            chat = create_chat(self.central, event, self.clock())
+            chat = await self.central.write(create_chat, event, self.clock())
             self.facts.remember_chat(chat)
             log.info("new chat {}/{}", event.channel_type, shown(event.platform_id), chat=chat.id)
         assert chat is not None or not (plan.ask_registration or plan.deliveries)
@@ -183,22 +193,24 @@ class Commit:
                 if outcome is Registration.RATE_LIMITED
                 else DropReason.NO_AGENT_WIRED
             )
-            record_drops(self.central, event, chat, [Drop(reason)], self.clock())
+            await self.central.write(record_drops, event, chat, [Drop(reason)], self.clock())
             return []
         if plan.remember_sender:
-            user = remember_sender(self.central, event, self.clock())
-            self.facts.remember_user(user.id, user.display_name)
-        record_drops(self.central, event, chat, plan.drops, self.clock())
-        if queue_denials(self.central, event, plan, self.sender.clock()):
-            self.sender.kick()
+            self.bookkeeping.remember(sender_of(event, self.clock()))
+        if plan.drops or plan.denials:
+            denied = await self.central.write(
+                record_plan, event, chat, plan, now=self.clock(), queued_ms=self.sender.clock()
+            )
+            if denied:
+                self.sender.kick()
         if plan.ask_sender_approval is not None and chat is not None:
             await self.cards.ask_sender(event, chat, plan.ask_sender_approval)
             self.facts.clear()
         if chat is None:
             return []
-        return self._queue(event, facts, chat, plan.deliveries)
+        return await self._queue(event, facts, chat, plan.deliveries)
 
-    def _queue(
+    async def _queue(
         self,
         event: InboundEvent,
         facts: EventFacts,
@@ -210,7 +222,7 @@ class Commit:
         content = content_of(event)
         queued = []
         for delivery in deliveries:
-            session = self._session(delivery, facts, chat, event.thread_id)
+            session = await self._session(delivery, facts, chat, event.thread_id)
             row = NewInbound(
                 id=f"{event.message_id}:{delivery.wiring.agent_group_id}",
                 content=content,
@@ -224,7 +236,7 @@ class Commit:
             queued.append(Queued(session, row, future))
         return queued
 
-    def _session(
+    async def _session(
         self, delivery: Deliver, facts: EventFacts, chat: MessagingGroup, thread: str | None
     ) -> Session:
         key = delivery_session_key(delivery.wiring, chat, thread, facts.threads_supported)
@@ -233,7 +245,9 @@ class Commit:
         found = self.facts.cached_session(key)
         if found is not None:
             return found
-        session, created = resolve_session(self.central, delivery, chat, thread, self.clock())
+        session, created = await self.central.write(
+            resolve_session, delivery, chat, thread, self.clock()
+        )
         self.facts.remember_session(key, session)
         if created:
             log.info(
@@ -246,7 +260,8 @@ class Commit:
         return session
 
     async def committed(self, queued: list[Queued]) -> list[Stored]:
-        """Wait for the rows' transactions; collisions are recorded, sessions touched."""
+        """Wait for the rows' transactions; collisions are recorded, sessions touched (in the
+        bookkeeping)."""
         # Shielded: a cancelled caller (SIGTERM) must not cancel the commit bookkeeping.
         results = await asyncio.shield(asyncio.gather(*(q.future for q in queued)))
         stored = []
@@ -254,7 +269,7 @@ class Commit:
             session, row = item.session, item.row
             stored.append(Stored(session, result.id, row.trigger, result))
             if result.collided_with is not None:
-                record_collision(self.central, session, row, result, self.clock())
+                await self.central.write(record_collision, session, row, result, self.clock())
             elif result.created:
                 log.info(
                     "stored seq={} ({})",
@@ -269,11 +284,5 @@ class Commit:
                     session=session.id,
                     message=shown(row.id),
                 )
-            self._touch(session.id)
+            self.bookkeeping.touch(session.id, self.clock())
         return stored
-
-    def _touch(self, session_id: str) -> None:
-        now = self.clock()
-        if now - self._touched.get(session_id, 0) >= TOUCH_INTERVAL_MS:
-            self._touched[session_id] = now
-            self.central.touch_session(session_id, now=now)

@@ -38,6 +38,7 @@ from nanoclaw_common.messages import AskQuestion, InboundEvent, QuestionOption, 
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.states import EngageMode, IgnoredMessagePolicy, SenderScope, SessionMode
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.rows import AgentGroup, PendingChannelApproval, PendingSenderApproval
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_router import outbox
@@ -62,6 +63,27 @@ Replay = Callable[[InboundEvent], Awaitable[None]]
 
 def authorized(central: CentralStore, clicker: str, approver: str, agent_group_id: str) -> bool:
     return clicker == approver or central.has_admin_privilege(clicker, agent_group_id)
+
+
+def _reject_chat(central: CentralStore, chat_id: str, now: int) -> None:
+    central.set_messaging_group_denied(chat_id, now)
+    central.delete_channel_approval(chat_id)
+
+
+def _await_name(central: CentralStore, chat_id: str) -> None:
+    central.update_channel_approval(chat_id, awaiting_name=True)
+
+
+def _group_exists(central: CentralStore, agent_group_id: str) -> bool:
+    return central.get_agent_group(agent_group_id) is not None
+
+
+def _forget_registration(central: CentralStore, chat_id: str) -> None:
+    central.delete_channel_approval(chat_id)
+
+
+def _forget_sender(central: CentralStore, approval_id: str) -> None:
+    central.delete_sender_approval(approval_id)
 
 
 def _choose_card(central: CentralStore, chat_id: str) -> AskQuestion:
@@ -177,7 +199,7 @@ def _keep_out(central: CentralStore, approval: PendingSenderApproval, now: int) 
 class Decisions:
     def __init__(
         self,
-        central: CentralStore,
+        central: AsyncCentral,
         layout: Layout,
         cards: Cards,
         sender: outbox.OutboxSender,
@@ -198,25 +220,23 @@ class Decisions:
         self, approval: PendingChannelApproval, clicker: str, value: str
     ) -> str:
         """Apply a click on a registration card; returns what happened (for the log)."""
-        if not authorized(
-            self.central, clicker, approval.approver_user_id, approval.agent_group_id
-        ):
+        approver, group = approval.approver_user_id, approval.agent_group_id
+        if not await self.central.read(authorized, clicker, approver, group):
             log.warning(
                 "ignored registration click by {}", clicker, chat=approval.messaging_group_id
             )
             return "unauthorized"
         chat_id = approval.messaging_group_id
         if value == REJECT:
-            self.central.set_messaging_group_denied(chat_id, self.clock())
-            self.central.delete_channel_approval(chat_id)
+            await self.central.write(_reject_chat, chat_id, self.clock())
             log.info("chat registration rejected", chat=chat_id)
             return "rejected"
         if value == CHOOSE:
-            card = _choose_card(self.central, chat_id)
+            card = await self.central.write(_choose_card, chat_id)
             reach = await self.cards.dm_of(approval.approver_user_id)
             if reach is not None:
-                outbox.queue_question(
-                    self.central,
+                await self.central.write(
+                    outbox.queue_question,
                     new_id(f"reg-{chat_id}-choose"),
                     channel_type=reach.channel_type,
                     platform_id=reach.platform_id,
@@ -226,11 +246,11 @@ class Decisions:
                 self.sender.kick()
             return "choosing"
         if value == NEW_AGENT:
-            self.central.update_channel_approval(chat_id, awaiting_name=True)
+            await self.central.write(_await_name, chat_id)
             reach = await self.cards.dm_of(approval.approver_user_id)
             if reach is not None:
-                outbox.queue_text(
-                    self.central,
+                await self.central.write(
+                    outbox.queue_text,
                     f"reg-{chat_id}-name",
                     channel_type=reach.channel_type,
                     platform_id=reach.platform_id,
@@ -243,11 +263,11 @@ class Decisions:
             )
             return "awaiting_name"
         if value.startswith(CONNECT):
-            group = self.central.get_agent_group(value.removeprefix(CONNECT))
-            if group is None:
-                self.central.delete_channel_approval(chat_id)
+            group_id = value.removeprefix(CONNECT)
+            if not await self.central.read(_group_exists, group_id):
+                await self.central.write(_forget_registration, chat_id)
                 return "gone"
-            await self._connect(approval, group.id, clicker)
+            await self._connect(approval, group_id, clicker)
             return "connected"
         log.warning("unknown registration choice {}", shown(value), chat=chat_id)
         return "unknown"
@@ -255,27 +275,27 @@ class Decisions:
     async def _connect(
         self, approval: PendingChannelApproval, agent_group_id: str, by: str
     ) -> None:
-        event = _wire(self.central, approval, agent_group_id, by, self.clock())
+        event = await self.central.write(_wire, approval, agent_group_id, by, self.clock())
         if event is None:
             return
         await self.replay(event)
-        self.central.delete_channel_approval(approval.messaging_group_id)
+        await self.central.write(_forget_registration, approval.messaging_group_id)
 
     async def name_reply(self, event: InboundEvent) -> bool:
         """The approver's DM answer to "name your new agent". True when consumed."""
         if event.is_group:
             return False
-        approval = _name_reply_for(self.central, event)
+        approval = await self.central.read(_name_reply_for, event)
         if approval is None:
             return False
         name = " ".join(event.text.split())[:MAX_AGENT_NAME]
         if not name:
             return True  # consumed, nothing to do: wait for a real name
-        group = _create_group(self.central, self.layout, name, self.clock())
+        group = await self.central.write(_create_group, self.layout, name, self.clock())
         log.info("agent group {} created from a name reply", group.id, group=group.id)
         await self._connect(approval, group.id, event.sender_id)
-        outbox.queue_text(
-            self.central,
+        await self.central.write(
+            outbox.queue_text,
             f"reg-{approval.messaging_group_id}-done",
             channel_type=event.channel_type,
             platform_id=event.platform_id,
@@ -290,18 +310,17 @@ class Decisions:
     async def on_sender_click(
         self, approval: PendingSenderApproval, clicker: str, value: str
     ) -> str:
-        if not authorized(
-            self.central, clicker, approval.approver_user_id, approval.agent_group_id
-        ):
+        approver, group = approval.approver_user_id, approval.agent_group_id
+        if not await self.central.read(authorized, clicker, approver, group):
             log.warning(
                 "ignored sender-approval click by {}", clicker, chat=approval.messaging_group_id
             )
             return "unauthorized"
         if value != APPROVE:
-            _keep_out(self.central, approval, self.clock())
+            await self.central.write(_keep_out, approval, self.clock())
             log.info("{} denied for {}", shown(approval.sender_identity), approval.agent_group_id)
             return "rejected"
-        event = _let_in(self.central, approval, clicker, self.clock())
+        event = await self.central.write(_let_in, approval, clicker, self.clock())
         if event is None:
             return "gone"
         log.info("{} allowed into {}", shown(approval.sender_identity), approval.agent_group_id)
@@ -309,5 +328,5 @@ class Decisions:
             await self.replay(event)
         except NanoclawError as exc:
             log.error("replay after approval failed: {}", shown_text(exc))
-        self.central.delete_sender_approval(approval.id)
+        await self.central.write(_forget_sender, approval.id)
         return "approved"

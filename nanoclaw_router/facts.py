@@ -3,15 +3,16 @@
 Every event needs the chat, its wirings, whether each group exists, what the sender may do
 and which session is open: about ten small queries, which made the central DB the router's
 bottleneck. These facts change rarely (an admin command, an approval), so they are cached
-and the whole cache is dropped when ``PRAGMA data_version`` says another connection
-committed to ``central.db`` — one cheap pragma per event. The router's own writes do not
-move its connection's ``data_version``, so every code path that writes facts the cache holds
-calls ``clear()`` (approvals, new sessions are stored into the cache directly).
+and the whole cache is dropped when ``PRAGMA data_version`` moves: ``AsyncCentral.version``,
+on the loop and without a thread hop, moves whenever any connection commits (the router's
+own writer too). A path that changes facts the cache holds also calls ``clear()`` or stores
+what it made (a new chat, a new session), because the event that made it may plan on before
+the next ``refresh``.
 
-``gather`` answers an event from the cache alone when it can; when any fact is missing it
-reads all of the event's facts from the store in one go (``Loaded``) and keeps them. The same
-function (``describe``) turns either source into the ``EventFacts`` that planning takes, so
-the cache can never answer differently from the store.
+``gather`` answers an event from the cache alone when it can (no thread hop, no query); when
+any fact is missing it reads all of the event's facts in one call on a reader thread
+(``load``) and keeps them. The same function (``describe``) turns either source into the
+``EventFacts`` that planning takes, so the cache can never answer differently from the store.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Protocol
 from nanoclaw_common.messages import InboundEvent
 from nanoclaw_common.states import EngageMode, IgnoredMessagePolicy, SessionMode
 from nanoclaw_common.store import CentralStore
-from nanoclaw_common.store.rows import MessagingGroup, PendingChannelApproval, Session, Wiring
+from nanoclaw_common.store.async_central import AsyncCentral
+from nanoclaw_common.store.rows import (
+    MessagingGroup,
+    PendingChannelApproval,
+    Session,
+    User,
+    Wiring,
+)
 from nanoclaw_router.routing import EventFacts, WiringView, effective_session_mode
 
 ChatKey = tuple[str, str]
@@ -175,14 +183,20 @@ def load(
     return facts, loaded.done()
 
 
+def awaiting_names(central: CentralStore) -> list[PendingChannelApproval]:
+    return [a for a in central.list_channel_approvals() if a.awaiting_name]
+
+
 class CentralFacts:
-    def __init__(self, central: CentralStore) -> None:
+    def __init__(self, central: AsyncCentral) -> None:
         self.central = central
         self._version = -1
+        self._generation = 0  # moves with every clear()
         self.hits = 0
         self.clear()
 
     def clear(self) -> None:
+        self._generation += 1
         self._chats: dict[ChatKey, MessagingGroup | None] = {}
         self._wirings: dict[str, list[Wiring]] = {}
         self._groups: dict[str, bool] = {}
@@ -192,19 +206,24 @@ class CentralFacts:
         self.users: dict[str, str | None] = {}  # user id -> the display name its row holds
 
     def refresh(self) -> None:
-        """Drop everything if another process changed central.db since the last look."""
-        version = self.central.db.data_version()
+        """Drop everything if central.db changed since the last look."""
+        version = self.central.version()
         if version != self._version:
             self.clear()
             self._version = version
 
-    def gather(self, event: InboundEvent, threads_supported: bool) -> EventFacts:
+    async def gather(self, event: InboundEvent, threads_supported: bool) -> EventFacts:
         """The facts of ``event``: from the cache when it holds them all, else read."""
         try:
             facts = describe(event, threads_supported, Cached(self))
         except Missing:
-            facts, loaded = load(self.central, event, threads_supported)
-            self.keep(loaded)
+            generation = self._generation
+            facts, loaded = await self.central.read(load, event, threads_supported)
+            # Kept only if nothing changed while they were read (a commit by anyone, or a
+            # clear() of ours): facts read before a change must not outlive it.
+            self.refresh()
+            if self._generation == generation:
+                self.keep(loaded)
             return facts
         self.hits += 1
         return facts
@@ -227,14 +246,20 @@ class CentralFacts:
     def remember_session(self, key: SessionKey, session: Session) -> None:
         self._sessions[key] = session
 
-    def remember_user(self, user_id: str, display_name: str | None) -> None:
-        self.users[user_id] = display_name
+    def remember_user(self, user: User) -> None:
+        """A user row the router just wrote."""
+        self.users[user.id] = user.display_name
 
-    def awaiting_names(self) -> list[PendingChannelApproval]:
+    async def awaiting_names(self) -> list[PendingChannelApproval]:
         """Registrations waiting for an approver to name a new agent."""
-        if self._awaiting is None:
-            self._awaiting = [a for a in self.central.list_channel_approvals() if a.awaiting_name]
-        return self._awaiting
+        if self._awaiting is not None:
+            return self._awaiting
+        generation = self._generation
+        found = await self.central.read(awaiting_names)
+        self.refresh()
+        if self._generation == generation:
+            self._awaiting = found
+        return found
 
 
 class Cached:

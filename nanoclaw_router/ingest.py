@@ -70,12 +70,12 @@ class Ingest:
             event = msgspec.structs.replace(event, thread_id=None)
         self.facts.refresh()
         # Outside the chat lock: a name reply replays an event of possibly the same chat.
-        awaiting = not event.is_group and bool(self.facts.awaiting_names())
+        awaiting = not event.is_group and bool(await self.facts.awaiting_names())
         if awaiting and await self.decisions.name_reply(event):
             self.facts.clear()
             return []
         async with self._chat_locks.hold((event.channel_type, event.platform_id)):
-            facts = self.facts.gather(event, threads)
+            facts = await self.facts.gather(event, threads)
             plan = plan_event(event, facts)
             queued = await self.commit.carry_out(event, facts, plan)
         stored = await self.commit.committed(queued)
@@ -88,7 +88,7 @@ class Ingest:
 
     async def replay(self, event: InboundEvent) -> None:
         """An approved event, routed again from the start (its rows dedupe by id). The
-        approval just changed wirings or memberships through our own connection, which does
-        not move ``data_version``: forget the cached facts first."""
+        approval just changed wirings or memberships: forget the cached facts first (the
+        next ``refresh`` would, but a gather of the same event may come before it)."""
         self.facts.clear()
         await self.route(event)

@@ -13,6 +13,7 @@ from nanoclaw_common.messages import (
     encode_text,
 )
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.router_outbox import RouterOutbox
 from nanoclaw_common.store.rows import PendingApproval, PendingQuestion
 from tests.unit.router.conftest import Harness
 
@@ -231,12 +232,12 @@ def test_cards_wait_for_an_unreachable_approver(harness: Harness) -> None:
     harness.chat.offline = True
     harness.send("@bot", chat="c8", mention=True)
     assert harness.flush() == 0
-    [item] = harness.router.outbox.outbox.list("pending")
+    [item] = RouterOutbox(harness.central).list("pending")
     assert item.attempts == 1 and item.last_error == "offline"
     harness.chat.offline = False
     # Not yet due: the backoff is honoured, nothing is lost.
     assert harness.flush() == 0
-    assert harness.router.outbox.outbox.list("pending")
+    assert RouterOutbox(harness.central).list("pending")
     future = harness.router.outbox.clock() + 10 * 60 * 1000
     harness.router.outbox.clock = lambda: future
     assert harness.flush() == 1

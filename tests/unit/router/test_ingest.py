@@ -312,6 +312,7 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
     """A click's card edit runs in the background. ``stop`` lets it finish (or, past a
     grace period, cancels it) before the adapters close: a request cancelled after its HTTP
     client closed leaves its socket open."""
+    from nanoclaw_common.store.async_central import AsyncCentral
     from nanoclaw_router.app import Router
     from tests.fakes.recording import MemoryWaker, RecordingAdapter
 
@@ -336,7 +337,8 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
 
     def outcome(open_gate: bool) -> list[str]:
         adapter = SlowEdits()
-        router = Router(settings, central, {"chat": adapter}, MemoryWaker(layout.central_db))
+        doors = AsyncCentral(layout.central_db)
+        router = Router(settings, doors, {"chat": adapter}, MemoryWaker(layout.central_db))
         router.background_grace_s = 0.05  # only reached when the gate stays shut
         question = new_id("q")
         central.create_pending_question(
@@ -375,6 +377,7 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
             await stopping
 
         asyncio.run(run())
+        doors.close()
         return adapter.order
 
     group = central.create_agent_group("Main", central.unique_folder("Main"))
