@@ -137,13 +137,18 @@ def make_deps(
     )
 
 
+def migrate(layout: Layout) -> None:
+    """Bring central.db's schema up to date (off the loop: it may wait for a lock)."""
+    CentralStore.open(layout.central_db).close()
+
+
 async def serve(settings: Settings, stop: GracefulStop, faults: CrashPoints | None = None) -> int:
     layout = Layout(settings.home_path)
     layout.ensure()
     lock_fd = single_instance(layout)
     # The schema first, then the doors async code reaches central.db through (each opens
     # its connections on its own thread).
-    await asyncio.to_thread(lambda: CentralStore.open(layout.central_db).close())
+    await asyncio.to_thread(migrate, layout)
     central = AsyncCentral(layout.central_db, readers=1)
     deps = make_deps(settings, layout, central, faults)
     service = DeliveryService(deps, stop)

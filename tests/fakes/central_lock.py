@@ -1,0 +1,149 @@
+"""Another process holding ``central.db``'s write lock: ``BEGIN IMMEDIATE``, then nothing,
+as a long CLI command, a backup or a stuck program would.
+
+``CentralLock(path).hold()`` starts ``python -m tests.fakes.central_lock <path>`` and
+returns once the lock is taken. The child keeps it until ``release()`` (a line on its stdin)
+or until ``hold_s`` has passed, whichever comes first, then rolls back and says so; the test
+reads ``released`` from its output. So a test waits for events, never for a time.
+
+``Beats`` watches a program's proof of life meanwhile: beaten from its event loop every
+second (``nanoclaw_common.alive``), so the largest gap between two beats is how long the
+loop stood still, give or take a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Final
+
+import apsw
+
+#: Longer than the busy timeout (5 s): a write that waits for the lock on the loop fails.
+LOCK_S: Final = 6.0
+#: The proof is beaten every second; a loop that stalled for the busy timeout shows a gap of
+#: five seconds or more. Under this bound, the loop kept going round.
+MAX_BEAT_GAP_S: Final = 2.5
+LOCKED: Final = "locked"
+RELEASED: Final = "released"
+REPO: Final = Path(__file__).resolve().parents[2]
+
+
+class CentralLock:
+    def __init__(self, path: Path, *, hold_s: float = 60.0) -> None:
+        self.path = path
+        self.hold_s = hold_s
+        self.proc: subprocess.Popen[str] | None = None
+        self.locked_at: float | None = None  # time.monotonic() of the test process
+        self.released_at: float | None = None
+
+    def hold(self, timeout_s: float = 20.0) -> CentralLock:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.central_lock", str(self.path), str(self.hold_s)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self._line(timeout_s)
+        assert line == LOCKED, f"the lock holder said {line!r}"
+        self.locked_at = time.monotonic()
+        return self
+
+    @property
+    def holding(self) -> bool:
+        """Still holding: the child has not said it let go (it says so before exiting)."""
+        assert self.proc is not None
+        return self.released_at is None and self.proc.poll() is None
+
+    def release(self, timeout_s: float = 20.0) -> float:
+        """Let go now (if not already); returns how long the lock was held, in seconds."""
+        assert self.proc is not None and self.proc.stdin is not None and self.locked_at
+        if self.released_at is None:
+            if self.proc.poll() is None:
+                try:
+                    self.proc.stdin.write("\n")
+                    self.proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # it let go by itself a moment ago
+            self.wait_released(timeout_s)
+        assert self.released_at is not None
+        return self.released_at - self.locked_at
+
+    def wait_released(self, timeout_s: float) -> None:
+        """Wait until the child lets go (at ``hold_s`` at the latest)."""
+        line = self._line(timeout_s)
+        assert line == RELEASED, f"the lock holder said {line!r}"
+        self.released_at = time.monotonic()
+        assert self.proc is not None
+        self.proc.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+    def _line(self, timeout_s: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        return _read_line(self.proc.stdout, timeout_s)
+
+
+class Beats:
+    """The mtimes of a program's proof of life (``run/alive/<program>``), sampled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: list[float] = []  # each beat's mtime, once
+        self.last_sample = 0.0  # wall clock, like the mtimes
+
+    def sample(self) -> None:
+        self.last_sample = time.time()
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return
+        if not self.seen or mtime != self.seen[-1]:
+            self.seen.append(mtime)
+
+    def largest_gap_s(self) -> float:
+        """The longest time between two beats, or from the last beat to the last look (a
+        loop that stopped beating for good shows that as a gap too)."""
+        points = [*self.seen, self.last_sample]
+        return max(b - a for a, b in zip(points, points[1:], strict=False))
+
+
+def _read_line(stream: IO[str], timeout_s: float) -> str:
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout_s):
+            raise AssertionError(f"the lock holder said nothing within {timeout_s} s")
+    return stream.readline().strip()
+
+
+def main(path: str, hold_s: float) -> None:
+    import selectors
+
+    connection = apsw.Connection(path)
+    connection.setbusytimeout(30_000)
+    connection.execute("BEGIN IMMEDIATE")
+    print(LOCKED, flush=True)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sys.stdin, selectors.EVENT_READ)
+        selector.select(hold_s)  # a line from the test, or the hold is over
+    connection.execute("ROLLBACK")
+    print(RELEASED, flush=True)
+    connection.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]))
