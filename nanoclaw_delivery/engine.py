@@ -46,12 +46,12 @@ from nanoclaw_common.errors import DecodeError, PermanentFailure, RetryLater
 from nanoclaw_common.hostfs import unblock
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
-from nanoclaw_common.store import CentralStore, InboundStore, OutboundReader
+from nanoclaw_common.store import InboundStore, OutboundReader
 from nanoclaw_common.store.bounds import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_delivery import agents, approvals, crashpoints, files, operations, tasks
-from nanoclaw_delivery.acl import is_agent_row
+from nanoclaw_delivery.acl import is_agent_row, origin_chat
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
@@ -170,7 +170,7 @@ class SessionWorker:
     async def origin(self) -> MessagingGroup | None:
         """The session's own chat (looked up once: a session's chat never changes)."""
         if not self._origin_known and self.session.messaging_group_id is not None:
-            self._origin = await self.deps.central.read(_chat, self.session.messaging_group_id)
+            self._origin = await self.deps.central.read(origin_chat, self.session)
         self._origin_known = True
         return self._origin
 
@@ -596,10 +596,6 @@ class SessionWorker:
                 session=self.session.id,
                 message=message_out_id,
             )
-
-
-def _chat(central: CentralStore, chat_id: str) -> MessagingGroup | None:
-    return central.get_messaging_group(chat_id)
 
 
 def _earliest(current: int | None, candidate: int) -> int:

@@ -13,6 +13,7 @@ loop stood still, give or take a second.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -117,7 +118,7 @@ class Beats:
         """The longest time between two beats, or from the last beat to the last look (a
         loop that stopped beating for good shows that as a gap too)."""
         points = [*self.seen, self.last_sample]
-        return max(b - a for a, b in zip(points, points[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(points))
 
 
 def _read_line(stream: IO[str], timeout_s: float) -> str:
