@@ -3,8 +3,9 @@ as a long CLI command, a backup or a stuck program would.
 
 ``CentralLock(path).hold()`` starts ``python -m tests.fakes.central_lock <path>`` and
 returns once the lock is taken. The child keeps it until ``release()`` (a line on its stdin)
-or until ``hold_s`` has passed, whichever comes first, then rolls back and says so; the test
-reads ``released`` from its output. So a test waits for events, never for a time.
+or until ``hold_s`` has passed, whichever comes first. It says ``releasing`` before its
+ROLLBACK and ``released`` after: whatever a test saw while ``holding`` was still True
+happened while the lock was held. So a test waits for events, never for a time.
 
 ``Beats`` watches a program's proof of life meanwhile: beaten from its event loop every
 second (``nanoclaw_common.alive``), so the largest gap between two beats is how long the
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 import apsw
 
@@ -29,6 +31,7 @@ LOCK_S: Final = 6.0
 #: five seconds or more. Under this bound, the loop kept going round.
 MAX_BEAT_GAP_S: Final = 2.5
 LOCKED: Final = "locked"
+RELEASING: Final = "releasing"
 RELEASED: Final = "released"
 REPO: Final = Path(__file__).resolve().parents[2]
 
@@ -37,9 +40,11 @@ class CentralLock:
     def __init__(self, path: Path, *, hold_s: float = 60.0) -> None:
         self.path = path
         self.hold_s = hold_s
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.locked_at: float | None = None  # time.monotonic() of the test process
+        self.releasing = False  # the child said it is about to let go
         self.released_at: float | None = None
+        self._pending = b""  # bytes read from the child, not yet a whole line
 
     def hold(self, timeout_s: float = 20.0) -> CentralLock:
         self.proc = subprocess.Popen(
@@ -47,7 +52,6 @@ class CentralLock:
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
         )
         line = self._line(timeout_s)
         assert line == LOCKED, f"the lock holder said {line!r}"
@@ -56,9 +60,15 @@ class CentralLock:
 
     @property
     def holding(self) -> bool:
-        """Still holding: the child has not said it let go (it says so before exiting)."""
+        """Still holding for sure: the child has not said it is about to let go (it says so
+        before its ROLLBACK, so whatever a test saw before this turned False happened while
+        the lock was held)."""
         assert self.proc is not None
-        return self.released_at is None and self.proc.poll() is None
+        if not self.releasing and self._readable(0):
+            line = self._line(0)
+            assert line == RELEASING, f"the lock holder said {line!r}"
+            self.releasing = True
+        return not self.releasing
 
     def release(self, timeout_s: float = 20.0) -> float:
         """Let go now (if not already); returns how long the lock was held, in seconds."""
@@ -66,7 +76,7 @@ class CentralLock:
         if self.released_at is None:
             if self.proc.poll() is None:
                 try:
-                    self.proc.stdin.write("\n")
+                    self.proc.stdin.write(b"\n")
                     self.proc.stdin.flush()
                 except BrokenPipeError:
                     pass  # it let go by itself a moment ago
@@ -75,7 +85,11 @@ class CentralLock:
         return self.released_at - self.locked_at
 
     def wait_released(self, timeout_s: float) -> None:
-        """Wait until the child lets go (at ``hold_s`` at the latest)."""
+        """Wait until the child has let go (at ``hold_s`` at the latest)."""
+        if not self.releasing:
+            line = self._line(timeout_s)
+            assert line == RELEASING, f"the lock holder said {line!r}"
+            self.releasing = True
         line = self._line(timeout_s)
         assert line == RELEASED, f"the lock holder said {line!r}"
         self.released_at = time.monotonic()
@@ -92,9 +106,27 @@ class CentralLock:
             if stream is not None:
                 stream.close()
 
-    def _line(self, timeout_s: float) -> str:
+    def _readable(self, timeout_s: float) -> bool:
+        """A whole line is waiting (read raw: a buffered reader would hide what it holds
+        from ``select``)."""
         assert self.proc is not None and self.proc.stdout is not None
-        return _read_line(self.proc.stdout, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._pending:
+            left = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if not ready:
+                return False
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                return False  # the child is gone
+            self._pending += chunk
+        return True
+
+    def _line(self, timeout_s: float) -> str:
+        if not self._readable(timeout_s):
+            raise AssertionError(f"the lock holder said nothing within {timeout_s} s")
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode().strip()
 
 
 class Beats:
@@ -121,26 +153,13 @@ class Beats:
         return max(b - a for a, b in itertools.pairwise(points))
 
 
-def _read_line(stream: IO[str], timeout_s: float) -> str:
-    import selectors
-
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        if not selector.select(timeout_s):
-            raise AssertionError(f"the lock holder said nothing within {timeout_s} s")
-    return stream.readline().strip()
-
-
 def main(path: str, hold_s: float) -> None:
-    import selectors
-
     connection = apsw.Connection(path)
     connection.setbusytimeout(30_000)
     connection.execute("BEGIN IMMEDIATE")
     print(LOCKED, flush=True)
-    with selectors.DefaultSelector() as selector:
-        selector.register(sys.stdin, selectors.EVENT_READ)
-        selector.select(hold_s)  # a line from the test, or the hold is over
+    select.select([sys.stdin], [], [], hold_s)  # a line from the test, or the hold is over
+    print(RELEASING, flush=True)  # first: a test may trust what it saw before this line
     connection.execute("ROLLBACK")
     print(RELEASED, flush=True)
     connection.close()
