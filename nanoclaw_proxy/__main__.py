@@ -22,6 +22,7 @@ from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.logs import setup_logging
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings, load_from_process
+from nanoclaw_common.store import CentralStore
 from nanoclaw_proxy.startup import (
     acquire_lock,
     connection_limit,
@@ -74,6 +75,8 @@ def main() -> int:
     fd_limit = raise_nofile_limit()
     listener, keeper = open_listener(layout, settings.proxy_keeper_linger_s)
     try:
+        # The schema, before the loop runs (async code reaches central.db through doors).
+        CentralStore.open(layout.central_db).close()
         asyncio.run(run(settings, layout, listener, fd_limit))
     finally:
         listener.close()
