@@ -281,16 +281,19 @@ class Decisions:
         await self.replay(event)
         await self.central.write(_forget_registration, approval.messaging_group_id)
 
-    async def name_reply(self, event: InboundEvent) -> bool:
-        """The approver's DM answer to "name your new agent". True when consumed."""
+    async def naming(self, event: InboundEvent) -> PendingChannelApproval | None:
+        """The registration ``event`` names a new agent for (the approver's DM answer to
+        "name your new agent"), or None when it is an ordinary event."""
         if event.is_group:
-            return False
-        approval = await self.central.read(_name_reply_for, event)
-        if approval is None:
-            return False
+            return None
+        return await self.central.read(_name_reply_for, event)
+
+    async def name_reply(self, event: InboundEvent, approval: PendingChannelApproval) -> None:
+        """Create the agent ``event`` names and connect the chat that asked (``naming``
+        found ``approval``); the event is consumed either way."""
         name = " ".join(event.text.split())[:MAX_AGENT_NAME]
         if not name:
-            return True  # consumed, nothing to do: wait for a real name
+            return  # nothing to do: wait for a real name
         group = await self.central.write(_create_group, self.layout, name, self.clock())
         log.info("agent group {} created from a name reply", group.id, group=group.id)
         await self._connect(approval, group.id, event.sender_id)
@@ -303,7 +306,6 @@ class Decisions:
             now=self.sender.clock(),
         )
         self.sender.kick()
-        return True
 
     # -- unknown senders ------------------------------------------------------------------
 

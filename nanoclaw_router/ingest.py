@@ -10,7 +10,9 @@ order (docs/internals.md, "Router"):
 
 An approver's DM that names a new agent (``decisions.Decisions.name_reply``) is the one event
 that takes another way: it answers a registration card, and the message that asked for the
-registration is replayed through all three stages as an event of its own.
+registration is replayed through all three stages as an event of its own. It is recognised
+in its chat's turn (under the chat's lock) and handled after it (the replayed message may be
+of the same chat).
 
 ``route`` returns only after every row of the event is committed; the adapter acknowledges
 the platform after that. A re-sent event therefore changes nothing, except that its session
@@ -26,7 +28,8 @@ import msgspec
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.messages import InboundEvent
-from nanoclaw_router.commit import Commit, Stored
+from nanoclaw_common.store.rows import PendingChannelApproval
+from nanoclaw_router.commit import Commit, Queued, Stored
 from nanoclaw_router.decisions import Decisions
 from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
@@ -52,16 +55,17 @@ class Ingest:
         self.commit = commit
         self.wake = wake
         self.faults = faults or Faults()
-        self._chat_locks = KeyedLocks()
+        self.chat_locks = KeyedLocks()
 
     async def route(self, event: InboundEvent) -> list[Stored]:
         """Route one event; returns after its rows are committed (and, with the
         ``before_ack`` fault armed, after its wakes).
 
         Events of one chat are planned and queued for commit one at a time, in arrival
-        order (a FIFO lock per chat), so their rows get seqs in that order; the commits
-        themselves are awaited outside the lock, so a chat's messages share transactions
-        (group commit) instead of each waiting for the previous one's fsync."""
+        order (a FIFO lock per chat, taken before the first await), so their rows get seqs
+        in that order; the commits themselves are awaited outside the lock, so a chat's
+        messages share transactions (group commit) instead of each waiting for the previous
+        one's fsync."""
         where = {"channel": event.channel_type, "message": event.message_id}
         self.faults.crash("before_commit", **where)
         adapter = self.adapters.get(event.channel_type)
@@ -69,15 +73,19 @@ class Ingest:
         if event.thread_id is not None and adapter is not None and not threads:
             event = msgspec.structs.replace(event, thread_id=None)
         self.facts.refresh()
-        # Outside the chat lock: a name reply replays an event of possibly the same chat.
-        awaiting = not event.is_group and bool(await self.facts.awaiting_names())
-        if awaiting and await self.decisions.name_reply(event):
+        # The chat's lock before any await: its place in the chat's order is its arrival.
+        queued: list[Queued] = []
+        async with self.chat_locks.hold((event.channel_type, event.platform_id)):
+            naming = await self._naming(event)
+            if naming is None:
+                facts = await self.facts.gather(event, threads)
+                plan = plan_event(event, facts)
+                queued = await self.commit.carry_out(event, facts, plan)
+        if naming is not None:
+            # Outside the chat lock: a name reply replays an event of possibly the same chat.
+            await self.decisions.name_reply(event, naming)
             self.facts.clear()
             return []
-        async with self._chat_locks.hold((event.channel_type, event.platform_id)):
-            facts = await self.facts.gather(event, threads)
-            plan = plan_event(event, facts)
-            queued = await self.commit.carry_out(event, facts, plan)
         stored = await self.commit.committed(queued)
         self.faults.crash("after_commit", **where)
         woken = await self.wake.after_commit(event, stored)
@@ -85,6 +93,13 @@ class Ingest:
             await asyncio.gather(*woken)
             self.faults.crash("before_ack", **where)
         return stored
+
+    async def _naming(self, event: InboundEvent) -> PendingChannelApproval | None:
+        """The registration a DM names an agent for (``Decisions.naming``); looked up only
+        while some registration waits for a name (cached)."""
+        if event.is_group or not await self.facts.awaiting_names():
+            return None
+        return await self.decisions.naming(event)
 
     async def replay(self, event: InboundEvent) -> None:
         """An approved event, routed again from the start (its rows dedupe by id). The
