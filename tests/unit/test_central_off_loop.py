@@ -120,26 +120,26 @@ def keeping_violations(name: str, tree: ast.Module) -> list[str]:
             continue
         if not any(isinstance(n, ast.AsyncFunctionDef) for n in cls.body):
             continue  # a plain helper, made and used inside one door call
-        for node in ast.walk(cls):
-            if isinstance(node, ast.AnnAssign) and STORES & names_in(node.annotation):
-                target = ast.unparse(node.target)
-                found.append(f"{name}:{node.lineno}: {cls.name}.{target} is a kept store")
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                for arg in node.args.args + node.args.kwonlyargs:
+        for member in ast.walk(cls):
+            if isinstance(member, ast.AnnAssign) and STORES & names_in(member.annotation):
+                target = ast.unparse(member.target)
+                found.append(f"{name}:{member.lineno}: {cls.name}.{target} is a kept store")
+            if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef):
+                for arg in member.args.args + member.args.kwonlyargs:
                     if arg.annotation is not None and STORES & names_in(arg.annotation):
                         found.append(
-                            f"{name}:{node.lineno}: {cls.name}.{node.name} takes a store"
+                            f"{name}:{member.lineno}: {cls.name}.{member.name} takes a store"
                             f" ({arg.arg})"
                         )
-    for node in ast.walk(tree):
+    for call in ast.walk(tree):
         if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name | ast.Attribute)
-            and (node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func))
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Name | ast.Attribute)
+            and (call.func.id if isinstance(call.func, ast.Name) else ast.unparse(call.func))
             in {"CentralStore", "CentralStore.open"}
             and name not in THREAD_MODULES | MAIN_MODULES
         ):
-            found.append(f"{name}:{node.lineno}: opens a CentralStore")
+            found.append(f"{name}:{call.lineno}: opens a CentralStore")
     return found
 
 

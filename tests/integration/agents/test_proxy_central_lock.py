@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anthropic
 import pytest
+from anthropic.types import MessageParam
 
 from nanoclaw_common.peer_identity import identity_of_pid
 from nanoclaw_common.store import CentralStore
@@ -24,11 +25,10 @@ from nanoclaw_common.store.metering import TokenLedger, utc_day
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from tests.fakes.anthropic_api import FakeAnthropic, text
 from tests.fakes.central_lock import CentralLock
-from tests.integration.agents.harness import AgentSession, Proxy, uds_client, wait_until
+from tests.integration.agents.harness import AgentSession, Proxy, uds_client
+from tests.waiting import wait_until
 
-pytestmark = pytest.mark.slow
-
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[MessageParam] = [{"role": "user", "content": "hello"}]
 PROBES = 6  # sessions whose first call comes while the lock is held, one after another
 PACE_S = 0.25  # between two probes: the later ones surely come after the reservation
 MAX_LOOKUP_S = 2.0  # passing runs take milliseconds; the old proxy took the busy timeout
@@ -123,4 +123,4 @@ def test_a_reservation_waiting_for_the_lock_holds_up_no_lookup(  # noqa: PLR0917
         use = ledger.day_use(agent.group_id, day, now=int(time.time() * 1000))
         return use.used == USAGE["input_tokens"] + USAGE["output_tokens"] and not use.reserved
 
-    wait_until(settled, what="the call's usage settled")
+    wait_until(settled, timeout_s=20.0, what="the call's usage settled")

@@ -16,12 +16,11 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.store import OutboundStore
 from nanoclaw_common.store.outbound import NewOutbound
 from nanoclaw_common.store.rows import Session
+from tests.delivery_world import World
 from tests.fakes.central_lock import LOCK_S, MAX_BEAT_GAP_S, Beats, CentralLock
 from tests.fakes.telegram_api import FakeTelegram
 from tests.integration.delivery.process import DeliveryProcess
-from tests.unit.delivery.helpers import World
-
-pytestmark = pytest.mark.slow
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -58,7 +57,11 @@ def test_a_locked_central_db_never_stalls_delivery(
     asking = world.new_session(world.group, world.other_chat)  # its own chat: 200
     delivery.start()
     write(world, world.session, m.SendText(text="before the lock"))
-    fake_telegram.wait_for(lambda: texts_to(fake_telegram, "100") == ["before the lock"])
+    wait_until(
+        lambda: texts_to(fake_telegram, "100") == ["before the lock"],
+        timeout_s=20.0,
+        what="the reply before the lock",
+    )
     beats = Beats(world.layout.alive_dir / "delivery")
 
     lock.hold()
@@ -93,7 +96,7 @@ def test_a_locked_central_db_never_stalls_delivery(
     assert beats.largest_gap_s() < MAX_BEAT_GAP_S, (beats.seen, delivery.log())
 
     # After the lock: the card is recorded, then sent; nothing was lost or sent twice.
-    fake_telegram.wait_for(lambda: texts_to(fake_telegram, "200"), timeout=30)
+    wait_until(lambda: texts_to(fake_telegram, "200"), timeout_s=30.0, what="the question card")
     [question] = world.central.list_pending_questions()
     assert question.session_id == asking.id and question.platform_message_id is not None
     assert len(texts_to(fake_telegram, "200")) == 1

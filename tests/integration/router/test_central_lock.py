@@ -18,16 +18,9 @@ import pytest
 from tests.fakes.central_lock import LOCK_S, MAX_BEAT_GAP_S, Beats, CentralLock
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.webhook_client import nanoclaw_headers, post
-from tests.integration.router.conftest import (
-    Delivery,
-    RouterProcess,
-    World,
-    free_port,
-    wait_until,
-)
+from tests.integration.router.conftest import Delivery, RouterProcess, World, free_port
 from tests.integration.router.standin_agent import StandinAgent
-
-pytestmark = pytest.mark.slow
+from tests.waiting import wait_until
 
 WEBHOOK_SECRET = "lock-webhook-secret-7"
 
@@ -76,8 +69,8 @@ def test_a_locked_central_db_never_stalls_the_router_and_loses_nothing(
     try:
         router.start()
         _, first = telegram.push_message(-100, "before the lock")
-        wait_until(lambda: answers(telegram, "-100"), 20, "the first answer")
-        wait_until(lambda: accepting(port), 20, "the webhook port")
+        wait_until(lambda: answers(telegram, "-100"), timeout_s=20, what="the first answer")
+        wait_until(lambda: accepting(port), timeout_s=20, what="the webhook port")
         assert webhook(port, "before") == 200  # its session exists from now on
         beats = Beats(world.home / "run" / "alive" / "router")
 
@@ -108,8 +101,10 @@ def test_a_locked_central_db_never_stalls_the_router_and_loses_nothing(
         assert beats.largest_gap_s() < MAX_BEAT_GAP_S, (beats.seen, router.log())
 
         # After the lock: the message that needed a central write is committed and answered.
-        wait_until(lambda: answers(telegram, "-200"), 30, "the new session's answer")
-        wait_until(lambda: telegram.pending_updates() == 0, 10, "every update confirmed")
+        wait_until(lambda: answers(telegram, "-200"), timeout_s=30, what="the new session's answer")
+        wait_until(
+            lambda: telegram.pending_updates() == 0, timeout_s=10, what="every update confirmed"
+        )
         agent.stop()
         # Stopped, not killed: a write it was making into an inbound.db would be left as a hot
         # journal, and the rows below could not be read.
