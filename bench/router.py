@@ -38,6 +38,7 @@ from nanoclaw_common.logs import setup_logging  # noqa: E402
 from nanoclaw_common.paths import Layout  # noqa: E402
 from nanoclaw_common.settings import Settings  # noqa: E402
 from nanoclaw_common.store import CentralStore  # noqa: E402
+from nanoclaw_common.store.async_central import AsyncCentral  # noqa: E402
 from nanoclaw_common.store.rows import Session  # noqa: E402
 from nanoclaw_router.app import Router  # noqa: E402
 from tests.environ import clean_environ  # noqa: E402
@@ -53,18 +54,28 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def wire_chats(layout: Layout, chats: int) -> None:
+    """One agent group, ``chats`` chats wired to it (every message engages)."""
+    central = CentralStore.open(layout.central_db)
+    try:
+        group = central.create_agent_group("Bench", "bench")
+        for n in range(chats):
+            chat = central.create_messaging_group(
+                "bench", f"chat{n}", is_group=True, unknown_sender_policy="public"
+            )
+            central.create_wiring(chat.id, group.id, engage_mode="pattern", engage_pattern=".")
+    finally:
+        central.close()
+
+
 async def one_round(
     home: Path, chats: int, messages: int, warmup: int, window: int
 ) -> tuple[float, list[float]]:
     layout = Layout(home)
     layout.ensure()
-    central = CentralStore.open(layout.central_db)
-    group = central.create_agent_group("Bench", "bench")
-    for n in range(chats):
-        chat = central.create_messaging_group(
-            "bench", f"chat{n}", is_group=True, unknown_sender_policy="public"
-        )
-        central.create_wiring(chat.id, group.id, engage_mode="pattern", engage_pattern=".")
+    # Off the loop, as in the router: async code reaches central.db through AsyncCentral.
+    await asyncio.to_thread(wire_chats, layout, chats)
+    central = AsyncCentral(layout.central_db)
     settings = Settings(home=str(home), install_id="bench", log_level="WARNING")
     router = Router(settings, central, {}, StubWaker())
     latencies: list[float] = []
@@ -104,7 +115,7 @@ async def one_round(
     committed = router.writer.committed_rows - before
     transactions = router.writer.transactions
     await router.stop()
-    central.close()
+    await asyncio.to_thread(central.close)
     rate = committed / elapsed
     print(
         f"  {committed} rows in {elapsed:.2f}s = {rate:,.0f}/s "

@@ -38,7 +38,8 @@ from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.store import CentralStore, InboundReader, OutboundReader
-from nanoclaw_common.store.rows import OutboundRow
+from nanoclaw_common.store.async_central import AsyncCentral
+from nanoclaw_common.store.rows import OutboundRow, Session
 from nanoclaw_common.untrusted import escaped, terminal_text
 
 FINAL_DELIVERY: Final = frozenset({"delivered", "failed", "denied"})
@@ -194,22 +195,38 @@ class Tracked:
             self.outbound.close()
 
 
+def _candidates(central: CentralStore, message_id: str) -> list[tuple[str, list[Session]]]:
+    """(the row id the message has in each group the terminal is wired to, that group's
+    sessions)."""
+    chat = central.find_messaging_group(CHANNEL, PLATFORM_ID)
+    if chat is None:
+        return []
+    return [
+        (
+            f"{message_id}:{wiring.agent_group_id}",
+            central.list_sessions(agent_group_id=wiring.agent_group_id),
+        )
+        for wiring in central.list_wirings(chat.id)
+    ]
+
+
 class TurnWatch:
     """Is the turn of one terminal message over? ``over()`` is called every poll; it finds
     the message's rows once, then reads only what changed: new outbound rows after its
     cursor, the delivery state of this turn's replies that are not final yet, and the ack
     of the message until it is settled."""
 
-    def __init__(self, central: CentralStore, layout: Layout, message_id: str) -> None:
+    def __init__(self, central: AsyncCentral, layout: Layout, message_id: str) -> None:
         self.central = central
         self.layout = layout
         self.message_id = message_id
         self.tracked: list[Tracked] = []
         self.rows_read = 0  # outbound rows read, for tests: each is read once
 
-    def over(self) -> bool:
+    async def over(self) -> bool:
         if not self.tracked:
-            self.tracked = self._locate()
+            candidates = await self.central.read(_candidates, self.message_id)
+            self.tracked = self._locate(candidates)
             if not self.tracked:
                 return False
         done = True
@@ -222,17 +239,13 @@ class TurnWatch:
             item.close()
         self.tracked = []
 
-    def _locate(self) -> list[Tracked]:
+    def _locate(self, candidates: list[tuple[str, list[Session]]]) -> list[Tracked]:
         """The message's rows (``<message id>:<agent group id>``, or an alternative of it
         after an id collision): committed before the router acknowledged, so normally found
         on the first check."""
-        chat = self.central.find_messaging_group(CHANNEL, PLATFORM_ID)
-        if chat is None:
-            return []
         found: list[Tracked] = []
-        for wiring in self.central.list_wirings(chat.id):
-            row_id = f"{self.message_id}:{wiring.agent_group_id}"
-            for session in self.central.list_sessions(agent_group_id=wiring.agent_group_id):
+        for row_id, sessions in candidates:
+            for session in sessions:
                 paths = self.layout.session(session.agent_group_id, session.id)
                 if not paths.inbound_db.exists():
                     continue
@@ -302,7 +315,7 @@ class TurnWatch:
 
 async def one_message(
     layout: Layout,
-    central: CentralStore,
+    central: AsyncCentral,
     text: str,
     timeout_s: float,
     terminal: Terminal,
@@ -330,7 +343,7 @@ async def one_message(
         while clock() < deadline:
             if terminal.superseded.is_set():
                 return 1
-            if watch.over():
+            if await watch.over():
                 return 0
             await sleep(POLL_S)
     finally:
@@ -390,7 +403,7 @@ async def interactive(layout: Layout, terminal: Terminal) -> int:
 
 async def run_chat(
     layout: Layout,
-    central: CentralStore,
+    central: AsyncCentral,
     message: str | None,
     timeout_s: float,
     save_dir: Path,
@@ -437,14 +450,19 @@ async def run_chat(
 def chat(ctx: CliContext, message: str | None, timeout_s: float, save_dir: Path | None) -> None:
     """Chat with your assistant in the terminal (needs the router, and delivery for replies)."""
     layout = ctx.layout
-    code = asyncio.run(
-        run_chat(
-            layout,
-            ctx.store(),
-            message,
-            timeout_s,
-            save_dir or layout.home / "downloads",
-            private_dir=save_dir is None,
+    ctx.store()  # the schema, before the loop runs
+    central = AsyncCentral(layout.central_db, readers=1)
+    try:
+        code = asyncio.run(
+            run_chat(
+                layout,
+                central,
+                message,
+                timeout_s,
+                save_dir or layout.home / "downloads",
+                private_dir=save_dir is None,
+            )
         )
-    )
+    finally:
+        central.close()
     sys.exit(code)

@@ -10,7 +10,10 @@ from nanoclaw_common import privacy
 from nanoclaw_common.hostfs import Dir, UnsafePath
 from nanoclaw_common.paths import Layout, SessionPaths
 from nanoclaw_common.store import CentralStore, InboundStore, OutboundStore
-from nanoclaw_common.store.rows import Routing, Session
+from nanoclaw_common.store.rows import DestinationEntry, Routing, Session
+
+#: What a session's ``inbound.db`` projects from the central DB.
+Projections = tuple[list[DestinationEntry], Routing]
 
 # In agent/, the container's folder. The host creates them once; what the container does with
 # them afterwards is its own business (a link or a file there is left alone, never followed).
@@ -83,16 +86,30 @@ def session_routing(central: CentralStore, session: Session) -> Routing:
     return Routing(chat.channel_type, chat.platform_id, session.thread_id)
 
 
+def projections(central: CentralStore, session: Session) -> Projections:
+    """The session's ``destinations`` and ``session_routing`` as the central DB has them."""
+    return central.resolve_destinations(session.agent_group_id), session_routing(central, session)
+
+
+def write_projections(
+    layout: Layout, session: Session, wanted: Projections, inbound: InboundStore | None = None
+) -> None:
+    """Write ``wanted`` (``projections``) into the session's ``inbound.db``: the session-DB
+    half of a refresh, for callers that read the central half through a door."""
+    paths = ensure_session_files(layout, session)
+    store = inbound or InboundStore(paths.inbound_db)
+    try:
+        destinations, routing = wanted
+        store.replace_destinations(destinations)
+        store.set_routing(routing)
+    finally:
+        if inbound is None:
+            store.close()
+
+
 def refresh_projections(
     central: CentralStore, layout: Layout, session: Session, inbound: InboundStore | None = None
 ) -> None:
     """Rewrite the session's ``destinations`` and ``session_routing`` from the central DB.
     Called before every wake and after destination changes."""
-    paths = ensure_session_files(layout, session)
-    store = inbound or InboundStore(paths.inbound_db)
-    try:
-        store.replace_destinations(central.resolve_destinations(session.agent_group_id))
-        store.set_routing(session_routing(central, session))
-    finally:
-        if inbound is None:
-            store.close()
+    write_projections(layout, session, projections(central, session), inbound)

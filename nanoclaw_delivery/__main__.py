@@ -31,6 +31,7 @@ from nanoclaw_common.program import run_program
 from nanoclaw_common.sandbox.group_image import GroupImageBuilder
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.sqlite import BUSY_TIMEOUT_MS
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.service import DeliveryService
@@ -95,7 +96,7 @@ def small_page_cache(connection: apsw.Connection) -> None:
 def make_deps(
     settings: Settings,
     layout: Layout,
-    central: CentralStore,
+    central: AsyncCentral,
     faults: CrashPoints | None = None,
 ) -> Deps:
     """Delivery's doors to the outside world, as production uses them. No sandbox: delivery
@@ -114,10 +115,18 @@ def make_deps(
     )
 
 
+def migrate(layout: Layout) -> None:
+    """Bring central.db's schema up to date (off the loop: it may wait for a lock)."""
+    CentralStore.open(layout.central_db).close()
+
+
 async def serve(
     settings: Settings, layout: Layout, stop: GracefulStop, faults: CrashPoints | None = None
 ) -> None:
-    central = CentralStore.open(layout.central_db)
+    # The schema first, then the doors async code reaches central.db through (each opens
+    # its connections on its own thread).
+    await asyncio.to_thread(migrate, layout)
+    central = AsyncCentral(layout.central_db, readers=1)
     deps = make_deps(settings, layout, central, faults)
     service = DeliveryService(deps, stop)
     stop.install_async(asyncio.get_running_loop(), service.stopped)
@@ -128,7 +137,7 @@ async def serve(
     finally:
         await close_adapters(deps.adapters)
         deps.offload.close()
-        central.close()
+        await asyncio.to_thread(central.close)
 
 
 def run(settings: Settings, layout: Layout) -> None:

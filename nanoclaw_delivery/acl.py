@@ -9,6 +9,9 @@ courtesy only).
   chat at all is refused.
 - Sending to an agent group needs an ``agent_destinations`` row (agent group → target group),
   except to the agent's own group.
+
+Every check is a plain function of the central store, run through ``Deps.central.read``: the
+ACL only reads, so it goes on while another process holds ``central.db``'s write lock.
 """
 
 from __future__ import annotations
@@ -83,6 +86,31 @@ def check_chat(central: CentralStore, session: Session, address: ChatAddress) ->
         f"no destination grants agent group {session.agent_group_id} access to chat"
         f" {address.channel_type}:{address.platform_id}"
     )
+
+
+def route_chat(
+    central: CentralStore, session: Session, row: OutboundRow
+) -> tuple[ChatAddress, Denied | None]:
+    """A chat operation's address (``Denied`` raised when it has nowhere to go) and the ACL's
+    refusal of it, if any: returned, not raised, because the leak guard looks at the address
+    (the thread id may come from the container) before the ACL's verdict counts."""
+    address = chat_address(central, session, row)
+    try:
+        check_chat(central, session, address)
+    except Denied as refusal:
+        return address, refusal
+    return address, None
+
+
+def task_address(central: CentralStore, session: Session, row: OutboundRow) -> ChatAddress | None:
+    """Where a scheduled task replies: the row's address after the ACL, or None for a
+    session with no chat of its own and no address on the row (agent-to-agent only: the
+    agent names destinations itself, as in any turn of that session)."""
+    if not (row.channel_type or row.platform_id or origin_chat(central, session)):
+        return None
+    address = chat_address(central, session, row)
+    check_chat(central, session, address)
+    return address
 
 
 def check_agent(central: CentralStore, session: Session, target_id: str | None) -> AgentGroup:

@@ -33,10 +33,15 @@ from nanoclaw_common.channels.base import OutgoingFile, card_fallback_text
 from nanoclaw_common.errors import DecodeError, Refused
 from nanoclaw_common.hostfs import Dir
 from nanoclaw_common.messages import MAX_ATTACHMENT_BYTES
-from nanoclaw_common.paths import SessionPaths, safe_component
-from nanoclaw_common.sessions import ensure_session_files, refresh_projections
+from nanoclaw_common.paths import Layout, SessionPaths, safe_component
+from nanoclaw_common.sessions import (
+    Projections,
+    ensure_session_files,
+    projections,
+    write_projections,
+)
 from nanoclaw_common.states import DestinationType, SessionMode, SessionStatus
-from nanoclaw_common.store import InboundStore, NewInbound
+from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
 from nanoclaw_common.store.central import normalize_name
 from nanoclaw_common.store.rows import AgentGroup, Session
 from nanoclaw_common.untrusted import shown
@@ -67,7 +72,11 @@ def stable_id(prefix: str, seed: str, stamp_ms: int) -> str:
 MAX_RANGE_ROWS = 500
 
 
-def requesting_admin(job: Job) -> str:
+def _outsiders(central: CentralStore, senders: list[str], group: str) -> list[str]:
+    return sorted({s for s in senders if not central.has_admin_privilege(s, group)})
+
+
+async def requesting_admin(job: Job) -> str:
     """The admin who asked (raises ``Denied``; see the module docstring for the rule)."""
     reference = job.row.in_reply_to
     group = job.session.agent_group_id
@@ -102,8 +111,7 @@ def requesting_admin(job: Job) -> str:
         senders.append(content.sender_id)
     if not senders:
         raise Denied("create_agent is admin-only: the request does not answer a person")
-    central = job.deps.central
-    outsiders = sorted({s for s in senders if not central.has_admin_privilege(s, group)})
+    outsiders = await job.deps.central.read(_outsiders, senders, group)
     if outsiders:
         raise Denied(
             f"create_agent is admin-only: {', '.join(shown(o) for o in outsiders[:5])} is not"
@@ -121,13 +129,64 @@ def _check_name(name: str) -> str:
     return stripped
 
 
+def _group(central: CentralStore, agent_group_id: str) -> AgentGroup | None:
+    return central.get_agent_group(agent_group_id)
+
+
+def _child(
+    central: CentralStore,
+    layout: Layout,
+    source: AgentGroup,
+    *,
+    child_id: str,
+    name: str,
+    local_name: str,
+    now: int,
+) -> AgentGroup:
+    """The agent group a ``create_agent`` row makes: found again on a re-run, else created
+    (``Denied`` when the source already names another destination so)."""
+    child = central.get_agent_group(child_id)
+    if child is not None:
+        return child
+    if central.find_destination(source.id, local_name) is not None:
+        raise Denied(
+            f'create_agent: you already have a destination named "{local_name}"',
+            notify_owner=False,
+        )
+    # A folder that no group uses and that nothing on disk has, created now: a folder left
+    # by a removed group (and whatever its agent planted there) is never reused.
+    folder = group_folders.claim_new_folder(layout, central, name)
+    return central.create_agent_group(name, folder, id=child_id, now=now)
+
+
+def _grants(
+    central: CentralStore, source: AgentGroup, child: AgentGroup, local_name: str, now: int
+) -> str:
+    """Destinations both ways (idempotent); the child's name at the source."""
+    name_at_source = _grant(central, source, child, local_name, now)
+    _grant(central, child, source, "parent", now)
+    return name_at_source
+
+
+def _source_projections(
+    central: CentralStore, agent_group_id: str
+) -> list[tuple[Session, Projections]]:
+    """Every active session of the group, with the projections it should now have."""
+    return [
+        (each, projections(central, each))
+        for each in central.list_sessions(
+            agent_group_id=agent_group_id, status=SessionStatus.ACTIVE
+        )
+    ]
+
+
 async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
     deps, session = job.deps, job.session
     central, layout = deps.central, deps.layout
-    source = central.get_agent_group(session.agent_group_id)
+    source = await central.read(_group, session.agent_group_id)
     if source is None:
         raise Denied("create_agent: the source agent group no longer exists", notify_owner=False)
-    admin = requesting_admin(job)
+    admin = await requesting_admin(job)
     name = _check_name(action.name)
     job.guard_texts(name, action.instructions or "")
     local_name = normalize_name(name)
@@ -137,17 +196,9 @@ async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
     recorded = job.inbound.get_delivery(job.row.id)
     first_seen = recorded.created_at_ms if recorded else job.row.timestamp_ms
     child_id = stable_id("ag", f"{session.id}:{job.row.id}", first_seen)
-    child = central.get_agent_group(child_id)
-    if child is None:
-        if central.find_destination(source.id, local_name) is not None:
-            raise Denied(
-                f'create_agent: you already have a destination named "{local_name}"',
-                notify_owner=False,
-            )
-        # A folder that no group uses and that nothing on disk has, created now: a folder
-        # left by a removed group (and whatever its agent planted there) is never reused.
-        folder = group_folders.claim_new_folder(layout, central, name)
-        child = central.create_agent_group(name, folder, id=child_id, now=now)
+    child = await central.write(
+        _child, layout, source, child_id=child_id, name=name, local_name=local_name, now=now
+    )
     body = (
         action.instructions.strip() if action.instructions else "Keep notes here that should last."
     )
@@ -155,11 +206,10 @@ async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
         group_folders.write_first_memory(layout, child.folder, f"# {child.name}\n\n{body}\n")
     except Refused as exc:
         raise Denied(f"create_agent: invalid folder path ({exc})") from None
-    name_at_source = _grant(job, source, child, local_name)
-    _grant(job, child, source, "parent")
-    for each in central.list_sessions(agent_group_id=source.id, status=SessionStatus.ACTIVE):
-        refresh_projections(central, layout, each, job.inbound if each.id == session.id else None)
-    note_agent(
+    name_at_source = await central.write(_grants, source, child, local_name, deps.clock())
+    for each, wanted in await central.read(_source_projections, source.id):
+        write_projections(layout, each, wanted, job.inbound if each.id == session.id else None)
+    await note_agent(
         deps,
         session,
         job.inbound,
@@ -170,25 +220,44 @@ async def create_agent(job: Job, action: m.CreateAgent) -> Sent:
     return Sent(child.id)
 
 
-def _grant(job: Job, owner: AgentGroup, target: AgentGroup, wanted: str) -> str:
+def _grant(
+    central: CentralStore, owner: AgentGroup, target: AgentGroup, wanted: str, now: int
+) -> str:
     """A destination from ``owner`` to ``target`` (idempotent); returns its local name."""
-    central = job.deps.central
     for entry in central.list_destinations(owner.id):
         if entry.target_type == DestinationType.AGENT and entry.target_id == target.id:
             return entry.local_name
     name = central.unique_local_name(owner.id, wanted)
-    central.add_destination(owner.id, name, DestinationType.AGENT, target.id, now=job.deps.clock())
+    central.add_destination(owner.id, name, DestinationType.AGENT, target.id, now=now)
     return name
 
 
 # -- agent-to-agent -------------------------------------------------------------------------
 
 
-def target_session(job: Job, target: AgentGroup) -> Session:
+def _landing(central: CentralStore, candidate: str | None, target: AgentGroup) -> Session | None:
+    """The candidate session, if it is an active session of ``target``."""
+    if candidate is None:
+        return None
+    found = central.get_session(candidate)
+    if (
+        found is not None
+        and found.agent_group_id == target.id
+        and found.status == SessionStatus.ACTIVE
+    ):
+        return found
+    return None
+
+
+def _shared_session(central: CentralStore, target: AgentGroup, now: int) -> Session:
+    session, _ = central.resolve_session(target.id, None, None, SessionMode.AGENT_SHARED, now=now)
+    return session
+
+
+async def target_session(job: Job, target: AgentGroup) -> Session:
     """Where a message to ``target`` lands, so replies return to the conversation that asked:
     the session behind the message being answered, else the session of the newest message
     from ``target``, else the target group's newest active session (or a new one)."""
-    central = job.deps.central
     candidate: str | None = None
     if job.row.in_reply_to:
         answered = job.inbound.get_message(job.row.in_reply_to)
@@ -198,18 +267,11 @@ def target_session(job: Job, target: AgentGroup) -> Session:
         latest = job.inbound.latest_from(AGENT_CHANNEL, target.id)
         if latest is not None:
             candidate = latest.source_session_id
-    if candidate is not None:
-        found = central.get_session(candidate)
-        if (
-            found is not None
-            and found.agent_group_id == target.id
-            and found.status == SessionStatus.ACTIVE
-        ):
-            return found
-    session, _ = central.resolve_session(
-        target.id, None, None, SessionMode.AGENT_SHARED, now=job.deps.clock()
-    )
-    return session
+    found = await job.deps.central.read(_landing, candidate, target)
+    if found is not None:
+        return found
+    # A read first: resolve_session takes the write lock even when the session exists.
+    return await job.deps.central.write(_shared_session, target, job.deps.clock())
 
 
 def _forward(files: list[OutgoingFile], paths: SessionPaths, a2a_id: str) -> list[m.Attachment]:
@@ -252,11 +314,18 @@ def _forward(files: list[OutgoingFile], paths: SessionPaths, a2a_id: str) -> lis
     return attachments
 
 
+def _agent_route(
+    central: CentralStore, session: Session, target_id: str | None
+) -> tuple[AgentGroup, AgentGroup | None]:
+    """The target group after the ACL (``Denied`` otherwise) and the sending group."""
+    return check_agent(central, session, target_id), central.get_agent_group(session.agent_group_id)
+
+
 async def send_to_agent(job: Job, content: m.ChatOperation) -> Sent:
     deps, session, row = job.deps, job.session, job.row
     if not isinstance(content, m.SendText | m.SendCard):
         raise Denied("only text, files and cards can be sent to an agent", notify_owner=False)
-    target = check_agent(deps.central, session, row.platform_id)
+    target, source = await deps.central.read(_agent_route, session, row.platform_id)
     text = content.text if isinstance(content, m.SendText) else card_fallback_text(content)
     names = list(content.files) if isinstance(content, m.SendText) else []
     job.guard_texts(text, *names)
@@ -271,8 +340,7 @@ async def send_to_agent(job: Job, content: m.ChatOperation) -> Sent:
             f"rate limit: more than {limiter.limit} messages to agent group {target.id}"
             " within a minute (a loop?)"
         )
-    source = deps.central.get_agent_group(session.agent_group_id)
-    landing = target_session(job, target)
+    landing = await target_session(job, target)
     paths = ensure_session_files(deps.layout, landing)
     a2a_id = f"a2a-{session.id}-{row.seq}"
     attachments = _forward(files, paths, a2a_id)
@@ -295,7 +363,8 @@ async def send_to_agent(job: Job, content: m.ChatOperation) -> Sent:
             ),
             now=now,
         )
-        refresh_projections(deps.central, deps.layout, landing, inbound)
+        wanted = await deps.central.read(projections, landing)
+        write_projections(deps.layout, landing, wanted, inbound)
     finally:
         inbound.close()
     # No wake from here: the row is due (trigger=1), so a running target sees it at once and

@@ -50,9 +50,15 @@ from nanoclaw_common.errors import DecodeError
 from nanoclaw_common.loader_env import is_loader_variable
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.states import ApprovalStatus, DeliveryStatus
-from nanoclaw_common.store import InboundStore
+from nanoclaw_common.store import CentralStore, InboundStore
 from nanoclaw_common.store.central import unguessable_id
-from nanoclaw_common.store.rows import PendingApproval, Session
+from nanoclaw_common.store.rows import (
+    AgentGroup,
+    MessagingGroup,
+    PendingApproval,
+    PendingQuestion,
+    Session,
+)
 from nanoclaw_common.untrusted import escaped
 from nanoclaw_delivery.acl import origin_chat
 from nanoclaw_delivery.context import Deps
@@ -174,6 +180,26 @@ def guard(job: Job, action: SelfMod) -> None:
         )
 
 
+def _request_facts(
+    central: CentralStore, session: Session, request_id: str
+) -> tuple[AgentGroup | None, PendingApproval | None, list[str], MessagingGroup | None]:
+    """(the group, the approval a re-run finds, the approvers, the session's chat)."""
+    return (
+        central.get_agent_group(session.agent_group_id),
+        central.find_pending_approval_for(session.id, request_id),
+        central.pick_approvers(session.agent_group_id),
+        origin_chat(central, session),
+    )
+
+
+def _create(central: CentralStore, approval: PendingApproval) -> None:
+    central.create_pending_approval(approval)
+
+
+def _card_sent(central: CentralStore, approval_id: str, platform_message_id: str) -> None:
+    central.set_approval_platform_message(approval_id, platform_message_id)
+
+
 async def request(job: Job, action: SelfMod) -> Sent:
     guard(job, action)
     if isinstance(action, m.InstallPackages):
@@ -182,24 +208,22 @@ async def request(job: Job, action: SelfMod) -> Sent:
         validate_mcp(action)
     deps, session = job.deps, job.session
     central = deps.central
-    group = central.get_agent_group(session.agent_group_id)
+    group, existing, approvers, origin = await central.read(_request_facts, session, job.row.id)
     # The whole request, or a refusal: composed before anyone is asked.
     question = card_question(group.name if group else session.agent_group_id, action)
     name, title, _request = describe(action)
-    existing = central.find_pending_approval_for(session.id, job.row.id)
     if existing is not None and existing.platform_message_id:
         return Sent(None)  # the card went out before a crash
-    approvers = central.pick_approvers(session.agent_group_id)
     if not approvers:
         raise Denied(f"{name}: no owner or admin is configured to approve it")
-    origin = origin_chat(central, session)
     reach = await reach_first(deps, approvers, origin.channel_type if origin else None)
     if reach is None:
         raise Denied(f"{name}: no DM channel found for any eligible approver")
     now = deps.clock()
     approval_id = existing.approval_id if existing else unguessable_id("appr", now)
     if existing is None:
-        central.create_pending_approval(
+        await central.write(
+            _create,
             PendingApproval(
                 approval_id=approval_id,
                 session_id=session.id,
@@ -216,7 +240,7 @@ async def request(job: Job, action: SelfMod) -> Sent:
                 options_json=m.encode_text(OPTIONS),
                 created_at_ms=now,
                 expires_at_ms=now + int(deps.settings.approval_timeout_s * 1000),
-            )
+            ),
         )
     card = m.AskQuestion(question_id=approval_id, title=title, question=question, options=OPTIONS)
     sent = await reach.adapter.send_question(reach.chat.platform_id, None, card)
@@ -224,7 +248,7 @@ async def request(job: Job, action: SelfMod) -> Sent:
         card_id = sent
 
         async def record_card() -> None:
-            central.set_approval_platform_message(approval_id, card_id)
+            await central.write(_card_sent, approval_id, card_id)
 
         # The card is out: on a full disk its record waits for room (a retry would post it
         # again; and only a click on the recorded card counts).
@@ -251,6 +275,51 @@ def _verb(action: SelfMod) -> str:
 # -- decisions ------------------------------------------------------------------------------
 
 
+def _approvals(central: CentralStore, status: str) -> list[PendingApproval]:
+    return central.list_pending_approvals(status)
+
+
+def _expire(central: CentralStore, approval_id: str) -> bool:
+    return central.set_approval_status(approval_id, ApprovalStatus.EXPIRED)
+
+
+def _questions(central: CentralStore) -> list[PendingQuestion]:
+    return central.list_pending_questions()
+
+
+def _forget_question(central: CentralStore, question_id: str) -> None:
+    central.delete_pending_question(question_id)
+
+
+def _session(central: CentralStore, session_id: str | None) -> Session | None:
+    return central.get_session(session_id) if session_id else None
+
+
+def _forget_approval(central: CentralStore, approval_id: str) -> None:
+    central.delete_pending_approval(approval_id)
+
+
+def _decided_by(central: CentralStore, approval_id: str) -> str | None:
+    return central.approval_decided_by(approval_id)
+
+
+def _add_server(central: CentralStore, group_id: str, action: m.AddMcpServer) -> None:
+    """Add the approved MCP server to the group's config (one write: read and update)."""
+    with central.write():
+        config = central.get_container_config(group_id)
+        servers = json.loads(config.mcp_servers) if config else {}
+        servers[action.name] = {
+            "command": action.command,
+            "args": list(action.args),
+            "env": dict(action.env),
+        }
+        central.update_container_config(group_id, mcp_servers=json.dumps(servers))
+
+
+def _restart_group(central: CentralStore, group_id: str, reason: str, now: int) -> list[str]:
+    return central.request_group_restart(group_id, reason, now=now)
+
+
 class ApprovalWatcher:
     """Applies decided approvals and expires undecided ones. ``tick(now)`` does one pass."""
 
@@ -260,20 +329,18 @@ class ApprovalWatcher:
     async def tick(self, now: int) -> int:
         central = self.deps.central
         handled = 0
-        for approval in central.list_pending_approvals(ApprovalStatus.PENDING):
+        for approval in await central.read(_approvals, ApprovalStatus.PENDING):
             overdue = approval.expires_at_ms is not None and now >= approval.expires_at_ms
             # Guarded transition: a click that won the race keeps its decision.
-            if overdue and central.set_approval_status(
-                approval.approval_id, ApprovalStatus.EXPIRED
-            ):
+            if overdue and await central.write(_expire, approval.approval_id):
                 log.info("approval {} expired (a timeout is a deny)", approval.approval_id)
         for status in (ApprovalStatus.APPROVED, ApprovalStatus.REJECTED, ApprovalStatus.EXPIRED):
-            for approval in central.list_pending_approvals(status):
+            for approval in await central.read(_approvals, status):
                 if await self.settle(approval):
                     handled += 1
-        for question in central.list_pending_questions():
+        for question in await central.read(_questions):
             if question.expires_at_ms is not None and now >= question.expires_at_ms:
-                central.delete_pending_question(question.question_id)
+                await central.write(_forget_question, question.question_id)
                 log.info("question {} expired unanswered", question.question_id)
         return handled
 
@@ -283,10 +350,10 @@ class ApprovalWatcher:
         table row 12). That row's re-run finds the approval by its request and sends no
         second card; settled and deleted first, it would find none and ask again."""
         central = self.deps.central
-        session = central.get_session(approval.session_id) if approval.session_id else None
+        session = await central.read(_session, approval.session_id)
         if session is None:
             log.warning("approval {} has no session any more; dropped", approval.approval_id)
-            central.delete_pending_approval(approval.approval_id)
+            await central.write(_forget_approval, approval.approval_id)
             return True
         paths = ensure_session_files(self.deps.layout, session)
         inbound = InboundStore(paths.inbound_db)
@@ -310,7 +377,7 @@ class ApprovalWatcher:
             approval=approval.approval_id,
             status=str(approval.status),
         )
-        central.delete_pending_approval(approval.approval_id)
+        await central.write(_forget_approval, approval.approval_id)
         return True
 
     async def _settle(
@@ -318,11 +385,11 @@ class ApprovalWatcher:
     ) -> None:
         deps = self.deps
         note_id = f"approval-{approval.approval_id}"
-        who = deps.central.approval_decided_by(approval.approval_id) or "an approver"
+        who = await deps.central.read(_decided_by, approval.approval_id) or "an approver"
         if approval.status == ApprovalStatus.REJECTED:
             log.info("approval {} rejected by {}", approval.approval_id, who)
             await self._mark_card(approval, f"❌ Rejected by {who}")
-            note_agent(
+            await note_agent(
                 deps,
                 session,
                 inbound,
@@ -333,7 +400,7 @@ class ApprovalWatcher:
         if approval.status == ApprovalStatus.EXPIRED:
             await self._mark_card(approval, "⌛ Expired: no decision (treated as a rejection)")
             hours = deps.settings.approval_timeout_s / 3600
-            note_agent(
+            await note_agent(
                 deps,
                 session,
                 inbound,
@@ -347,12 +414,12 @@ class ApprovalWatcher:
         try:
             action = m.decode_outbound_content(approval.payload)
         except DecodeError as exc:
-            note_agent(deps, session, inbound, note_id, f"Approved, but unreadable: {exc}")
+            await note_agent(deps, session, inbound, note_id, f"Approved, but unreadable: {exc}")
             return
         if isinstance(action, m.InstallPackages):
             await self._install(approval, session, inbound, action, note_id)
         elif isinstance(action, m.AddMcpServer):
-            self._add_mcp(approval, session, inbound, action, note_id)
+            await self._add_mcp(approval, session, inbound, action, note_id)
 
     async def _install(
         self,
@@ -379,7 +446,7 @@ class ApprovalWatcher:
             )
         except Exception as exc:
             log.error("image rebuild for group {} failed: {!r}", group_id, exc)
-            note_agent(
+            await note_agent(
                 deps,
                 session,
                 inbound,
@@ -389,7 +456,7 @@ class ApprovalWatcher:
             )
             return
         log.info("group {} image rebuilt as {}", group_id, tag)
-        self._restart_with_note(
+        await self._restart_with_note(
             approval,
             session,
             inbound,
@@ -398,7 +465,7 @@ class ApprovalWatcher:
             " available and tell the user the result.",
         )
 
-    def _add_mcp(
+    async def _add_mcp(
         self,
         approval: PendingApproval,
         session: Session,
@@ -407,15 +474,8 @@ class ApprovalWatcher:
         note_id: str,
     ) -> None:
         deps, group_id = self.deps, approval.agent_group_id or session.agent_group_id
-        config = deps.central.get_container_config(group_id)
-        servers = json.loads(config.mcp_servers) if config else {}
-        servers[action.name] = {
-            "command": action.command,
-            "args": list(action.args),
-            "env": dict(action.env),
-        }
-        deps.central.update_container_config(group_id, mcp_servers=json.dumps(servers))
-        self._restart_with_note(
+        await deps.central.write(_add_server, group_id, action)
+        await self._restart_with_note(
             approval,
             session,
             inbound,
@@ -424,7 +484,7 @@ class ApprovalWatcher:
             " the result.",
         )
 
-    def _restart_with_note(
+    async def _restart_with_note(
         self,
         approval: PendingApproval,
         session: Session,
@@ -438,9 +498,12 @@ class ApprovalWatcher:
         group_id = approval.agent_group_id or session.agent_group_id
         # on_wake: an old run (old image or config) must not answer it. It is also a trigger,
         # so a stopped session is woken for it by the sweeper, with the new config.
-        note_agent(deps, session, inbound, note_id, text, on_wake=True)
-        restarting = deps.central.request_group_restart(
-            group_id, f"approval {approval.approval_id} ({approval.action})", now=deps.clock()
+        await note_agent(deps, session, inbound, note_id, text, on_wake=True)
+        restarting = await deps.central.write(
+            _restart_group,
+            group_id,
+            f"approval {approval.approval_id} ({approval.action})",
+            deps.clock(),
         )
         log.info(
             "asked the sweeper to restart {} run(s) of group {}",

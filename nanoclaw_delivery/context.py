@@ -17,7 +17,10 @@ pass (about a second). Restarts after an approval are ``restart_requests`` rows 
 ``central.db`` that the sweeper carries out.
 
 An image build blocks for minutes, so it runs on a worker thread through ``Offload``; the
-event loop keeps delivering for every other session.
+event loop keeps delivering for every other session. ``central.db`` is reached only through
+``Deps.central`` (``AsyncCentral``: ``await deps.central.read(fn)`` / ``write(fn)``), so a
+lock another process holds on it waits on a thread of its own, never on the loop, and
+delivers on for every session whose row needs no central write.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -34,10 +36,11 @@ from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.faults import CrashPoints
+from nanoclaw_common.offload import Lane
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.stall import StallGuard
-from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 
 T = TypeVar("T")
 Clock = Callable[[], int]
@@ -57,34 +60,29 @@ class ImageBuilder(Protocol):
 
 
 class Offload:
-    """Runs blocking calls away from the event loop. ``inline=True`` (tests) runs them in the
-    loop's thread, which keeps tests deterministic."""
+    """Runs blocking calls away from the event loop, on two ``Lane``s. ``inline=True``
+    (tests) runs them in the loop's thread, which keeps tests deterministic."""
 
     def __init__(self, *, inline: bool = False, db_threads: int = 8) -> None:
         self.inline = inline
         # One thread for image builds: minutes long, rare, and never two at once for the
         # same install (the second would only wait for podman's storage lock).
-        self._slow = None if inline else ThreadPoolExecutor(1, thread_name_prefix="build")
+        self._slow = Lane("build", 1, inline=inline)
         # Session-DB writes: each commit of a rollback-journal file waits for fsyncs (about a
         # millisecond, far more on a busy disk). In the loop's thread those waits would add up
         # across sessions; in a pool, commits to different files overlap (apsw releases the
         # GIL). A session's calls are still one at a time: its task awaits each.
-        self._db = None if inline else ThreadPoolExecutor(db_threads, thread_name_prefix="db")
+        self._db = Lane("db", db_threads, inline=inline)
 
     async def db(self, func: Callable[..., T], *args: object) -> T:
-        if self._db is None:
-            return func(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._db, func, *args)
+        return await self._db.run(func, *args)
 
     async def slow(self, func: Callable[..., T], *args: object) -> T:
-        if self._slow is None:
-            return func(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._slow, func, *args)
+        return await self._slow.run(func, *args)
 
     def close(self) -> None:
-        for pool in (self._slow, self._db):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        for lane in (self._slow, self._db):
+            lane.shutdown(wait=False, cancel_pending=True)
 
 
 class PairLimiter:
@@ -143,7 +141,7 @@ class NoticeState:
 class Deps:
     settings: Settings
     layout: Layout
-    central: CentralStore
+    central: AsyncCentral
     adapters: Mapping[str, ChannelAdapter]
     images: ImageBuilder
     offload: Offload

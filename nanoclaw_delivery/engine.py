@@ -51,7 +51,7 @@ from nanoclaw_common.store.bounds import Tailed
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_delivery import agents, approvals, crashpoints, files, operations, tasks
-from nanoclaw_delivery.acl import is_agent_row
+from nanoclaw_delivery.acl import is_agent_row, origin_chat
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
@@ -105,10 +105,10 @@ class SessionWorker(SessionRows):
         self._origin: MessagingGroup | None = None
         self._origin_known = False
 
-    def origin(self) -> MessagingGroup | None:
+    async def origin(self) -> MessagingGroup | None:
         """The session's own chat (looked up once: a session's chat never changes)."""
         if not self._origin_known and self.session.messaging_group_id is not None:
-            self._origin = self.deps.central.get_messaging_group(self.session.messaging_group_id)
+            self._origin = await self.deps.central.read(origin_chat, self.session)
         self._origin_known = True
         return self._origin
 
@@ -230,7 +230,7 @@ class SessionWorker(SessionRows):
             await self._report(delivery, None, DeliveryStatus.FAILED, reason)
             return None
         row = tailed.row
-        address = address_of(row, self.origin())
+        address = address_of(row, await self.origin())
         now = self.deps.clock()
         waiting = (
             delivery.status == DeliveryStatus.RETRY and (delivery.next_attempt_at_ms or 0) > now
@@ -368,7 +368,7 @@ class SessionWorker(SessionRows):
         if isinstance(
             content, m.ScheduleTask | m.UpdateTask | m.PauseTask | m.ResumeTask | m.CancelTask
         ):
-            return tasks.change(job, content)
+            return await tasks.change(job, content)
         if isinstance(content, m.CreateAgent):
             return await agents.create_agent(job, content)
         return await approvals.request(job, content)
@@ -472,7 +472,7 @@ class SessionWorker(SessionRows):
         other order could settle a row nobody was told about. ``row`` is None when the
         outbound row itself is gone or unreadable."""
         await self.deps.offload.db(self.flush_new)
-        reason = tell(
+        reason = await tell(
             self.deps,
             self.session,
             self.inbound,
@@ -495,7 +495,7 @@ class SessionWorker(SessionRows):
     async def _refuse(self, items: list[Fresh]) -> None:
         """Tell about rows refused as they were read (``reports.tell_refused``); their
         records are written settled by the drain's next write, after this."""
-        tell_refused(self.deps, self.session, self.inbound, self.outbound, items)
+        await tell_refused(self.deps, self.session, self.inbound, self.outbound, items)
         crashpoints.after_refusal_told(self.deps, self.session.id, items)
         await self.deps.spawn(send_notices(self.deps))
 

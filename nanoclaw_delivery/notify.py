@@ -38,7 +38,7 @@ from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.diskfull import until_written
 from nanoclaw_common.errors import PermanentFailure, RetryLater
 from nanoclaw_common.messages import system_note
-from nanoclaw_common.store import InboundStore, NewInbound
+from nanoclaw_common.store import CentralStore, InboundStore, NewInbound
 from nanoclaw_common.store.owner_notices import OwnerNotice, OwnerNotices
 from nanoclaw_common.store.rows import MessagingGroup, Session
 from nanoclaw_common.untrusted import shown_text
@@ -63,7 +63,12 @@ class Reach(msgspec.Struct, frozen=True):
     chat: MessagingGroup
 
 
-def note_agent(
+def claim_note_trigger(central: CentralStore, session_id: str, now: int) -> bool:
+    """Whether a note about a failed or refused row may wake the agent (once a minute)."""
+    return central.claim_notice(f"agent-note:{session_id}", AGENT_NOTE_TRIGGER_INTERVAL_MS, now=now)
+
+
+async def note_agent(
     deps: Deps,
     session: Session,
     inbound: InboundStore,
@@ -82,9 +87,7 @@ def note_agent(
     text = redact(text, deps.secrets())
     trigger = True
     if rate_limited:
-        trigger = deps.central.claim_notice(
-            f"agent-note:{session.id}", AGENT_NOTE_TRIGGER_INTERVAL_MS, now=now
-        )
+        trigger = await deps.central.write(claim_note_trigger, session.id, now)
     result = inbound.insert_message(
         NewInbound(
             id=note_id,
@@ -107,6 +110,30 @@ def note_agent(
     return result.created
 
 
+def cached_dm(central: CentralStore, user_id: str, channel_type: str) -> MessagingGroup | None:
+    """The user's DM chat as ``user_dms`` remembers it."""
+    cached = central.get_user_dm(user_id, channel_type)
+    if cached is None:
+        return None
+    return central.get_messaging_group(cached.messaging_group_id)
+
+
+def record_dm(
+    central: CentralStore, user_id: str, channel_type: str, platform_id: str, now: int
+) -> MessagingGroup:
+    """A DM the adapter just opened: its chat and the ``user_dms`` row."""
+    user = central.get_user(user_id)
+    chat = central.create_messaging_group(
+        channel_type,
+        platform_id,
+        name=user.display_name if user else None,
+        is_group=False,
+        now=now,
+    )
+    central.set_user_dm(user_id, channel_type, chat.id, now=now)
+    return chat
+
+
 def _channel_of(user_id: str) -> tuple[str, str] | None:
     channel_type, sep, handle = user_id.partition(":")
     if not sep or not channel_type or not handle:
@@ -125,25 +152,13 @@ async def reach_user(deps: Deps, user_id: str) -> Reach | None:
     adapter = deps.adapters.get(channel_type)
     if adapter is None:
         return None
-    central = deps.central
-    cached = central.get_user_dm(user_id, channel_type)
+    cached = await deps.central.read(cached_dm, user_id, channel_type)
     if cached is not None:
-        chat = central.get_messaging_group(cached.messaging_group_id)
-        if chat is not None:
-            return Reach(user_id, adapter, chat)
+        return Reach(user_id, adapter, cached)
     if not adapter.is_connected():
         raise RetryLater(f"the {channel_type} adapter is not connected")
     platform_id = await adapter.open_dm(handle)
-    user = central.get_user(user_id)
-    now = deps.clock()
-    chat = central.create_messaging_group(
-        channel_type,
-        platform_id,
-        name=user.display_name if user else None,
-        is_group=False,
-        now=now,
-    )
-    central.set_user_dm(user_id, channel_type, chat.id, now=now)
+    chat = await deps.central.write(record_dm, user_id, channel_type, platform_id, deps.clock())
     return Reach(user_id, adapter, chat)
 
 
@@ -184,14 +199,20 @@ def notice_window_key(notice: OwnerNotice) -> str:
     return owner_notice_key(notice.agent_group_id)
 
 
-def queue_owner_notice(
+def _queue_notice(
+    central: CentralStore, agent_group_id: str, kind: str, cause_id: str, *, text: str, now: int
+) -> bool:
+    return OwnerNotices(central).queue(agent_group_id, kind, cause_id, text, now=now)
+
+
+async def queue_owner_notice(
     deps: Deps, agent_group_id: str, kind: str, cause_id: str, text: str
 ) -> bool:
     """Count a cause into the group's pending owner notice of ``kind`` (``text``, redacted
     and capped, describes it); False when this cause was counted already (a re-run)."""
     text = redact(text, deps.secrets())[:NOTICE_TEXT_CHARS]
-    queued = OwnerNotices(deps.central).queue(
-        agent_group_id, kind, cause_id, text, now=deps.clock()
+    queued = await deps.central.write(
+        _queue_notice, agent_group_id, kind, cause_id, text=text, now=deps.clock()
     )
     if queued:
         log.info("owner notice queued ({})", kind, group=agent_group_id)
@@ -217,21 +238,49 @@ async def send_owner_notices(deps: Deps) -> int:
         deps.notices.running = False
 
 
+def _pending_notices(central: CentralStore) -> list[OwnerNotice]:
+    return OwnerNotices(central).list("pending")
+
+
+def _last_notice(central: CentralStore, key: str) -> int | None:
+    return central.last_notice_ms(key)
+
+
+def _defer_notice(central: CentralStore, notice_id: str, until_ms: int, now: int) -> None:
+    OwnerNotices(central).defer(notice_id, until_ms, now=now)
+
+
+def _notice_sent(central: CentralStore, notice: OwnerNotice, key: str, now: int) -> None:
+    OwnerNotices(central).sent(notice, key, now=now)
+
+
+def _notice_retry(central: CentralStore, notice_id: str, reason: str, at_ms: int, now: int) -> None:
+    OwnerNotices(central).retry(notice_id, reason, at_ms, now=now)
+
+
+def _notice_failed(central: CentralStore, notice_id: str, reason: str, now: int) -> None:
+    OwnerNotices(central).fail(notice_id, reason, now=now)
+
+
+def _owners(central: CentralStore) -> list[str]:
+    return central.owners()
+
+
 async def _notice_pass(deps: Deps) -> int:
-    notices = OwnerNotices(deps.central)
+    central = deps.central
     interval_ms = int(deps.settings.owner_notice_interval_s * 1000)
     seen: set[str] = set()
     sent = 0
-    for notice in notices.list("pending"):
+    for notice in await central.read(_pending_notices):
         group = notice.agent_group_id
         now = deps.clock()
         key = notice_window_key(notice)
-        last = deps.central.last_notice_ms(key)
+        last = await central.read(_last_notice, key)
         if last is not None and now - last < interval_ms:
             # Inside the window of a notice that went out (maybe a moment ago, in this pass):
             # it waits for the window's end, counting what comes meanwhile.
             if notice.next_attempt_at_ms < last + interval_ms:
-                notices.defer(notice.id, last + interval_ms, now=now)
+                await central.write(_defer_notice, notice.id, last + interval_ms, now)
                 log.info("owner notice {} waits for the group's window", notice.id, group=group)
             continue
         if key in seen:
@@ -239,7 +288,7 @@ async def _notice_pass(deps: Deps) -> int:
         seen.add(key)
         if notice.next_attempt_at_ms > now:
             continue  # waiting for its retry; later notices of the group wait behind it
-        if await _send_notice(deps, notices, notice, key):
+        if await _send_notice(deps, notice, key):
             sent += 1
     return sent
 
@@ -262,13 +311,13 @@ def notice_message(notice: OwnerNotice) -> str:
     )
 
 
-async def _send_notice(deps: Deps, notices: OwnerNotices, notice: OwnerNotice, key: str) -> bool:
+async def _send_notice(deps: Deps, notice: OwnerNotice, key: str) -> bool:
     central = deps.central
     group = notice.agent_group_id
     # Redacted again at the door: the owner's DM is a platform message like any other.
     text = redact(notice_message(notice), deps.secrets())
     try:
-        reach = await reach_first(deps, central.owners(), None)
+        reach = await reach_first(deps, await central.read(_owners), None)
         if reach is None:
             raise RetryLater("no reachable owner")
         await asyncio.wait_for(
@@ -285,18 +334,18 @@ async def _send_notice(deps: Deps, notices: OwnerNotices, notice: OwnerNotice, k
             deps.secrets(),
         )
         if now - notice.created_at_ms >= NOTICE_MAX_AGE_MS:
-            notices.fail(notice.id, f"gave up after a day: {reason}", now=now)
+            await central.write(_notice_failed, notice.id, f"gave up after a day: {reason}", now)
             log.warning("owner notice {} given up: {}", notice.id, shown_text(reason), group=group)
             return False
         wait_ms = min(NOTICE_RETRY_MAX_MS, NOTICE_RETRY_BASE_MS * 2 ** min(notice.attempts, 20))
-        notices.retry(notice.id, reason, now + wait_ms, now=now)
+        await central.write(_notice_retry, notice.id, reason, now + wait_ms, now)
         log.warning("owner notice {} not sent yet: {}", notice.id, shown_text(reason), group=group)
         return False
     # Crash point (crash table row 18): the DM was accepted, ``sent`` not recorded.
     deps.faults.crash("delivery.after_notice_accepted", notice=notice.id, group=group)
 
     async def record_sent() -> None:
-        notices.sent(notice, key, now=deps.clock())
+        await central.write(_notice_sent, notice, key, deps.clock())
 
     # The owner has it: on a full disk the record waits for room, or the next pass would
     # send the notice again.

@@ -26,8 +26,9 @@ from nanoclaw_common.diskfull import until_written
 from nanoclaw_common.errors import DecodeError, RetryLater
 from nanoclaw_common.faults import Fact
 from nanoclaw_common.states import DeliveryStatus
+from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.rows import PendingQuestion
-from nanoclaw_delivery.acl import ChatAddress, chat_address, check_chat
+from nanoclaw_delivery.acl import ChatAddress, route_chat
 from nanoclaw_delivery.files import stage_files
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
@@ -37,11 +38,11 @@ Part = tuple[str, list[OutgoingFile] | None]
 
 
 async def send_chat(job: Job, content: m.ChatOperation) -> Sent:
-    central = job.deps.central
-    address = chat_address(central, job.session, job.row)
+    address, refusal = await job.deps.central.read(route_chat, job.session, job.row)
     # The thread id may come from the row (the container): it goes to the platform too.
     job.guard_texts(address.thread_id)
-    check_chat(central, job.session, address)
+    if refusal is not None:
+        raise refusal
     adapter = job.adapter(address.channel_type)
     if isinstance(content, m.SendText):
         return await _send_text(job, adapter, address, content)
@@ -168,27 +169,41 @@ def host_question_id(session_id: str, agent_question_id: str) -> str:
     return f"aq-{digest[:32]}"
 
 
+def _question_taken(central: CentralStore, agent_id: str, key: str) -> PendingQuestion | None:
+    """The pending question under the host key, if any; ``Denied`` when the agent's id is
+    a host card's."""
+    if central.is_card_id(agent_id):
+        # Only a container that read a host card's id somewhere and tries to pass its own
+        # card off as that one does this; the host key below would defuse it anyway.
+        raise Denied(
+            f"question id {agent_id!r} is the id of a pending approval or registration card"
+        )
+    return central.get_pending_question(key)
+
+
+def _ask(central: CentralStore, question: PendingQuestion, agent_question_id: str) -> None:
+    central.create_pending_question(question, agent_question_id=agent_question_id)
+
+
+def _asked_in(central: CentralStore, key: str, platform_message_id: str) -> None:
+    central.set_question_platform_message(key, platform_message_id)
+
+
 async def _send_question(
     job: Job, adapter: ChannelAdapter, address: ChatAddress, content: m.AskQuestion
 ) -> Sent:
     labels = [o.label for o in content.options] + [o.selected_label or "" for o in content.options]
     job.guard_texts(content.question_id, content.title, content.question, *labels)
     central = job.deps.central
-    if central.is_card_id(content.question_id):
-        # Only a container that read a host card's id somewhere and tries to pass its own
-        # card off as that one does this; the host key below would defuse it anyway.
-        raise Denied(
-            f"question id {content.question_id!r} is the id of a pending approval or"
-            " registration card"
-        )
     key = host_question_id(job.session.id, content.question_id)
-    existing = central.get_pending_question(key)
+    existing = await central.read(_question_taken, content.question_id, key)
     if existing is not None and existing.session_id != job.session.id:
         raise Denied(f"question id {content.question_id!r} is already in use")
     if existing is None:
         now = job.deps.clock()
         # Written before the send: a click can arrive before our post-send bookkeeping.
-        central.create_pending_question(
+        await central.write(
+            _ask,
             PendingQuestion(
                 question_id=key,
                 session_id=job.session.id,
@@ -203,7 +218,7 @@ async def _send_question(
                 created_at_ms=now,
                 expires_at_ms=now + content.timeout_s * 1000,
             ),
-            agent_question_id=content.question_id,
+            content.question_id,
         )
     card = m.AskQuestion(
         question_id=key,
@@ -214,7 +229,7 @@ async def _send_question(
     )
     sent = await adapter.send_question(address.platform_id, address.thread_id, card)
     if sent is not None:
-        central.set_question_platform_message(key, sent)
+        await central.write(_asked_in, key, sent)
     return Sent(sent)
 
 

@@ -59,7 +59,7 @@ async def send_notices(deps: Deps) -> None:
         log.opt(exception=exc).error("owner notice pass failed: {!r}", exc)
 
 
-def tell(
+async def tell(
     deps: Deps,
     session: Session,
     inbound: InboundStore,
@@ -92,9 +92,9 @@ def tell(
         log.error("MESSAGE DROPPED (failed) {}: {}", where, reason, **ids)
         text = f"Your message {ref} {where} could not be delivered: {reason}."
     if note:
-        note_agent(deps, session, inbound, note_id, text, rate_limited=True)
+        await note_agent(deps, session, inbound, note_id, text, rate_limited=True)
     if notify_owner:
-        queue_owner_notice(
+        await queue_owner_notice(
             deps,
             session.agent_group_id,
             str(status),
@@ -135,7 +135,7 @@ def traceable(exc: BaseException, secrets: Sequence[str]) -> bool:
     return True
 
 
-def tell_refused(
+async def tell_refused(
     deps: Deps,
     session: Session,
     inbound: InboundStore,
@@ -149,7 +149,7 @@ def tell_refused(
     being derived from the rows, writes nothing twice. A malformed row's destination is
     shown from the start of its address (``address_preview``), escaped and capped."""
     lines = [
-        tell(
+        await tell(
             deps,
             session,
             inbound,
@@ -164,7 +164,7 @@ def tell_refused(
         if item.refusal is not None
     ]
     if lines:
-        note_agent(
+        await note_agent(
             deps,
             session,
             inbound,

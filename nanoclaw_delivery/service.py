@@ -24,6 +24,7 @@ from loguru import logger
 from nanoclaw_common.errors import NanoclawError
 from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.states import SessionStatus
+from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.quarantine import HOSTILE_FILES, Quarantine, quarantine_session
 from nanoclaw_common.store.rows import Session
@@ -52,6 +53,28 @@ STOP_GRACE_S: Final = 20.0  # finish in-flight attempts at most this long after 
 NOTICE_POLL_S: Final = 1.0  # due owner notices (retries, and those left by a restart)
 NOTICE_KEEP_MS: Final = 7 * 24 * 3600 * 1000  # settled owner notices are kept a week
 NOTICE_PURGE_S: Final = 3600.0
+
+
+def _active_sessions(central: CentralStore) -> list[Session]:
+    """The active sessions that are not quarantined."""
+    quarantined = Quarantine(central).ids()
+    return [
+        s for s in central.list_sessions(status=SessionStatus.ACTIVE) if s.id not in quarantined
+    ]
+
+
+def _live_sessions(central: CentralStore, since_ms: int) -> tuple[set[str], list[Session]]:
+    """The quarantined sessions, and the live ones that are not."""
+    quarantined = Quarantine(central).ids()
+    return quarantined, [s for s in central.live_sessions(since_ms) if s.id not in quarantined]
+
+
+def _next_notice_ms(central: CentralStore) -> int | None:
+    return OwnerNotices(central).next_due_ms()
+
+
+def _purge_notices(central: CentralStore, before_ms: int) -> None:
+    OwnerNotices(central).purge(before_ms=before_ms)
 
 
 class Tracked:
@@ -94,7 +117,7 @@ class DeliveryService:
             len(self.deps.adapters),
             ", ".join(sorted(self.deps.adapters)) or "none",
         )
-        self._startup_scan()
+        await self._startup_scan()
         helpers = [
             asyncio.create_task(self._scan_loop(), name="scan"),
             asyncio.create_task(self._approval_loop(), name="approvals"),
@@ -129,23 +152,21 @@ class DeliveryService:
 
     # -- which sessions ------------------------------------------------------------------------
 
-    def _startup_scan(self) -> None:
-        quarantined = Quarantine(self.deps.central).ids()
-        for session in self.deps.central.list_sessions(status=SessionStatus.ACTIVE):
-            if session.id not in quarantined:
-                self._track(session)
+    async def _startup_scan(self) -> None:
+        for session in await self.deps.central.read(_active_sessions):
+            self._track(session)
 
-    def _refresh(self, loop_time: float) -> None:
+    async def _refresh(self, loop_time: float) -> None:
         now = self.deps.clock()
         since = now - int(self.deps.settings.delivery_recent_s * 1000)
         # A quarantined session is not read at all (whoever quarantined it: this process,
         # the sweeper, the router); released by the operator, it is watched again.
-        quarantined = Quarantine(self.deps.central).ids()
+        quarantined, sessions = await self.deps.central.read(_live_sessions, since)
         for session_id in quarantined & self.sessions.keys():
             tracked = self.sessions[session_id]
             if not tracked.busy:
                 self._untrack(tracked)
-        live = {s.id: s for s in self.deps.central.live_sessions(since) if s.id not in quarantined}
+        live = {s.id: s for s in sessions}
         for session in live.values():
             if session.id not in self.sessions:
                 self._track(session)
@@ -232,7 +253,7 @@ class DeliveryService:
             now = loop.time()
             try:
                 if now - last_refresh >= SESSION_REFRESH_S:
-                    self._refresh(now)
+                    await self._refresh(now)
                     last_refresh = now
                 if now - last_stat >= interval:
                     changed = self._stat_sweep()
@@ -291,8 +312,8 @@ class DeliveryService:
                 # and logged once; the next refresh stops watching it.
                 tracked.quarantined = True
                 try:
-                    quarantine_session(
-                        self.deps.central, worker.session.id, exc, program="delivery", log=log
+                    await self.deps.central.write(
+                        quarantine_session, worker.session.id, exc, program="delivery", log=log
                     )
                 except Exception as error:  # central.db busy: still never read it again here
                     log.error("could not record the quarantine: {!r} ({!r})", error, exc)
@@ -325,7 +346,7 @@ class DeliveryService:
         last_pass = 0.0
         while not self.stop.stopping:
             try:
-                version = self.deps.central.db.data_version()
+                version = self.deps.central.version()
                 now = loop.time()
                 if version != seen_version or now - last_pass >= 1.0:
                     seen_version = version
@@ -347,13 +368,14 @@ class DeliveryService:
         last_purge = 0.0
         while not self.stop.stopping:
             try:
-                notices = OwnerNotices(self.deps.central)
-                due = notices.next_due_ms()
+                due = await self.deps.central.read(_next_notice_ms)
                 if due is not None and due <= self.deps.clock():
                     await send_owner_notices(self.deps)
                 if loop.time() - last_purge >= NOTICE_PURGE_S:
                     last_purge = loop.time()
-                    notices.purge(before_ms=self.deps.clock() - NOTICE_KEEP_MS)
+                    await self.deps.central.write(
+                        _purge_notices, self.deps.clock() - NOTICE_KEEP_MS
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -26,7 +26,7 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.ids import is_safe_id
 from nanoclaw_common.store import NewInbound
 from nanoclaw_common.untrusted import escaped
-from nanoclaw_delivery.acl import ChatAddress, chat_address, check_chat, origin_chat
+from nanoclaw_delivery.acl import task_address
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
 
@@ -45,7 +45,7 @@ def host_task_id(session_id: str, seq: int) -> str:
     return f"task-{session_id}-{seq}"
 
 
-def schedule(job: Job, action: m.ScheduleTask) -> Sent:
+async def schedule(job: Job, action: m.ScheduleTask) -> Sent:
     if not is_safe_id(action.task_id):
         raise Denied(f"schedule_task: invalid task id {action.task_id!r}", notify_owner=False)
     if action.recurrence is not None and not _valid_cron(action.recurrence):
@@ -54,13 +54,7 @@ def schedule(job: Job, action: m.ScheduleTask) -> Sent:
             notify_owner=False,
         )
     job.guard_texts(action.prompt, action.script or "")
-    central = job.deps.central
-    address: ChatAddress | None = None
-    if job.row.channel_type or job.row.platform_id or origin_chat(central, job.session):
-        address = chat_address(central, job.session, job.row)
-        check_chat(central, job.session, address)
-    # else: a session with no chat of its own (agent-to-agent only); the task has no reply
-    # address and the agent names destinations itself, as in any turn of that session.
+    address = await job.deps.central.read(task_address, job.session, job.row)
     row_id = host_task_id(job.session.id, job.row.seq)
     if job.inbound.get_message(row_id) is None and job.inbound.task_statuses(action.task_id) & {
         "pending",
@@ -89,9 +83,9 @@ def schedule(job: Job, action: m.ScheduleTask) -> Sent:
     return Sent(action.task_id)
 
 
-def change(job: Job, action: TaskAction) -> Sent:
+async def change(job: Job, action: TaskAction) -> Sent:
     if isinstance(action, m.ScheduleTask):
-        return schedule(job, action)
+        return await schedule(job, action)
     inbound = job.inbound
     if isinstance(action, m.UpdateTask):
         if isinstance(action.recurrence, str) and not _valid_cron(action.recurrence):

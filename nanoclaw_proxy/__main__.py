@@ -23,6 +23,7 @@ from nanoclaw_common.lifecycle import GracefulStop
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.program import run_program
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.store import CentralStore
 from nanoclaw_proxy.startup import connection_limit, open_listener, raise_nofile_limit
 
 
@@ -49,6 +50,8 @@ def serve(settings: Settings, layout: Layout) -> None:
     fd_limit = raise_nofile_limit()
     listener, keeper = open_listener(layout, settings.proxy_keeper_linger_s)
     try:
+        # The schema, before the loop runs (async code reaches central.db through doors).
+        CentralStore.open(layout.central_db).close()
         asyncio.run(run(settings, layout, listener, fd_limit))
     finally:
         listener.close()

@@ -9,7 +9,7 @@ Per request:
    only from the identity it is bound to (the container ``wake()`` created). Missing,
    malformed, unknown, revoked or used from elsewhere: 401. Valid tokens are cached,
    malformed ones refused without a lookup, and an identity whose tokens keep failing gets
-   429s without lookups (``tokens``): the one database thread is not there for junk.
+   429s without lookups (``tokens``): the database reader is not there for junk.
 3. Only the Messages API is forwarded (``/v1/messages``, ``/v1/messages/count_tokens``,
    ``/v1/models``): a container has no business elsewhere on the account.
 4. A ``/v1/messages`` body is checked against the group's server-side capabilities
@@ -38,9 +38,8 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import aiohttp
 import msgspec
@@ -50,6 +49,7 @@ from loguru import logger
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.central import CentralStore
 from nanoclaw_common.store.metering import (
     DayUse,
@@ -75,8 +75,6 @@ from nanoclaw_proxy.wire import (
 )
 
 log = logger.bind(component="proxy")
-
-T = TypeVar("T")
 
 ALLOWED = (
     ("POST", "/v1/messages"),
@@ -114,15 +112,17 @@ class Admission:
 
 
 class ProxyState:
-    """The proxy's resources. ``central.db`` is used from one worker thread, so the event loop
-    never blocks on SQLite (apsw is synchronous) and the connection is never shared."""
+    """The proxy's resources. ``central.db`` is reached through ``AsyncCentral`` (internals.md,
+    "Central DB from async code"): token lookups and policies on its reader, reservations and
+    settlements on its writer, so the event loop never waits for SQLite, and a lookup never
+    waits behind a reservation that waits for another process's lock. One reader: the token
+    cache compares ``data_version`` values, which only mean something on one connection."""
 
     def __init__(self, settings: Settings, central_path: Path, guard: ConnectionGuard) -> None:
         self.settings = settings
         self.central_path = central_path
         self.guard = guard
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central")
-        self.central: CentralStore | None = None
+        self.central = AsyncCentral(central_path, readers=1)
         self.http: aiohttp.ClientSession | None = None
         self.now_ms: Callable[[], int] = now_ms
         self.monotonic: Callable[[], float] = time.monotonic
@@ -155,23 +155,12 @@ class ProxyState:
         if self.body_bytes[identity] <= 0:
             del self.body_bytes[identity]
 
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    def _open(self) -> None:
-        self.central = CentralStore.open(self.central_path)
+    async def start(self) -> None:
         # Reservations of proxies that died mid-call: this one holds the proxy lock, so no
         # other proxy is serving.
-        gone = TokenLedger(self.central).forget_owners_except({os.getpid()}, now=self.now_ms())
+        gone = await self.central.write(forget_dead_owners, self.now_ms())
         if gone:
             log.info("dropped {} reservation(s) left by an earlier proxy", gone)
-
-    def _close(self) -> None:
-        if self.central is not None:
-            self.central.close()
-
-    async def start(self) -> None:
-        await self.db(self._open)
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600),
             auto_decompress=True,
@@ -185,8 +174,7 @@ class ProxyState:
                 await self._watch
         if self.http is not None:
             await self.http.close()
-        await self.db(self._close)
-        self.executor.shutdown(wait=True)
+        await asyncio.to_thread(self.central.close)
         log.info(
             "token checks: {}; connections: {}",
             dict(sorted(self.stats.items())) or "none",
@@ -210,7 +198,7 @@ class ProxyState:
                 self.stats["rate_limited"] += 1
                 return max(1, math.ceil(wait_s))
             self.stats["lookups"] += 1
-            found, version = await self.db(self.lookup, digest)
+            found, version = await self.central.read(lookup, digest)
             if found is not None:
                 self.cache.put(digest, found, now=self.monotonic(), version=version)
         if found is not None and found.bound_to == identity:
@@ -238,7 +226,7 @@ class ProxyState:
             if not len(self.cache):
                 continue
             try:
-                version, found = await self.db(self.recheck, self.cache.versions())
+                version, found = await self.central.read(recheck, self.cache.versions())
             except Exception:
                 log.exception("re-checking cached tokens failed")
                 continue
@@ -247,57 +235,68 @@ class ProxyState:
                 self.stats["revoked_in_cache"] += gone
                 log.info("{} cached token(s) revoked or replaced", gone)
 
-    # -- central.db, in the worker thread -------------------------------------------------
 
-    def lookup(self, digest: str) -> tuple[ProxyToken | None, int]:
-        """The token's row, and central.db's data version read just before it (a change
-        after that version makes the cache re-check the token)."""
-        assert self.central is not None
-        version = self.central.db.data_version()
-        return ProxyTokens(self.central).find(digest), version
+# -- central.db: plain functions of a store, run by the doors --------------------------------
 
-    def recheck(self, cached: dict[str, int]) -> tuple[int, dict[str, ProxyToken | None]]:
-        """(central.db's data version, the current row of each cached token (``cached``:
-        hash -> the version it was confirmed at) confirmed at another version). Nothing is
-        looked up when nothing changed."""
-        assert self.central is not None
-        version = self.central.db.data_version()
-        found = ProxyTokens(self.central)
-        return version, {
-            digest: found.find(digest)
-            for digest, confirmed in cached.items()
-            if confirmed != version
-        }
 
-    def policy(self, group_id: str) -> Policy:
-        assert self.central is not None
-        group = self.central.get_agent_group(group_id)
-        config = self.central.get_container_config(group_id)
-        return Policy(
-            name=group.name if group else group_id,
-            folder=group.folder if group else group_id,
-            caps=ProxyPolicies(self.central).get(group_id),
-            budget=effective_budget(
-                config.token_budget_daily if config else None, self.settings.token_budget_daily
-            ),
-        )
+def forget_dead_owners(central: CentralStore, now: int) -> int:
+    return TokenLedger(central).forget_owners_except({os.getpid()}, now=now)
 
-    def reserve(self, group_id: str, day: str, needed: int, budget: int, now: int) -> Any:
-        assert self.central is not None
-        return TokenLedger(self.central).reserve(
-            group_id, day, needed, budget=budget, owner_pid=os.getpid(), now=now
-        )
 
-    def settle(self, reservation: Reservation | None, group_id: str, day: str, usage: Any) -> None:
-        assert self.central is not None
-        ledger = TokenLedger(self.central)
-        if reservation is None:
-            if usage is not None:
-                ledger.add_usage(group_id, day, usage.total_input, usage.output_tokens)
-        elif usage is None:
-            ledger.release(reservation)
-        else:
-            ledger.settle(reservation, usage.total_input, usage.output_tokens)
+def lookup(central: CentralStore, digest: str) -> tuple[ProxyToken | None, int]:
+    """The token's row, and central.db's data version read just before it (a change after
+    that version makes the cache re-check the token)."""
+    version = central.db.data_version()
+    return ProxyTokens(central).find(digest), version
+
+
+def recheck(
+    central: CentralStore, cached: dict[str, int]
+) -> tuple[int, dict[str, ProxyToken | None]]:
+    """(central.db's data version, the current row of each cached token (``cached``: hash ->
+    the version it was confirmed at) confirmed at another version). Nothing is looked up
+    when nothing changed."""
+    version = central.db.data_version()
+    found = ProxyTokens(central)
+    return version, {
+        digest: found.find(digest) for digest, confirmed in cached.items() if confirmed != version
+    }
+
+
+def policy_of(central: CentralStore, group_id: str, default_budget: int) -> Policy:
+    group = central.get_agent_group(group_id)
+    config = central.get_container_config(group_id)
+    return Policy(
+        name=group.name if group else group_id,
+        folder=group.folder if group else group_id,
+        caps=ProxyPolicies(central).get(group_id),
+        budget=effective_budget(config.token_budget_daily if config else None, default_budget),
+    )
+
+
+def reserve_tokens(
+    central: CentralStore, group_id: str, day: str, needed: int, *, budget: int, now: int
+) -> Reservation | DayUse:
+    return TokenLedger(central).reserve(
+        group_id, day, needed, budget=budget, owner_pid=os.getpid(), now=now
+    )
+
+
+def settle_usage(
+    central: CentralStore,
+    reservation: Reservation | None,
+    group_id: str,
+    day: str,
+    usage: metering.Usage | None,
+) -> None:
+    ledger = TokenLedger(central)
+    if reservation is None:
+        if usage is not None:
+            ledger.add_usage(group_id, day, usage.total_input, usage.output_tokens)
+    elif usage is None:
+        ledger.release(reservation)
+    else:
+        ledger.settle(reservation, usage.total_input, usage.output_tokens)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -401,7 +400,7 @@ async def _read_and_forward(
             return
         settled = True
         try:
-            await state.db(state.settle, reservation, found.agent_group_id, day, usage)
+            await state.central.write(settle_usage, reservation, found.agent_group_id, day, usage)
         except Exception as exc:
             # The answer is the agent's whatever the ledger says: on a full disk its usage
             # goes unrecorded (its reservation expires with its time to live).
@@ -422,7 +421,7 @@ async def _admit(
 ) -> Admission | web.Response:
     """Check a ``/v1/messages`` body against the group's capabilities and reserve its worst
     case against the group's budget: the admission, or the refusal to send."""
-    policy = await state.db(state.policy, group_id)
+    policy = await state.central.read(policy_of, group_id, state.settings.token_budget_daily)
     beta = request.headers.get("anthropic-beta")
     if len(body) > BIG_BODY_BYTES:
         # Parsing megabytes of JSON on the loop would hold every session's calls up.
@@ -438,7 +437,9 @@ async def _admit(
         return Admission(checked.body, None)
     needed = metering.estimate_input_tokens(len(checked.body)) + checked.max_tokens
     day = utc_day(now)
-    held = await state.db(state.reserve, group_id, day, needed, policy.budget, now)
+    held = await state.central.write(
+        reserve_tokens, group_id, day, needed, budget=policy.budget, now=now
+    )
     if isinstance(held, DayUse):
         state.stats["refused_budget"] += 1
         message = metering.budget_message(

@@ -1,8 +1,8 @@
 """Which session a request comes from, without letting bad tokens cost every session.
 
-The proxy's ``central.db`` work runs on one worker thread, so each lookup of an unknown token
-queues in front of every session's requests. Three things keep a tool that floods the socket
-with bad credentials from slowing the others down:
+The proxy's ``central.db`` reads run on one reader thread (``AsyncCentral``), so each lookup
+of an unknown token queues in front of every session's requests. Three things keep a tool
+that floods the socket with bad credentials from slowing the others down:
 
 - ``well_formed``: a credential that cannot be a token (the wrong characters or length) is
   refused without a lookup;

@@ -16,6 +16,7 @@ from nanoclaw_common.paths import Layout
 from nanoclaw_common.program import run_program
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.wake import Waker
 from nanoclaw_router.app import Router
 from nanoclaw_router.faults import WAKE_LOG_ENV, Faults, RecordingWaker
@@ -43,7 +44,8 @@ def serve(settings: Settings, layout: Layout) -> None:
         faults = Faults.from_environ(os.environ)
     except ValueError as exc:
         raise ConfigError(f"test faults: {exc}") from exc
-    central = CentralStore.open(layout.central_db)
+    CentralStore.open(layout.central_db).close()  # the schema, before any loop runs
+    central = AsyncCentral(layout.central_db)
     waker = make_waker(
         settings, layout, os.environ.get(WAKE_LOG_ENV), test_faults=faults.points.enabled
     )

@@ -1,6 +1,6 @@
 """The router process: runs every configured channel's inbound half, hands their events to
-``Ingest`` (it is the adapters' ``InboundSink``), and runs the side loops: the router's own
-outbox, typing indicators, housekeeping.
+``Ingest`` and their clicks to ``Clicks`` (it is the adapters' ``InboundSink``), and runs the
+side loops: the router's own outbox, typing indicators, housekeeping.
 
 A channel whose inbound half fails is restarted with backoff; the others keep running.
 SIGTERM stops receiving, lets in-flight commits finish (unacknowledged events are re-sent by
@@ -22,14 +22,20 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.messages import ActionEvent, InboundEvent
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.wake import Waker
+from nanoclaw_router.bookkeeping import Bookkeeping
+from nanoclaw_router.cards import Cards
+from nanoclaw_router.clicks import Clicks
+from nanoclaw_router.commit import Commit
+from nanoclaw_router.decisions import Decisions
 from nanoclaw_router.drops import DropThrottle
+from nanoclaw_router.facts import CentralFacts
 from nanoclaw_router.faults import Faults
 from nanoclaw_router.ingest import Ingest
 from nanoclaw_router.outbox import OutboxSender
 from nanoclaw_router.typing_indicator import TypingTracker
-from nanoclaw_router.wakes import WakeScheduler
+from nanoclaw_router.wakes import WakeScheduler, WakeStage
 from nanoclaw_router.writer import SessionWriter
 
 log = logger.bind(component="router")
@@ -44,7 +50,7 @@ class Router:
     def __init__(
         self,
         settings: Settings,
-        central: CentralStore,
+        central: AsyncCentral,
         adapters: Mapping[str, ChannelAdapter],
         waker: Waker,
         *,
@@ -68,15 +74,36 @@ class Router:
             io_limit_s=settings.session_io_limit_s,
         )
         self.drops = DropThrottle(central, clock=clock)
+        # The stages of an event (ingest.py) and of a click (clicks.py).
+        self.facts = CentralFacts(central)
+        self.bookkeeping = Bookkeeping(central, remembered=self.facts.remember_user)
+        self.cards = Cards(central, self.adapters, self.outbox, clock=clock)
+        self.decisions = Decisions(
+            central, self.layout, self.cards, self.outbox, self._replay, clock=clock
+        )
         self.ingest = Ingest(
-            central,
-            self.layout,
             self.adapters,
+            facts=self.facts,
+            decisions=self.decisions,
+            commit=Commit(
+                central,
+                facts=self.facts,
+                cards=self.cards,
+                writer=self.writer,
+                sender=self.outbox,
+                bookkeeping=self.bookkeeping,
+                clock=clock,
+            ),
+            wake=WakeStage(central, self.wakes, self.writer, self.typing),
+            faults=faults,
+        )
+        self.clicks = Clicks(
+            central,
+            self.adapters,
+            facts=self.facts,
+            decisions=self.decisions,
             writer=self.writer,
             wakes=self.wakes,
-            outbox=self.outbox,
-            typing=self.typing,
-            faults=faults,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[Any]] = []
@@ -91,12 +118,16 @@ class Router:
         committed(event.channel_type)
 
     async def on_action(self, action: ActionEvent) -> None:
-        await self.ingest.handle_action(action)
+        await self.clicks.handle_action(action)
 
     async def on_invalid(
         self, channel_type: str, platform_id: str, reason: str, *, code: str = INVALID_INPUT
     ) -> None:
-        self.drops.record(channel_type, platform_id, code, reason)
+        await self.drops.record(channel_type, platform_id, code, reason)
+
+    async def _replay(self, event: InboundEvent) -> None:
+        """An approved event, through every stage again (``decisions``)."""
+        await self.ingest.replay(event)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -113,6 +144,7 @@ class Router:
         self._tasks.append(asyncio.create_task(self.typing.run()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self._tasks.append(asyncio.create_task(self.drops.run()))
+        self._tasks.append(asyncio.create_task(self.bookkeeping.run()))
         log.info("router running with channels: {}", ", ".join(sorted(self.adapters)) or "none")
         self.started.set()
 
@@ -151,8 +183,9 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        await self.ingest.settle_background(self.background_grace_s)
-        self.drops.flush(everything=True)
+        await self.clicks.settle_background(self.background_grace_s)
+        await self.drops.flush(everything=True)
+        await self.bookkeeping.flush()
         await self.wakes.idle()
         for channel_type, adapter in self.adapters.items():
             try:

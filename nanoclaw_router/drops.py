@@ -22,6 +22,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.messages import ChatContent
 from nanoclaw_common.store import CentralStore, InsertResult, NewInbound
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.rows import Session
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_router.routing import DropReason
@@ -45,7 +46,7 @@ class _Window:
 class DropThrottle:
     def __init__(
         self,
-        central: CentralStore,
+        central: AsyncCentral,
         *,
         interval_ms: int = INTERVAL_MS,
         clock: Callable[[], int] = now_ms,
@@ -56,7 +57,7 @@ class DropThrottle:
         self._windows: dict[Key, _Window] = {}
         self.disk = FullDiskLog(log=log)  # a full disk: one line, not one per flush
 
-    def record(self, channel_type: str, platform_id: str, reason: str, detail: str) -> bool:
+    async def record(self, channel_type: str, platform_id: str, reason: str, detail: str) -> bool:
         """Count one refusal: written now (True) or added to its window's count (False)."""
         now = self.clock()
         key = (channel_type, platform_id or "unknown", reason)
@@ -67,14 +68,23 @@ class DropThrottle:
             window.detail = detail
             return False
         if len(self._windows) >= MAX_WINDOWS:
-            self.flush(everything=True)
+            await self.flush(everything=True)
             self._windows.clear()
         count = 1 + (window.unwritten if window is not None else 0)
-        self._write(key, count, detail, now)
-        self._windows[key] = _Window(now + self.interval_ms)
+        # The new window opens before the write: refusals that come while it waits for the
+        # writer are counted into it, not written one by one.
+        opened = self._windows[key] = _Window(now + self.interval_ms)
+        try:
+            await self._write(key, count, detail, now)
+        except BaseException:
+            # This refusal is not acknowledged (its platform sends it again and it is counted
+            # then); the earlier ones wait for the next write, which may come at once.
+            opened.unwritten += count - 1
+            opened.until_ms = now
+            raise
         return True
 
-    def flush(self, *, everything: bool = False) -> None:
+    async def flush(self, *, everything: bool = False) -> None:
         """Write the counts of windows that ended (of all of them, when stopping) and forget
         windows with nothing to write."""
         now = self.clock()
@@ -84,20 +94,22 @@ class DropThrottle:
             if window.unwritten == 0:
                 del self._windows[key]
                 continue
+            count, detail = window.unwritten, window.detail
+            opened = self._windows[key] = _Window(now + self.interval_ms)
             try:
-                self._write(key, window.unwritten, window.detail, now)
+                await self._write(key, count, detail, now)
             except Exception as exc:
                 if not self.disk.refused("the counts of refused input", exc):
-                    log.warning("{} refusals not recorded yet: {}", window.unwritten, exc)
+                    log.warning("{} refusals not recorded yet: {}", count, exc)
+                opened.unwritten += count
+                opened.detail = opened.detail or detail
+                opened.until_ms = now  # ended: the next flush tries again
                 continue
             self.disk.written("the counts of refused input")
-            self._windows[key] = _Window(now + self.interval_ms)
 
-    def _write(self, key: Key, count: int, detail: str | None, now: int) -> None:
+    async def _write(self, key: Key, count: int, detail: str | None, now: int) -> None:
         channel_type, platform_id, reason = key
-        self.central.record_drop(
-            channel_type, platform_id, reason, detail=detail, count=count, now=now
-        )
+        await self.central.write(_record_refusals, key, count=count, detail=detail, now=now)
         log.warning(
             "dropped {} input from {}/{}{}: {}",
             reason,
@@ -111,7 +123,14 @@ class DropThrottle:
         """Flush ended windows every interval, until cancelled."""
         while True:
             await asyncio.sleep(self.interval_ms / 1000)
-            self.flush()
+            await self.flush()
+
+
+def _record_refusals(
+    central: CentralStore, key: Key, *, count: int, detail: str | None, now: int
+) -> None:
+    channel_type, platform_id, reason = key
+    central.record_drop(channel_type, platform_id, reason, detail=detail, count=count, now=now)
 
 
 def record_collision(

@@ -28,5 +28,9 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    def users(self, key: tuple[str, str]) -> int:
+        """How many hold ``key``'s lock or wait for it."""
+        return self._locks.get(key, (None, 0))[1]
+
     def __len__(self) -> int:
         return len(self._locks)

@@ -1,7 +1,11 @@
-"""The routing decision: a pure function of one event and what the central DB says about its
-chat (``ChatView``). It returns a ``Plan``; ``ingest.Ingest`` carries it out.
+"""The routing decision (an event's first stage, docs/internals.md "Router"): a pure function
+of one event and what the central DB says about it (``EventFacts``, gathered by
+``facts.CentralFacts``). It returns a ``Plan``; ``commit.Commit`` carries it out.
 
-Per wiring, highest priority first (reference §3 step 8, with DESIGN §3 winning):
+A chat nobody knows is chatter that leaves no trace, unless the bot was mentioned: then the
+chat is created and an approver is asked to register it (``cards.Cards``). So is a known
+chat that nothing is wired to (unless an approver rejected it). A wired chat is planned per
+wiring, highest priority first (reference §3 step 8, with DESIGN §3 winning):
 
 1. Engage: ``pattern`` (a regex searched in the text; ``.`` matches everything),
    ``mention`` (the platform says the bot was mentioned; a DM always is), ``mention-sticky``
@@ -120,12 +124,30 @@ class Deny:
     command: str
 
 
+@dataclass(frozen=True)
+class EventFacts:
+    """What ``central.db`` says about one event: its chat (None: not known yet), the chat's
+    wirings with what each needs about this sender and thread, whether threads are
+    conversations on the event's platform, and whether the sender's user row already holds
+    the name the event carries."""
+
+    chat: MessagingGroup | None
+    wirings: list[WiringView]
+    threads_supported: bool = False
+    sender_current: bool = False
+
+
 @dataclass
 class Plan:
     deliveries: list[Deliver] = field(default_factory=list)
     drops: list[Drop] = field(default_factory=list)
     denials: list[Deny] = field(default_factory=list)
     ask_sender_approval: Wiring | None = None  # at most one card per event
+    new_chat: bool = False  # a mention in a chat we do not know: create the chat first
+    # Nothing is wired to the chat: ask an approver. The drop recorded for the message
+    # depends on whether the card could go out (rate limits), so the card decides it.
+    ask_registration: bool = False
+    remember_sender: bool = False  # upsert the sender's user row (new, or a new name)
 
     @property
     def engaged(self) -> int:
@@ -186,6 +208,20 @@ def engages(view: WiringView, event: InboundEvent, chat: MessagingGroup) -> bool
 
 def access_allowed(chat: MessagingGroup, view: WiringView) -> bool:
     return chat.unknown_sender_policy == UnknownSenderPolicy.PUBLIC or view.sender_known
+
+
+def plan_event(event: InboundEvent, facts: EventFacts) -> Plan:
+    """Decide what happens to ``event``: a chat we do not know, one nothing is wired to, or a
+    wired one (``plan_route``)."""
+    chat = facts.chat
+    if chat is None:
+        # Chatter in a chat we do not know leaves no trace (upstream wrote user rows).
+        return Plan(new_chat=True, ask_registration=True) if event.is_mention else Plan()
+    if not facts.wirings:
+        return Plan(ask_registration=event.is_mention and chat.denied_at_ms is None)
+    plan = plan_route(event, ChatView(chat, facts.wirings, facts.threads_supported))
+    plan.remember_sender = not facts.sender_current
+    return plan
 
 
 def plan_route(event: InboundEvent, view: ChatView) -> Plan:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -27,6 +26,7 @@ import msgspec
 from loguru import logger
 
 from nanoclaw_common.messages import ChatContent, IncomingAttachment
+from nanoclaw_common.offload import Lane
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sessions import ensure_session_files
 from nanoclaw_common.store import (
@@ -63,7 +63,7 @@ class _Queue:
 class SessionWriter:
     def __init__(self, layout: Layout, *, threads: int = 16) -> None:
         self.layout = layout
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="commit")
+        self._lane = Lane("commit", threads)
         self._queues: dict[str, _Queue] = {}
         # Open inbound.db connections by session, least recently used first. Only the one
         # flush in flight for a session uses its store, so a store is never shared by two
@@ -98,14 +98,11 @@ class SessionWriter:
         return await asyncio.shield(self.submit(session, row, files))
 
     async def _drain(self, queue: _Queue) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while queue.items:
                 batch, queue.items = queue.items[:MAX_BATCH], queue.items[MAX_BATCH:]
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._commit, queue.session, batch
-                    )
+                    results = await self._lane.run(self._commit, queue.session, batch)
                 except BaseException as exc:
                     for item in batch:
                         if not item.future.done():
@@ -159,8 +156,7 @@ class SessionWriter:
         """True when the row waits for the agent: ``pending`` in ``messages_in`` and not
         completed or failed by a run in ``outbound.db`` (the sweeper copies acks into
         ``messages_in`` only on its next pass). Reads on fresh connections, on the pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._still_pending, session, row_id)
+        return await self._lane.run(self._still_pending, session, row_id)
 
     def _still_pending(self, session: Session, row_id: str) -> bool:
         paths = self.layout.session(session.agent_group_id, session.id)
@@ -189,7 +185,7 @@ class SessionWriter:
             store.close()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._lane.shutdown(wait=True)
         for store in self._stores.values():
             store.close()
         self._stores.clear()

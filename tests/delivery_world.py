@@ -20,6 +20,7 @@ from nanoclaw_common.sessions import ensure_session_files, refresh_projections
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import EngageMode, Role
 from nanoclaw_common.store import CentralStore, InboundStore, NewInbound, OutboundStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.outbound import NewOutbound, Written
 from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.rows import AgentGroup, MessagingGroup, Session
@@ -85,7 +86,7 @@ class World:
             self._deps = Deps(
                 settings=self.settings,
                 layout=self.layout,
-                central=self.central,
+                central=AsyncCentral.inline(self.central),
                 adapters=self.adapters,
                 images=GroupImageBuilder(self.settings, base_env=self.podman.env()),
                 offload=Offload(inline=True),

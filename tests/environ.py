@@ -11,6 +11,7 @@ import os
 from typing import Final
 
 from nanoclaw_common.settings import Settings
+from nanoclaw_common.store.sqlite import STRICT_ENV
 
 #: The agent image the tests run: ``NANOCLAW_IMAGE`` when set, else the default tag.
 AGENT_IMAGE: Final = os.environ.get("NANOCLAW_IMAGE") or Settings().image
@@ -18,8 +19,10 @@ AGENT_IMAGE: Final = os.environ.get("NANOCLAW_IMAGE") or Settings().image
 
 def clean_environ(*prefixes: str) -> dict[str, str]:
     """``os.environ`` without the variables starting with ``prefixes`` (``NANOCLAW_`` is
-    always among them), with ``NANOCLAW_IMAGE`` set to ``AGENT_IMAGE``."""
+    always among them), with ``NANOCLAW_IMAGE`` set to ``AGENT_IMAGE`` and a central.db call
+    on an event loop made an error (``store.sqlite.STRICT_ENV``)."""
     drop = ("NANOCLAW_", *prefixes)
     env = {key: value for key, value in os.environ.items() if not key.startswith(drop)}
     env["NANOCLAW_IMAGE"] = AGENT_IMAGE
+    env[STRICT_ENV] = "1"
     return env

@@ -42,7 +42,7 @@ from nanoclaw_common.ids import new_id
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.sandbox.spec import LABEL_INSTALL
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from tests.environ import clean_environ
 from tests.fakes.anthropic_api import text
 
@@ -365,13 +365,13 @@ class TerminalClient:
         return replies
 
     async def _one_message(self, text: str, timeout_s: float, message_id: str | None) -> int:
-        central = CentralStore.open(self.layout.central_db)
+        central = AsyncCentral(self.layout.central_db, readers=1)
         try:
             return await one_message(
                 self.layout, central, text, timeout_s, self.screen, message_id=message_id
             )
         finally:
-            central.close()
+            await asyncio.to_thread(central.close)
 
     def close(self) -> None:
         if self._server is not None:

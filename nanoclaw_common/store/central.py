@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -101,6 +102,11 @@ class CentralStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def write(self) -> AbstractContextManager[None]:
+        """One transaction for several verbs (``with store.write():``): they commit together
+        or not at all."""
+        return self.db.write()
 
     # -- schema ---------------------------------------------------------------------------
 

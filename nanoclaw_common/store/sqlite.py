@@ -4,18 +4,30 @@ write: ``with db.write():`` (``BEGIN IMMEDIATE``, commit on success, roll back o
 apsw never opens a transaction implicitly, and its ``with conn:`` starts a *deferred*
 savepoint. A deferred transaction that reads and then writes can fail to upgrade its lock
 (SQLITE_BUSY without waiting), so every write here takes the write lock up front.
+
+A ``central.db`` connection waits up to ``BUSY_TIMEOUT_MS`` for another process's lock, so it
+is never used on a thread that runs an asyncio event loop: async code goes through
+``async_central.AsyncCentral`` (docs/internals.md, "Central DB from async code"). Each call
+checks it (``off_the_loop``): a call on a loop is logged with where it came from, once per
+place, and raises ``OnEventLoop`` when ``NANOCLAW_TEST_CENTRAL_OFF_LOOP=1`` (every test run
+sets it, so a test that reaches such a call fails). The one exception is a connection made
+``loop_safe``: its busy timeout is zero, so it never waits (the ``data_version`` probe).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import apsw
+from loguru import logger
 
 from nanoclaw_common.errors import AlreadyExists
 from nanoclaw_common.store import session_vfs
@@ -27,6 +39,53 @@ BUSY_TIMEOUT_MS = (
 # commit (milliseconds); a container that holds it longer is attacking, and each host read
 # that waits for it must end soon (a reader waits on a worker, never a loop: stall.py).
 CONTAINER_FILE_BUSY_TIMEOUT_MS = 1000
+STRICT_ENV: Final = "NANOCLAW_TEST_CENTRAL_OFF_LOOP"
+#: Tests: a central.db call on an event loop raises instead of being logged.
+strict_off_loop = os.environ.get(STRICT_ENV) == "1"
+#: Calls made directly from these folders are let through (tests, looking at central.db
+#: from outside the program under test, as another process would).
+exempt_callers: tuple[str, ...] = ()
+# Where a reported call is said to come from: the first frame outside the stores (and the
+# context managers their transactions are).
+_SKIPPED: Final = (os.path.dirname(os.path.abspath(__file__)), contextlib.__file__)
+_door = threading.local()  # ``door.open``: an inline door runs a call on this thread
+_reported: set[tuple[str, int]] = set()
+
+
+class OnEventLoop(RuntimeError):
+    """A central.db call on a thread that runs an asyncio event loop (tests only)."""
+
+
+@contextmanager
+def inline_door() -> Iterator[None]:
+    """Calls on this thread are a door's (``AsyncCentral.inline``, tests), even on a loop."""
+    was = getattr(_door, "open", False)
+    _door.open = True
+    try:
+        yield
+    finally:
+        _door.open = was
+
+
+def off_the_loop() -> None:
+    """Refuse (tests) or report (production) a central.db call on an event loop's thread."""
+    events = sys.modules.get("asyncio.events")
+    # asyncio may not even be imported (the sweeper, the CLI): then there is no loop.
+    if events is None or events._get_running_loop() is None or getattr(_door, "open", False):
+        return
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        frame = frame.f_back
+    where = (frame.f_code.co_filename, frame.f_lineno)
+    if exempt_callers and where[0].startswith(exempt_callers):
+        return
+    message = f"central.db used on the event loop at {where[0]}:{where[1]}"
+    if strict_off_loop:
+        raise OnEventLoop(message + " (docs/internals.md, 'Central DB from async code')")
+    if where not in _reported:
+        _reported.add(where)
+        logger.bind(component="store").warning("{}: it can stall the loop", message)
+
 
 SqlParams = Sequence[Any] | dict[str, Any]
 # Any SQLite error (busy past the timeout, a damaged file, a missing table), for callers
@@ -65,15 +124,22 @@ class Database:
         create: bool = True,
         max_value_bytes: int | None = None,
         container_file: bool = False,
+        loop_safe: bool = False,
     ) -> None:
         """``max_value_bytes`` sets ``SQLITE_LIMIT_LENGTH`` on the connection: no string or
         blob longer than that is ever materialized by a query (``TooBigError`` instead). For
         connections to files a container writes, so a hostile row cannot make us allocate
         what it stored (a 100 MB column would otherwise be read whole). ``container_file``: the file
         sits in a folder the container writes (``outbound.db``, opened by the host): only
-        regular files are opened, and no open can block (``session_vfs``)."""
+        regular files are opened, and no open can block (``session_vfs``).
+
+        ``loop_safe`` (central.db only): a busy timeout of zero, so a call never waits for a
+        lock (it raises ``apsw.BusyError`` instead) and may be made on an event loop."""
         self.path = Path(path)
         self.mode = mode
+        # Only central.db's calls are checked: session DBs are the caller's business.
+        self._guarded = mode is Mode.CENTRAL and not loop_safe
+        self._check()
         if mode is Mode.SESSION_READONLY:
             flags = apsw.SQLITE_OPEN_READONLY
         else:
@@ -89,9 +155,13 @@ class Database:
             _create_private(self.path)
         vfs = session_vfs.vfs_name() if container_file else None
         self.conn = apsw.Connection(str(self.path), flags=flags, vfs=vfs)
-        self.conn.setbusytimeout(
-            CONTAINER_FILE_BUSY_TIMEOUT_MS if container_file else BUSY_TIMEOUT_MS
-        )
+        if loop_safe:
+            busy_timeout_ms = 0
+        elif container_file:
+            busy_timeout_ms = CONTAINER_FILE_BUSY_TIMEOUT_MS
+        else:
+            busy_timeout_ms = BUSY_TIMEOUT_MS
+        self.conn.setbusytimeout(busy_timeout_ms)
         if max_value_bytes is not None:
             self.conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_value_bytes)
         # Double-quoted strings are identifiers, never literals: a typo must fail loudly.
@@ -107,9 +177,14 @@ class Database:
             self.conn.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
 
+    def _check(self) -> None:
+        if self._guarded:
+            off_the_loop()
+
     @contextmanager
     def write(self) -> Iterator[None]:
         """One write transaction. Nested calls join the outer transaction."""
+        self._check()
         if self._depth:
             self._depth += 1
             try:
@@ -141,6 +216,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[None]:
         """A consistent snapshot across several SELECTs (a deferred transaction)."""
+        self._check()
         if self._depth:
             yield
             return
@@ -153,15 +229,19 @@ class Database:
             self.conn.execute("COMMIT")
 
     def execute(self, sql: str, params: SqlParams = ()) -> None:
+        self._check()
         self.conn.execute(sql, params)
 
     def executescript(self, sql: str) -> None:
+        self._check()
         self.conn.execute(sql)
 
     def all(self, sql: str, params: SqlParams = ()) -> list[tuple[Any, ...]]:
+        self._check()
         return self.conn.execute(sql, params).fetchall()
 
     def one(self, sql: str, params: SqlParams = ()) -> tuple[Any, ...] | None:
+        self._check()
         for row in self.conn.execute(sql, params):
             return tuple(row)
         return None

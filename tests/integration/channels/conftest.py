@@ -15,6 +15,7 @@ from nanoclaw_common.messages import ActionEvent, InboundEvent
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundReader
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, Session
 from nanoclaw_router.app import Router
 from tests import entities
@@ -86,9 +87,11 @@ class Live:
         adapters: dict[str, ChannelAdapter],
         scenario: Callable[[Router], Awaitable[None]],
     ) -> None:
+        doors = AsyncCentral(self.layout.central_db)
+
         async def main() -> None:
             router = Router(
-                self.settings, self.central, adapters, self.waker, commit_threads=4, wake_threads=2
+                self.settings, doors, adapters, self.waker, commit_threads=4, wake_threads=2
             )
             self.router = router
             await router.start()
@@ -97,7 +100,10 @@ class Live:
             finally:
                 await router.stop()
 
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        finally:
+            doors.close()
 
     def sessions(self) -> list[Session]:
         return self.central.list_sessions()

@@ -14,6 +14,7 @@ from nanoclaw_common import messages as m
 from nanoclaw_common.channels.telegram import TelegramAdapter
 from nanoclaw_common.sandbox.images import group_image_tag
 from nanoclaw_common.states import Role
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_delivery.service import DeliveryService
 from nanoclaw_router.app import Router
 from tests.delivery_world import World, run
@@ -32,6 +33,8 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
     central.add_member(f"telegram:{MEMBER}", world.group.id)
     world.clock.value = int(time.time() * 1000)  # the router stamps clicks with the real clock
 
+    doors = AsyncCentral(world.layout.central_db)
+
     async def scenario() -> None:
         outbound = TelegramAdapter(fake_telegram.token, fake_telegram.base_url)
         await outbound.start()
@@ -40,7 +43,7 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
         inbound = TelegramAdapter(fake_telegram.token, fake_telegram.base_url, poll_timeout_s=1)
         router = Router(
             world.settings,
-            central,
+            doors,
             {"telegram": inbound},
             MemoryWaker(world.layout.central_db),
             commit_threads=2,
@@ -71,7 +74,8 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
                 what="the router to fetch every update",
             )
             await asyncio.sleep(0.3)  # the router's click handling and a delivery pass
-            assert central.get_pending_approval(approval.approval_id).status == "pending"  # type: ignore[union-attr]
+            found = central.get_pending_approval(approval.approval_id)
+            assert found is not None and found.status == "pending"
             assert world.built() == []
 
             # The approver clicks: delivery rebuilds and tells the agent.
@@ -87,7 +91,10 @@ def test_only_the_approvers_click_counts(world: World, fake_telegram: FakeTelegr
             await running
             await outbound.close()
 
-    run(scenario())
+    try:
+        run(scenario())
+    finally:
+        doors.close()
     assert world.built() == [(group_image_tag(world.settings.image, world.group.id), ["jq"], [])]
     notes = world.notes()
     assert len(notes) == 1 and "Packages installed (apt: jq)" in notes[0][0]
@@ -119,6 +126,8 @@ def test_a_look_alike_question_card_cannot_approve(
             )
         ).id
 
+    doors = AsyncCentral(world.layout.central_db)
+
     async def scenario() -> None:
         outbound = TelegramAdapter(fake_telegram.token, fake_telegram.base_url)
         await outbound.start()
@@ -127,7 +136,7 @@ def test_a_look_alike_question_card_cannot_approve(
         inbound = TelegramAdapter(fake_telegram.token, fake_telegram.base_url, poll_timeout_s=1)
         router = Router(
             world.settings,
-            central,
+            doors,
             {"telegram": inbound},
             MemoryWaker(world.layout.central_db),
             commit_threads=2,
@@ -206,7 +215,10 @@ def test_a_look_alike_question_card_cannot_approve(
             await running
             await outbound.close()
 
-    run(scenario())
+    try:
+        run(scenario())
+    finally:
+        doors.close()
     assert answers(world) == [("q-fun", "yes", f"telegram:{APPROVER}")]
     assert world.built() == [(group_image_tag(world.settings.image, world.group.id), ["jq"], [])]
 

@@ -225,6 +225,7 @@ def test_chat_message_gives_up_after_its_timeout(
     ``--timeout`` the client says so and exits 1. No real time passes waiting for it."""
     from nanoclaw_cli.chat import run_chat
     from nanoclaw_common.settings import Settings
+    from nanoclaw_common.store.async_central import AsyncCentral
     from nanoclaw_router.app import Router
     from tests.fakes.recording import MemoryWaker
 
@@ -237,9 +238,11 @@ def test_chat_message_gives_up_after_its_timeout(
     central.create_wiring(chat.id, group.id, engage_mode="pattern", engage_pattern=".")
     clock = FakeClock()
 
+    doors = AsyncCentral(layout.central_db)
+
     async def main() -> int:
         router = Router(
-            settings, central, {"cli": CliAdapter(layout)}, MemoryWaker(layout.central_db)
+            settings, doors, {"cli": CliAdapter(layout)}, MemoryWaker(layout.central_db)
         )
         await router.start()
         try:
@@ -248,7 +251,7 @@ def test_chat_message_gives_up_after_its_timeout(
             )
             return await run_chat(
                 layout,
-                central,
+                doors,
                 "anyone?",
                 7.5,
                 short_home / "downloads",
@@ -264,6 +267,7 @@ def test_chat_message_gives_up_after_its_timeout(
         elapsed = time.monotonic() - started
         [session] = central.list_sessions()  # the router took it: a session and a row
     finally:
+        doors.close()
         central.close()
     assert code == 1
     assert capsys.readouterr().err.strip().endswith("no complete reply within 7.5s")

@@ -22,6 +22,7 @@ import asyncio, json, sys
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import load_from_process
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_delivery.__main__ import make_deps, tune_memory
 from nanoclaw_delivery.approvals import ApprovalWatcher
 from nanoclaw_delivery.engine import SessionWorker
@@ -39,14 +40,14 @@ settings = load_from_process()
 tune_memory()
 layout = Layout(settings.home_path)
 central = CentralStore.open(layout.central_db)
-deps = make_deps(settings, layout, central)
+deps = make_deps(settings, layout, AsyncCentral(layout.central_db))
 DeliveryService(deps)
 found = {"adapters": sorted(deps.adapters), "after_main": podman_modules()}
 
 
 async def paths():
     found["applied"] = await ApprovalWatcher(deps).tick(deps.clock())
-    session = central.get_session(sys.argv[1])
+    session = await asyncio.to_thread(central.get_session, sys.argv[1])
     worker = SessionWorker(deps, session, layout.session(session.agent_group_id, session.id))
     try:
         await worker.drain()
@@ -56,6 +57,7 @@ async def paths():
 
 asyncio.run(paths())
 deps.offload.close()
+deps.central.close()
 found["after_paths"] = podman_modules()
 print(json.dumps(found))
 """

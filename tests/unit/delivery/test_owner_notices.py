@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from nanoclaw_cli import cli
 from nanoclaw_common.disk import OWNER_NOTICE_KIND
 from nanoclaw_common.errors import PermanentFailure, RetryLater
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_delivery.context import Deps, Offload
 from nanoclaw_delivery.service import DeliveryService
 from tests.delivery_world import World, run
@@ -159,7 +160,7 @@ def test_a_notice_queued_before_a_crash_is_sent_after_the_restart(world: World) 
     deps = Deps(
         settings=world.settings,
         layout=world.layout,
-        central=world.central,
+        central=AsyncCentral(world.layout.central_db),
         adapters=world.adapters,
         images=world.deps.images,
         offload=Offload(),
@@ -177,6 +178,7 @@ def test_a_notice_queued_before_a_crash_is_sent_after_the_restart(world: World) 
         run(scenario())
     finally:
         deps.offload.close()
+        deps.central.close()
     [notice] = owner_dms(world)
     assert "denied" in notice
     assert [(n.status, n.attempts) for n in world.notices.list()] == [("sent", 2)]

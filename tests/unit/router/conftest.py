@@ -18,9 +18,10 @@ from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.states import Role
 from nanoclaw_common.store import CentralStore, InboundReader
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.rows import AgentGroup, InboundRow, MessagingGroup, Session, Wiring
 from nanoclaw_router.app import Router
-from nanoclaw_router.ingest import Stored
+from nanoclaw_router.commit import Stored
 from tests import entities
 from tests.fakes.recording import MemoryWaker, RecordingAdapter
 
@@ -39,9 +40,10 @@ class Harness:
             "threads", supports_threads=True, message_ids="m{n}", dm_prefix=""
         )
         self.waker = MemoryWaker(layout.central_db)
+        self.doors = AsyncCentral(layout.central_db)
         self.router = Router(
             settings,
-            central,
+            self.doors,
             {"chat": self.chat, "threads": self.threads},
             self.waker,
             commit_threads=4,
@@ -57,6 +59,7 @@ class Harness:
         self.run(self.router.wakes.idle())
         self.router.writer.close()
         self.router.wakes.close()
+        self.doors.close()
         self.loop.close()
 
     # -- setup helpers ----------------------------------------------------------------------
@@ -135,6 +138,7 @@ class Harness:
         async def go() -> list[Stored]:
             stored = await self.router.ingest.route(event)
             await self.router.wakes.idle()
+            await self.router.bookkeeping.flush()
             return stored
 
         return self.run(go())
@@ -168,7 +172,7 @@ class Harness:
         )
 
         async def go() -> str:
-            outcome = await self.router.ingest.handle_action(action)
+            outcome = await self.router.clicks.handle_action(action)
             await self.router.wakes.idle()
             return outcome
 

@@ -13,6 +13,7 @@ from nanoclaw_common.messages import (
     encode_text,
 )
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.router_outbox import RouterOutbox
 from nanoclaw_common.store.rows import PendingApproval, PendingQuestion
 from tests.unit.router.conftest import Harness
 
@@ -175,13 +176,13 @@ def test_request_approval_asks_once_and_allow_replays(harness: Harness) -> None:
 
 
 def test_a_denied_stranger_is_not_asked_about_again_for_a_week(harness: Harness) -> None:
-    from nanoclaw_router.approvals import SENDER_DENIAL_QUIET_MS
+    from nanoclaw_router.cards import SENDER_DENIAL_QUIET_MS
 
     group = harness.group("Main")
     harness.owner("chat:owner")
     harness.wire(harness.chat_row(policy="request_approval"), group)
     clock = {"now": 1_800_000_000_000}
-    harness.router.ingest.approvals.clock = lambda: clock["now"]
+    harness.router.cards.clock = harness.router.decisions.clock = lambda: clock["now"]
     harness.send("hi", sender="chat:newbie")
     card = _card(harness)
     assert harness.click(card.question_id, 1, user="chat:owner") == "rejected"
@@ -205,13 +206,13 @@ def test_a_denied_stranger_is_not_asked_about_again_for_a_week(harness: Harness)
 
 
 def test_sender_cards_are_limited_overall(harness: Harness) -> None:
-    from nanoclaw_router.approvals import HOUR_MS, SENDER_CARDS_PER_HOUR
+    from nanoclaw_router.cards import HOUR_MS, SENDER_CARDS_PER_HOUR
 
     group = harness.group("Main")
     harness.owner("chat:owner")
     harness.wire(harness.chat_row(policy="request_approval"), group)
     clock = {"now": 1_800_000_000_000}
-    harness.router.ingest.approvals.clock = lambda: clock["now"]
+    harness.router.cards.clock = harness.router.decisions.clock = lambda: clock["now"]
     # A crowded public group: a dozen strangers speak at once.
     for n in range(SENDER_CARDS_PER_HOUR + 2):
         assert harness.send("hi", sender=f"chat:s{n}") == []
@@ -231,12 +232,12 @@ def test_cards_wait_for_an_unreachable_approver(harness: Harness) -> None:
     harness.chat.offline = True
     harness.send("@bot", chat="c8", mention=True)
     assert harness.flush() == 0
-    [item] = harness.router.outbox.outbox.list("pending")
+    [item] = RouterOutbox(harness.central).list("pending")
     assert item.attempts == 1 and item.last_error == "offline"
     harness.chat.offline = False
     # Not yet due: the backoff is honoured, nothing is lost.
     assert harness.flush() == 0
-    assert harness.router.outbox.outbox.list("pending")
+    assert RouterOutbox(harness.central).list("pending")
     future = harness.router.outbox.clock() + 10 * 60 * 1000
     harness.router.outbox.clock = lambda: future
     assert harness.flush() == 1
@@ -431,7 +432,7 @@ def test_a_new_chats_attachments_survive_the_registration(harness: Harness) -> N
 
 def test_held_attachments_are_size_limited(harness: Harness) -> None:
     from nanoclaw_common.messages import ChatContent
-    from nanoclaw_router.approvals import MAX_HELD_BYTES
+    from nanoclaw_router.cards import MAX_HELD_BYTES
 
     group = harness.group("Main")
     harness.owner("chat:owner")
@@ -462,12 +463,12 @@ def test_held_attachments_are_size_limited(harness: Harness) -> None:
 
 
 def test_registration_cards_are_rate_limited_per_chat_and_overall(harness: Harness) -> None:
-    from nanoclaw_router.approvals import HOUR_MS, REGISTRATION_CARDS_PER_HOUR
+    from nanoclaw_router.cards import HOUR_MS, REGISTRATION_CARDS_PER_HOUR
 
     harness.group("Main")
     harness.owner("chat:owner")
     clock = {"now": 1_800_000_000_000}
-    harness.router.ingest.approvals.clock = lambda: clock["now"]
+    harness.router.cards.clock = harness.router.decisions.clock = lambda: clock["now"]
     # Strangers open one DM after another: the owner gets the first ten cards this hour.
     for n in range(REGISTRATION_CARDS_PER_HOUR + 3):
         harness.send("hi", chat=f"dm{n}", group=False, mention=True, sender=f"chat:s{n}")

@@ -3,6 +3,8 @@ the watch reads each outbound row once, however often it is asked."""
 
 from __future__ import annotations
 
+import asyncio
+
 from nanoclaw_cli.chat import TurnWatch
 from nanoclaw_common.channels.cli import CHANNEL, PLATFORM_ID
 from nanoclaw_common.clock import now_ms
@@ -16,6 +18,7 @@ from nanoclaw_common.store import (
     NewOutbound,
     OutboundStore,
 )
+from nanoclaw_common.store.async_central import AsyncCentral
 
 RUN = "run-1"
 
@@ -64,7 +67,7 @@ def test_only_this_messages_replies_count(central: CentralStore, layout: Layout)
     inbound = InboundStore(paths.inbound_db)
     outbound = OutboundStore(paths.outbound_db)
     earlier, ours = f"cli-earlier:{group.id}", f"cli-now:{group.id}"
-    watch = TurnWatch(central, layout, "cli-now")
+    watch = TurnWatch(AsyncCentral.inline(central), layout, "cli-now")
     try:
         inbound.insert_message(inbound_row(earlier, CHANNEL, PLATFORM_ID, "earlier"))
         stuck_before = outbound.insert_message(
@@ -74,7 +77,7 @@ def test_only_this_messages_replies_count(central: CentralStore, layout: Layout)
         )
         inbound.insert_message(inbound_row(f"t1:{group.id}", "telegram", "-100", "hi"))
         inbound.insert_message(inbound_row(ours, CHANNEL, PLATFORM_ID, "now"))
-        assert not watch.over()  # not answered yet
+        assert not over(watch)  # not answered yet
         for text, channel, platform, answered in (
             ("to telegram", "telegram", "-100", f"t1:{group.id}"),
             ("late, to the earlier one", CHANNEL, PLATFORM_ID, earlier),
@@ -86,14 +89,14 @@ def test_only_this_messages_replies_count(central: CentralStore, layout: Layout)
             reply("to this one", CHANNEL, PLATFORM_ID, ours), run_id=RUN, min_seq=inbound.max_seq()
         )
         outbound.claim([ours], RUN)
-        assert not watch.over()  # claimed, not settled
+        assert not over(watch)  # claimed, not settled
         outbound.complete([ours], RUN)
-        assert not watch.over()  # settled, but its reply is not delivered yet
+        assert not over(watch)  # settled, but its reply is not delivered yet
         deliver(inbound, mine.id, mine.seq, "retry")
-        assert not watch.over()  # a retry is not final
+        assert not over(watch)  # a retry is not final
         deliver(inbound, mine.id, mine.seq, "delivered")
         for _ in range(20):
-            assert watch.over()
+            assert over(watch)
         assert inbound.get_delivery(stuck_before.id) is None  # still stuck, still ignored
         # Each outbound row was read once, not once per check.
         assert watch.rows_read == 4
@@ -101,7 +104,7 @@ def test_only_this_messages_replies_count(central: CentralStore, layout: Layout)
         outbound.insert_message(
             reply("later", CHANNEL, PLATFORM_ID, ours), run_id=RUN, min_seq=inbound.max_seq()
         )
-        assert watch.over() and watch.rows_read == 4
+        assert over(watch) and watch.rows_read == 4
     finally:
         watch.close()
         inbound.close()
@@ -119,18 +122,22 @@ def test_a_failed_message_with_a_failed_reply_is_over(
     inbound = InboundStore(paths.inbound_db)
     outbound = OutboundStore(paths.outbound_db)
     row_id = f"cli-x:{group.id}"
-    watch = TurnWatch(central, layout, "cli-x")
+    watch = TurnWatch(AsyncCentral.inline(central), layout, "cli-x")
     try:
-        assert not watch.over()  # no row yet: nothing to wait for is not "over"
+        assert not over(watch)  # no row yet: nothing to wait for is not "over"
         inbound.insert_message(inbound_row(row_id, CHANNEL, PLATFORM_ID, "x"))
         written = outbound.insert_message(
             reply("sorry", CHANNEL, PLATFORM_ID, row_id), run_id=RUN, min_seq=inbound.max_seq()
         )
         outbound.fail([row_id], RUN)
-        assert not watch.over()
+        assert not over(watch)
         deliver(inbound, written.id, written.seq, "failed")
-        assert watch.over()
+        assert over(watch)
     finally:
         watch.close()
         inbound.close()
         outbound.close()
+
+
+def over(watch: TurnWatch) -> bool:
+    return asyncio.run(watch.over())

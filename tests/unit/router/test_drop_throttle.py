@@ -3,9 +3,12 @@ neither a ``central.db`` transaction nor a log line per request, and loses no co
 
 from __future__ import annotations
 
+import asyncio
+
 from loguru import logger
 
 from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_router.drops import DropThrottle
 
 
@@ -23,29 +26,33 @@ def counts(central: CentralStore) -> dict[tuple[str, str], int]:
 
 def test_a_flood_is_one_write_and_one_line_a_second(central: CentralStore) -> None:
     clock = Clock()
-    throttle = DropThrottle(central, clock=clock)
+    throttle = DropThrottle(AsyncCentral.inline(central), clock=clock)
+
+    def record(channel: str, chat: str, reason: str, detail: str) -> bool:
+        return asyncio.run(throttle.record(channel, chat, reason, detail))
+
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), format="{message}", level="WARNING")
     try:
-        assert throttle.record("webhook", "ci", "rate_limited", "over the rate")
-        assert not any(throttle.record("webhook", "ci", "rate_limited", "x") for _ in range(99))
+        assert record("webhook", "ci", "rate_limited", "over the rate")
+        assert not any(record("webhook", "ci", "rate_limited", "x") for _ in range(99))
         # Another chat or reason has its own window.
-        assert throttle.record("webhook", "cd", "rate_limited", "over the rate")
-        assert throttle.record("webhook", "ci", "invalid_input", "bad signature")
+        assert record("webhook", "cd", "rate_limited", "over the rate")
+        assert record("webhook", "ci", "invalid_input", "bad signature")
         assert counts(central) == {
             ("ci", "rate_limited"): 1,
             ("cd", "rate_limited"): 1,
             ("ci", "invalid_input"): 1,
         }
-        throttle.flush()  # the window has not ended: nothing to write yet
+        asyncio.run(throttle.flush())  # the window has not ended: nothing to write yet
         assert counts(central)[("ci", "rate_limited")] == 1
         clock.now_ms += 1_000
-        throttle.flush()
+        asyncio.run(throttle.flush())
         assert counts(central)[("ci", "rate_limited")] == 100
         # After the window, the next refusal is written at once with what was pending.
-        assert not throttle.record("webhook", "ci", "rate_limited", "x")
+        assert not record("webhook", "ci", "rate_limited", "x")
         clock.now_ms += 1_000
-        assert throttle.record("webhook", "ci", "rate_limited", "x")
+        assert record("webhook", "ci", "rate_limited", "x")
         assert counts(central)[("ci", "rate_limited")] == 102
     finally:
         logger.remove(sink)
@@ -54,9 +61,13 @@ def test_a_flood_is_one_write_and_one_line_a_second(central: CentralStore) -> No
 
 
 def test_stopping_writes_every_pending_count(central: CentralStore) -> None:
-    throttle = DropThrottle(central, clock=Clock())
-    for _ in range(5):
-        throttle.record("cli", "local", "invalid_input", "bad line\n\x1b[2J")
-    throttle.flush(everything=True)
+    throttle = DropThrottle(AsyncCentral.inline(central), clock=Clock())
+
+    async def go() -> None:
+        for _ in range(5):
+            await throttle.record("cli", "local", "invalid_input", "bad line\n\x1b[2J")
+        await throttle.flush(everything=True)
+
+    asyncio.run(go())
     [drop] = central.list_drops(10)
     assert drop.message_count == 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from nanoclaw_common.messages import (
 from nanoclaw_common.paths import Layout
 from nanoclaw_common.settings import Settings
 from nanoclaw_common.store import CentralStore, InboundReader
-from nanoclaw_common.store.rows import PendingQuestion
+from nanoclaw_common.store.rows import PendingChannelApproval, PendingQuestion
 from tests.unit.router.conftest import Harness
 
 
@@ -133,6 +134,46 @@ def test_rows_of_one_session_get_increasing_seqs_in_arrival_order(harness: Harne
     rows = harness.rows(session)
     assert [r.id.split(":")[0] for r in rows] == [f"b{i}" for i in range(50)]
     assert all(b.seq > a.seq for a, b in itertools.pairwise(rows))
+
+
+def test_a_chat_keeps_its_order_when_its_first_lookup_is_slow(harness: Harness) -> None:
+    """The first of two messages of a direct chat waits for a slow central read (a busy
+    reader thread); the second, which arrived after it, must not overtake it: the chat's
+    place is taken on arrival, before any await. (The split router first took it after a
+    DM's lookup of registrations waiting for a name: the message whose lookup ended first
+    went first.)"""
+    group = harness.group()
+    harness.wire(harness.chat_row(is_group=False), group)
+    facts = harness.router.facts
+    lookup = facts.awaiting_names
+    slow = asyncio.Event()
+    lookups = 0
+
+    async def slow_first_lookup() -> list[PendingChannelApproval]:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 1:
+            await slow.wait()
+        return await lookup()
+
+    facts.awaiting_names = slow_first_lookup  # type: ignore[method-assign]
+    route = harness.router.ingest.route
+
+    async def two() -> None:
+        first = asyncio.create_task(route(harness.event("first", group=False, message_id="o1")))
+        await asyncio.sleep(0)  # the first has arrived (and waits for its lookup)
+        second = asyncio.create_task(route(harness.event("second", group=False, message_id="o2")))
+        deadline = time.monotonic() + 10
+        # The second goes as far as it can: to the chat's lock, or (overtaking) to the end.
+        while not second.done() and harness.router.ingest.chat_locks.users(("chat", "c1")) < 2:
+            assert time.monotonic() < deadline, "the second message went nowhere"
+            await asyncio.sleep(0.001)
+        slow.set()
+        await asyncio.gather(first, second)
+
+    harness.run(two())
+    [session] = harness.sessions(group)
+    assert [r.id.split(":")[0] for r in harness.rows(session)] == ["o1", "o2"]
 
 
 def test_invalid_input_is_a_recorded_drop(harness: Harness) -> None:
@@ -312,6 +353,7 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
     """A click's card edit runs in the background. ``stop`` lets it finish (or, past a
     grace period, cancels it) before the adapters close: a request cancelled after its HTTP
     client closed leaves its socket open."""
+    from nanoclaw_common.store.async_central import AsyncCentral
     from nanoclaw_router.app import Router
     from tests.fakes.recording import MemoryWaker, RecordingAdapter
 
@@ -336,7 +378,8 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
 
     def outcome(open_gate: bool) -> list[str]:
         adapter = SlowEdits()
-        router = Router(settings, central, {"chat": adapter}, MemoryWaker(layout.central_db))
+        doors = AsyncCentral(layout.central_db)
+        router = Router(settings, doors, {"chat": adapter}, MemoryWaker(layout.central_db))
         router.background_grace_s = 0.05  # only reached when the gate stays shut
         question = new_id("q")
         central.create_pending_question(
@@ -366,7 +409,7 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
 
         async def run() -> None:
             await router.start()
-            assert await router.ingest.handle_action(click) == "answered"
+            assert await router.clicks.handle_action(click) == "answered"
             stopping = asyncio.ensure_future(router.stop())
             for _ in range(5):
                 await asyncio.sleep(0)
@@ -375,6 +418,7 @@ def test_stop_settles_card_edits_before_closing_the_adapters(
             await stopping
 
         asyncio.run(run())
+        doors.close()
         return adapter.order
 
     group = central.create_agent_group("Main", central.unique_folder("Main"))
