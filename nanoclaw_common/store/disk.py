@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.sqlite import columns
 
 BLOCK_CLEANUP: Final = "cleanup"  # one session may run, to delete files
@@ -80,11 +80,8 @@ class DiskBlock(rows.Row, frozen=True):
         return run_id is not None and run_id != self.cleanup_after_run
 
 
-class DiskLedger:
+class DiskLedger(CentralPart):
     """Verb-named methods over the disk tables of ``central.db``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     # -- measurements ---------------------------------------------------------------------
 

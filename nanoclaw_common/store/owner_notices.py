@@ -20,7 +20,7 @@ import msgspec
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.ids import new_id
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 
 RECENT_CAUSES: Final = 50  # cause ids a notice remembers (to recognise a re-run)
 KEEP_SETTLED: Final = 200  # settled notices kept at most, whatever their age
@@ -47,11 +47,8 @@ class OwnerNotice(msgspec.Struct, frozen=True):
 _COLUMNS: Final = ", ".join(OwnerNotice.__struct_fields__)
 
 
-class OwnerNotices:
+class OwnerNotices(CentralPart):
     """Verb-named methods over ``owner_notices``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def queue(
         self,

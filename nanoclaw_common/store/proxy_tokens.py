@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.sqlite import columns
 
 
-class ProxyTokens:
+class ProxyTokens(CentralPart):
     """Verb-named methods over ``proxy_tokens``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def issue(
         self,

@@ -17,7 +17,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.hostfs import UnsafePath
 from nanoclaw_common.stall import Stalled
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.session_vfs import UnsafeSessionFile
 from nanoclaw_common.store.sqlite import columns
 from nanoclaw_common.untrusted import shown_text
@@ -32,11 +32,8 @@ class QuarantinedSession(rows.Row, frozen=True):
     quarantined_at_ms: int
 
 
-class Quarantine:
+class Quarantine(CentralPart):
     """Verb-named methods over ``quarantined_sessions``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def add(self, session_id: str, *, program: str, reason: str, now: int | None = None) -> bool:
         """Quarantine a session; False when it already was (the first reason is kept) or
@@ -74,7 +71,7 @@ class Quarantine:
 
 
 def quarantine_session(
-    central: CentralStore,
+    central: CentralPart,
     session_id: str,
     error: BaseException,
     *,

@@ -9,7 +9,7 @@ import msgspec
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.sqlite import columns
 
 MAX_AGE_MS: Final = 24 * 3600 * 1000  # then a pending message is given up (status failed)
@@ -31,11 +31,8 @@ class OutboxItem(rows.Row, frozen=True):
     updated_at_ms: int
 
 
-class RouterOutbox:
+class RouterOutbox(CentralPart):
     """Verb-named methods over ``router_outbox``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def enqueue(
         self,

@@ -17,7 +17,7 @@ import apsw
 
 from nanoclaw_common.store import rows
 from nanoclaw_common.store.bounds import open_host_reader
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.outbound import OutboundReader
 from nanoclaw_common.store.sqlite import Mode, columns
 
@@ -30,11 +30,8 @@ class FailedMessage(rows.Row, frozen=True):
     failed_at_ms: int
 
 
-class RunLedger:
+class RunLedger(CentralPart):
     """Verb-named methods over the run tables of ``central.db``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def is_settled(self, session_id: str, run_id: str) -> bool:
         return bool(
