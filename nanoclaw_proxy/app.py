@@ -50,19 +50,17 @@ from loguru import logger
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.store.central import CentralStore
 from nanoclaw_common.store.metering import (
     DayUse,
     Reservation,
-    TokenLedger,
     effective_budget,
     utc_day,
 )
-from nanoclaw_common.store.proxy_policy import ProxyPolicies, ServerCapabilities
-from nanoclaw_common.store.proxy_tokens import ProxyTokens
+from nanoclaw_common.store.proxy_policy import ServerCapabilities
 from nanoclaw_common.store.rows import ProxyToken
 from nanoclaw_common.untrusted import shown
 from nanoclaw_proxy import capabilities, metering, tokens
+from nanoclaw_proxy.central import ProxyCentral
 from nanoclaw_proxy.guard import ConnectionGuard, RateLimitedLog
 from nanoclaw_proxy.wire import (
     FINAL,
@@ -122,7 +120,7 @@ class ProxyState:
         self.central_path = central_path
         self.guard = guard
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central")
-        self.central: CentralStore | None = None
+        self.central: ProxyCentral | None = None
         self.http: aiohttp.ClientSession | None = None
         self.now_ms: Callable[[], int] = now_ms
         self.monotonic: Callable[[], float] = time.monotonic
@@ -159,10 +157,10 @@ class ProxyState:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _open(self) -> None:
-        self.central = CentralStore.open(self.central_path)
+        self.central = ProxyCentral(self.central_path)
         # Reservations of proxies that died mid-call: this one holds the proxy lock, so no
         # other proxy is serving.
-        gone = TokenLedger(self.central).forget_owners_except({os.getpid()}, now=self.now_ms())
+        gone = self.central.ledger.forget_owners_except({os.getpid()}, now=self.now_ms())
         if gone:
             log.info("dropped {} reservation(s) left by an earlier proxy", gone)
 
@@ -254,7 +252,7 @@ class ProxyState:
         after that version makes the cache re-check the token)."""
         assert self.central is not None
         version = self.central.db.data_version()
-        return ProxyTokens(self.central).find(digest), version
+        return self.central.tokens.find(digest), version
 
     def recheck(self, cached: dict[str, int]) -> tuple[int, dict[str, ProxyToken | None]]:
         """(central.db's data version, the current row of each cached token (``cached``:
@@ -262,21 +260,20 @@ class ProxyState:
         looked up when nothing changed."""
         assert self.central is not None
         version = self.central.db.data_version()
-        found = ProxyTokens(self.central)
         return version, {
-            digest: found.find(digest)
+            digest: self.central.tokens.find(digest)
             for digest, confirmed in cached.items()
             if confirmed != version
         }
 
     def policy(self, group_id: str) -> Policy:
         assert self.central is not None
-        group = self.central.get_agent_group(group_id)
-        config = self.central.get_container_config(group_id)
+        group = self.central.groups.get_agent_group(group_id)
+        config = self.central.groups.get_container_config(group_id)
         return Policy(
             name=group.name if group else group_id,
             folder=group.folder if group else group_id,
-            caps=ProxyPolicies(self.central).get(group_id),
+            caps=self.central.policies.get(group_id),
             budget=effective_budget(
                 config.token_budget_daily if config else None, self.settings.token_budget_daily
             ),
@@ -284,13 +281,13 @@ class ProxyState:
 
     def reserve(self, group_id: str, day: str, needed: int, budget: int, now: int) -> Any:
         assert self.central is not None
-        return TokenLedger(self.central).reserve(
+        return self.central.ledger.reserve(
             group_id, day, needed, budget=budget, owner_pid=os.getpid(), now=now
         )
 
     def settle(self, reservation: Reservation | None, group_id: str, day: str, usage: Any) -> None:
         assert self.central is not None
-        ledger = TokenLedger(self.central)
+        ledger = self.central.ledger
         if reservation is None:
             if usage is not None:
                 ledger.add_usage(group_id, day, usage.total_input, usage.output_tokens)

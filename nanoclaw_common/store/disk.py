@@ -107,6 +107,7 @@ class DiskLedger(CentralPart):
                 )
 
     def list_usage(self) -> list[DiskUsageRow]:
+        """The last measurement of every measured folder, by scope."""
         return [
             DiskUsageRow(*values)
             for values in self.db.all(
@@ -115,6 +116,7 @@ class DiskLedger(CentralPart):
         ]
 
     def forget_usage(self, scope: str, scope_id: str) -> None:
+        """Delete a folder's measurement (its scope is gone)."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM disk_usage WHERE scope = ? AND scope_id = ?", (scope, scope_id)
@@ -168,6 +170,7 @@ class DiskLedger(CentralPart):
             )
 
     def lift(self, scope: str, scope_id: str) -> bool:
+        """Delete the scope's block; True when there was one."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM disk_blocks WHERE scope = ? AND scope_id = ?", (scope, scope_id)
@@ -175,6 +178,7 @@ class DiskLedger(CentralPart):
             return self.db.changes() == 1
 
     def list_blocks(self) -> list[DiskBlock]:
+        """Every block, oldest first."""
         return [
             DiskBlock(*values)
             for values in self.db.all(
@@ -238,6 +242,7 @@ class DiskLedger(CentralPart):
             return candidate, False
 
     def find_project(self, scope: str, scope_id: str) -> int | None:
+        """The folder's kernel project id (None: not handed out yet)."""
         value = self.db.scalar(
             "SELECT project_id FROM disk_projects WHERE scope = ? AND scope_id = ?",
             (scope, scope_id),
@@ -245,6 +250,7 @@ class DiskLedger(CentralPart):
         return None if value is None else int(value)
 
     def mark_labelled(self, scope: str, scope_id: str, *, now: int) -> None:
+        """Record that the folder was labelled with its project id at ``now``."""
         with self.db.write():
             self.db.execute(
                 "UPDATE disk_projects SET labelled_at_ms = ? WHERE scope = ? AND scope_id = ?",
@@ -252,6 +258,7 @@ class DiskLedger(CentralPart):
             )
 
     def list_projects(self) -> list[tuple[str, str, int]]:
+        """(scope, scope id, project id) of every folder handed one, by project id."""
         return [
             (str(scope), str(scope_id), int(project_id))
             for scope, scope_id, project_id in self.db.all(

@@ -57,6 +57,7 @@ class TokenLedger(CentralPart):
     """Verb-named methods over ``token_usage`` and ``token_reservations``."""
 
     def day_use(self, agent_group_id: str, day: str, *, now: int) -> DayUse:
+        """The group's ``day``: tokens used, and tokens held by reservations live at ``now``."""
         used = self.db.scalar(
             "SELECT input_tokens + output_tokens FROM token_usage"
             " WHERE agent_group_id = ? AND day = ?",
@@ -135,6 +136,7 @@ class TokenLedger(CentralPart):
             return self.db.changes()
 
     def live_reservations(self, *, now: int) -> int:
+        """How many reservations are live (not expired) at ``now``."""
         return int(
             self.db.scalar(
                 "SELECT count(*) FROM token_reservations WHERE expires_at_ms > ?", (now,)

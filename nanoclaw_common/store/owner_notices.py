@@ -99,6 +99,7 @@ class OwnerNotices(CentralPart):
             return True
 
     def list(self, status: str | None = None) -> list[OwnerNotice]:
+        """Every notice, or those in ``status``, oldest first."""
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         return [
             OwnerNotice(*r)
@@ -109,6 +110,7 @@ class OwnerNotices(CentralPart):
         ]
 
     def next_due_ms(self) -> int | None:
+        """When the earliest pending notice is due (None: none pending)."""
         value = self.db.scalar(
             "SELECT min(next_attempt_at_ms) FROM owner_notices WHERE status = 'pending'"
         )
@@ -167,6 +169,8 @@ class OwnerNotices(CentralPart):
     def retry(
         self, notice_id: str, error: str, next_attempt_at_ms: int, *, now: int | None = None
     ) -> None:
+        """A send failed: count the attempt, keep ``error`` (capped) and try again at
+        ``next_attempt_at_ms``."""
         stamp = now_ms() if now is None else now
         with self.db.write():
             self.db.execute(

@@ -38,6 +38,7 @@ class ProxyTokens(CentralPart):
             )
 
     def find(self, token_hash: str) -> rows.ProxyToken | None:
+        """The token's row by its sha256 (None: unknown or revoked)."""
         found = self.db.one(
             f"SELECT {columns(rows.ProxyToken)} FROM proxy_tokens WHERE token_hash = ?",
             (token_hash,),
@@ -45,5 +46,6 @@ class ProxyTokens(CentralPart):
         return rows.ProxyToken(*found) if found else None
 
     def revoke(self, session_id: str) -> None:
+        """Delete the session's token (its run is over); nothing when it has none."""
         with self.db.write():
             self.db.execute("DELETE FROM proxy_tokens WHERE session_id = ?", (session_id,))

@@ -48,19 +48,23 @@ class Quarantine(CentralPart):
             return self.db.changes() == 1
 
     def release(self, session_id: str) -> bool:
+        """Serve the session again; True when it was quarantined."""
         with self.db.write():
             self.db.execute("DELETE FROM quarantined_sessions WHERE session_id = ?", (session_id,))
             return self.db.changes() == 1
 
     def ids(self) -> set[str]:
+        """The ids of every quarantined session."""
         return {str(s) for (s,) in self.db.all("SELECT session_id FROM quarantined_sessions")}
 
     def is_quarantined(self, session_id: str) -> bool:
+        """True when the session is quarantined."""
         return bool(
             self.db.scalar("SELECT 1 FROM quarantined_sessions WHERE session_id = ?", (session_id,))
         )
 
     def list(self) -> list[QuarantinedSession]:
+        """Every quarantined session, oldest quarantine first."""
         return [
             QuarantinedSession(*values)
             for values in self.db.all(

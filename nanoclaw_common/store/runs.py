@@ -34,6 +34,7 @@ class RunLedger(CentralPart):
     """Verb-named methods over the run tables of ``central.db``."""
 
     def is_settled(self, session_id: str, run_id: str) -> bool:
+        """True when ``run_id``'s leftover claims in the session were settled already."""
         return bool(
             self.db.scalar(
                 "SELECT 1 FROM settled_runs WHERE session_id = ? AND run_id = ?",
@@ -54,6 +55,7 @@ class RunLedger(CentralPart):
     def record_failure(
         self, session_id: str, message_id: str, tries: int, reason: str, *, now: int
     ) -> None:
+        """Record (or update) that a message was given up after ``tries``, and why."""
         with self.db.write():
             self.db.execute(
                 "INSERT INTO failed_messages (session_id, message_id, tries, reason,"
@@ -66,6 +68,7 @@ class RunLedger(CentralPart):
     def list_failures(
         self, session_id: str | None = None, *, limit: int = 50
     ) -> list[FailedMessage]:
+        """The ``limit`` (at least 1) latest given-up messages, of all sessions or one."""
         where, params = ("WHERE session_id = ?", (session_id,)) if session_id else ("", ())
         return [
             FailedMessage(*values)

@@ -26,7 +26,8 @@ class HeldFile(msgspec.Struct, frozen=True):
 
 
 class Cards(CentralPart):
-    """Verb-named methods over cards."""
+    """Verb-named methods over ``pending_questions``, ``pending_approvals``,
+    ``pending_sender_approvals``, ``pending_channel_approvals`` and ``held_attachments``."""
 
     def create_pending_question(
         self, question: rows.PendingQuestion, *, agent_question_id: str | None = None
@@ -58,9 +59,11 @@ class Cards(CentralPart):
         return None if value is None else str(value)
 
     def get_pending_question(self, question_id: str) -> rows.PendingQuestion | None:
+        """The pending question ``question_id`` (None: unknown)."""
         return self._row(rows.PendingQuestion, "WHERE question_id = ?", (question_id,))
 
     def set_question_platform_message(self, question_id: str, platform_message_id: str) -> None:
+        """Record the platform message that shows the question's card."""
         with self.db.write():
             self.db.execute(
                 "UPDATE pending_questions SET platform_message_id = ? WHERE question_id = ?",
@@ -68,11 +71,13 @@ class Cards(CentralPart):
             )
 
     def delete_pending_question(self, question_id: str) -> bool:
+        """Forget a question (answered or given up); True when it was there."""
         with self.db.write():
             self.db.execute("DELETE FROM pending_questions WHERE question_id = ?", (question_id,))
             return self.db.changes() == 1
 
     def list_pending_questions(self) -> list[rows.PendingQuestion]:
+        """Every pending question, oldest first."""
         return self._rows(rows.PendingQuestion, "ORDER BY created_at_ms")
 
     def is_card_id(self, value: str) -> bool:
@@ -126,6 +131,7 @@ class Cards(CentralPart):
             return card_id
 
     def find_channel_approval_by_card(self, card_id: str) -> rows.PendingChannelApproval | None:
+        """The pending registration whose card is ``card_id`` (None: unknown)."""
         return self._row(rows.PendingChannelApproval, "WHERE card_id = ?", (card_id,))
 
     def list_channel_approval_cards(self) -> list[str]:
@@ -153,6 +159,7 @@ class Cards(CentralPart):
         ]
 
     def create_pending_approval(self, approval: rows.PendingApproval) -> bool:
+        """Insert unless it exists (a delivery retry re-inserts); True when inserted."""
         with self.db.write():
             self.db.execute(
                 f"INSERT OR IGNORE INTO pending_approvals ({columns(rows.PendingApproval)})"
@@ -162,9 +169,11 @@ class Cards(CentralPart):
             return self.db.changes() == 1
 
     def get_pending_approval(self, approval_id: str) -> rows.PendingApproval | None:
+        """The approval ``approval_id`` in whatever status (None: unknown)."""
         return self._row(rows.PendingApproval, "WHERE approval_id = ?", (approval_id,))
 
     def list_pending_approvals(self, status: str | None = None) -> list[rows.PendingApproval]:
+        """Every approval, or those in ``status``, oldest first."""
         if status is None:
             return self._rows(rows.PendingApproval, "ORDER BY created_at_ms")
         return self._rows(
@@ -211,12 +220,14 @@ class Cards(CentralPart):
             return status
 
     def approval_decided_by(self, approval_id: str) -> str | None:
+        """Who clicked the approval into its decision (None: no click decided it, or unknown)."""
         value = self.db.scalar(
             "SELECT decided_by FROM pending_approvals WHERE approval_id = ?", (approval_id,)
         )
         return None if value is None else str(value)
 
     def set_approval_platform_message(self, approval_id: str, platform_message_id: str) -> None:
+        """Record the platform message that shows the approval's card."""
         with self.db.write():
             self.db.execute(
                 "UPDATE pending_approvals SET platform_message_id = ? WHERE approval_id = ?",
@@ -224,6 +235,7 @@ class Cards(CentralPart):
             )
 
     def delete_pending_approval(self, approval_id: str) -> bool:
+        """Forget an approval; True when it was there."""
         with self.db.write():
             self.db.execute("DELETE FROM pending_approvals WHERE approval_id = ?", (approval_id,))
             return self.db.changes() == 1
@@ -245,11 +257,13 @@ class Cards(CentralPart):
             return True
 
     def get_sender_approval(self, approval_id: str) -> rows.PendingSenderApproval | None:
+        """The pending sender approval ``approval_id`` (None: unknown)."""
         return self._row(rows.PendingSenderApproval, "WHERE id = ?", (approval_id,))
 
     def find_sender_approval(
         self, messaging_group_id: str, sender_identity: str
     ) -> rows.PendingSenderApproval | None:
+        """The sender approval pending for this chat and sender, if any."""
         return self._row(
             rows.PendingSenderApproval,
             "WHERE messaging_group_id = ? AND sender_identity = ?",
@@ -257,9 +271,11 @@ class Cards(CentralPart):
         )
 
     def list_sender_approvals(self) -> list[rows.PendingSenderApproval]:
+        """Every pending sender approval, oldest first."""
         return self._rows(rows.PendingSenderApproval, "ORDER BY created_at_ms")
 
     def delete_sender_approval(self, approval_id: str) -> bool:
+        """Forget a sender approval and its held attachments; True when it was there."""
         with self.db.write():
             self.db.execute("DELETE FROM pending_sender_approvals WHERE id = ?", (approval_id,))
             return self.db.changes() == 1
@@ -312,11 +328,13 @@ class Cards(CentralPart):
         ]
 
     def get_channel_approval(self, messaging_group_id: str) -> rows.PendingChannelApproval | None:
+        """The registration pending for this chat, if any."""
         return self._row(
             rows.PendingChannelApproval, "WHERE messaging_group_id = ?", (messaging_group_id,)
         )
 
     def list_channel_approvals(self) -> list[rows.PendingChannelApproval]:
+        """Every pending registration, oldest first."""
         return self._rows(rows.PendingChannelApproval, "ORDER BY created_at_ms")
 
     def update_channel_approval(
@@ -327,6 +345,8 @@ class Cards(CentralPart):
         title: str | None = None,
         options_json: str | None = None,
     ) -> None:
+        """Change the given fields of a chat's pending registration (None: unchanged); nothing
+        when none is pending."""
         with self.db.write():
             self.db.execute(
                 "UPDATE pending_channel_approvals SET awaiting_name = coalesce(?, awaiting_name),"
@@ -341,6 +361,8 @@ class Cards(CentralPart):
             )
 
     def delete_channel_approval(self, messaging_group_id: str) -> bool:
+        """Forget a chat's pending registration and its held attachments; True when it was
+        there."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM pending_channel_approvals WHERE messaging_group_id = ?",

@@ -16,7 +16,7 @@ from nanoclaw_common.store.sqlite import columns
 
 
 class Destinations(CentralPart):
-    """Verb-named methods over destinations."""
+    """Verb-named methods over ``agent_destinations``."""
 
     def add_destination(
         self,
@@ -27,6 +27,8 @@ class Destinations(CentralPart):
         *,
         now: int | None = None,
     ) -> rows.AgentDestination:
+        """Grant the group a destination called ``local_name`` to a chat or agent group;
+        ``Refused`` unless the name is normalized, ``ConstraintError`` when the group uses it."""
         DestinationType(target_type)
         if local_name != normalize_name(local_name):
             raise Refused(f"destination name {local_name!r} is not normalized")
@@ -46,6 +48,7 @@ class Destinations(CentralPart):
         return dest
 
     def list_destinations(self, agent_group_id: str | None = None) -> list[rows.AgentDestination]:
+        """Every destination, or one group's, by group and name."""
         if agent_group_id is None:
             return self._rows(rows.AgentDestination, "ORDER BY agent_group_id, local_name")
         return self._rows(
@@ -53,6 +56,7 @@ class Destinations(CentralPart):
         )
 
     def has_destination(self, agent_group_id: str, target_type: str, target_id: str) -> bool:
+        """True when the group has any destination to this target."""
         return bool(
             self.db.scalar(
                 "SELECT 1 FROM agent_destinations"
@@ -64,6 +68,7 @@ class Destinations(CentralPart):
     def find_destination(
         self, agent_group_id: str, local_name: str
     ) -> rows.AgentDestination | None:
+        """The group's destination called ``local_name`` (None: none by that name)."""
         return self._row(
             rows.AgentDestination,
             "WHERE agent_group_id = ? AND local_name = ?",
@@ -71,6 +76,8 @@ class Destinations(CentralPart):
         )
 
     def unique_local_name(self, agent_group_id: str, wanted: str) -> str:
+        """``normalize_name(wanted)``, with ``-2``, ``-3``… until no destination of the group
+        uses it."""
         base = normalize_name(wanted)
         taken = {
             n

@@ -8,7 +8,7 @@ from nanoclaw_common.store.central.base import CentralPart
 
 
 class Drops(CentralPart):
-    """Verb-named methods over drops."""
+    """Verb-named methods over ``dropped_messages``."""
 
     def record_drop(
         self,
@@ -80,6 +80,7 @@ class Drops(CentralPart):
             return self.db.changes()
 
     def list_drops(self, limit: int = 50) -> list[rows.DroppedMessage]:
+        """The ``limit`` (at least 1) most recently seen drop records, newest first."""
         return self._rows(
             rows.DroppedMessage, "ORDER BY last_seen_ms DESC, reason LIMIT ?", (max(1, limit),)
         )

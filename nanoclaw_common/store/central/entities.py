@@ -25,7 +25,8 @@ from nanoclaw_common.store.sqlite import columns, refusing_duplicates
 
 
 class Entities(CentralPart):
-    """Verb-named methods over entities."""
+    """Verb-named methods over ``agent_groups``, ``messaging_groups``, ``wirings`` and
+    ``container_configs``."""
 
     def create_agent_group(
         self, name: str, folder: str, *, id: str | None = None, now: int | None = None
@@ -60,12 +61,15 @@ class Entities(CentralPart):
         return candidate
 
     def get_agent_group(self, agent_group_id: str) -> rows.AgentGroup | None:
+        """The group with this id (None: unknown)."""
         return self._row(rows.AgentGroup, "WHERE id = ?", (agent_group_id,))
 
     def find_agent_group(self, id_or_folder: str) -> rows.AgentGroup | None:
+        """The group with this id or folder (None: neither)."""
         return self._row(rows.AgentGroup, "WHERE id = ?1 OR folder = ?1", (id_or_folder,))
 
     def list_agent_groups(self) -> list[rows.AgentGroup]:
+        """Every agent group, by name."""
         return self._rows(rows.AgentGroup, "ORDER BY name, id")
 
     def delete_agent_group(self, agent_group_id: str) -> None:
@@ -114,11 +118,13 @@ class Entities(CentralPart):
         return group
 
     def get_messaging_group(self, messaging_group_id: str) -> rows.MessagingGroup | None:
+        """The chat with this id (None: unknown)."""
         return self._row(rows.MessagingGroup, "WHERE id = ?", (messaging_group_id,))
 
     def find_messaging_group(
         self, channel_type: str, platform_id: str
     ) -> rows.MessagingGroup | None:
+        """The chat with this channel and platform id (None: not registered)."""
         return self._row(
             rows.MessagingGroup,
             "WHERE channel_type = ? AND platform_id = ?",
@@ -126,6 +132,7 @@ class Entities(CentralPart):
         )
 
     def list_messaging_groups(self) -> list[rows.MessagingGroup]:
+        """Every chat, by channel and platform id."""
         return self._rows(rows.MessagingGroup, "ORDER BY channel_type, platform_id")
 
     def update_messaging_group(
@@ -136,6 +143,8 @@ class Entities(CentralPart):
         unknown_sender_policy: str | None = None,
         is_group: bool | None = None,
     ) -> rows.MessagingGroup:
+        """Change the given fields of a chat (None: unchanged); the chat after it, ``NotFound``
+        when there is none."""
         if unknown_sender_policy is not None:
             UnknownSenderPolicy(unknown_sender_policy)
         with self.db.write():
@@ -156,6 +165,7 @@ class Entities(CentralPart):
         return group
 
     def set_messaging_group_denied(self, messaging_group_id: str, denied_at_ms: int | None) -> None:
+        """Mark a chat denied at ``denied_at_ms`` (None: no longer denied)."""
         with self.db.write():
             self.db.execute(
                 "UPDATE messaging_groups SET denied_at_ms = ? WHERE id = ?",
@@ -163,6 +173,8 @@ class Entities(CentralPart):
             )
 
     def delete_messaging_group(self, messaging_group_id: str) -> None:
+        """Delete a chat, its wirings (by cascade) and every group's destination to it;
+        ``NotFound`` when there is none."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM agent_destinations WHERE target_type = 'channel' AND target_id = ?",
@@ -229,6 +241,7 @@ class Entities(CentralPart):
         return wiring
 
     def get_wiring(self, wiring_id: str) -> rows.Wiring | None:
+        """The wiring with this id (None: unknown)."""
         return self._row(rows.Wiring, "WHERE id = ?", (wiring_id,))
 
     def list_wirings(self, messaging_group_id: str | None = None) -> list[rows.Wiring]:
@@ -244,6 +257,8 @@ class Entities(CentralPart):
         )
 
     def update_wiring(self, wiring_id: str, **changes: Any) -> rows.Wiring:
+        """Change the given fields of a wiring (validated; an unknown field is ``Refused``); the
+        wiring after it, ``NotFound`` when there is none."""
         allowed = {
             "engage_mode": EngageMode,
             "engage_pattern": str,
@@ -269,12 +284,15 @@ class Entities(CentralPart):
         return wiring
 
     def delete_wiring(self, wiring_id: str) -> None:
+        """Delete a wiring (the group keeps its destination to the chat); ``NotFound`` when there
+        is none."""
         with self.db.write():
             self.db.execute("DELETE FROM wirings WHERE id = ?", (wiring_id,))
             if not self.db.changes():
                 raise NotFound(f"wiring {wiring_id} not found")
 
     def get_container_config(self, agent_group_id: str) -> rows.ContainerConfig | None:
+        """The group's container config (None: unknown group)."""
         return self._row(rows.ContainerConfig, "WHERE agent_group_id = ?", (agent_group_id,))
 
     def update_container_config(

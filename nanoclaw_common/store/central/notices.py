@@ -7,7 +7,7 @@ from nanoclaw_common.store.central.base import CentralPart
 
 
 class Notices(CentralPart):
-    """Verb-named methods over notices."""
+    """Verb-named methods over ``notices``."""
 
     def claim_notice(self, key: str, interval_ms: int, *, now: int | None = None) -> bool:
         """Rate limit: True (and record it) when no notice for ``key`` went out within

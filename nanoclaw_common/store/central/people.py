@@ -14,7 +14,8 @@ from nanoclaw_common.store.central.base import CentralPart
 
 
 class People(CentralPart):
-    """Verb-named methods over people."""
+    """Verb-named methods over ``users``, ``user_roles``, ``agent_group_members`` and
+    ``user_dms``."""
 
     def upsert_user(
         self, user_id: str, kind: str, display_name: str | None = None, *, now: int | None = None
@@ -32,12 +33,16 @@ class People(CentralPart):
         return user
 
     def get_user(self, user_id: str) -> rows.User | None:
+        """The user with this id (None: unknown)."""
         return self._row(rows.User, "WHERE id = ?", (user_id,))
 
     def list_users(self) -> list[rows.User]:
+        """Every user, by id."""
         return self._rows(rows.User, "ORDER BY id")
 
     def delete_user(self, user_id: str) -> None:
+        """Delete a user with their roles, memberships and DMs (by cascade); ``NotFound`` when
+        there is none."""
         with self.db.write():
             self.db.execute("DELETE FROM users WHERE id = ?", (user_id,))
             if not self.db.changes():
@@ -67,6 +72,8 @@ class People(CentralPart):
             return self.db.changes() == 1
 
     def revoke_role(self, user_id: str, role: str, agent_group_id: str | None = None) -> None:
+        """Take a role away at exactly this scope; ``NotFound`` when the user did not hold it
+        there."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM user_roles WHERE user_id = ? AND role = ? AND agent_group_id IS ?",
@@ -76,11 +83,13 @@ class People(CentralPart):
                 raise NotFound(f"{user_id} has no {role} role at that scope")
 
     def list_roles(self, user_id: str | None = None) -> list[rows.RoleGrant]:
+        """Every role grant, or one user's, oldest first."""
         if user_id is None:
             return self._rows(rows.RoleGrant, "ORDER BY granted_at_ms, user_id")
         return self._rows(rows.RoleGrant, "WHERE user_id = ? ORDER BY granted_at_ms", (user_id,))
 
     def owners(self) -> list[str]:
+        """The owners' user ids, oldest grant first."""
         return [
             u
             for (u,) in self.db.all(
@@ -150,6 +159,7 @@ class People(CentralPart):
         added_by: str | None = None,
         now: int | None = None,
     ) -> bool:
+        """Make the user a member of the group; False when they already were."""
         with self.db.write():
             self.db.execute(
                 "INSERT OR IGNORE INTO agent_group_members"
@@ -159,6 +169,7 @@ class People(CentralPart):
             return self.db.changes() == 1
 
     def remove_member(self, user_id: str, agent_group_id: str) -> None:
+        """End a membership; ``NotFound`` when the user was not a member."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM agent_group_members WHERE user_id = ? AND agent_group_id = ?",
@@ -168,6 +179,7 @@ class People(CentralPart):
                 raise NotFound(f"{user_id} is not a member of {agent_group_id}")
 
     def list_members(self, agent_group_id: str | None = None) -> list[rows.Member]:
+        """Every membership, or one group's, oldest first."""
         if agent_group_id is None:
             return self._rows(rows.Member, "ORDER BY agent_group_id, added_at_ms")
         return self._rows(
@@ -177,6 +189,7 @@ class People(CentralPart):
     def set_user_dm(
         self, user_id: str, channel_type: str, messaging_group_id: str, *, now: int | None = None
     ) -> None:
+        """Record the chat that is the user's DM on this channel (replacing an older one)."""
         with self.db.write():
             self.db.execute(
                 "INSERT INTO user_dms (user_id, channel_type, messaging_group_id, resolved_at_ms)"
@@ -187,6 +200,7 @@ class People(CentralPart):
             )
 
     def get_user_dm(self, user_id: str, channel_type: str) -> rows.UserDm | None:
+        """The user's DM chat on this channel (None: not known yet)."""
         return self._row(
             rows.UserDm, "WHERE user_id = ? AND channel_type = ?", (user_id, channel_type)
         )

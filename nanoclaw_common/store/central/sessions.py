@@ -27,7 +27,7 @@ class RestartRequest(msgspec.Struct, frozen=True):
 
 
 class Sessions(CentralPart):
-    """Verb-named methods over sessions."""
+    """Verb-named methods over ``sessions`` and ``restart_requests``."""
 
     def create_session(
         self,
@@ -37,6 +37,7 @@ class Sessions(CentralPart):
         *,
         now: int | None = None,
     ) -> rows.Session:
+        """A new active session with a stopped container (no lookup: see ``resolve_session``)."""
         stamp = now or now_ms()
         session = rows.Session(
             id=new_id("sess", stamp),
@@ -59,6 +60,7 @@ class Sessions(CentralPart):
         return session
 
     def get_session(self, session_id: str) -> rows.Session | None:
+        """The session with this id (None: unknown)."""
         return self._row(rows.Session, "WHERE id = ?", (session_id,))
 
     def find_active_session(
@@ -73,6 +75,7 @@ class Sessions(CentralPart):
         )
 
     def newest_active_session(self, agent_group_id: str) -> rows.Session | None:
+        """The group's newest active session, whatever its chat (None: none)."""
         return self._row(
             rows.Session,
             "WHERE agent_group_id = ? AND status = 'active' ORDER BY created_at_ms DESC",
@@ -109,6 +112,7 @@ class Sessions(CentralPart):
         status: str | None = None,
         container_status: str | None = None,
     ) -> list[rows.Session]:
+        """Sessions matching every filter given, oldest first."""
         clauses, params = [], []
         for column, value in (
             ("agent_group_id", agent_group_id),
@@ -132,6 +136,7 @@ class Sessions(CentralPart):
         )
 
     def touch_session(self, session_id: str, *, now: int | None = None) -> None:
+        """Set the session's ``last_active_ms`` to ``now``."""
         with self.db.write():
             self.db.execute(
                 "UPDATE sessions SET last_active_ms = ? WHERE id = ?", (now or now_ms(), session_id)
@@ -192,6 +197,7 @@ class Sessions(CentralPart):
         return session_ids
 
     def list_restart_requests(self) -> list[RestartRequest]:
+        """Every pending restart request, oldest first."""
         return [
             RestartRequest(str(session_id), int(requested_at_ms), str(reason))
             for session_id, requested_at_ms, reason in self.db.all(
