@@ -32,8 +32,7 @@ from nanoclaw_common import privacy
 from nanoclaw_common.errors import Refused
 from nanoclaw_common.hostfs import Dir
 from nanoclaw_common.paths import Layout
-from nanoclaw_common.store import CentralStore
-from nanoclaw_common.store.central import normalize_name
+from nanoclaw_common.store.central import Entities, normalize_name
 
 MEMORY_FILE: Final = "AGENT.md"
 MAX_CANDIDATES: Final = 1000
@@ -45,7 +44,7 @@ class Memory(StrEnum):
     REFUSED = "refused"  # something else has the name (a link, a FIFO, a folder): left alone
 
 
-def claim_new_folder(layout: Layout, central: CentralStore, name: str) -> str:
+def claim_new_folder(layout: Layout, central: Entities, name: str) -> str:
     """A folder for a new group: ``normalize_name(name)``, then ``-2``, ``-3``…, skipping
     names any group uses and names that exist on disk, created now (empty, mode 0700) so
     nothing else can take it. Create the group's row with the returned name."""

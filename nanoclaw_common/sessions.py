@@ -10,6 +10,7 @@ from nanoclaw_common import privacy
 from nanoclaw_common.hostfs import Dir, UnsafePath
 from nanoclaw_common.paths import Layout, SessionPaths
 from nanoclaw_common.store import CentralStore, InboundStore, OutboundStore
+from nanoclaw_common.store.central import Entities
 from nanoclaw_common.store.rows import DestinationEntry, Routing, Session
 
 #: What a session's ``inbound.db`` projects from the central DB.
@@ -76,7 +77,7 @@ def _create_empty(folder: Dir, name: str, *, shared: bool) -> bool:
     return True
 
 
-def session_routing(central: CentralStore, session: Session) -> Routing:
+def session_routing(central: Entities, session: Session) -> Routing:
     """The session's default reply address: its chat (and thread), or nothing."""
     if session.messaging_group_id is None:
         return Routing(None, None, None)

@@ -49,20 +49,18 @@ from loguru import logger
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.diskfull import FullDiskLog
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.store.async_central import AsyncCentral
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.async_central import AsyncDoors
 from nanoclaw_common.store.metering import (
     DayUse,
     Reservation,
-    TokenLedger,
     effective_budget,
     utc_day,
 )
-from nanoclaw_common.store.proxy_policy import ProxyPolicies, ServerCapabilities
-from nanoclaw_common.store.proxy_tokens import ProxyTokens
+from nanoclaw_common.store.proxy_policy import ServerCapabilities
 from nanoclaw_common.store.rows import ProxyToken
 from nanoclaw_common.untrusted import shown
 from nanoclaw_proxy import capabilities, metering, tokens
+from nanoclaw_proxy.central import ProxyCentral
 from nanoclaw_proxy.guard import ConnectionGuard, RateLimitedLog
 from nanoclaw_proxy.wire import (
     FINAL,
@@ -112,17 +110,18 @@ class Admission:
 
 
 class ProxyState:
-    """The proxy's resources. ``central.db`` is reached through ``AsyncCentral`` (internals.md,
-    "Central DB from async code"): token lookups and policies on its reader, reservations and
-    settlements on its writer, so the event loop never waits for SQLite, and a lookup never
-    waits behind a reservation that waits for another process's lock. One reader: the token
-    cache compares ``data_version`` values, which only mean something on one connection."""
+    """The proxy's resources. ``central.db`` is reached through ``AsyncDoors`` over
+    ``ProxyCentral``, its parts alone (internals.md, "Central DB from async code"): token
+    lookups and policies on its reader, reservations and settlements on its writer, so the
+    event loop never waits for SQLite, and a lookup never waits behind a reservation that
+    waits for another process's lock. One reader: the token cache compares ``data_version``
+    values, which only mean something on one connection."""
 
     def __init__(self, settings: Settings, central_path: Path, guard: ConnectionGuard) -> None:
         self.settings = settings
         self.central_path = central_path
         self.guard = guard
-        self.central = AsyncCentral(central_path, readers=1)
+        self.central = AsyncDoors(central_path, ProxyCentral, readers=1)
         self.http: aiohttp.ClientSession | None = None
         self.now_ms: Callable[[], int] = now_ms
         self.monotonic: Callable[[], float] = time.monotonic
@@ -239,57 +238,57 @@ class ProxyState:
 # -- central.db: plain functions of a store, run by the doors --------------------------------
 
 
-def forget_dead_owners(central: CentralStore, now: int) -> int:
-    return TokenLedger(central).forget_owners_except({os.getpid()}, now=now)
+def forget_dead_owners(central: ProxyCentral, now: int) -> int:
+    return central.ledger.forget_owners_except({os.getpid()}, now=now)
 
 
-def lookup(central: CentralStore, digest: str) -> tuple[ProxyToken | None, int]:
+def lookup(central: ProxyCentral, digest: str) -> tuple[ProxyToken | None, int]:
     """The token's row, and central.db's data version read just before it (a change after
     that version makes the cache re-check the token)."""
     version = central.db.data_version()
-    return ProxyTokens(central).find(digest), version
+    return central.tokens.find(digest), version
 
 
 def recheck(
-    central: CentralStore, cached: dict[str, int]
+    central: ProxyCentral, cached: dict[str, int]
 ) -> tuple[int, dict[str, ProxyToken | None]]:
     """(central.db's data version, the current row of each cached token (``cached``: hash ->
     the version it was confirmed at) confirmed at another version). Nothing is looked up
     when nothing changed."""
     version = central.db.data_version()
-    found = ProxyTokens(central)
+    found = central.tokens
     return version, {
         digest: found.find(digest) for digest, confirmed in cached.items() if confirmed != version
     }
 
 
-def policy_of(central: CentralStore, group_id: str, default_budget: int) -> Policy:
-    group = central.get_agent_group(group_id)
-    config = central.get_container_config(group_id)
+def policy_of(central: ProxyCentral, group_id: str, default_budget: int) -> Policy:
+    group = central.groups.get_agent_group(group_id)
+    config = central.groups.get_container_config(group_id)
     return Policy(
         name=group.name if group else group_id,
         folder=group.folder if group else group_id,
-        caps=ProxyPolicies(central).get(group_id),
+        caps=central.policies.get(group_id),
         budget=effective_budget(config.token_budget_daily if config else None, default_budget),
     )
 
 
 def reserve_tokens(
-    central: CentralStore, group_id: str, day: str, needed: int, *, budget: int, now: int
+    central: ProxyCentral, group_id: str, day: str, needed: int, *, budget: int, now: int
 ) -> Reservation | DayUse:
-    return TokenLedger(central).reserve(
+    return central.ledger.reserve(
         group_id, day, needed, budget=budget, owner_pid=os.getpid(), now=now
     )
 
 
 def settle_usage(
-    central: CentralStore,
+    central: ProxyCentral,
     reservation: Reservation | None,
     group_id: str,
     day: str,
     usage: metering.Usage | None,
 ) -> None:
-    ledger = TokenLedger(central)
+    ledger = central.ledger
     if reservation is None:
         if usage is not None:
             ledger.add_usage(group_id, day, usage.total_input, usage.output_tokens)

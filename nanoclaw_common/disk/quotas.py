@@ -33,7 +33,7 @@ from nanoclaw_common.disk.mounts import MountFacts, mount_of
 from nanoclaw_common.disk.walk import open_folder
 from nanoclaw_common.paths import Layout, SessionPaths
 from nanoclaw_common.settings import Settings
-from nanoclaw_common.store import CentralStore
+from nanoclaw_common.store.central import CentralPart
 from nanoclaw_common.store.disk import DiskBlock, DiskLedger
 from nanoclaw_common.store.rows import AgentGroup, ContainerConfig, Session
 
@@ -142,7 +142,7 @@ class DiskQuotas:
 
     # -- the wake gate --------------------------------------------------------------------
 
-    def refusal(self, central: CentralStore, session: Session, *, now: int) -> str | None:
+    def refusal(self, central: CentralPart, session: Session, *, now: int) -> str | None:
         """Why the session may not start now (recorded against the block), or None."""
         floor = floor_refusal(self.free(), self.floor_bytes)
         ledger = DiskLedger(central)
@@ -159,7 +159,7 @@ class DiskQuotas:
 
     def prepare(
         self,
-        central: CentralStore,
+        central: CentralPart,
         *,
         group: AgentGroup,
         config: ContainerConfig | None,
@@ -195,7 +195,7 @@ class DiskQuotas:
 
     def _prepare_project(
         self,
-        central: CentralStore,
+        central: CentralPart,
         mount: MountFacts,
         *,
         scope: Scope,
@@ -230,7 +230,7 @@ class DiskQuotas:
             )
 
     def project_usage(
-        self, central: CentralStore, scope: Scope, scope_id: str, folder: Path
+        self, central: CentralPart, scope: Scope, scope_id: str, folder: Path
     ) -> project.ProjectUsage | None:
         """The kernel's count for a prepared folder (one ``quotactl``), or None in walk mode
         or before the folder was prepared."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 import apsw
 
@@ -41,34 +41,49 @@ from nanoclaw_common.store.sqlite import Database, Mode, inline_door
 P = ParamSpec("P")
 T = TypeVar("T")
 
-StoreCall = Callable[Concatenate[CentralStore, P], T]
+
+class Store(Protocol):
+    """What the doors need of a store: its one connection, and a close."""
+
+    @property
+    def db(self) -> Database: ...
+
+    def close(self) -> None: ...
 
 
-def _reader(path: Path) -> CentralStore:
-    store = CentralStore(path)
-    store.db.execute("PRAGMA query_only=1")
-    return store
+S = TypeVar("S", bound=Store)
 
 
-class AsyncCentral:
+class AsyncDoors(Generic[S]):
+    """The doors over any store of ``central.db`` (``opener(path)`` makes one per thread):
+    ``AsyncCentral`` for the whole ``CentralStore``, a narrower one for a program that uses
+    only some parts (the proxy's ``ProxyCentral``)."""
+
     def __init__(
-        self, path: Path | str, *, readers: int = 2, inline: CentralStore | None = None
+        self,
+        path: Path | str,
+        opener: Callable[[Path], S],
+        *,
+        readers: int = 2,
+        inline: S | None = None,
     ) -> None:
         self.path = Path(path)
         self._inline = inline
         self._read_lane = Lane("central-read", readers, inline=inline is not None)
         self._write_lane = Lane("central-write", 1, inline=inline is not None)
-        self._readers = PerThread(lambda: _reader(self.path))
-        self._writers = PerThread(lambda: CentralStore(self.path))
+        self._readers = PerThread(lambda: self._reader(opener))
+        self._writers = PerThread(lambda: opener(self.path))
         self._probe: Database | None = None
         self._unknown = 0  # versions handed out while the probe was busy: -1, -2, …
 
-    @classmethod
-    def inline(cls, store: CentralStore) -> AsyncCentral:
-        """Doors that run in the caller's thread, on ``store`` (tests)."""
-        return cls(store.db.path, inline=store)
+    def _reader(self, opener: Callable[[Path], S]) -> S:
+        store = opener(self.path)
+        store.db.execute("PRAGMA query_only=1")
+        return store
 
-    async def read(self, fn: StoreCall[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def read(
+        self, fn: Callable[Concatenate[S, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """``fn(store, *args, **kwargs)`` on a reader thread (see the module docstring)."""
         if self._inline is not None:
             with self._inline_call(self._inline, read_only=True):
@@ -79,7 +94,9 @@ class AsyncCentral:
 
         return await self._read_lane.run(call)
 
-    async def write(self, fn: StoreCall[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def write(
+        self, fn: Callable[Concatenate[S, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """``fn(store, *args, **kwargs)`` on the writer thread (see the module docstring)."""
         if self._inline is not None:
             with self._inline_call(self._inline, read_only=False):
@@ -92,7 +109,7 @@ class AsyncCentral:
 
     @staticmethod
     @contextmanager
-    def _inline_call(store: CentralStore, *, read_only: bool) -> Iterator[None]:
+    def _inline_call(store: Store, *, read_only: bool) -> Iterator[None]:
         with inline_door():
             if not read_only:
                 yield
@@ -127,3 +144,17 @@ class AsyncCentral:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+
+
+class AsyncCentral(AsyncDoors[CentralStore]):
+    """The doors over the whole ``CentralStore`` (router, delivery, the terminal chat)."""
+
+    def __init__(
+        self, path: Path | str, *, readers: int = 2, inline: CentralStore | None = None
+    ) -> None:
+        super().__init__(path, CentralStore, readers=readers, inline=inline)
+
+    @classmethod
+    def inline(cls, store: CentralStore) -> AsyncCentral:
+        """Doors that run in the caller's thread, on ``store`` (tests)."""
+        return cls(store.db.path, inline=store)

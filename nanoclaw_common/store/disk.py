@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.sqlite import columns
 
 BLOCK_CLEANUP: Final = "cleanup"  # one session may run, to delete files
@@ -80,11 +80,8 @@ class DiskBlock(rows.Row, frozen=True):
         return run_id is not None and run_id != self.cleanup_after_run
 
 
-class DiskLedger:
+class DiskLedger(CentralPart):
     """Verb-named methods over the disk tables of ``central.db``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     # -- measurements ---------------------------------------------------------------------
 
@@ -110,6 +107,7 @@ class DiskLedger:
                 )
 
     def list_usage(self) -> list[DiskUsageRow]:
+        """The last measurement of every measured folder, by scope."""
         return [
             DiskUsageRow(*values)
             for values in self.db.all(
@@ -118,6 +116,7 @@ class DiskLedger:
         ]
 
     def forget_usage(self, scope: str, scope_id: str) -> None:
+        """Delete a folder's measurement (its scope is gone)."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM disk_usage WHERE scope = ? AND scope_id = ?", (scope, scope_id)
@@ -171,6 +170,7 @@ class DiskLedger:
             )
 
     def lift(self, scope: str, scope_id: str) -> bool:
+        """Delete the scope's block; True when there was one."""
         with self.db.write():
             self.db.execute(
                 "DELETE FROM disk_blocks WHERE scope = ? AND scope_id = ?", (scope, scope_id)
@@ -178,6 +178,7 @@ class DiskLedger:
             return self.db.changes() == 1
 
     def list_blocks(self) -> list[DiskBlock]:
+        """Every block, oldest first."""
         return [
             DiskBlock(*values)
             for values in self.db.all(
@@ -241,6 +242,7 @@ class DiskLedger:
             return candidate, False
 
     def find_project(self, scope: str, scope_id: str) -> int | None:
+        """The folder's kernel project id (None: not handed out yet)."""
         value = self.db.scalar(
             "SELECT project_id FROM disk_projects WHERE scope = ? AND scope_id = ?",
             (scope, scope_id),
@@ -248,6 +250,7 @@ class DiskLedger:
         return None if value is None else int(value)
 
     def mark_labelled(self, scope: str, scope_id: str, *, now: int) -> None:
+        """Record that the folder was labelled with its project id at ``now``."""
         with self.db.write():
             self.db.execute(
                 "UPDATE disk_projects SET labelled_at_ms = ? WHERE scope = ? AND scope_id = ?",
@@ -255,6 +258,7 @@ class DiskLedger:
             )
 
     def list_projects(self) -> list[tuple[str, str, int]]:
+        """(scope, scope id, project id) of every folder handed one, by project id."""
         return [
             (str(scope), str(scope_id), int(project_id))
             for scope, scope_id, project_id in self.db.all(

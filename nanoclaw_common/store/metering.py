@@ -20,7 +20,7 @@ from typing import Final
 import msgspec
 
 from nanoclaw_common.ids import new_id
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 
 RESERVATION_TTL_MS: Final = 20 * 60 * 1000  # longer than any model call the proxy forwards
 
@@ -53,13 +53,11 @@ class DayUse(msgspec.Struct, frozen=True):
         return self.used + self.reserved
 
 
-class TokenLedger:
+class TokenLedger(CentralPart):
     """Verb-named methods over ``token_usage`` and ``token_reservations``."""
 
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
-
     def day_use(self, agent_group_id: str, day: str, *, now: int) -> DayUse:
+        """The group's ``day``: tokens used, and tokens held by reservations live at ``now``."""
         used = self.db.scalar(
             "SELECT input_tokens + output_tokens FROM token_usage"
             " WHERE agent_group_id = ? AND day = ?",
@@ -138,6 +136,7 @@ class TokenLedger:
             return self.db.changes()
 
     def live_reservations(self, *, now: int) -> int:
+        """How many reservations are live (not expired) at ``now``."""
         return int(
             self.db.scalar(
                 "SELECT count(*) FROM token_reservations WHERE expires_at_ms > ?", (now,)

@@ -20,7 +20,7 @@ import msgspec
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.ids import new_id
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 
 RECENT_CAUSES: Final = 50  # cause ids a notice remembers (to recognise a re-run)
 KEEP_SETTLED: Final = 200  # settled notices kept at most, whatever their age
@@ -47,11 +47,8 @@ class OwnerNotice(msgspec.Struct, frozen=True):
 _COLUMNS: Final = ", ".join(OwnerNotice.__struct_fields__)
 
 
-class OwnerNotices:
+class OwnerNotices(CentralPart):
     """Verb-named methods over ``owner_notices``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def queue(
         self,
@@ -102,6 +99,7 @@ class OwnerNotices:
             return True
 
     def list(self, status: str | None = None) -> list[OwnerNotice]:
+        """Every notice, or those in ``status``, oldest first."""
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         return [
             OwnerNotice(*r)
@@ -112,6 +110,7 @@ class OwnerNotices:
         ]
 
     def next_due_ms(self) -> int | None:
+        """When the earliest pending notice is due (None: none pending)."""
         value = self.db.scalar(
             "SELECT min(next_attempt_at_ms) FROM owner_notices WHERE status = 'pending'"
         )
@@ -170,6 +169,8 @@ class OwnerNotices:
     def retry(
         self, notice_id: str, error: str, next_attempt_at_ms: int, *, now: int | None = None
     ) -> None:
+        """A send failed: count the attempt, keep ``error`` (capped) and try again at
+        ``next_attempt_at_ms``."""
         stamp = now_ms() if now is None else now
         with self.db.write():
             self.db.execute(

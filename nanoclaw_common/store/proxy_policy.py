@@ -13,7 +13,7 @@ import msgspec
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NotFound, Refused
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 
 # Server tool families an owner may turn on besides web search and web fetch. Named by the
 # prefix of the tool's ``type`` (``code_execution_20250825``).
@@ -59,11 +59,8 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(str(item) for item in value) if isinstance(value, list) else ()
 
 
-class ProxyPolicies:
+class ProxyPolicies(CentralPart):
     """Read and change a group's ``ServerCapabilities``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def get(self, agent_group_id: str) -> ServerCapabilities:
         """The group's capabilities (the defaults for a group without a config row)."""

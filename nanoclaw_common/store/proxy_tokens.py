@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.sqlite import columns
 
 
-class ProxyTokens:
+class ProxyTokens(CentralPart):
     """Verb-named methods over ``proxy_tokens``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def issue(
         self,
@@ -41,6 +38,7 @@ class ProxyTokens:
             )
 
     def find(self, token_hash: str) -> rows.ProxyToken | None:
+        """The token's row by its sha256 (None: unknown or revoked)."""
         found = self.db.one(
             f"SELECT {columns(rows.ProxyToken)} FROM proxy_tokens WHERE token_hash = ?",
             (token_hash,),
@@ -48,5 +46,6 @@ class ProxyTokens:
         return rows.ProxyToken(*found) if found else None
 
     def revoke(self, session_id: str) -> None:
+        """Delete the session's token (its run is over); nothing when it has none."""
         with self.db.write():
             self.db.execute("DELETE FROM proxy_tokens WHERE session_id = ?", (session_id,))

@@ -17,7 +17,7 @@ from nanoclaw_common.clock import now_ms
 from nanoclaw_common.hostfs import UnsafePath
 from nanoclaw_common.stall import Stalled
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.session_vfs import UnsafeSessionFile
 from nanoclaw_common.store.sqlite import columns
 from nanoclaw_common.untrusted import shown_text
@@ -32,11 +32,8 @@ class QuarantinedSession(rows.Row, frozen=True):
     quarantined_at_ms: int
 
 
-class Quarantine:
+class Quarantine(CentralPart):
     """Verb-named methods over ``quarantined_sessions``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def add(self, session_id: str, *, program: str, reason: str, now: int | None = None) -> bool:
         """Quarantine a session; False when it already was (the first reason is kept) or
@@ -51,19 +48,23 @@ class Quarantine:
             return self.db.changes() == 1
 
     def release(self, session_id: str) -> bool:
+        """Serve the session again; True when it was quarantined."""
         with self.db.write():
             self.db.execute("DELETE FROM quarantined_sessions WHERE session_id = ?", (session_id,))
             return self.db.changes() == 1
 
     def ids(self) -> set[str]:
+        """The ids of every quarantined session."""
         return {str(s) for (s,) in self.db.all("SELECT session_id FROM quarantined_sessions")}
 
     def is_quarantined(self, session_id: str) -> bool:
+        """True when the session is quarantined."""
         return bool(
             self.db.scalar("SELECT 1 FROM quarantined_sessions WHERE session_id = ?", (session_id,))
         )
 
     def list(self) -> list[QuarantinedSession]:
+        """Every quarantined session, oldest quarantine first."""
         return [
             QuarantinedSession(*values)
             for values in self.db.all(
@@ -74,7 +75,7 @@ class Quarantine:
 
 
 def quarantine_session(
-    central: CentralStore,
+    central: CentralPart,
     session_id: str,
     error: BaseException,
     *,

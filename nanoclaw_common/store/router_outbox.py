@@ -9,7 +9,7 @@ import msgspec
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.store import rows
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.sqlite import columns
 
 MAX_AGE_MS: Final = 24 * 3600 * 1000  # then a pending message is given up (status failed)
@@ -31,11 +31,8 @@ class OutboxItem(rows.Row, frozen=True):
     updated_at_ms: int
 
 
-class RouterOutbox:
+class RouterOutbox(CentralPart):
     """Verb-named methods over ``router_outbox``."""
-
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
 
     def enqueue(
         self,
@@ -60,6 +57,7 @@ class RouterOutbox:
             return self.db.changes() == 1
 
     def due(self, *, now: int | None = None, limit: int = 50) -> list[OutboxItem]:
+        """Up to ``limit`` pending messages due at ``now``, the longest due first."""
         stamp = now_ms() if now is None else now
         return [
             OutboxItem(*r)
@@ -72,6 +70,7 @@ class RouterOutbox:
         ]
 
     def next_due_ms(self) -> int | None:
+        """When the earliest pending message is due (None: none pending)."""
         value = self.db.scalar(
             "SELECT min(next_attempt_at_ms) FROM router_outbox WHERE status = 'pending'"
         )
@@ -80,6 +79,7 @@ class RouterOutbox:
     def mark_sent(
         self, item_id: str, platform_message_id: str | None, *, now: int | None = None
     ) -> None:
+        """The message went out as ``platform_message_id``: sent, one more attempt, no error."""
         with self.db.write():
             self.db.execute(
                 "UPDATE router_outbox SET status = 'sent', attempts = attempts + 1,"
@@ -90,6 +90,8 @@ class RouterOutbox:
     def mark_retry(
         self, item_id: str, error: str, next_attempt_at_ms: int, *, now: int | None = None
     ) -> None:
+        """A send failed: count the attempt, keep ``error`` (capped) and try again at
+        ``next_attempt_at_ms``."""
         with self.db.write():
             self.db.execute(
                 "UPDATE router_outbox SET attempts = attempts + 1, last_error = ?,"
@@ -98,6 +100,7 @@ class RouterOutbox:
             )
 
     def mark_failed(self, item_id: str, error: str, *, now: int | None = None) -> None:
+        """Given up: failed, with ``error`` (capped); it is never sent."""
         with self.db.write():
             self.db.execute(
                 "UPDATE router_outbox SET status = 'failed', attempts = attempts + 1,"
@@ -106,12 +109,14 @@ class RouterOutbox:
             )
 
     def get(self, item_id: str) -> OutboxItem | None:
+        """The message ``item_id`` in whatever status (None: unknown)."""
         found = self.db.one(
             f"SELECT {columns(OutboxItem)} FROM router_outbox WHERE id = ?", (item_id,)
         )
         return OutboxItem(*found) if found else None
 
     def list(self, status: str | None = None) -> list[OutboxItem]:
+        """Every message, or those in ``status``, oldest first."""
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         return [
             OutboxItem(*r)

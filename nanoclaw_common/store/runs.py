@@ -17,7 +17,7 @@ import apsw
 
 from nanoclaw_common.store import rows
 from nanoclaw_common.store.bounds import open_host_reader
-from nanoclaw_common.store.central import CentralStore
+from nanoclaw_common.store.central.base import CentralPart
 from nanoclaw_common.store.outbound import OutboundReader
 from nanoclaw_common.store.sqlite import Mode, columns
 
@@ -30,13 +30,11 @@ class FailedMessage(rows.Row, frozen=True):
     failed_at_ms: int
 
 
-class RunLedger:
+class RunLedger(CentralPart):
     """Verb-named methods over the run tables of ``central.db``."""
 
-    def __init__(self, central: CentralStore) -> None:
-        self.db = central.db
-
     def is_settled(self, session_id: str, run_id: str) -> bool:
+        """True when ``run_id``'s leftover claims in the session were settled already."""
         return bool(
             self.db.scalar(
                 "SELECT 1 FROM settled_runs WHERE session_id = ? AND run_id = ?",
@@ -57,6 +55,7 @@ class RunLedger:
     def record_failure(
         self, session_id: str, message_id: str, tries: int, reason: str, *, now: int
     ) -> None:
+        """Record (or update) that a message was given up after ``tries``, and why."""
         with self.db.write():
             self.db.execute(
                 "INSERT INTO failed_messages (session_id, message_id, tries, reason,"
@@ -69,6 +68,7 @@ class RunLedger:
     def list_failures(
         self, session_id: str | None = None, *, limit: int = 50
     ) -> list[FailedMessage]:
+        """The ``limit`` (at least 1) latest given-up messages, of all sessions or one."""
         where, params = ("WHERE session_id = ?", (session_id,)) if session_id else ("", ())
         return [
             FailedMessage(*values)

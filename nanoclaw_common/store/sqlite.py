@@ -183,12 +183,27 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[None]:
-        """One write transaction. Nested calls join the outer transaction."""
+        """One write transaction: committed when the block ends, rolled back when it raises.
+        A nested block is a savepoint inside the outer transaction: when it raises, its own
+        writes are undone (and the error goes on to the outer block, which rolls back too
+        unless it catches it); when it ends, its writes commit or roll back with the outer
+        transaction."""
         self._check()
         if self._depth:
+            savepoint = f"nested_{self._depth}"
+            self.conn.execute(f"SAVEPOINT {savepoint}")
             self._depth += 1
             try:
                 yield
+            except BaseException:
+                # After SQLITE_FULL and the like SQLite may have rolled back the whole
+                # transaction, savepoints included: nothing is left to undo.
+                if not self.conn.getautocommit():
+                    self.conn.execute(f"ROLLBACK TO {savepoint}")
+                    self.conn.execute(f"RELEASE {savepoint}")
+                raise
+            else:
+                self.conn.execute(f"RELEASE {savepoint}")
             finally:
                 self._depth -= 1
             return

@@ -32,6 +32,7 @@ from nanoclaw_common.store.metering import TokenLedger, utc_day
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
 from nanoclaw_common.store.rows import Session
 from nanoclaw_proxy.handover import path_identity
+from tests.central_verbs import get_token_usage
 from tests.security.conftest import STACK_POLL_S, Agent, HostileStack
 from tests.stack import NANOCLAW, echo_reply
 from tests.waiting import wait_until
@@ -311,7 +312,7 @@ def test_twenty_concurrent_calls_get_room_for_two(hostile: HostileStack) -> None
     token = attack_token(hostile, container_identity(container_id(hostile, agent)))
     day = utc_day(int(time.time() * 1000))
     with hostile.central() as central:
-        before = central.get_token_usage(hostile.group.id, day)
+        before = get_token_usage(central, hostile.group.id, day)
         used_before = (before.input_tokens + before.output_tokens) if before else 0
         central.update_container_config(hostile.group.id, token_budget_daily=used_before + 1080)
     usage = {"input_tokens": 300, "output_tokens": 200}
@@ -344,7 +345,7 @@ print(json.dumps(sorted(outcomes)))
         outcomes = json.loads(agent.py(race, timeout_s=120).stdout.strip().splitlines()[-1])
         assert outcomes == ["ok"] * 2 + ["refused"] * 18
         with hostile.central() as central:
-            after = central.get_token_usage(hostile.group.id, day)
+            after = get_token_usage(central, hostile.group.id, day)
             assert after is not None
             assert after.input_tokens + after.output_tokens - used_before == 1000
             assert TokenLedger(central).live_reservations(now=int(time.time() * 1000)) == 0

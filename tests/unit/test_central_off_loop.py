@@ -38,19 +38,36 @@ MAIN_MODULES = frozenset(f"nanoclaw_{p}/__main__.py" for p in ("router", "delive
 
 
 def store_classes() -> frozenset[str]:
-    """``CentralStore`` and every store class built on one (``RouterOutbox``,
-    ``OwnerNotices``, ``Quarantine``…): a class of ``nanoclaw_common.store`` whose
-    ``__init__`` takes a ``CentralStore``. Found, not listed, so a new one is covered."""
-    found = {"CentralStore"}
-    for path in (REPO / "nanoclaw_common" / "store").rglob("*.py"):
-        for cls in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(cls, ast.ClassDef):
-                continue
-            for node in cls.body:
-                if isinstance(node, ast.FunctionDef) and node.name == "__init__":
-                    annotations = [a.annotation for a in node.args.args if a.annotation]
-                    if any("CentralStore" in ast.unparse(a) for a in annotations):
-                        found.add(cls.name)
+    """``CentralStore`` and every store class of central.db (``RouterOutbox``,
+    ``OwnerNotices``, ``Quarantine``, the parts of ``store/central/``, the proxy's
+    ``ProxyCentral``…): a class that opens a connection to central.db (``self.db = ...`` in
+    its ``__init__``), derives from such a class or from ``CentralPart``, or whose ``__init__``
+    takes a ``CentralStore``. Found, not listed, so a new one is covered."""
+    found = {"CentralStore", "CentralPart"}
+    classes: list[ast.ClassDef] = []
+    paths = [
+        *(REPO / "nanoclaw_common" / "store").rglob("*.py"),
+        REPO / "nanoclaw_proxy" / "central.py",
+    ]
+    for path in paths:
+        classes += [c for c in ast.walk(ast.parse(path.read_text())) if isinstance(c, ast.ClassDef)]
+    for cls in classes:
+        for node in cls.body:
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+                annotations = [a.annotation for a in node.args.args if a.annotation]
+                if any("CentralStore" in ast.unparse(a) for a in annotations) or any(
+                    isinstance(s, ast.Assign)
+                    and ast.unparse(s.targets[0]) == "self.db"
+                    and "central" in ast.unparse(s.value).lower()  # not a session DB's
+                    for s in node.body
+                ):
+                    found.add(cls.name)
+    grew = True
+    while grew:  # subclasses of what was found, to a fixed point
+        before = len(found)
+        found |= {c.name for c in classes if any(ast.unparse(b) in found for b in c.bases)}
+        grew = len(found) > before
+    found.discard("Database")  # the connection itself: session DBs use it too
     return frozenset(found)
 
 
@@ -70,7 +87,28 @@ def test_the_checks_see_the_programs_and_their_stores() -> None:
     names = {name for name, _ in sources()}
     assert {"nanoclaw_router/ingest.py", "nanoclaw_proxy/app.py"} <= names
     assert "nanoclaw_cli/chat.py" in names
-    assert {"CentralStore", "RouterOutbox", "OwnerNotices", "Quarantine", "TokenLedger"} <= STORES
+    assert {
+        "CentralStore",
+        "RouterOutbox",
+        "OwnerNotices",
+        "Quarantine",
+        "TokenLedger",
+        "Sessions",
+        "ProxyCentral",
+    } <= STORES
+
+
+STORE_MODULES = ("nanoclaw_common.store", "nanoclaw_proxy.central")
+
+
+def stores_named_in(tree: ast.Module) -> frozenset[str]:
+    """The store class names that mean a store in this module: a class of the module's own,
+    or a name imported from elsewhere (the router's ``cards.Cards``), is not one."""
+    own = {c.name for c in tree.body if isinstance(c, ast.ClassDef)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not (node.module or "").startswith(STORE_MODULES):
+            own |= {alias.asname or alias.name for alias in node.names}
+    return STORES - own
 
 
 def names_in(node: ast.AST) -> set[str]:
@@ -87,13 +125,14 @@ def is_central(node: ast.expr) -> bool:
 
 
 def coroutine_violations(name: str, tree: ast.Module) -> list[str]:
+    stores = stores_named_in(tree)
     found = []
     for func in ast.walk(tree):
         if not isinstance(func, ast.AsyncFunctionDef):
             continue
         for node in ast.walk(func):
             where = f"{name}:{getattr(node, 'lineno', func.lineno)} in {func.name}"
-            if isinstance(node, ast.Name) and node.id in STORES:
+            if isinstance(node, ast.Name) and node.id in stores:
                 found.append(f"{where}: names {node.id}")
             if (
                 isinstance(node, ast.Call)
@@ -111,9 +150,10 @@ def keeping_violations(name: str, tree: ast.Module) -> list[str]:
     """A store kept by a module or by an object that async code uses (a class with a
     coroutine), or handed to one of its methods, or made outside a function a door runs (a
     store made in a plain helper that a coroutine calls would be on the loop)."""
+    stores = stores_named_in(tree)
     found = []
     for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and STORES & names_in(node.annotation):
+        if isinstance(node, ast.AnnAssign) and stores & names_in(node.annotation):
             found.append(f"{name}:{node.lineno}: {ast.unparse(node.target)} is a kept store")
     for cls in ast.walk(tree):
         if not isinstance(cls, ast.ClassDef) or name in THREAD_MODULES:
@@ -121,12 +161,12 @@ def keeping_violations(name: str, tree: ast.Module) -> list[str]:
         if not any(isinstance(n, ast.AsyncFunctionDef) for n in cls.body):
             continue  # a plain helper, made and used inside one door call
         for member in ast.walk(cls):
-            if isinstance(member, ast.AnnAssign) and STORES & names_in(member.annotation):
+            if isinstance(member, ast.AnnAssign) and stores & names_in(member.annotation):
                 target = ast.unparse(member.target)
                 found.append(f"{name}:{member.lineno}: {cls.name}.{target} is a kept store")
             if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef):
                 for arg in member.args.args + member.args.kwonlyargs:
-                    if arg.annotation is not None and STORES & names_in(arg.annotation):
+                    if arg.annotation is not None and stores & names_in(arg.annotation):
                         found.append(
                             f"{name}:{member.lineno}: {cls.name}.{member.name} takes a store"
                             f" ({arg.arg})"

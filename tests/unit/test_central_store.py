@@ -9,6 +9,16 @@ from nanoclaw_common.errors import NotFound, Refused
 from nanoclaw_common.store import CentralStore, rows
 from nanoclaw_common.store.central import normalize_name
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
+from tests.central_verbs import (
+    add_token_usage,
+    close_session,
+    get_token_usage,
+    is_owner,
+    list_user_dms,
+    remove_destination,
+    rename_agent_group,
+    schema_dump,
+)
 
 NOW = 1_700_000_000_000
 
@@ -45,9 +55,9 @@ def test_normalize_name_is_a_safe_component(raw: str, expected: str) -> None:
 
 
 def test_migrate_is_idempotent_and_versioned(central: CentralStore) -> None:
-    before = central.schema_dump()
+    before = schema_dump(central)
     assert central.migrate() == []
-    assert central.schema_dump() == before
+    assert schema_dump(central) == before
     assert central.schema_version() >= 1
 
 
@@ -86,14 +96,14 @@ def test_agent_group_crud(central: CentralStore, group: rows.AgentGroup) -> None
     assert central.get_container_config(group.id) is not None
     other = central.create_agent_group("Another", "another", now=NOW)
     assert [g.name for g in central.list_agent_groups()] == ["Another", "Main"]
-    central.rename_agent_group(other.id, "Zed")
+    rename_agent_group(central, other.id, "Zed")
     assert central.get_agent_group(other.id).name == "Zed"  # type: ignore[union-attr]
     central.delete_agent_group(other.id)
     assert central.get_agent_group(other.id) is None
     with pytest.raises(NotFound):
         central.delete_agent_group(other.id)
     with pytest.raises(NotFound):
-        central.rename_agent_group("ag-missing", "x")
+        rename_agent_group(central, "ag-missing", "x")
 
 
 @pytest.mark.parametrize("folder", ["../escape", "a/b", "Main", "global", ""])
@@ -240,7 +250,7 @@ def test_roles_and_privileges(central: CentralStore, group: rows.AgentGroup) -> 
     with pytest.raises(NotFound):
         central.grant_role("u:ghost", "admin")
     assert central.owners() == ["u:owner"]
-    assert central.is_owner("u:owner") and not central.is_owner("u:global")
+    assert is_owner(central, "u:owner") and not is_owner(central, "u:global")
 
     assert central.has_admin_privilege("u:owner", group.id)
     assert central.has_admin_privilege("u:global", other.id)
@@ -289,7 +299,7 @@ def test_user_dms(central: CentralStore, chat: rows.MessagingGroup) -> None:
     second = central.create_messaging_group("telegram", "telegram:8")
     central.set_user_dm("telegram:7", "telegram", second.id, now=NOW + 1)
     assert central.get_user_dm("telegram:7", "telegram").messaging_group_id == second.id  # type: ignore[union-attr]
-    assert len(central.list_user_dms()) == 1
+    assert len(list_user_dms(central)) == 1
 
 
 # -- sessions ------------------------------------------------------------------------------
@@ -315,7 +325,7 @@ def test_resolve_session_modes(
 
     assert central.newest_active_session(group.id).id == t2.id  # type: ignore[union-attr]
     assert central.find_active_session(group.id, chat.id, "t1").id == t1.id  # type: ignore[union-attr]
-    central.close_session(t2.id)
+    close_session(central, t2.id)
     assert central.newest_active_session(group.id).id == t1.id  # type: ignore[union-attr]
     assert len(central.list_sessions(agent_group_id=group.id, status="active")) == 2
     assert len(central.list_sessions()) == 3
@@ -378,11 +388,11 @@ def test_destinations_and_projection(
         central.add_destination(group.id, "x", "planet", chat.id)
     with pytest.raises(apsw.ConstraintError):
         central.add_destination(group.id, "family", "channel", chat.id)
-    central.remove_destination(group.id, "ghost")
+    remove_destination(central, group.id, "ghost")
     assert len(central.list_destinations(group.id)) == 2
     assert len(central.list_destinations()) == 2
     with pytest.raises(NotFound):
-        central.remove_destination(group.id, "ghost")
+        remove_destination(central, group.id, "ghost")
 
 
 # -- pending questions and approvals -------------------------------------------------------
@@ -513,10 +523,10 @@ def test_container_config_update(central: CentralStore, group: rows.AgentGroup) 
 
 
 def test_token_usage_accumulates(central: CentralStore, group: rows.AgentGroup) -> None:
-    central.add_token_usage(group.id, "2026-11-24", 100, 20)
-    usage = central.add_token_usage(group.id, "2026-11-24", 5, 1)
+    add_token_usage(central, group.id, "2026-11-24", 100, 20)
+    usage = add_token_usage(central, group.id, "2026-11-24", 5, 1)
     assert (usage.input_tokens, usage.output_tokens, usage.requests) == (105, 21, 2)
-    assert central.get_token_usage(group.id, "2026-11-25") is None
+    assert get_token_usage(central, group.id, "2026-11-25") is None
 
 
 def test_proxy_tokens(central: CentralStore, group: rows.AgentGroup) -> None:

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from nanoclaw_cli import cli
 from nanoclaw_common.store import CentralStore
+from tests.central_verbs import is_owner
 
 
 def run(home: Path, *args: str) -> str:
@@ -30,7 +31,7 @@ def test_init_is_idempotent_and_wires_the_terminal(tmp_path: Path) -> None:
     assert chat is not None and chat.unknown_sender_policy == "public"
     (wiring,) = store.list_wirings(chat.id)
     assert (wiring.engage_mode, wiring.engage_pattern) == ("pattern", ".")
-    assert store.is_owner("cli:local")
+    assert is_owner(store, "cli:local")
     assert [d.local_name for d in store.list_destinations(wiring.agent_group_id)] == ["terminal"]
     store.close()
     assert (home / "groups" / "main" / "AGENT.md").exists()

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from nanoclaw_cli import cli
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.metering import utc_day
+from tests.central_verbs import add_token_usage
 
 
 def run(home: Path, *args: str, code: int = 0) -> str:
@@ -25,7 +26,7 @@ def test_the_default_budget_is_finite_and_reported(tmp_path: Path) -> None:
     run(home, "init")
     store = CentralStore.open(home / "central.db")
     (group,) = store.list_agent_groups()
-    store.add_token_usage(group.id, utc_day(int(time.time() * 1000)), 1200, 34)
+    add_token_usage(store, group.id, utc_day(int(time.time() * 1000)), 1200, 34)
     store.close()
     status = json.loads(run(home, "status", "--json"))
     (budget,) = status["token_budgets"]

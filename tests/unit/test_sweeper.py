@@ -17,6 +17,7 @@ from nanoclaw_common.store import (
 )
 from nanoclaw_sweeper.liveness import Policy, RestartAction, judge_restart
 from nanoclaw_sweeper.sweeper import Sweeper
+from tests.central_verbs import close_session
 from tests.sweeper_world import (
     T0,
     FakeContainer,
@@ -213,7 +214,7 @@ def test_restart_request_verbs(world: World) -> None:
     elsewhere = central.create_session(other_group.id, None, now=T0)
     central.set_container_status(elsewhere.id, "starting", run_id="run-y", now=T0)
     closed, _ = run_session(world, T0)
-    central.close_session(closed.id)
+    close_session(central, closed.id)
 
     asked = central.request_group_restart(world.group.id, "approval a", now=T0 + 10)
     assert sorted(asked) == sorted([running.id, starting.id])

@@ -26,6 +26,7 @@ from nanoclaw_common.store.disk import BLOCK_CLEANUP, BLOCK_HELD, DiskBlock, Dis
 from nanoclaw_common.store.owner_notices import OwnerNotice, OwnerNotices
 from nanoclaw_sweeper.disk import DiskWatch
 from nanoclaw_sweeper.sweeper import PassReport, Sweeper
+from tests.central_verbs import close_session
 from tests.sweeper_world import T0, FakeSandbox, add_message, beat, claim, inbound_row
 
 INTERVAL_MS = 10_000
@@ -377,7 +378,7 @@ def test_blocks_of_deleted_sessions_and_groups_go(disk: Disk) -> None:
     fill(paths.agent_dir / "a.bin", 5)
     disk.sweep(T0 + 1_000)
     assert disk.blocks()
-    disk.central.close_session(session.id)
+    close_session(disk.central, session.id)
     disk.sweep(T0 + 2_000)
     assert disk.blocks() == []
 

@@ -15,6 +15,7 @@ from anthropic.types import MessageParam
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.metering import utc_day
 from nanoclaw_common.store.proxy_tokens import ProxyTokens
+from tests.central_verbs import add_token_usage, get_token_usage
 from tests.fakes.anthropic_api import ORGANIZATION_ID, FakeAnthropic, text
 from tests.integration.agents.harness import AgentSession, Proxy, uds_client
 from tests.waiting import wait_until
@@ -64,7 +65,7 @@ def test_replaces_the_credential_with_the_real_key_and_meters(
     assert "authorization" not in headers
     assert agent.token not in str(seen.headers)
     assert headers["anthropic-version"]
-    usage = central.get_token_usage(agent.group_id, today())
+    usage = get_token_usage(central, agent.group_id, today())
     assert usage is not None
     assert (usage.input_tokens, usage.output_tokens, usage.requests) == (16, 7, 1)
 
@@ -135,7 +136,7 @@ def test_streams_events_as_they_come_and_meters_the_stream(
     assert final.usage.output_tokens == 9
     # The SDK may finish at `message_stop`, before the body's end (when the proxy records).
     usage = wait_until(
-        lambda: central.get_token_usage(agent.group_id, today()),
+        lambda: get_token_usage(central, agent.group_id, today()),
         timeout_s=20.0,
         what="the stream's usage",
     )
@@ -146,7 +147,7 @@ def test_refuses_past_the_daily_budget_without_retries(
     proxy: Proxy, fake_api: FakeAnthropic, agent: AgentSession, central: CentralStore
 ) -> None:
     central.update_container_config(agent.group_id, token_budget_daily=100)
-    central.add_token_usage(agent.group_id, today(), 80, 30)
+    add_token_usage(central, agent.group_id, today(), 80, 30)
     # max_retries=2 is the SDK's default: the proxy's x-should-retry: false must stop it.
     client = sdk(proxy, agent.token, max_retries=2)
     with pytest.raises(anthropic.RateLimitError) as refused:
@@ -166,7 +167,7 @@ def test_default_budget_from_settings(
 ) -> None:
     from tests.integration.agents.harness import start_proxy
 
-    central.add_token_usage(agent.group_id, today(), 500, 0)
+    add_token_usage(central, agent.group_id, today(), 500, 0)
     proxy = start_proxy(home, fake_api.api_key, fake_api.url, NANOCLAW_TOKEN_BUDGET_DAILY="400")
     try:
         with pytest.raises(anthropic.RateLimitError):
@@ -227,7 +228,7 @@ def test_a_stream_the_container_abandons_is_still_metered(
     # The client is gone; the rest of the stream meets a closed connection.
     gate.set()
     usage = wait_until(
-        lambda: central.get_token_usage(agent.group_id, today()),
+        lambda: get_token_usage(central, agent.group_id, today()),
         timeout_s=20.0,
         what="the partial usage",
     )

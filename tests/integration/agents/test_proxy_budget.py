@@ -17,6 +17,7 @@ from anthropic.types import MessageParam
 
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.metering import TokenLedger, utc_day
+from tests.central_verbs import add_token_usage, get_token_usage
 from tests.fakes.anthropic_api import ApiError, FakeAnthropic, text
 from tests.integration.agents.harness import AgentSession, Proxy, start_proxy, uds_client
 from tests.waiting import wait_until
@@ -79,7 +80,7 @@ def test_twenty_concurrent_calls_against_room_for_two(
         thread.join(60)
     assert sorted(outcomes) == ["ok"] * 2 + ["refused"] * 18
     assert len(fake_api.message_requests()) == 2
-    used = central.get_token_usage(agent.group_id, today())
+    used = get_token_usage(central, agent.group_id, today())
     assert used is not None and (used.input_tokens, used.output_tokens) == (600, 400)
     assert used.input_tokens + used.output_tokens <= 1080
     assert live_reservations(central) == 0  # settled, every one
@@ -89,7 +90,7 @@ def test_a_refusal_says_what_happened_and_who_can_change_it(
     proxy: Proxy, fake_api: FakeAnthropic, agent: AgentSession, central: CentralStore
 ) -> None:
     central.update_container_config(agent.group_id, token_budget_daily=1000)
-    central.add_token_usage(agent.group_id, today(), 700, 200)
+    add_token_usage(central, agent.group_id, today(), 700, 200)
     with pytest.raises(anthropic.RateLimitError) as refused:
         sdk(proxy, agent.token).messages.create(model="m", max_tokens=500, messages=MESSAGES)
     message = str(refused.value)
@@ -108,7 +109,7 @@ def test_a_failed_call_releases_its_reservation(
     with pytest.raises(anthropic.BadRequestError):
         sdk(proxy, agent.token).messages.create(model="m", max_tokens=500, messages=MESSAGES)
     assert live_reservations(central) == 0
-    assert central.get_token_usage(agent.group_id, today()) is None
+    assert get_token_usage(central, agent.group_id, today()) is None
 
 
 def test_a_proxy_killed_mid_call_leaves_no_reservation_behind(

@@ -12,6 +12,7 @@ from agent_runner.conversation import INTERRUPTED
 from nanoclaw_common import messages
 from nanoclaw_common.store import CentralStore, NewInbound
 from nanoclaw_common.store.rows import TokenUsage
+from tests.central_verbs import add_token_usage, get_token_usage
 from tests.fakes.anthropic_api import ApiError, FakeAnthropic, text, tool_use
 from tests.integration.agents.harness import (
     AgentSession,
@@ -97,7 +98,7 @@ def test_a_turn_with_bash_and_send_message(
 
         # Each call is metered as its response ends; the last one may trail the ack slightly.
         def three_calls() -> TokenUsage | None:
-            usage = central.get_token_usage(agent.group_id, day)
+            usage = get_token_usage(central, agent.group_id, day)
             return usage if usage is not None and usage.requests == 3 else None
 
         usage = wait_until(
@@ -301,7 +302,7 @@ def test_model_errors_reach_the_user_and_the_runner_goes_on(
         # Over budget: the proxy's refusal is relayed the same way.
         central.update_container_config(agent.group_id, token_budget_daily=10)
         day = time.strftime("%Y-%m-%d", time.gmtime())
-        central.add_token_usage(agent.group_id, day, 8, 4)
+        add_token_usage(central, agent.group_id, day, 8, 4)
         second = send_chat(agent, "two")
         wait_until(
             lambda: ack_status(agent, second) == "failed",

@@ -20,6 +20,7 @@ from nanoclaw_common.store.migrations import apply_migrations, central_migration
 from nanoclaw_common.store.owner_notices import OwnerNotices
 from nanoclaw_common.store.router_outbox import RouterOutbox
 from nanoclaw_common.store.sqlite import Database, Mode
+from tests.central_verbs import close_session
 
 NOW = 1_700_000_000_000
 
@@ -149,7 +150,7 @@ def test_live_sessions(central: CentralStore) -> None:
     running = central.create_session(group.id, None, now=NOW - 10_000)
     central.set_container_status(running.id, "starting", run_id="r1", now=NOW - 10_000)
     closed = central.create_session(group.id, None, now=NOW)
-    central.close_session(closed.id)
+    close_session(central, closed.id)
     live = {s.id for s in central.live_sessions(NOW - 1000)}
     assert live == {recent.id, running.id}
     assert old.id not in live
