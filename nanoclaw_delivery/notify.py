@@ -112,26 +112,14 @@ async def note_agent(
 
 def cached_dm(central: CentralStore, user_id: str, channel_type: str) -> MessagingGroup | None:
     """The user's DM chat as ``user_dms`` remembers it."""
-    cached = central.get_user_dm(user_id, channel_type)
-    if cached is None:
-        return None
-    return central.get_messaging_group(cached.messaging_group_id)
+    return central.dm_chat(user_id, channel_type)
 
 
 def record_dm(
     central: CentralStore, user_id: str, channel_type: str, platform_id: str, now: int
 ) -> MessagingGroup:
     """A DM the adapter just opened: its chat and the ``user_dms`` row."""
-    user = central.get_user(user_id)
-    chat = central.create_messaging_group(
-        channel_type,
-        platform_id,
-        name=user.display_name if user else None,
-        is_group=False,
-        now=now,
-    )
-    central.set_user_dm(user_id, channel_type, chat.id, now=now)
-    return chat
+    return central.remember_dm(user_id, channel_type, platform_id, now=now)
 
 
 def _channel_of(user_id: str) -> tuple[str, str] | None:

@@ -52,7 +52,6 @@ from nanoclaw_common.messages import (
     decode_event,
     encode_text,
 )
-from nanoclaw_common.states import UnknownSenderPolicy
 from nanoclaw_common.store import CentralStore
 from nanoclaw_common.store.async_central import AsyncCentral
 from nanoclaw_common.store.central import HeldFile
@@ -200,10 +199,7 @@ def registration_card(
 
 def cached_dm(central: CentralStore, user_id: str, channel_type: str) -> Reach | None:
     """The approver's DM chat as ``user_dms`` remembers it."""
-    cached = central.get_user_dm(user_id, channel_type)
-    if cached is None:
-        return None
-    chat = central.get_messaging_group(cached.messaging_group_id)
+    chat = central.dm_chat(user_id, channel_type)
     if chat is None:
         return None
     return Reach(user_id, channel_type, chat.platform_id, chat.id)
@@ -213,16 +209,7 @@ def record_dm(
     central: CentralStore, user_id: str, channel_type: str, platform_id: str, now: int
 ) -> Reach:
     """A DM the adapter just opened: its chat and the ``user_dms`` row."""
-    user = central.get_user(user_id)
-    chat = central.create_messaging_group(
-        channel_type,
-        platform_id,
-        name=user.display_name if user else None,
-        is_group=False,
-        unknown_sender_policy=UnknownSenderPolicy.STRICT,
-        now=now,
-    )
-    central.set_user_dm(user_id, channel_type, chat.id, now=now)
+    chat = central.remember_dm(user_id, channel_type, platform_id, now=now)
     return Reach(user_id, channel_type, platform_id, chat.id)
 
 

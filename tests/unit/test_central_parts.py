@@ -153,6 +153,28 @@ def test_a_wiring_and_its_destination_are_one_transaction(tmp_path: Path) -> Non
     db.close()
 
 
+def test_a_remembered_dm_is_its_chat_and_its_row_in_one_transaction(tmp_path: Path) -> None:
+    """``remember_dm`` (people) creates the DM's chat (entities) and the ``user_dms`` row
+    together: when the row cannot be written, no chat is left; ``dm_chat`` finds it after."""
+    db = open_central(tmp_path / "central.db")
+    people = People(db)
+    people.upsert_user("telegram:42", "telegram", "Ann", now=NOW)
+    db.execute(
+        "CREATE TEMP TRIGGER refuse_dms BEFORE INSERT ON user_dms"
+        " BEGIN SELECT RAISE(ABORT, 'no dms today'); END"
+    )
+    with pytest.raises(apsw.ConstraintError, match="no dms today"):
+        people.remember_dm("telegram:42", "telegram", "telegram:42", now=NOW)
+    assert Entities(db).list_messaging_groups() == []
+    assert people.dm_chat("telegram:42", "telegram") is None
+    db.execute("DROP TRIGGER refuse_dms")
+    chat = people.remember_dm("telegram:42", "telegram", "telegram:42", now=NOW)
+    assert (chat.name, chat.is_group, chat.unknown_sender_policy) == ("Ann", False, "strict")
+    found = people.dm_chat("telegram:42", "telegram")
+    assert found is not None and found.id == chat.id
+    db.close()
+
+
 def test_parts_made_from_a_store_share_its_transactions(central: CentralStore) -> None:
     group = central.create_agent_group("Main", "main", now=NOW)
     sessions, drops = Sessions(central), Drops(Sessions(central))

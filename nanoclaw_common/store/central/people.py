@@ -6,11 +6,10 @@ from typing import Any
 
 from nanoclaw_common.clock import now_ms
 from nanoclaw_common.errors import NotFound, Refused
-from nanoclaw_common.states import (
-    Role,
-)
+from nanoclaw_common.states import Role, UnknownSenderPolicy
 from nanoclaw_common.store import rows
 from nanoclaw_common.store.central.base import CentralPart
+from nanoclaw_common.store.central.entities import Entities
 
 
 class People(CentralPart):
@@ -204,3 +203,29 @@ class People(CentralPart):
         return self._row(
             rows.UserDm, "WHERE user_id = ? AND channel_type = ?", (user_id, channel_type)
         )
+
+    def dm_chat(self, user_id: str, channel_type: str) -> rows.MessagingGroup | None:
+        """The user's DM chat on this channel as ``user_dms`` remembers it (None: not known
+        yet, or its chat is gone)."""
+        cached = self.get_user_dm(user_id, channel_type)
+        if cached is None:
+            return None
+        return Entities(self.db).get_messaging_group(cached.messaging_group_id)
+
+    def remember_dm(
+        self, user_id: str, channel_type: str, platform_id: str, *, now: int
+    ) -> rows.MessagingGroup:
+        """A DM an adapter just opened: its chat (one to one, strict with unknown senders)
+        and the user's ``user_dms`` row, in one transaction."""
+        with self.db.write():
+            user = self.get_user(user_id)
+            chat = Entities(self.db).create_messaging_group(
+                channel_type,
+                platform_id,
+                name=user.display_name if user else None,
+                is_group=False,
+                unknown_sender_policy=UnknownSenderPolicy.STRICT,
+                now=now,
+            )
+            self.set_user_dm(user_id, channel_type, chat.id, now=now)
+        return chat
