@@ -43,7 +43,7 @@ from tests.fakes.telegram_api import FakeTelegram
 from tests.stack import AFTER_SHOW, Stack, TerminalClient
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.podman, pytest.mark.slow]
+pytestmark = [pytest.mark.podman]
 
 API_KEY: Final = "sk-ant-api03-NANOCLAW-DISKFULL-" + "f7D" * 12
 WEBHOOK_SECRET: Final = "diskfull-webhook-secret-" + "w" * 16
