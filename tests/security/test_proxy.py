@@ -361,7 +361,7 @@ def test_a_second_proxy_leaves_the_live_socket_alone(hostile: HostileStack) -> N
     pids = hostile.pids()
     before = path_identity(hostile.layout.proxy_socket)
     second = subprocess.run(
-        [str(NANOCLAW).replace("/nanoclaw", "/nanoclaw-proxy")],
+        [str(NANOCLAW.with_name("nanoclaw-proxy"))],
         env=hostile.base.env,
         capture_output=True,
         text=True,
