@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -361,7 +362,7 @@ def test_a_second_proxy_leaves_the_live_socket_alone(hostile: HostileStack) -> N
     pids = hostile.pids()
     before = path_identity(hostile.layout.proxy_socket)
     second = subprocess.run(
-        [str(NANOCLAW.with_name("nanoclaw-proxy"))],
+        [str(Path(NANOCLAW).with_name("nanoclaw-proxy"))],
         env=hostile.base.env,
         capture_output=True,
         text=True,
