@@ -121,7 +121,7 @@ class ProxyState:
         self.settings = settings
         self.central_path = central_path
         self.guard = guard
-        self.central = AsyncDoors(central_path, ProxyCentral, readers=1)
+        self.central = AsyncDoors(central_path, ProxyCentral.connect, readers=1)
         self.http: aiohttp.ClientSession | None = None
         self.now_ms: Callable[[], int] = now_ms
         self.monotonic: Callable[[], float] = time.monotonic

@@ -61,7 +61,13 @@ def apply_migrations(db: Database, migrations: list[Migration] | None = None) ->
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_at_ms INTEGER NOT NULL)"
     )
     applied_now: list[str] = []
+    # One read finds what is missing, so an up-to-date file (every open but the first) takes
+    # no write lock at all: the doors open a connection per thread, and a write lock here
+    # would wait behind another process's transaction.
+    done = {row[0] for row in db.all("SELECT version FROM schema_migrations")}
     for migration in central_migrations() if migrations is None else migrations:
+        if migration.version in done:
+            continue
         with db.write():
             # Checked inside the write lock: another process may have applied it meanwhile.
             if db.scalar("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)):

@@ -65,3 +65,23 @@ def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
     assert "a" in tables and "b" not in tables  # the failed file's DDL was rolled back
     assert db.all("SELECT version, name FROM schema_migrations") == [(1, "good")]
     db.close()
+
+
+def test_an_up_to_date_file_takes_no_write_lock(tmp_path: Path) -> None:
+    """Every open but the first finds nothing to apply without a write lock, so it never
+    waits behind another process's transaction (the proxy's doors open one connection per
+    thread). The opener's busy timeout is zero: any attempt at the lock would raise."""
+    path = tmp_path / "central.db"
+    CentralStore.open(path).close()
+    holder = Database(path, Mode.CENTRAL)
+    holder.execute("BEGIN IMMEDIATE")
+    opener = Database(path, Mode.CENTRAL)
+    opener.conn.setbusytimeout(0)
+    try:
+        assert apply_migrations(opener) == []
+        with pytest.raises(apsw.BusyError):  # the lock really is held
+            opener.execute("BEGIN IMMEDIATE")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        opener.close()

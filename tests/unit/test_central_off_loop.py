@@ -40,9 +40,10 @@ MAIN_MODULES = frozenset(f"nanoclaw_{p}/__main__.py" for p in ("router", "delive
 def store_classes() -> frozenset[str]:
     """``CentralStore`` and every store class of central.db (``RouterOutbox``,
     ``OwnerNotices``, ``Quarantine``, the parts of ``store/central/``, the proxy's
-    ``ProxyCentral``…): a class that opens a connection to central.db (``self.db = ...`` in
-    its ``__init__``), derives from such a class or from ``CentralPart``, or whose ``__init__``
-    takes a ``CentralStore``. Found, not listed, so a new one is covered."""
+    ``ProxyCentral``…): a class that opens a connection to central.db (``open_central`` or a
+    ``Mode.CENTRAL`` database), derives from such a class or from ``CentralPart``, or whose
+    ``__init__`` takes a ``CentralStore``. The doors themselves are not stores. Found, not
+    listed, so a new one is covered."""
     found = {"CentralStore", "CentralPart"}
     classes: list[ast.ClassDef] = []
     paths = [
@@ -52,15 +53,13 @@ def store_classes() -> frozenset[str]:
     for path in paths:
         classes += [c for c in ast.walk(ast.parse(path.read_text())) if isinstance(c, ast.ClassDef)]
     for cls in classes:
+        source = ast.unparse(cls)
+        if "open_central(" in source or "Mode.CENTRAL" in source:
+            found.add(cls.name)  # it opens a connection to central.db
         for node in cls.body:
             if isinstance(node, ast.FunctionDef) and node.name == "__init__":
                 annotations = [a.annotation for a in node.args.args if a.annotation]
-                if any("CentralStore" in ast.unparse(a) for a in annotations) or any(
-                    isinstance(s, ast.Assign)
-                    and ast.unparse(s.targets[0]) == "self.db"
-                    and "central" in ast.unparse(s.value).lower()  # not a session DB's
-                    for s in node.body
-                ):
+                if any("CentralStore" in ast.unparse(a) for a in annotations):
                     found.add(cls.name)
     grew = True
     while grew:  # subclasses of what was found, to a fixed point
@@ -68,6 +67,7 @@ def store_classes() -> frozenset[str]:
         found |= {c.name for c in classes if any(ast.unparse(b) in found for b in c.bases)}
         grew = len(found) > before
     found.discard("Database")  # the connection itself: session DBs use it too
+    found -= {"AsyncDoors", "AsyncCentral"}  # the doors: what async code holds instead
     return frozenset(found)
 
 

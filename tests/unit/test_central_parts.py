@@ -217,7 +217,7 @@ def test_every_public_verb_states_its_contract(part: type[object]) -> None:
 def test_the_proxy_holds_only_its_parts(tmp_path: Path) -> None:
     """The proxy's view of central.db has tokens, metering, policies and read access to the
     groups; no sessions, people or cards (those verbs are not there to call)."""
-    central = ProxyCentral(tmp_path / "central.db")
+    central = ProxyCentral.open(tmp_path / "central.db")
     try:
         held = {type(part) for part in vars(central).values() if isinstance(part, CentralPart)}
         assert held == {
