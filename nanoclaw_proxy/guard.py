@@ -89,6 +89,9 @@ class ConnectionGuard:
         self.logs = logs or RateLimitedLog()
         self.open: Counter[str] = Counter()
         self.by_transport: dict[int, GuardedProtocol] = {}
+        # Made by asyncio for an accepted connection, not yet told of it (connection_made
+        # runs a loop iteration later): a stopping proxy must wait for these too.
+        self.opening: set[GuardedProtocol] = set()
         self.stats: Counter[str] = Counter()  # refused_peer, refused_total, idle, slow_head
 
     @property
@@ -96,7 +99,19 @@ class ConnectionGuard:
         return sum(self.open.values())
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], GuardedProtocol]:
-        return lambda: GuardedProtocol(self, inner)
+        def make() -> GuardedProtocol:
+            protocol = GuardedProtocol(self, inner)
+            self.opening.add(protocol)
+            return protocol
+
+        return make
+
+    def may_carry_a_request(self, now: float, grace_s: float) -> bool:
+        """Whether a connection is opening, or open and ``fresh``: closing it now could
+        lose a request its client has already written."""
+        return bool(self.opening) or any(
+            p.fresh(now, grace_s) for p in list(self.by_transport.values())
+        )
 
     def admit(self, identity: str) -> str | None:
         """Count a new connection of ``identity``; the reason when it must be closed."""
@@ -145,6 +160,7 @@ class GuardedProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.guard.opening.discard(self)
         self.transport = transport  # type: ignore[assignment]
         # The pid is read at once: the peer's credentials are those of connect(), and the
         # pid's cgroup is read before the peer could exit and its pid be reused.
@@ -173,6 +189,7 @@ class GuardedProtocol(asyncio.Protocol):
         return self.inner.eof_received() if self.inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.opening.discard(self)
         self._disarm()
         if self.inner is None:
             return  # refused at connection_made: never counted, never handed to aiohttp
