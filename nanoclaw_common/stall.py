@@ -21,7 +21,6 @@ per drain step, not per row.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -179,12 +178,14 @@ class StallGuard:
             self._check(session_id, what)
             return func()
         future = self._submit(session_id, what, func)
-        wrapped = asyncio.wrap_future(future)
-        # asyncio.wait, not wait_for: 3.11's wait_for can swallow a cancellation.
-        done, _pending = await asyncio.wait({wrapped}, timeout=self.limit_s)
-        if not done:
+        # asyncio.timeout, not wait_for (3.11's can swallow a cancellation) nor asyncio.wait
+        # (a waiter, a set and callbacks per call: this runs on delivery's hot path).
+        deadline = asyncio.timeout(self.limit_s)
+        try:
+            async with deadline:
+                return await asyncio.wrap_future(future)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the call's own TimeoutError: handed to the caller like any other
             future.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                wrapped.cancel()
-            raise self._stalled(session_id, what, release)
-        return wrapped.result()
+            raise self._stalled(session_id, what, release) from None

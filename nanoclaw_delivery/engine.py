@@ -48,10 +48,11 @@ from nanoclaw_common.hostfs import unblock
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.states import DeliveryStatus
 from nanoclaw_common.store.bounds import Tailed
+from nanoclaw_common.store.deliveries import Track
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_delivery import agents, approvals, crashpoints, files, operations, tasks
-from nanoclaw_delivery.acl import is_agent_row, origin_chat
+from nanoclaw_delivery.acl import is_agent_row, origin_chat, route_chat
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
@@ -73,6 +74,15 @@ TERMINAL_CHANNEL: Final = "cli"
 TERMINAL_RETRY_MAX_S: Final = 30.0
 
 _SETTLED = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.DENIED})
+
+
+def _discard(future: asyncio.Future[Any] | None) -> None:
+    """Drop a read nobody will await: cancelled if still running, its outcome retrieved
+    (asyncio would log an exception never retrieved)."""
+    if future is None:
+        return
+    future.cancel()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def backoff_ms(attempt: int, base_s: float, max_s: float) -> int:
@@ -147,12 +157,15 @@ class SessionWorker(SessionRows):
                 if not more or self.stopping():
                     return next_due
         finally:
-            await db(self.flush_new)
+            if self.tail.unrecorded:  # a hop only when there is something to record
+                await db(self.flush_new)
 
     async def _drain(self, db: Callable[..., Awaitable[Any]]) -> tuple[int | None, bool]:
         """One pass: open deliveries page by page, then the rows read now. Returns (earliest
         future retry, whether a full page of new rows was read)."""
-        fresh, full = await self._files("reading outbound.db", self.read_new)
+        # One hand-off for the new rows and the first page of open ones: most passes (a
+        # poke for a commit, or a due retry) need nothing more before the first send.
+        fresh, full, first = await self._files("reading outbound.db", self._read_pass)
         if not self._swept:
             self._swept = True
             await self._files("sweeping the outbox", self.sweep_outbox)
@@ -160,11 +173,13 @@ class SessionWorker(SessionRows):
         next_due: int | None = None
         after: tuple[int, str] | None = None
         while not self.stopping():
-            page: list[Delivery] = await db(
-                lambda after=after: self.inbound.open_deliveries(
-                    after=after, limit=self.open_page_rows
+            page: list[Delivery] = first
+            if after is not None:
+                page = await db(
+                    lambda after=after: self.inbound.open_deliveries(
+                        after=after, limit=self.open_page_rows
+                    )
                 )
-            )
             for delivery in page:
                 if self.stopping():
                     break
@@ -206,10 +221,17 @@ class SessionWorker(SessionRows):
                 next_due = _earliest(next_due, due)
         if refused:
             await self._refuse(refused)
+        self.prefetched.clear()  # rows left open fetch their content when processed
         # The next pass reads after these (the cursor moves with what is recorded).
         if self.tail.unrecorded:
             await db(self.flush_new)
         return next_due, full
+
+    def _read_pass(self) -> tuple[list[Fresh], bool, list[Delivery]]:
+        """``read_new``, and the first page of open deliveries (rows read now are not among
+        them: they are recorded by the pass's first write)."""
+        fresh, full = self.read_new()
+        return fresh, full, self.inbound.open_deliveries(after=None, limit=self.open_page_rows)
 
     async def _consider(self, delivery: Delivery, held: set[Address]) -> int | None:
         """Take one open row as far as it goes now (or leave it: not due, or held behind an
@@ -290,29 +312,25 @@ class SessionWorker(SessionRows):
                     " restart; it may or may not have arrived",
                 )
                 return None
-        text = await deps.offload.db(self.outbound.content_at, tailed)
+        # A chat row's route (the ACL: central.db) is read on its lane while the attempt
+        # begins on the session lane: one wait for both instead of one after the other.
+        route = None
+        if row.kind == "chat" and not is_agent_row(row):
+            route = asyncio.ensure_future(deps.central.read(route_chat, self.session, row))
         try:
-            if text is None:
-                raise DecodeError(
-                    "its content changed after it was read: gone, not text, or over"
-                    f" {m.MAX_PAYLOAD_BYTES} bytes"
-                )
-            content = m.decode_outbound_content(text)
-            if m.outbound_kind(content) != row.kind:
-                raise DecodeError(f"the row's kind is {row.kind}, its content is not")
-        except DecodeError as exc:
+            begun = await deps.offload.db(self._begin, tailed, deps.clock())
+        except BaseException:
+            _discard(route)
+            raise
+        if isinstance(begun, DecodeError):
+            _discard(route)
             # Poison: never retried.
-            await self._report(delivery, row, DeliveryStatus.FAILED, str(exc))
+            await self._report(delivery, row, DeliveryStatus.FAILED, str(begun))
             return None
-        row = msgspec.structs.replace(row, content=text)
-        now = deps.clock()
-        recorded = self.tail.take()
-        attempt = await deps.offload.db(
-            lambda: self.inbound.begin_attempt(row.id, now=now, record=recorded)
-        )
+        content, row, attempt, recorded = begun
         log.info("sending attempt {}/{}", attempt, max_attempts, **ids)
         crashpoints.after_begin(deps, self.session.id, recorded, ids, attempt)
-        job = Job(deps, self.session, self.paths, self.inbound, row, attempt)
+        job = Job(deps, self.session, self.paths, self.inbound, row, attempt, route)
         deps.counters.in_flight += 1
         try:
             sent = await self.execute(job, content)
@@ -342,6 +360,7 @@ class SessionWorker(SessionRows):
         finally:
             deps.counters.in_flight -= 1
             files.discard(job.staging)
+            _discard(route)  # not awaited when the row turned out not to be a chat message
         crashpoints.after_done(deps, row, content, ids, attempt)
         # The platform has it: on a full disk the record waits for room (else it is sent again).
         delivered = functools.partial(self._finish, delivery, DeliveryStatus.DELIVERED)
@@ -357,6 +376,33 @@ class SessionWorker(SessionRows):
             crashpoints.before_outbox_removed(deps, ids)
             self._remove_outbox(row.id)
         return None
+
+    def _begin(
+        self, tailed: Tailed, now: int
+    ) -> tuple[m.OutboundContent, OutboundRow, int, list[Track]] | DecodeError:
+        """The row's content, fetched now (bounded) and of the row's kind, then the attempt
+        begun, in one hand-off: (content, the row with it, attempt, rows recorded with it).
+        A content that cannot be used is returned as the ``DecodeError``, and nothing is
+        begun."""
+        assert tailed.row is not None
+        text = self.prefetched.pop(tailed.key, None)
+        if text is None:
+            text = self.outbound.content_at(tailed)
+        try:
+            if text is None:
+                raise DecodeError(
+                    "its content changed after it was read: gone, not text, or over"
+                    f" {m.MAX_PAYLOAD_BYTES} bytes"
+                )
+            content = m.decode_outbound_content(text)
+            if m.outbound_kind(content) != tailed.row.kind:
+                raise DecodeError(f"the row's kind is {tailed.row.kind}, its content is not")
+        except DecodeError as exc:
+            return exc
+        row = msgspec.structs.replace(tailed.row, content=text)
+        recorded = self.tail.take()
+        attempt = self.inbound.begin_attempt(row.id, now=now, record=recorded)
+        return content, row, attempt, recorded
 
     async def execute(self, job: Job, content: m.OutboundContent) -> Sent:
         """Dispatch by content type. Chat operations go to a channel or, with channel type

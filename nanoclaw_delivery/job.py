@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.errors import RetryLater
@@ -25,6 +27,9 @@ class Job:
     inbound: InboundStore
     row: OutboundRow
     attempt: int
+    # The chat row's route (``acl.route_chat``), read from central.db while the attempt
+    # began: ``operations.send_chat`` awaits it instead of reading it then.
+    route: asyncio.Future[Any] | None = None
 
     @property
     def staging(self) -> Path:

@@ -38,7 +38,10 @@ Part = tuple[str, list[OutgoingFile] | None]
 
 
 async def send_chat(job: Job, content: m.ChatOperation) -> Sent:
-    address, refusal = await job.deps.central.read(route_chat, job.session, job.row)
+    if job.route is not None:
+        address, refusal = await job.route
+    else:
+        address, refusal = await job.deps.central.read(route_chat, job.session, job.row)
     # The thread id may come from the row (the container): it goes to the platform too.
     job.guard_texts(address.thread_id)
     if refusal is not None:

@@ -34,9 +34,9 @@ from nanoclaw_delivery.engine import SessionWorker
 from nanoclaw_delivery.notify import send_owner_notices
 from nanoclaw_delivery.watch import (
     IN_Q_OVERFLOW,
-    WATCHED_PREFIX,
     Inotify,
     file_signature,
+    is_commit,
     open_inotify,
 )
 
@@ -226,7 +226,7 @@ class DeliveryService:
                 for tracked in self.sessions.values():
                     tracked.poke.set()
                 continue
-            if name.startswith(WATCHED_PREFIX):
+            if is_commit(mask, name):
                 poked = self._by_watch.get(wd)
                 if poked is not None:
                     poked.poke.set()
@@ -279,7 +279,10 @@ class DeliveryService:
             if tracked.next_due is not None:
                 timeout = min(timeout, max(0.0, (tracked.next_due - self.deps.clock()) / 1000))
             try:
-                await asyncio.wait_for(tracked.poke.wait(), timeout)
+                # asyncio.timeout, not wait_for: no task made per wait (the wake-up is on
+                # every row's path).
+                async with asyncio.timeout(timeout):
+                    await tracked.poke.wait()
             except TimeoutError:
                 # Quiet for a while: give the connections back (reopened on the next poke).
                 if asyncio.get_running_loop().time() - tracked.last_drain >= RELEASE_IDLE_S:

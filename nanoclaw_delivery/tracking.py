@@ -8,6 +8,7 @@ one. ``engine.SessionWorker`` builds on it and takes each row to its final state
 
 from __future__ import annotations
 
+import msgspec
 from loguru import logger
 
 from nanoclaw_common.paths import SessionPaths
@@ -34,6 +35,9 @@ class SessionRows:
         self._seen_version: int | None = None
         # Open rows seen so far (content left out: it is fetched when a row is processed).
         self._rows: dict[str, Tailed] = {}
+        # Small contents read with this pass's new rows (``Tailed.content``), by key: used by
+        # the row's attempt, and dropped at the end of the pass (never more than a page).
+        self.prefetched: dict[str, str] = {}
         self.tail = Tail(session.id)
         # An attribute so a test can walk many pages with a few rows.
         self.read_page_rows = READ_PAGE_ROWS
@@ -66,6 +70,7 @@ class SessionRows:
             self._outbound.close()
             self._outbound = None
         self._seen_version = None  # data_version is per connection
+        self.prefetched.clear()
 
     def close(self) -> None:
         self.release()
@@ -84,7 +89,11 @@ class SessionRows:
         fresh, full = self.tail.read(self.inbound, self.outbound, self.read_page_rows)
         for item in fresh:
             if item.refusal is None:
-                self._rows[item.tailed.key] = item.tailed
+                tailed = item.tailed
+                if tailed.content is not None:
+                    self.prefetched[tailed.key] = tailed.content
+                    tailed = msgspec.structs.replace(tailed, content=None)
+                self._rows[tailed.key] = tailed
             log.debug(
                 "tracked seq={}", item.tailed.seq, session=self.session.id, message=item.track.key
             )
@@ -111,8 +120,10 @@ class SessionRows:
             candidates = [found] if found is not None else []
         else:
             candidates = self.outbound.tailed_by_seq(delivery.seq)
-        for tailed in candidates:
-            if tailed.key == key:
-                self._rows[key] = tailed
-                return tailed
+        for candidate in candidates:
+            if candidate.key == key:
+                # The cache keeps no content (``prefetched`` is for this pass's new rows).
+                found = msgspec.structs.replace(candidate, content=None)
+                self._rows[key] = found
+                return found
         return None

@@ -4,9 +4,14 @@ Delivery must see a committed row within tens of milliseconds; polling every ses
 database each few milliseconds would cost a query per session per tick. Instead:
 
 - **inotify** (Linux, through libc with ctypes; no extra dependency) on each watched session's
-  ``agent/`` folder. In ``journal_mode=DELETE`` a commit writes ``outbound.db`` and then
-  deletes ``outbound.db-journal``; either event pokes the session. The same kernel inode is
-  behind the container's bind mount, so writes from inside the container are seen too.
+  ``agent/`` folder. In ``journal_mode=DELETE`` (the runner's) a commit ends when
+  ``outbound.db-journal`` is deleted: that event pokes the session (``is_commit``), and so
+  does anything that replaces or closes ``outbound.db`` itself. The writes before it do not:
+  a read started then only waits for the writer's lock (SQLite's busy handler sleeps 1 ms,
+  then 2 ms, …), and each write would wake the loop (``IN_MODIFY`` is not even asked for).
+  The same kernel inode is behind the container's bind mount, so writes from inside the
+  container are seen too. A container that switches its file to another journal mode only
+  delays its own rows, to the stat sweep below.
 - **stat** of ``outbound.db`` (mtime, size) as the fallback where inotify is missing, and as
   a slow safety net beside it (a queue overflow, an unusual filesystem).
 
@@ -35,9 +40,19 @@ IN_DONT_FOLLOW = 0x02000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
-WATCH_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE
+WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
-WATCHED_PREFIX = "outbound.db"  # outbound.db and outbound.db-journal; not heartbeat
+DB_NAME = "outbound.db"
+JOURNAL_NAME = "outbound.db-journal"
+
+
+def is_commit(mask: int, name: str) -> bool:
+    """Whether an event in ``agent/`` may mean new committed rows: the journal deleted (a
+    commit's end), or ``outbound.db`` itself created, replaced, closed or removed. Not the
+    journal's creation (a write transaction starting), nor any other file (the heartbeat)."""
+    if name == JOURNAL_NAME:
+        return bool(mask & IN_DELETE)
+    return name == DB_NAME
 
 
 class InotifyUnavailable(OSError):

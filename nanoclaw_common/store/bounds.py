@@ -75,10 +75,17 @@ def _probe(column: str, limit: int) -> str:
 
 
 ALL_FIT: Final = " AND ".join(fits(*spec) for spec in (*_META, CONTENT, _RUN_ID))
+# A content this small is read with the row (the common chat reply): delivery then needs
+# no second read of the file before it sends. A page of rows holds at most
+# READ_PAGE_ROWS × this much; a larger content is fetched when its row is processed.
+PREFETCH_BYTES: Final = 4096
+
 TAIL_SELECT: Final = (
     "SELECT rowid, "
     + ", ".join(_probe(name, limit) for name, _t, limit in (*_META, _RUN_ID))
-    + ", typeof(content), octet_length(content) FROM messages_out"
+    + ", typeof(content), octet_length(content),"
+    + f" CASE WHEN typeof(content) = 'text' AND octet_length(content) <= {PREFETCH_BYTES}"
+    + " THEN content END FROM messages_out"
 )
 
 
@@ -98,6 +105,7 @@ class Tailed(msgspec.Struct, frozen=True):
     row: rows.OutboundRow | None
     defect: str | None
     content_bytes: int
+    content: str | None = None  # read with the row when at most PREFETCH_BYTES
 
 
 def tailed(values: Sequence[Any]) -> Tailed:
@@ -111,7 +119,7 @@ def tailed(values: Sequence[Any]) -> Tailed:
             defects.append(f"{name} is {kind}, not {' or '.join(types)}")
         elif size is not None and size > limit:
             defects.append(f"{name} is {size} bytes, over the {limit}-byte limit")
-    content_kind, content_size = values[-2], values[-1]
+    content_kind, content_size, small_content = values[-3], values[-2], values[-1]
     if content_kind != "text":
         defects.append(f"content is {content_kind}, not text")
     elif content_size > messages.MAX_PAYLOAD_BYTES:
@@ -142,7 +150,8 @@ def tailed(values: Sequence[Any]) -> Tailed:
         content="",
         run_id=fields[9],
     )
-    return Tailed(rowid, key, number, row, None, size)
+    content = small_content if isinstance(small_content, str) else None
+    return Tailed(rowid, key, number, row, None, size, content)
 
 
 ACK_STATUS: Final = guarded("status", TEXT, 16)

@@ -77,6 +77,23 @@ def test_acall_never_blocks_the_event_loop(guard: StallGuard) -> None:
     assert ticks == ["tick"] * 5 and elapsed < 5
 
 
+def test_acall_hands_back_the_calls_own_errors_without_a_cut_off(guard: StallGuard) -> None:
+    """A call that raises ``TimeoutError`` itself (a socket timeout) is not a stall."""
+
+    def times_out() -> None:
+        raise TimeoutError("the call's own")
+
+    async def scenario() -> None:
+        with pytest.raises(TimeoutError, match="the call's own"):
+            await guard.acall("s1", "reading", times_out)
+        with pytest.raises(ZeroDivisionError):
+            await guard.acall("s1", "reading", lambda: 1 // 0)
+        assert await guard.acall("s1", "reading", lambda: 42) == 42
+
+    asyncio.run(scenario())
+    assert not guard.is_cut_off("s1")
+
+
 def test_inline_mode_calls_in_place() -> None:
     guard = StallGuard(0.1, inline=True)
     assert guard.call("s", "x", threading.current_thread) is threading.current_thread()
