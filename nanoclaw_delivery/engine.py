@@ -230,8 +230,9 @@ class SessionWorker(SessionRows):
     def _read_pass(self) -> tuple[list[Fresh], bool, list[Delivery]]:
         """``read_new``, and the first page of open deliveries (rows read now are not among
         them: they are recorded by the pass's first write)."""
-        fresh, full = self.read_new()
-        return fresh, full, self.inbound.open_deliveries(after=None, limit=self.open_page_rows)
+        with self.inbound.db.read():
+            fresh, full = self.read_new()
+            return fresh, full, self.inbound.open_deliveries(after=None, limit=self.open_page_rows)
 
     async def _consider(self, delivery: Delivery, held: set[Address]) -> int | None:
         """Take one open row as far as it goes now (or leave it: not due, or held behind an

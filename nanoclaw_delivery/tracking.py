@@ -86,7 +86,10 @@ class SessionRows:
         version = self.outbound.data_version()
         if version == self._seen_version and not self.tail.unrecorded:
             return [], False
-        fresh, full = self.tail.read(self.inbound, self.outbound, self.read_page_rows)
+        # One read transaction per file for the whole tail step (its position, the page, the
+        # watermark, the known keys): each query would otherwise take and drop the locks.
+        with self.inbound.db.read(), self.outbound.db.read():
+            fresh, full = self.tail.read(self.inbound, self.outbound, self.read_page_rows)
         for item in fresh:
             if item.refusal is None:
                 tailed = item.tailed
