@@ -52,7 +52,7 @@ from nanoclaw_common.store.deliveries import Track
 from nanoclaw_common.store.rows import Delivery, MessagingGroup, OutboundRow, Session
 from nanoclaw_common.untrusted import shown, shown_text
 from nanoclaw_delivery import agents, approvals, crashpoints, files, operations, tasks
-from nanoclaw_delivery.acl import is_agent_row, origin_chat, route_chat
+from nanoclaw_delivery.acl import ChatAddress, is_agent_row, origin_chat, route_chat
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.job import Job
 from nanoclaw_delivery.outcome import Denied, Sent
@@ -315,7 +315,7 @@ class SessionWorker(SessionRows):
                 return None
         # A chat row's route (the ACL: central.db) is read on its lane while the attempt
         # begins on the session lane: one wait for both instead of one after the other.
-        route = None
+        route: asyncio.Future[tuple[ChatAddress, Denied | None]] | None = None
         if row.kind == "chat" and not is_agent_row(row):
             route = asyncio.ensure_future(deps.central.read(route_chat, self.session, row))
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nanoclaw_common.channels.base import ChannelAdapter
 from nanoclaw_common.errors import RetryLater
 from nanoclaw_common.paths import SessionPaths
 from nanoclaw_common.store import InboundStore
 from nanoclaw_common.store.rows import OutboundRow, Session
+from nanoclaw_delivery.acl import ChatAddress
 from nanoclaw_delivery.context import Deps
 from nanoclaw_delivery.outcome import Denied
 from nanoclaw_delivery.text import bytes_contain_secret, contains_secret, redact
@@ -29,7 +29,7 @@ class Job:
     attempt: int
     # The chat row's route (``acl.route_chat``), read from central.db while the attempt
     # began: ``operations.send_chat`` awaits it instead of reading it then.
-    route: asyncio.Future[Any] | None = None
+    route: asyncio.Future[tuple[ChatAddress, Denied | None]] | None = None
 
     @property
     def staging(self) -> Path:

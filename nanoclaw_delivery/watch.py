@@ -6,7 +6,10 @@ database each few milliseconds would cost a query per session per tick. Instead:
 - **inotify** (Linux, through libc with ctypes; no extra dependency) on each watched session's
   ``agent/`` folder. In ``journal_mode=DELETE`` (the runner's) a commit ends when
   ``outbound.db-journal`` is deleted: that event pokes the session (``is_commit``), and so
-  does anything that replaces or closes ``outbound.db`` itself. The writes before it do not:
+  does anything that creates, replaces or removes ``outbound.db`` itself. Closes do not: the
+  host's own readers (delivery's, the sweeper's) hold the file ``O_RDWR`` (``session_vfs``),
+  so each of their closes is an ``IN_CLOSE_WRITE`` that would poke the session for nothing
+  (and delivery's idle release would poke itself). The writes before the end do not:
   a read started then only waits for the writer's lock (SQLite's busy handler sleeps 1 ms,
   then 2 ms, …), and each write would wake the loop (``IN_MODIFY`` is not even asked for).
   The same kernel inode is behind the container's bind mount, so writes from inside the
@@ -40,7 +43,7 @@ IN_DONT_FOLLOW = 0x02000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
-WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE
+WATCH_MASK = IN_MOVED_TO | IN_CREATE | IN_DELETE
 _EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 DB_NAME = "outbound.db"
 JOURNAL_NAME = "outbound.db-journal"
@@ -48,11 +51,12 @@ JOURNAL_NAME = "outbound.db-journal"
 
 def is_commit(mask: int, name: str) -> bool:
     """Whether an event in ``agent/`` may mean new committed rows: the journal deleted (a
-    commit's end), or ``outbound.db`` itself created, replaced, closed or removed. Not the
-    journal's creation (a write transaction starting), nor any other file (the heartbeat)."""
+    commit's end), or ``outbound.db`` itself created, replaced or removed. Not the
+    journal's creation (a write transaction starting), a close (our own readers'), nor any
+    other file (the heartbeat)."""
     if name == JOURNAL_NAME:
         return bool(mask & IN_DELETE)
-    return name == DB_NAME
+    return name == DB_NAME and bool(mask & (IN_CREATE | IN_MOVED_TO | IN_DELETE))
 
 
 class InotifyUnavailable(OSError):
